@@ -1,0 +1,61 @@
+# bvit-edge: the two commands of the README.
+#   make demo   set up everything, then run the whole pipeline on the built-in digits data
+#   make test   set up everything, then run the test suite
+# Each creates/refreshes .venv, installs torch (CPU build) first, then the project non-editable, and the
+# Debian packages later steps need (cross compilers, qemu-user, debootstrap). Re-running is fast: the
+# dependency install is redone only when pyproject.toml or this Makefile change.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TORCH_VERSION := 2.13.0
+APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user debootstrap
+STAMP := $(VENV)/.bvit-edge-deps
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: all setup apt install demo test test-fast clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Third-party dependencies (torch first, CPU build, so nothing pulls a CUDA build).
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q hatchling pytest hypothesis
+	$(PIP) install -q ".[test]"
+	touch $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+# The project itself, non-editable (the wheel maps export/ runtime/ targets/ cli.py into bvit_edge).
+install: apt $(STAMP)
+	$(PIP) install -q --no-deps --no-build-isolation --force-reinstall .
+
+setup: install
+
+demo: install
+	$(VENV)/bin/bvit-edge demo $(DEMO_ARGS)
+
+# pytest's own script (not `python -m pytest`) so the repository root never shadows the installed package.
+test: install
+	cd tests && ../$(VENV)/bin/pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) .
+
+test-fast: install
+	cd tests && ../$(VENV)/bin/pytest -c ../pyproject.toml --rootdir .. -m "not slow" $(PYTEST_ARGS) .
+
+clean:
+	rm -rf $(VENV) build dist

@@ -1,0 +1,179 @@
+"""BiT's elastic binarizers (Liu et al., "BiT: Robustly Binarized Multi-distilled Transformer", NeurIPS 2022).
+
+ALGORITHMS.md §2. With x' = x - beta (beta a learnable per-channel shift, init 0) and a learnable scale
+alpha > 0 (one scalar per tensor):
+
+Signed (inputs of Q, K, V, O, FFN1; Q, K, V after the projection)::
+
+    forward   x_hat = alpha * sgn(x')                     (sgn(0) = 0 in training, torch.sign)
+    backward  d x_hat / d x     = 1[|x'| <= alpha]
+              d x_hat / d beta  = -1[|x'| <= alpha]
+              d x_hat / d alpha = sgn(x')                  (BiT keeps only this first term)
+
+Unsigned (attention probabilities, post-GELU FFN2 inputs)::
+
+    forward   x_hat = alpha * r(clip(x' / alpha, 0, 1))   = alpha * 1[x' > alpha / 2]
+              (r rounds half to even, so r(0.5) = 0: the comparison form is the same function and it is
+              the form the deployment op uses, so the frozen model reproduces it bit for bit)
+    backward  d x_hat / d x     = 1[0 <= x' < alpha]
+              d x_hat / d beta  = -1[0 <= x' < alpha]
+              d x_hat / d alpha = 0                        if x' < 0
+                                = r(x'/alpha) - x'/alpha   if 0 <= x' < alpha
+                                = 1                        if x' >= alpha
+
+Both are written as x_hat = alpha * c(x', alpha) where c is a code tensor (+-1/0 or 0/1) whose custom
+gradient is the straight-through estimate of clip(x'/alpha, -1, 1) (signed: d c/d x' = 1[|x'|<=alpha]/alpha,
+no alpha term) or of clip(x'/alpha, 0, 1) (unsigned: d c/d x' = 1[0<=x'<alpha]/alpha,
+d c/d alpha = -x'/alpha^2 * 1[0<=x'<alpha]); with the product rule these give exactly the gradients above.
+Layers multiply the codes with the binary weights first (an exact integer dot in float) and apply the scale
+after, in the order of the deployment op ``torch.ops.bvit.binary_linear``: acc * (alpha * w_scale) + bias.
+
+Initialisation: lazily from the first batch (as GSB): alpha = 2 mean|x'| (signed) or 4 mean|x'| (unsigned),
+clamped to >= 1e-5; the ``initialized`` flag is a buffer, so it is saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bvit_edge.errors import ConfigError
+
+ALPHA_MIN = 1e-5
+
+
+class _SignCode(torch.autograd.Function):
+    """c = sgn(x') ; dc/dx' = 1[|x'| <= alpha] / alpha ; no gradient to alpha (BiT's first-term rule)."""
+
+    @staticmethod
+    def forward(ctx: Any, xs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(xs, alpha)
+        return torch.sign(xs)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        xs, alpha = ctx.saved_tensors
+        inside = (xs.abs() <= alpha).to(g.dtype)
+        return g * inside / alpha, None
+
+
+class _UnsignedCode(torch.autograd.Function):
+    """c = 1[x' > alpha/2] (= r(clip(x'/alpha, 0, 1)));
+    dc/dx' = 1[0 <= x' < alpha] / alpha ; dc/dalpha = -x'/alpha^2 * 1[0 <= x' < alpha]."""
+
+    @staticmethod
+    def forward(ctx: Any, xs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(xs, alpha)
+        return (xs > alpha / 2).to(xs.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, alpha = ctx.saved_tensors
+        inside = ((xs >= 0) & (xs < alpha)).to(g.dtype)
+        gx = g * inside / alpha
+        ga = -(g * inside * xs).sum() / (alpha * alpha)
+        return gx, ga.reshape(alpha.shape)
+
+
+def sign_code(xs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Signed code of x' (see the module docstring): values in {-1, 0, +1}."""
+    return _SignCode.apply(xs, alpha)
+
+
+def unsigned_code(xs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Unsigned code of x': values in {0, 1}."""
+    return _UnsignedCode.apply(xs, alpha)
+
+
+def elastic_binarize(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | float, mode: str) -> torch.Tensor:
+    """BiT's elastic binarizer x_hat (mode "signed" or "unsigned"), with the gradients of the module docstring."""
+    xs = x - beta
+    if mode == "signed":
+        return alpha * sign_code(xs, alpha)
+    if mode == "unsigned":
+        return alpha * unsigned_code(xs, alpha)
+    raise ConfigError(f"Unknown binarizer mode {mode!r}; use 'signed' or 'unsigned'.")
+
+
+class ElasticBinarizer(nn.Module):
+    """A BiT elastic binarizer with a learnable scalar alpha and a learnable shift beta (init 0).
+
+    ``beta_shape`` is the shape of beta (broadcast against the input: ``(d_in,)`` for a linear layer's input,
+    ``(H, 1, d_h)`` for Q/K/V laid out [B, H, N, d_h], ``(H, 1, 1)`` for attention probabilities), or ``None``
+    for no shift. ``init_value`` fixes alpha's initial value instead of the lazy data initialisation.
+
+    ``codes(x)`` returns (c, alpha) with x_hat = alpha * c, so a layer can do its integer-exact product on the
+    codes first; ``forward(x)`` returns x_hat.
+    """
+
+    def __init__(self, mode: str = "signed", beta_shape: Sequence[int] | None = None, init_value: float | None = None) -> None:
+        super().__init__()
+        if mode not in ("signed", "unsigned"):
+            raise ConfigError(f"Unknown binarizer mode {mode!r}; use 'signed' or 'unsigned'.")
+        self.mode = mode
+        self.alpha = nn.Parameter(torch.tensor(1.0 if init_value is None else float(init_value)))
+        self.beta = nn.Parameter(torch.zeros(*beta_shape)) if beta_shape is not None else None
+        self.register_buffer("initialized", torch.tensor(init_value is not None))
+
+    def shifted(self, x: torch.Tensor) -> torch.Tensor:
+        """x' = x - beta."""
+        return x if self.beta is None else x - self.beta
+
+    @torch.no_grad()
+    def _lazy_init(self, xs: torch.Tensor) -> None:
+        factor = 2.0 if self.mode == "signed" else 4.0
+        self.alpha.copy_((factor * xs.detach().abs().mean()).clamp_min(ALPHA_MIN))
+        self.initialized.fill_(True)
+
+    def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c, alpha): the code tensor and the (clamped) scale, x_hat = alpha * c."""
+        xs = self.shifted(x)
+        if not bool(self.initialized):
+            self._lazy_init(xs)
+        alpha = self.alpha.clamp_min(ALPHA_MIN)
+        c = sign_code(xs, alpha) if self.mode == "signed" else unsigned_code(xs, alpha)
+        return c, alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, alpha = self.codes(x)
+        return alpha * c
+
+    def deploy_shift(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The deployment op's ``shift`` (= -beta), float32, detached."""
+        if self.beta is None:
+            return torch.zeros(() if like is None else like.shape)
+        return (-self.beta.detach()).float().clone()
+
+    def deploy_alpha(self) -> torch.Tensor:
+        """The deployment op's alpha: a 0-dim float32 tensor (reshape to [1] for binary_matmul)."""
+        return self.alpha.detach().clamp_min(ALPHA_MIN).float().clone()
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, beta={None if self.beta is None else tuple(self.beta.shape)}"
+
+
+def codes_matmul(ca: torch.Tensor, cb: torch.Tensor, alpha_a: torch.Tensor, alpha_b: torch.Tensor) -> torch.Tensor:
+    """(alpha_a * c_a) @ (alpha_b * c_b) computed as (alpha_a * alpha_b) * (c_a @ c_b): the integer dot first,
+    in the order of ``torch.ops.bvit.binary_matmul`` for plain modes."""
+    return (alpha_a * alpha_b) * (ca @ cb)
+
+
+def codes_linear(c: torch.Tensor, w_codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """acc * scale + bias with acc = c @ w_codes^T (exact integers in float): the order of
+    ``torch.ops.bvit.binary_linear`` (scale = alpha * w_scale computed first by the caller)."""
+    out = F.linear(c, w_codes) * scale
+    return out if bias is None else out + bias
+
+
+__all__ = [
+    "ALPHA_MIN",
+    "ElasticBinarizer",
+    "codes_linear",
+    "codes_matmul",
+    "elastic_binarize",
+    "sign_code",
+    "unsigned_code",
+]

@@ -1,0 +1,362 @@
+"""The training loop behind ``bvit-edge train`` and ``bvit_edge.train(...)``.
+
+Deterministic: given the seed, the data order of epoch e is a permutation drawn from a generator seeded
+with (seed, e), augmentation draws from torch's global RNG (seeded once, saved in checkpoints), so a run
+that is killed and resumed takes exactly the same steps as one that is not. Checkpoints go to
+``OUT/last`` (every epoch end, optionally every N steps, and on SIGINT/SIGTERM) and ``OUT/best`` (best val
+top-1), each written atomically. Per-epoch metrics are appended to ``OUT/log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from bvit_edge.errors import CheckpointError, ConfigError
+from bvit_edge.training.checkpoint import load_model, load_trainer_state, load_weights, read_config, resolve_checkpoint, save_checkpoint
+from bvit_edge.training.config import TrainConfig, resolve_config
+from bvit_edge.training.distributed import World, all_reduce_mean, barrier, init_world, shard_indices, shutdown
+from bvit_edge.training.methods import get_method
+from bvit_edge.training.schedule import lr_at
+
+
+@dataclass
+class TrainResult:
+    out: str
+    best_top1: float
+    last_top1: float
+    epochs_done: int
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """timm's rule: no weight decay on biases, norms, tokens, position embeddings, scalars (ndim <= 1)."""
+    skip = {"cls_token", "dist_token", "pos_embed"}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.split(".")[-1] in skip or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_teacher(path: str | None, num_classes: int, image_size: int, needed: bool) -> nn.Module | None:
+    if path is None:
+        if needed:
+            raise ConfigError(
+                "This method distils from a full-precision teacher: pass --teacher RUN_DIR (train one first with "
+                "`bvit-edge train --method fp`)."
+            )
+        return None
+    teacher, tcfg = load_model(path)
+    if tcfg.get("num_classes", len(tcfg.get("classes", []))) != num_classes:
+        raise ConfigError(
+            f"The teacher {path} predicts {tcfg.get('num_classes')} classes but the data set has {num_classes}; "
+            "train a teacher on the same data set."
+        )
+    if int(tcfg.get("image_size", image_size)) != image_size:
+        raise ConfigError(
+            f"The teacher {path} takes {tcfg['image_size']}x{tcfg['image_size']} images but this run uses "
+            f"{image_size}x{image_size}; use a teacher of the same input size (or --image-size)."
+        )
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def train(
+    config: TrainConfig | dict[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a model as ``bvit-edge train`` does. Keyword arguments are TrainConfig fields."""
+    if isinstance(config, TrainConfig):
+        cfg = config
+    else:
+        cfg = resolve_config({**(config or {}), **overrides}, config_file)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    world = init_world(device)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not world.is_main:
+        log = lambda msg: None  # noqa: E731
+    try:
+        return _train(cfg, device, world, resume, progress, log)
+    finally:
+        shutdown(world)
+
+
+def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None, log: Callable[[str], None]) -> TrainResult:
+    from bvit_edge.data import AugmentConfig, Normalize, build_train_augment, load_dataset
+    from bvit_edge.evaluation import evaluate_model
+    from bvit_edge.models import model_default_cfg
+
+    out = Path(cfg.out)
+    method = get_method(cfg.method)
+    mcfg = model_default_cfg(cfg.model)
+    image_size = int(cfg.image_size or mcfg["input_size"][-1])
+
+    state: dict[str, Any] | None = None
+    if resume:
+        try:
+            last = resolve_checkpoint(out / "last")
+        except CheckpointError as exc:
+            raise CheckpointError(f"--resume: nothing to resume in {out} (no last/ checkpoint). Start without --resume.") from exc
+        state = load_trainer_state(last)
+        saved = TrainConfig.from_dict(read_config(last)["train_config"])
+        # The run continues with the config it started with; only the stopping point may change.
+        saved.max_steps = cfg.max_steps
+        saved.threads = cfg.threads
+        cfg = saved
+        log(f"resuming {out} from epoch {state['epoch']} step {state['step']}")
+
+    _seed_all(cfg.seed)
+    splits = load_dataset(cfg.data, root=cfg.data_root, image_size=image_size, per_class=cfg.per_class, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    info = splits.info
+    if info.skipped_bad:
+        log(f"skipped {info.skipped_bad} bad file(s) (--skip-bad)")
+    num_classes = len(info.classes)
+    teacher = _load_teacher(cfg.teacher, num_classes, image_size, method.needs_teacher)
+    if teacher is not None:
+        teacher.to(device)
+
+    model = method.build(cfg, num_classes, image_size, teacher).to(device)
+    if cfg.init and state is None:
+        _init_from(model, cfg.init, log)
+    aug_name = cfg.augment or info.default_augment
+    augment = build_train_augment(AugmentConfig.preset(aug_name), image_size).to(device)
+    normalize = Normalize(info.mean, info.std).to(device)
+
+    steps_per_epoch = max(1, math.ceil(len(splits.train) / (cfg.batch_size * world.size)))
+    total_steps = cfg.total_epochs * steps_per_epoch
+    base_lr = cfg.effective_lr(world.size)
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=base_lr)
+    else:
+        opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=base_lr, momentum=0.9)
+
+    step, start_epoch, skip_batches = 0, 0, 0
+    best_top1, history = -1.0, []
+    if state is not None:
+        model.load_state_dict(load_weights(out / "last"))
+        opt.load_state_dict(state["optimizer"])
+        step, start_epoch, skip_batches = int(state["step"]), int(state["epoch"]), int(state.get("batch_in_epoch", 0))
+        best_top1, history = float(state.get("best_top1", -1.0)), list(state.get("history", []))
+        torch.set_rng_state(state["rng_torch"])
+        np.random.set_state(state["rng_numpy"])
+        random.setstate(state["rng_python"])
+
+    train_model: nn.Module = model
+    if world.distributed:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    use_amp = bool(cfg.amp) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp else nullcontext
+
+    run_meta = {
+        "model": cfg.model,
+        "model_kwargs": getattr(model, "model_kwargs", {}),
+        "method": cfg.method,
+        "num_classes": num_classes,
+        "classes": list(info.classes),
+        "image_size": image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "data": info.to_dict(),
+        "train_config": cfg.to_dict(),
+    }
+
+    def trainer_state(epoch: int, batch_in_epoch: int) -> dict[str, Any]:
+        return {
+            "optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "best_top1": best_top1, "history": history, "rng_torch": torch.get_rng_state(),
+            "rng_numpy": np.random.get_state(), "rng_python": random.getstate(),
+        }
+
+    def save_last(epoch: int, batch_in_epoch: int, metrics: dict[str, Any]) -> None:
+        if world.is_main:
+            save_checkpoint(out / "last", model, {**run_meta, "epoch": epoch, "step": step, "metrics": metrics}, trainer_state(epoch, batch_in_epoch))
+
+    stop = {"flag": False}
+
+    def _on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
+        stop["flag"] = True
+
+    old_handlers = {}
+    if world.size == 1:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, _on_signal)
+            except ValueError:  # not the main thread
+                pass
+
+    show = progress if progress is not None else sys.stderr.isatty()
+    t0 = time.time()
+    last_top1 = history[-1]["val_top1"] if history else float("nan")
+    stopped = False
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    log(
+        f"training {cfg.model} ({cfg.method}) on {info.name}: {len(splits.train)} train / {len(splits.val)} val images, "
+        f"{num_classes} classes, {image_size}px, {cfg.total_epochs} epochs x {steps_per_epoch} steps, lr {base_lr:.3g}, "
+        f"world {world.size}"
+    )
+    bar = _Bar(show and world.is_main, total_steps, step)
+    try:
+        for epoch in range(start_epoch, cfg.total_epochs):
+            train_model.train()
+            g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            perm = shard_indices(torch.randperm(len(splits.train), generator=g), world)
+            batches = [perm[i : i + cfg.batch_size] for i in range(0, perm.numel(), cfg.batch_size)]
+            loss_sum, seen, correct = 0.0, 0, 0
+            loader = DataLoader(splits.train, batch_sampler=[b.tolist() for b in batches[skip_batches:]], num_workers=cfg.workers)
+            for bi, (images, labels) in enumerate(loader, start=skip_batches):
+                images, labels = images.to(device), torch.as_tensor(labels, device=device)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, steps_per_epoch, base_lr, cfg.min_lr, cfg.epochs, cfg.warmup_epochs)
+                with torch.no_grad():
+                    x = normalize(augment(images))
+                with autocast():
+                    loss, logits = method.loss(train_model, x, labels, teacher, cfg)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"The loss became {loss.item()} at step {step}: lower the learning rate (--lr).")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                step += 1
+                loss_sum += float(loss.detach()) * labels.numel()
+                seen += labels.numel()
+                correct += int((logits.argmax(1) == labels).sum())
+                bar.advance(f"epoch {epoch + 1}/{cfg.total_epochs} loss {loss_sum / seen:.3f}")
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0 and bi + 1 < len(batches):
+                    save_last(epoch, bi + 1, {})
+                if stop["flag"] or (cfg.max_steps is not None and step >= cfg.max_steps):
+                    save_last(epoch, bi + 1, {})
+                    raise _StopRequested
+            skip_batches = 0
+            record: dict[str, Any] = {
+                "epoch": epoch + 1, "step": step, "train_loss": all_reduce_mean(loss_sum / max(seen, 1), world),
+                "train_top1": all_reduce_mean(correct / max(seen, 1), world), "lr": opt.param_groups[0]["lr"],
+                "seconds": round(time.time() - t0, 2),
+            }
+            is_eval_epoch = (epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch + 1 == cfg.total_epochs
+            if is_eval_epoch and world.is_main:
+                res = evaluate_model(model, splits.val, info.mean, info.std, list(info.classes), device=device)
+                record.update(val_top1=res.top1, val_top5=res.top5, val_loss=res.loss)
+                last_top1 = res.top1
+            history.append(record)
+            if world.is_main:
+                metrics = {k: v for k, v in record.items() if k.startswith("val_") or k.startswith("train_")}
+                if "val_top1" in record and record["val_top1"] > best_top1:
+                    best_top1 = record["val_top1"]
+                    save_checkpoint(out / "best", model, {**run_meta, "epoch": epoch + 1, "step": step, "metrics": {**metrics, "per_class": res.per_class}})
+                save_last(epoch + 1, 0, metrics)
+                with (out / "log.jsonl").open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                msg = f"epoch {epoch + 1}/{cfg.total_epochs} step {step} loss {record['train_loss']:.4f}"
+                if "val_top1" in record:
+                    msg += f" val top-1 {record['val_top1'] * 100:.2f}% (best {best_top1 * 100:.2f}%)"
+                bar.log(msg) if bar.active else log(msg)
+            barrier(world)
+    except _StopRequested:
+        stopped = True
+        log(f"stopped at step {step}; `--resume` continues from {out / 'last'}")
+    finally:
+        bar.close()
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
+    return TrainResult(
+        out=str(out), best_top1=best_top1, last_top1=last_top1, epochs_done=len(history), steps=step,
+        seconds=round(time.time() - t0, 2), history=history, stopped_early=stopped,
+    )
+
+
+def _init_from(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
+    """Non-strict initialisation from another checkpoint (e.g. GSB stage 2 from stage 1)."""
+    loader = getattr(model, "load_from_checkpoint_state", None)
+    state = load_weights(path)
+    if loader is not None:
+        loader(state)
+        return
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+    log(f"initialised {len(usable)}/{len(own)} tensors from {path}")
+
+
+class _Bar:
+    """A rich progress bar on a terminal; nothing otherwise (epoch lines are logged instead)."""
+
+    def __init__(self, active: bool, total: int, done: int) -> None:
+        self.active = active
+        self._p = None
+        if active:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            self._p.start()
+            self._task = self._p.add_task("training", total=total, completed=done)
+
+    def advance(self, desc: str) -> None:
+        if self._p is not None:
+            self._p.update(self._task, advance=1, description=desc)
+
+    def log(self, msg: str) -> None:
+        if self._p is not None:
+            self._p.console.log(msg)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()
+            self._p = None

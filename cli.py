@@ -1,0 +1,195 @@
+"""The ``bvit-edge`` command line: thin Typer wrappers over the library (bvit_edge.*).
+
+Human output (tables, progress) goes to stderr; ``--json`` prints only the machine result on stdout.
+Exit codes: 0 ok, 2 usage / bad input, 3 validation failure, 4 toolchain / RPC error, 5 missing dependency.
+Heavy imports (torch, onnx, tvm) happen inside the commands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from bvit_edge.errors import BvitEdgeError
+
+app = typer.Typer(
+    name="bvit-edge",
+    help="Binarized Vision Transformers: train (GSB, BiT, BinaryViT, ACD-BiT), export to ONNX, compile with TVM "
+    "for ARM and x86, and measure against the full-precision teacher.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class Method(str, Enum):
+    fp = "fp"
+    gsb = "gsb"
+    bit = "bit"
+    binaryvit = "binaryvit"
+    acdbit = "acdbit"
+
+
+class Stage(str, Enum):
+    one = "1"
+    two = "2"
+    all = "all"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _emit(result: Any, as_json: bool, human: Any = None) -> None:
+    """Print ``result`` as JSON on stdout (``--json``) or a human rendering on stderr."""
+    if hasattr(result, "to_dict"):
+        result = result.to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    elif human is not None:
+        _console().print(human)
+    else:
+        _console().print_json(json.dumps(result, default=str))
+
+
+# ----------------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    method: Annotated[Method, typer.Option(help="Training method.")] = Method.fp,
+    model: Annotated[Optional[str], typer.Option(help="Registered model name (see `bvit-edge models`).")] = None,
+    data: Annotated[str, typer.Option(help="Data set: digits (built-in), cifar100, imagefolder/flowers102, chaoyang.")] = "digits",
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder of a local data set.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Keep N training images per class (limited-sample regime).")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Leave out corrupt files / bad labels instead of failing (counted).")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (before cooldown).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: lr_base * batch * world / 512, or the recipe's).")] = None,
+    lr_base: Annotated[Optional[float], typer.Option(help="Base learning rate per 512 images.")] = None,
+    min_lr: Annotated[Optional[float], typer.Option(help="Final learning rate of the cosine schedule.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.")] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs.")] = None,
+    cooldown_epochs: Annotated[Optional[int], typer.Option(help="Epochs at min_lr after the cosine.")] = None,
+    drop_path: Annotated[Optional[float], typer.Option(help="Stochastic depth rate.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the CE terms.")] = None,
+    augment: Annotated[Optional[str], typer.Option(help="Augmentation preset: deit | light | none.")] = None,
+    amp: Annotated[Optional[bool], typer.Option(help="Mixed precision where the device supports it.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Defaults preset: gsb (paper) or digits (calibrated).")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Full-precision teacher checkpoint (distillation methods).")] = None,
+    stage: Annotated[Stage, typer.Option(help="GSB stage: 1, 2 or all.")] = Stage.all,
+    init: Annotated[Optional[Path], typer.Option(help="Initialise from this checkpoint (non-strict).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size (default: the model's).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (data order, init, augmentation).")] = 0,
+    out: Annotated[Path, typer.Option(help="Run folder: last/ and best/ checkpoints, log.jsonl.")] = Path("runs/run"),
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (CLI flags win).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
+    save_every_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps inside an epoch.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N epochs.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Train a teacher (--method fp) or a binary student; checkpoints go to --out/{last,best}."""
+    from bvit_edge.training import train as run_train
+
+    overrides = dict(
+        method=method.value, model=model, data=data, data_root=str(data_root) if data_root else None,
+        per_class=per_class, skip_bad=skip_bad or None, epochs=epochs, batch_size=batch_size, lr=lr,
+        lr_base=lr_base, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+        cooldown_epochs=cooldown_epochs, drop_path=drop_path, label_smoothing=label_smoothing, augment=augment,
+        amp=amp, recipe=recipe, teacher=str(teacher) if teacher else None, stage=stage.value,
+        init=str(init) if init else None, image_size=image_size, seed=seed, out=str(out), max_steps=max_steps,
+        save_every_steps=save_every_steps, eval_every=eval_every, workers=workers, threads=threads, device=device,
+    )
+    result = run_train(config_file=config, resume=resume, **overrides)
+    d = result.to_dict()
+    d.pop("history", None) if not as_json else None
+    if as_json:
+        _emit(result, True)
+    else:
+        _console().print(
+            f"[bold]done[/]: {result.epochs_done} epochs, {result.steps} steps in {result.seconds:.0f}s; "
+            f"best val top-1 {result.best_top1 * 100:.2f}%  -> {result.out}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ eval
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, run folder (uses best/) or .safetensors.")],
+    data: Annotated[Optional[str], typer.Option(help="Data set (default: the checkpoint's).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder of a local data set.")] = None,
+    split: Annotated[str, typer.Option(help="val or train.")] = "val",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Top-1 / top-5 / per-class accuracy of a checkpoint."""
+    from rich.table import Table
+
+    from bvit_edge.evaluation import evaluate
+
+    res = evaluate(checkpoint, data=data, data_root=str(data_root) if data_root else None, split=split, batch_size=batch_size, threads=threads)
+    table = Table(title=f"{res.model} on {res.data} ({res.split}, {res.num_images} images)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("top-1", f"{res.top1 * 100:.2f}%")
+    table.add_row("top-5", f"{res.top5 * 100:.2f}%")
+    table.add_row("loss", f"{res.loss:.4f}")
+    for c, acc in res.per_class.items():
+        table.add_row(f"class {c}", f"{acc * 100:.1f}%")
+    _emit(res, as_json, table)
+
+
+# ---------------------------------------------------------------------------------------------- models
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="Shell pattern, e.g. 'gsb_*'.")] = "*",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the names as JSON on stdout.")] = False,
+) -> None:
+    """List the registered models."""
+    from bvit_edge.models import list_models
+
+    names = list_models(pattern)
+    if as_json:
+        _emit(names, True)
+    else:
+        for n in names:
+            typer.echo(n)
+
+
+# -------------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bvit-edge-demo"),
+    quick: Annotated[bool, typer.Option(help="A shorter run (~3 minutes) with fewer epochs.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """The whole pipeline on the built-in digits data (what `make demo` runs)."""
+    from bvit_edge.demo import run_demo
+
+    run_demo(out=out, quick=quick, threads=threads)
+
+
+def main() -> None:
+    """Console-script entry point: runs the app, turning BvitEdgeError into a message and its exit code."""
+    try:
+        app()
+    except BvitEdgeError as exc:
+        _console().print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _console().print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

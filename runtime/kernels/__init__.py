@@ -1,0 +1,10 @@
+"""TIR kernels for the ``bvit_edge`` ops (bit-serial popcount products with integer accumulation).
+
+Every kernel is a TVMScript prim func built for static shapes by a small factory function; the
+schedules that make them fast live in :mod:`bvit_edge.runtime.schedules`.
+"""
+
+from bvit_edge.runtime.kernels.binary_linear import binary_linear_kernel
+from bvit_edge.runtime.kernels.words import word_dtype
+
+__all__ = ["binary_linear_kernel", "word_dtype"]

@@ -1,0 +1,106 @@
+"""The BinaryLinear kernel: activation packing fused with a packed popcount GEMM and its epilogue.
+
+One prim func, three blocks (static shapes; M rows, K true features, N outputs, KW = ceil(K / word_bits)):
+
+``pack``  a[m, w] = OR_j bit(x[m, w*B + j] + shift[w*B + j]) << j     (B = word bits, pads are 0)
+          signed: bit = x' < 0 (the sign bit, so sgn(0) = +1); unsigned: bit = x' > alpha / 2.
+``acc``   integer accumulation over the words, exact in int32:
+          signed:   s[m, n] = sum_w popcount(a[m, w] XOR W[w, n]);            acc = K - 2 s
+          unsigned: s[m, n] = sum_w popcount(a[m, w]) - 2 popcount(a[m, w] AND W[w, n]);  acc = s
+``out``   y[m, n] = float(acc) * (alpha * w_scale[n]) + bias[n]   (alpha * w_scale first, in f32).
+
+W is the weight repacked at compile time as [KW, N] words (bit 1 = -1), so the inner loop over n reads
+contiguous words and vectorizes into vpopcntq (AVX-512 VPOPCNTDQ) or cnt (NEON).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.script import tirx as T
+
+from bvit_edge.errors import ConfigError
+from bvit_edge.runtime.kernels.words import n_words, word_dtype
+
+MODES = ("signed", "unsigned")
+
+
+def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64) -> tvm.tirx.PrimFunc:
+    """Build the unscheduled BinaryLinear prim func for x f32[m, k] and weights [ceil(k/word_bits), n].
+
+    Arguments of the prim func, in order: x f32[m, k], shift f32[k], alpha f32[1], w word[kw, n],
+    w_scale f32[n], bias f32[n], y f32[m, n] (output).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"BinaryLinear mode {mode!r} is not one of {MODES}; re-export the model.")
+    wd = word_dtype(word_bits)
+    kw = n_words(k, word_bits)
+    bits = int(word_bits)
+    signed = mode == "signed"
+    kk = int(k)
+
+    @T.prim_func(private=True)
+    def binary_linear(
+        x: T.Buffer((m, k), "float32"),
+        shift: T.Buffer((k,), "float32"),
+        alpha: T.Buffer((1,), "float32"),
+        w: T.Buffer((kw, n), wd),
+        w_scale: T.Buffer((n,), "float32"),
+        bias: T.Buffer((n,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        T.func_attr({"tir.noalias": True})
+        a = T.sblock_alloc_buffer((m, kw), wd)
+        acc = T.sblock_alloc_buffer((m, n), "int32")
+        for i, wi, j in T.grid(m, kw, bits):
+            with T.sblock("pack"):
+                vi, vw, vj = T.axis.remap("SSR", [i, wi, j])
+                with T.init():
+                    a[vi, vw] = T.Cast(wd, 0)
+                if signed:
+                    a[vi, vw] = a[vi, vw] | T.shift_left(
+                        T.Cast(
+                            wd,
+                            T.if_then_else(
+                                vw * bits + vj < kk,
+                                x[vi, T.min(vw * bits + vj, kk - 1)] + shift[T.min(vw * bits + vj, kk - 1)]
+                                < T.float32(0),
+                                False,
+                            ),
+                        ),
+                        T.Cast(wd, vj),
+                    )
+                else:
+                    a[vi, vw] = a[vi, vw] | T.shift_left(
+                        T.Cast(
+                            wd,
+                            T.if_then_else(
+                                vw * bits + vj < kk,
+                                x[vi, T.min(vw * bits + vj, kk - 1)] + shift[T.min(vw * bits + vj, kk - 1)]
+                                > alpha[0] * T.float32(0.5),
+                                False,
+                            ),
+                        ),
+                        T.Cast(wd, vj),
+                    )
+        for i, jn, wi in T.grid(m, n, kw):
+            with T.sblock("acc"):
+                vi, vn, vw = T.axis.remap("SSR", [i, jn, wi])
+                with T.init():
+                    acc[vi, vn] = 0
+                if signed:
+                    acc[vi, vn] = acc[vi, vn] + T.Cast("int32", T.popcount(a[vi, vw] ^ w[vw, vn]))
+                else:
+                    acc[vi, vn] = (
+                        acc[vi, vn]
+                        + T.Cast("int32", T.popcount(a[vi, vw]))
+                        - 2 * T.Cast("int32", T.popcount(a[vi, vw] & w[vw, vn]))
+                    )
+        for i, jn in T.grid(m, n):
+            with T.sblock("out"):
+                vi, vn = T.axis.remap("SS", [i, jn])
+                if signed:
+                    y[vi, vn] = T.Cast("float32", kk - 2 * acc[vi, vn]) * (alpha[0] * w_scale[vn]) + bias[vn]
+                else:
+                    y[vi, vn] = T.Cast("float32", acc[vi, vn]) * (alpha[0] * w_scale[vn]) + bias[vn]
+
+    return binary_linear

@@ -8,6 +8,7 @@ Heavy imports (torch, onnx, tvm) happen inside the commands so ``--help`` is ins
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -110,8 +111,8 @@ def train(
         save_every_steps=save_every_steps, eval_every=eval_every, workers=workers, threads=threads, device=device,
     )
     result = run_train(config_file=config, resume=resume, **overrides)
-    d = result.to_dict()
-    d.pop("history", None) if not as_json else None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # torchrun: only rank 0 reports
     if as_json:
         _emit(result, True)
     else:

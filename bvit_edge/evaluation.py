@@ -58,7 +58,7 @@ def evaluate_model(
     loss_sum = 0.0
     hits = torch.zeros(n_cls, dtype=torch.long)
     counts = torch.zeros(n_cls, dtype=torch.long)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, generator=torch.Generator())
     for images, labels in loader:
         images = (images.to(device) - m) / s
         labels = labels.to(device)

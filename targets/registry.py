@@ -56,7 +56,8 @@ _TRIPLE = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "armv7"
 _DETECT = "detect"
 _KNOWN_KEYS = {
     "name", "description", "arch", "family", "word_bits", "threads", "cross_compiler", "apt_package",
-    "emulated_by", "required_cpu_flags", "tvm_tag", "tvm_target",
+    "emulated_by", "required_cpu_flags", "tvm_target",
+    "source",  # written by TargetSpec.to_dict(); ignored on load so a dict round-trips
 }
 
 
@@ -268,6 +269,9 @@ def _from_raw_tvm(tvm_target: dict[str, Any]) -> TargetSpec:
         )
     tvm_target = dict(tvm_target)
     tvm_target.setdefault("mtriple", _TRIPLE[arch])
+    if str(tvm_target["mtriple"]).endswith("gnueabihf"):
+        # The hard-float ABI of armhf: without it the objects do not link with arm-linux-gnueabihf-gcc.
+        tvm_target.setdefault("mfloat-abi", "hard")
     if arch == "x86_64":
         spec = TargetSpec(name="custom-x86_64", arch=arch, family="x86-avx2", tvm_target=tvm_target, source="dict")
         from tvm.target import codegen

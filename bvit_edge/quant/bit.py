@@ -168,8 +168,67 @@ def codes_linear(c: torch.Tensor, w_codes: torch.Tensor, scale: torch.Tensor, bi
     return out if bias is None else out + bias
 
 
+class BiTLinear(nn.Linear):
+    """A BiT binary linear layer: y = W_hat x_hat + bias with W_hat = BWN(W) (layer-wise m) and
+    x_hat = ElasticBinarizer(mode)(x) (beta per input channel).
+
+    Computed as acc * (alpha * m) + bias with acc = c @ sgn(W - mean W)^T, the order of the deployment op.
+    ``frozen()`` returns the deployment module (:class:`bvit_edge.quant.deploy.FrozenBinaryLinear`) that
+    the student's ``freeze()`` puts in its place.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "signed") -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        from bvit_edge.quant.weights import BWNQuantizer
+
+        self.act = ElasticBinarizer(mode, beta_shape=(in_features,))
+        self.wq = BWNQuantizer(per_row=False)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, mode: str = "signed") -> "BiTLinear":
+        """A BiTLinear holding a copy of ``lin``'s weight and bias (teacher initialisation)."""
+        new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, mode=mode)
+        with torch.no_grad():
+            new.weight.copy_(lin.weight)
+            if lin.bias is not None:
+                new.bias.copy_(lin.bias)
+        return new
+
+    def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sgn(W - mean W) with BWN's identity gradient to W, m detached): W_hat = m * codes."""
+        w_hat = self.wq(self.weight)
+        m = self.wq.scales(self.weight)[:1].reshape(())
+        return w_hat / m, m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, alpha = self.act.codes(x)
+        wc, m = self.weight_codes()
+        return codes_linear(c, wc, alpha * m, self.bias)
+
+    @torch.no_grad()
+    def frozen(self) -> nn.Module:
+        """The deployment module: sign bits + scales computed once, ``torch.ops.bvit.binary_linear`` with
+        shift = -beta, alpha = alpha, w_scale = m (repeated per row)."""
+        from bvit_edge.quant.deploy import FrozenBinaryLinear, bwn_pack
+
+        w_bits, w_scale = bwn_pack(self.weight, per_row=False)
+        bias = None if self.bias is None else self.bias.detach()
+        return FrozenBinaryLinear(w_bits, w_scale, self.act.deploy_shift(), self.act.deploy_alpha(), bias, self.act.mode, self.in_features)
+
+    def bit_widths(self) -> dict[str, int]:
+        """Precision of each parameter, for :func:`bvit_edge.summary.summary` (the summary protocol)."""
+        out = {"weight": 1, "act.alpha": 32, "act.beta": 32}
+        if self.bias is not None:
+            out["bias"] = 32
+        return out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", mode={self.act.mode}"
+
+
 __all__ = [
     "ALPHA_MIN",
+    "BiTLinear",
     "ElasticBinarizer",
     "codes_linear",
     "codes_matmul",

@@ -43,7 +43,7 @@ class TrainConfig:
     """Everything a training run depends on. JSON-able via :meth:`to_dict`."""
 
     method: str = "fp"
-    model: str = "demo"
+    model: str | None = None  # default: the method's demo model on digits, its DeiT-S variant elsewhere
     data: str = "digits"
     data_root: str | None = None
     per_class: int | None = None
@@ -134,9 +134,22 @@ def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | P
     if "lr" in merged_user or "lr_base" in merged_user:
         base.pop("lr", None)
     cfg_dict = {**base, **merged_user}
+    if not cfg_dict.get("model"):
+        cfg_dict["model"] = default_model(method, data)
     cfg = TrainConfig.from_dict(cfg_dict)
     _check(cfg)
     return cfg
+
+
+_PREFIX = {"fp": "deit", "gsb": "gsb", "bit": "bit", "binaryvit": "binaryvit", "acdbit": "acdbit"}
+
+
+def default_model(method: str, data: str) -> str:
+    """The model a method trains when --model is not given: the demo geometry on digits, DeiT-S elsewhere."""
+    prefix = _PREFIX[method]
+    if data == "digits":
+        return f"{prefix}_demo_patch4_32"
+    return f"{prefix}_deit_small_patch16_224" if method != "fp" else "deit_small_patch16_224"
 
 
 def _check(cfg: TrainConfig) -> None:

@@ -43,6 +43,9 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    world_size: int = 1
+    base_lr: float = 0.0
+    ranks_in_sync: bool | None = None  # distributed runs: every rank ended with identical weights
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -124,9 +127,38 @@ def train(
     if not world.is_main:
         log = lambda msg: None  # noqa: E731
     try:
+        if cfg.method == "gsb" and cfg.stage == "all":
+            return _train_gsb_two_stages(cfg, device, world, resume, progress, log)
+        if cfg.method == "gsb" and cfg.stage == "2" and not cfg.init and not resume:
+            raise ConfigError(
+                "A GSB stage-2 run starts from a stage-1 checkpoint: pass --init RUN/stage1 (a `--stage 1` run's "
+                "folder), or use --stage all to run both stages."
+            )
         return _train(cfg, device, world, resume, progress, log)
     finally:
         shutdown(world)
+
+
+def _train_gsb_two_stages(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None, log: Callable[[str], None]) -> TrainResult:
+    """GSB's recipe: stage 1 (binary MLP weights) to OUT/stage1, then stage 2 (full GSB) to OUT/stage2,
+    initialised from stage 1's best checkpoint. ``method_options.stage1_epochs`` sets stage 1's length."""
+    import dataclasses
+
+    out = Path(cfg.out)
+    s1_epochs = int(cfg.method_options.get("stage1_epochs", cfg.epochs))
+    s1 = dataclasses.replace(cfg, stage="1", out=str(out / "stage1"), epochs=s1_epochs)
+    s2 = dataclasses.replace(cfg, stage="2", out=str(out / "stage2"), init=str(out / "stage1" / "best"))
+    s2_started = (out / "stage2" / "last").is_dir()
+    r1 = None
+    if not (resume and s2_started):
+        s1_resume = resume and (out / "stage1" / "last").is_dir()
+        r1 = _train(s1, device, world, s1_resume, progress, log)
+        if r1.stopped_early:
+            return r1
+    r2 = _train(s2, device, world, resume and s2_started, progress, log)
+    if r1 is not None:
+        r2.history = [{**h, "stage": 1} for h in r1.history] + [{**h, "stage": 2} for h in r2.history]
+    return r2
 
 
 def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None, log: Callable[[str], None]) -> TrainResult:
@@ -254,7 +286,8 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
             perm = shard_indices(torch.randperm(len(splits.train), generator=g), world)
             batches = [perm[i : i + cfg.batch_size] for i in range(0, perm.numel(), cfg.batch_size)]
             loss_sum, seen, correct = 0.0, 0, 0
-            loader = DataLoader(splits.train, batch_sampler=[b.tolist() for b in batches[skip_batches:]], num_workers=cfg.workers)
+            loader = DataLoader(splits.train, batch_sampler=[b.tolist() for b in batches[skip_batches:]], num_workers=cfg.workers,
+                                generator=torch.Generator().manual_seed(cfg.seed))  # private: keeps the global RNG untouched
             for bi, (images, labels) in enumerate(loader, start=skip_batches):
                 images, labels = images.to(device), torch.as_tensor(labels, device=device)
                 for group in opt.param_groups:
@@ -317,8 +350,24 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
             signal.signal(sig, h)
     return TrainResult(
         out=str(out), best_top1=best_top1, last_top1=last_top1, epochs_done=len(history), steps=step,
-        seconds=round(time.time() - t0, 2), history=history, stopped_early=stopped,
+        seconds=round(time.time() - t0, 2), history=history, stopped_early=stopped, world_size=world.size, base_lr=base_lr,
+        ranks_in_sync=_ranks_in_sync(model, world),
     )
+
+
+def _ranks_in_sync(model: nn.Module, world: World) -> bool | None:
+    """Distributed runs: whether every rank holds bit-identical parameters (max over ranks of the
+    absolute difference to rank 0's parameters is 0)."""
+    if not world.distributed:
+        return None
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    diff = torch.tensor([float((flat - ref).abs().max())])
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return bool(diff.item() == 0.0)
 
 
 def _init_from(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
@@ -326,7 +375,7 @@ def _init_from(model: nn.Module, path: str, log: Callable[[str], None]) -> None:
     loader = getattr(model, "load_from_checkpoint_state", None)
     state = load_weights(path)
     if loader is not None:
-        loader(state)
+        log(f"initialised from {path}: {loader(state)}")
         return
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

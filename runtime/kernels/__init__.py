@@ -5,6 +5,7 @@ schedules that make them fast live in :mod:`bvit_edge.runtime.schedules`.
 """
 
 from bvit_edge.runtime.kernels.binary_linear import binary_linear_kernel
+from bvit_edge.runtime.kernels.binary_matmul import binary_matmul_kernel
 from bvit_edge.runtime.kernels.words import word_dtype
 
-__all__ = ["binary_linear_kernel", "word_dtype"]
+__all__ = ["binary_linear_kernel", "binary_matmul_kernel", "word_dtype"]

@@ -38,7 +38,7 @@ def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64)
     signed = mode == "signed"
     kk = int(k)
 
-    @T.prim_func(private=True)
+    @T.prim_func(private=True, s_tir=True)
     def binary_linear(
         x: T.Buffer((m, k), "float32"),
         shift: T.Buffer((k,), "float32"),

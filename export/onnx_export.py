@@ -1,0 +1,282 @@
+"""Export a frozen bvit-edge model (or a full-precision teacher) to ONNX through torch.onnx (dynamo).
+
+``export_onnx(model, path, ops="packed")`` runs ``torch.onnx.export(..., dynamo=True, opset_version=18,
+custom_translation_table=...)``: the ``torch.ops.bvit`` calls of a frozen model become ``bvit_edge`` domain
+v1 nodes with bit-packed uint8 weights (``ops="packed"``), or their standard-ONNX decomposition
+(``ops="standard"``, runnable by any ONNX runtime); int8 parts become DequantizeLinear / QuantizeLinear on
+int8 initializers either way. A full-precision teacher has no custom ops and exports as plain ONNX.
+
+After the export the model is set to IR version 10 (onnxruntime 1.31 refuses newer), checked with
+``onnx.checker.check_model(full_check=True)``, and ONNX shape inference must give every graph output a
+shape on its own (the exporter's output shapes are cleared in a copy first). The file is written
+atomically: on any failure no partial file is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from bvit_edge.atomic import write_bytes
+from bvit_edge.errors import BvitEdgeError, ConfigError, UsageError, ValidationError
+from bvit_edge.export.ops import DOMAIN, OPS_CHOICES, VERSION, translation_table
+
+IR_VERSION = 10
+OPSET = 18
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote: path, flavour, graph facts and bytes on disk."""
+
+    path: str
+    ops: str
+    opset: int
+    ir_version: int
+    input_name: str
+    input_shape: list[Any]
+    output_names: list[str]
+    output_shapes: list[list[Any]]
+    dynamic_batch: bool
+    bytes: int
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# checks before the export
+# --------------------------------------------------------------------------------------------------------
+
+
+def check_frozen(model: Any) -> None:
+    """A model with quantized training layers (anything offering ``frozen()`` / ``freeze_()``) must be
+    frozen first; a plain float model (a teacher) passes."""
+    if getattr(model, "is_frozen", False):
+        return
+    for name, module in model.named_modules():
+        if callable(getattr(module, "frozen", None)) or callable(getattr(module, "freeze_", None)):
+            where = name or type(model).__name__
+            raise ConfigError(
+                f"The model is not frozen: module {where!r} ({type(module).__name__}) is a training-mode "
+                "quantized layer. Export needs the deployment form: call "
+                "bvit_edge.quant.freeze.freeze(model) (or `bvit-edge export` on a checkpoint, which freezes "
+                "it) and export again."
+            )
+
+
+def _example_input(model: Any, input_shape: Sequence[int] | None) -> Any:
+    import torch
+
+    if input_shape is None:
+        cfg = getattr(model, "default_cfg", None) or {}
+        size = cfg.get("input_size")
+        if size is None:
+            raise UsageError(
+                "Cannot tell the model's input size: it has no default_cfg['input_size']. Pass "
+                "input_shape=(1, C, H, W) (CLI: --input-size)."
+            )
+        input_shape = (1, *size)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise UsageError(f"input_shape must be (batch, channels, height, width) with positive sizes, got {shape}.")
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=gen)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the export itself
+# --------------------------------------------------------------------------------------------------------
+
+
+def _torch_export(model: Any, example: Any, ops: str, dynamic_batch: bool) -> onnx.ModelProto:
+    import torch
+
+    kwargs: dict[str, Any] = dict(
+        dynamo=True,
+        opset_version=OPSET,
+        custom_translation_table=translation_table(ops),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        optimize=True,
+        verbose=False,
+    )
+    if dynamic_batch:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=65536)},)
+    # The exporter prints progress with print(): keep stdout clean for `--json` callers.
+    noisy = logging.getLogger("torch.onnx")
+    old_level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            program = torch.onnx.export(model, (example,), **kwargs)
+    finally:
+        noisy.setLevel(old_level)
+    if program is None:  # pragma: no cover - dynamo=True always returns a program
+        raise ConfigError("torch.onnx.export returned no program.")
+    return program.model_proto
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = next((t.strip() for t in text if t.strip()), type(exc).__name__)
+    return msg[:400]
+
+
+def _strip_debug_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node stack traces / local paths: artifacts should not carry them."""
+
+    def strip_graph(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    strip_graph(attr.g)
+        for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+            del vi.metadata_props[:]
+        for init in graph.initializer:
+            del init.metadata_props[:]
+
+    strip_graph(proto.graph)
+    del proto.metadata_props[:]
+
+
+def _finalize(proto: onnx.ModelProto, ops: str, model: Any) -> onnx.ModelProto:
+    proto.ir_version = IR_VERSION
+    _strip_debug_metadata(proto)
+    domains = {n.domain for n in proto.graph.node}
+    if proto.functions:
+        raise ConfigError(
+            f"The export left {len(proto.functions)} ONNX local function(s) "
+            f"({', '.join(sorted({f.name for f in proto.functions}))}): a module the exporter could not "
+            "inline. Replace it with standard torch ops or a torch.ops.bvit op."
+        )
+    unknown = sorted(d for d in domains if d not in ("", "ai.onnx", DOMAIN))
+    if unknown:
+        raise ConfigError(f"The export produced nodes in unsupported ONNX domains {unknown}; only standard ops and {DOMAIN!r} are allowed.")
+    if ops == "standard" and DOMAIN in domains:
+        raise ConfigError(f"A standard export still holds {DOMAIN!r} nodes: a translation was bypassed. This is a bug.")
+    imports = {o.domain: o for o in proto.opset_import}
+    if DOMAIN in domains and DOMAIN not in imports:
+        proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, VERSION))
+    if DOMAIN not in domains and DOMAIN in imports:
+        keep = [o for o in proto.opset_import if o.domain != DOMAIN]
+        del proto.opset_import[:]
+        proto.opset_import.extend(keep)
+    cfg = dict(getattr(model, "default_cfg", None) or {})
+    meta = {
+        "bvit_edge.ops": ops if DOMAIN in domains else "standard",
+        "bvit_edge.op_domain": f"{DOMAIN}:{VERSION}",
+        "bvit_edge.model_name": str(getattr(model, "model_name", type(model).__name__)),
+        "bvit_edge.default_cfg": json.dumps({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, tuple, list))}),
+    }
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name = "bvit-edge"
+    return proto
+
+
+def check_exported(proto: onnx.ModelProto) -> list[list[Any]]:
+    """onnx.checker full check, then shape inference alone must give every output a shape.
+
+    Returns the inferred output shapes (ints, or the symbolic name of a dynamic dim)."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx raises ValidationError / InferenceError
+        raise ValidationError(f"The exported ONNX model fails onnx.checker (full check): {_first_line(exc)}") from exc
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    del probe.graph.value_info[:]
+    for out in probe.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True)
+    shapes: list[list[Any]] = []
+    for out in inferred.graph.output:
+        tt = out.type.tensor_type
+        if not tt.HasField("shape"):
+            raise ValidationError(f"ONNX shape inference gives no shape for output {out.name!r}; the export is incomplete.")
+        shapes.append([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim])
+    return shapes
+
+
+def export_onnx(
+    model: Any,
+    path: str | Path,
+    *,
+    ops: str = "packed",
+    input_shape: Sequence[int] | None = None,
+    dynamic_batch: bool = True,
+) -> ExportResult:
+    """Export ``model`` (frozen binary student, or float teacher) to ``path`` and return what was written.
+
+    ``ops``: "packed" (bvit_edge nodes, 1 bit a weight) or "standard" (standard ONNX ops only).
+    ``input_shape``: (1, C, H, W); default from ``model.default_cfg['input_size']``.
+    ``dynamic_batch``: the batch axis is symbolic ("batch"); falls back to a static one if the model
+    cannot be traced with it.
+    """
+    if ops not in OPS_CHOICES:
+        raise UsageError(f"ops must be one of {', '.join(OPS_CHOICES)}, got {ops!r}.")
+    import torch
+
+    check_frozen(model)
+    model.eval()
+    example = _example_input(model, input_shape)
+    proto = None
+    errors: list[str] = []
+    for dyn in ([True, False] if dynamic_batch else [False]):
+        try:
+            with torch.no_grad():
+                proto = _torch_export(model, example, ops, dyn)
+            dynamic_batch = dyn
+            break
+        except BvitEdgeError:
+            raise
+        except Exception as exc:  # the exporter raises many types; report the first line
+            errors.append(_first_line(exc))
+    if proto is None:
+        raise ConfigError(
+            f"torch.onnx could not export {type(model).__name__}: {errors[-1]} A module or op in the model "
+            "has no ONNX translation (an unsupported module). Binary layers must be frozen into "
+            "torch.ops.bvit calls (bvit_edge.quant.freeze.freeze); other layers must use standard torch ops."
+        )
+    proto = _finalize(proto, ops, model)
+    out_shapes = check_exported(proto)
+    data = proto.SerializeToString()
+    write_bytes(path, data)
+    counts: dict[str, int] = {}
+    for n in proto.graph.node:
+        key = f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+        counts[key] = counts.get(key, 0) + 1
+    in_dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return ExportResult(
+        path=str(path),
+        ops=ops if any(n.domain == DOMAIN for n in proto.graph.node) else "standard",
+        opset=OPSET,
+        ir_version=proto.ir_version,
+        input_name=proto.graph.input[0].name,
+        input_shape=[d.dim_value if d.HasField("dim_value") else d.dim_param for d in in_dims],
+        output_names=[o.name for o in proto.graph.output],
+        output_shapes=out_shapes,
+        dynamic_batch=dynamic_batch,
+        bytes=len(data),
+        op_counts=dict(sorted(counts.items())),
+    )
+
+
+def export_teacher_onnx(model: Any, path: str | Path, **kwargs: Any) -> ExportResult:
+    """Export a full-precision model (the baseline teacher) as plain ONNX (standard ops only)."""
+    return export_onnx(model, path, ops="standard", **kwargs)
+
+
+__all__ = ["ExportResult", "export_onnx", "export_teacher_onnx", "check_frozen", "check_exported", "IR_VERSION", "OPSET"]

@@ -1,0 +1,80 @@
+"""Size report of an ONNX export: bytes on disk and weight counts by precision, read from the initializers.
+
+* 1-bit: bit-packed uint8 initializers. Fed to a BinaryLinear node (input W_bits): N x in_features true
+  weights; any other uint8 initializer (e.g. in a standard export, where the decomposition unpacks it in
+  the graph): 8 bits a byte, pad bits included.
+* 8-bit: int8 initializers (DequantizeLinear weights).
+* 32-bit: float32 initializers (LayerNorm, biases, scales, float weights).
+* other: any other element type (int64 shape constants, ...), counted apart.
+
+The compression ratio is teacher bytes / these bytes (both on disk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from bvit_edge.runtime.ort import load_model
+
+_T = onnx.TensorProto
+
+
+@dataclass
+class SizeReport:
+    path: str
+    bytes_on_disk: int
+    weights_1bit: int
+    weights_8bit: int
+    weights_32bit: int
+    weights_other: int
+    teacher_path: str | None = None
+    teacher_bytes: int | None = None
+    compression_ratio: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    """{"weights_1bit", "weights_8bit", "weights_32bit", "weights_other"} counted from the initializers."""
+    binary_k: dict[str, int] = {}
+    for node in proto.graph.node:
+        if node.op_type == "BinaryLinear" and len(node.input) > 3:
+            k = next((a.i for a in node.attribute if a.name == "in_features"), 0)
+            binary_k[node.input[3]] = int(k)
+    counts = {"weights_1bit": 0, "weights_8bit": 0, "weights_32bit": 0, "weights_other": 0}
+    for init in proto.graph.initializer:
+        n = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
+        if init.data_type == _T.UINT8:
+            if init.name in binary_k and init.dims:
+                counts["weights_1bit"] += int(init.dims[0]) * binary_k[init.name]
+            else:
+                counts["weights_1bit"] += 8 * n
+        elif init.data_type == _T.INT8:
+            counts["weights_8bit"] += n
+        elif init.data_type == _T.FLOAT:
+            counts["weights_32bit"] += n
+        else:
+            counts["weights_other"] += n
+    return counts
+
+
+def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None) -> SizeReport:
+    """Bytes on disk and weight counts of ``onnx_path``; compression ratio vs ``teacher_path`` if given."""
+    proto = load_model(onnx_path)
+    size = Path(onnx_path).stat().st_size
+    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, **weight_counts(proto))
+    if teacher_path is not None:
+        load_model(teacher_path)
+        tb = Path(teacher_path).stat().st_size
+        rep.teacher_path, rep.teacher_bytes = str(teacher_path), tb
+        rep.compression_ratio = tb / size if size else None
+    return rep
+
+
+__all__ = ["SizeReport", "size_report", "weight_counts"]

@@ -1,0 +1,169 @@
+"""Validation of an ONNX export against the frozen torch model, in the manner of Optimum.
+
+Order: output names, then shapes, then values, on real inputs. Each failure is a named
+:class:`bvit_edge.errors.ValidationError` (exit code 3) that states the difference:
+
+* :class:`OutputNameMismatch`  the session's output names differ from the expected ones;
+* :class:`ShapeMismatch`       an output's shape differs from the torch output's;
+* :class:`ValueMismatch`       max |onnx - torch| > atol + rtol * max |torch|, or top-1 differs.
+
+The relative difference reported is ``max|onnx - torch| / max|torch|`` (relative to the output's scale:
+elementwise relative errors of logits near 0 say nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bvit_edge.errors import UsageError, ValidationError
+
+
+class OutputNameMismatch(ValidationError):
+    """The exported model's output names are not the expected ones."""
+
+
+class ShapeMismatch(ValidationError):
+    """An exported output has a different shape from the torch model's output."""
+
+
+class ValueMismatch(ValidationError):
+    """Exported outputs differ from the torch model's beyond tolerance (or the top-1 class differs)."""
+
+
+@dataclass
+class ValidationReport:
+    """Fidelity of an export on ``num_inputs`` real inputs (max differences over every output)."""
+
+    onnx_path: str
+    num_inputs: int
+    output_names: list[str]
+    output_shapes: list[list[int]]
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float
+    top1_mismatches: int
+    rtol: float
+    atol: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+    """Eval-mode outputs of ``model`` on ``x`` in chunks (a tuple output gives several arrays)."""
+    import torch
+
+    model.eval()
+    outs: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            y = model(torch.from_numpy(x[i : i + batch_size]))
+            ys = list(y) if isinstance(y, (tuple, list)) else [y]
+            outs.append([_as_numpy(t) for t in ys])
+    return [np.concatenate([o[k] for o in outs], axis=0) for k in range(len(outs[0]))]
+
+
+def compare_outputs(
+    got: Sequence[np.ndarray], ref: Sequence[np.ndarray], names: Sequence[str], rtol: float, atol: float
+) -> tuple[float, float, float, int]:
+    """Shapes then values; returns (max_abs, max_rel, top1_agreement, top1_mismatches) or raises."""
+    for name, g, r in zip(names, got, ref):
+        if tuple(g.shape) != tuple(r.shape):
+            raise ShapeMismatch(
+                f"Output {name!r} has shape {list(g.shape)} in ONNX but {list(r.shape)} in torch. The export "
+                "traced a different graph (a static batch? a different head layout?): export again."
+            )
+    max_abs, max_rel = 0.0, 0.0
+    for g, r in zip(got, ref):
+        diff = float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))) if g.size else 0.0
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        max_abs = max(max_abs, diff)
+        max_rel = max(max_rel, diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf")))
+    g0, r0 = got[0], ref[0]
+    if g0.ndim == 2 and g0.shape[0] > 0:
+        agree = g0.argmax(axis=1) == r0.argmax(axis=1)
+        top1, mism = float(agree.mean()), int((~agree).sum())
+    else:
+        top1, mism = 1.0, 0
+    return max_abs, max_rel, top1, mism
+
+
+def validate_onnx(
+    model: Any,
+    onnx_path: str | Path,
+    inputs: Any,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    expected_output_names: Sequence[str] | None = ("logits",),
+    threads: int | None = None,
+    batch_size: int = 64,
+) -> ValidationReport:
+    """Check the export at ``onnx_path`` against the (frozen) torch ``model`` on ``inputs`` [B, C, H, W].
+
+    Passes when the names match, shapes match, max |onnx - torch| <= atol + rtol * max |torch| for every
+    output and the top-1 class (argmax of the first output) agrees on every input. Raises the named
+    mismatch error otherwise; returns the report when it passes.
+    """
+    from bvit_edge.runtime.ort import run_session, ort_session
+
+    x = _as_numpy(inputs)
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise UsageError(f"Validation inputs must be a non-empty batch [B, C, H, W], got shape {list(x.shape)}.")
+    session = ort_session(onnx_path, threads=threads)
+    names = [o.name for o in session.get_outputs()]
+    if expected_output_names is not None and list(names) != list(expected_output_names):
+        raise OutputNameMismatch(
+            f"{str(onnx_path)!r} has outputs {names}, expected {list(expected_output_names)}. Export with "
+            "bvit_edge.export.export_onnx (it names the output 'logits')."
+        )
+    ref = torch_outputs(model, x, batch_size)
+    if len(ref) != len(names):
+        raise OutputNameMismatch(f"{str(onnx_path)!r} has {len(names)} outputs {names}; the torch model gives {len(ref)}.")
+    got = run_session(session, x, batch_size)
+    max_abs, max_rel, top1, mism = compare_outputs(got, ref, names, rtol, atol)
+    scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
+    passed = max_abs <= atol + rtol * scale and mism == 0
+    report = ValidationReport(
+        onnx_path=str(onnx_path),
+        num_inputs=int(x.shape[0]),
+        output_names=names,
+        output_shapes=[list(g.shape) for g in got],
+        max_abs_diff=max_abs,
+        max_rel_diff=max_rel,
+        top1_agreement=top1,
+        top1_mismatches=mism,
+        rtol=rtol,
+        atol=atol,
+        passed=passed,
+    )
+    if not passed:
+        raise ValueMismatch(
+            f"{str(onnx_path)!r} differs from the torch model on {x.shape[0]} inputs: max abs diff "
+            f"{max_abs:.3g}, max rel diff {max_rel:.3g} (allowed {atol:g} + {rtol:g} x {scale:.3g}), top-1 "
+            f"differs on {mism} input(s). Check that the model was frozen before export and that the export "
+            "is of this model."
+        )
+    return report
+
+
+__all__ = [
+    "OutputNameMismatch",
+    "ShapeMismatch",
+    "ValueMismatch",
+    "ValidationReport",
+    "validate_onnx",
+    "torch_outputs",
+    "compare_outputs",
+]

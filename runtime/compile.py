@@ -1,0 +1,211 @@
+"""Compile an exported ONNX model for a target into an artifact folder (lib.so + manifest.json).
+
+``compile_model(onnx_path, target, out_dir)``:
+
+1. resolve the target preset (bvit_edge.targets) and check its cross compiler is installed *before* any
+   work (a missing one is a ToolchainError naming the apt package, exit code 4);
+2. read the ONNX model, check its op domains (bvit_edge v1 only) and fix a static batch-1 input shape;
+3. import it with TVM's Relax ONNX importer plus our converters (bvit_edge.runtime.tvm_frontend): the
+   bvit_edge ops become scheduled popcount kernels, packed weights repacked to the target's words;
+4. legalize and fuse the standard ops, schedule every float prim func (bvit_edge.runtime.schedules) and
+   build with LLVM for the target;
+5. write, atomically (bvit_edge.atomic.atomic_dir: no half-written folder on failure), ``lib.so`` linked
+   with the target's toolchain and ``manifest.json``.
+
+Parameters: the weights are compile-time constants of the Relax module and live inside ``lib.so`` (the
+binary weights repacked for the target's word size), so the artifact needs no separate parameter file;
+the manifest records this as ``"params": {"storage": "embedded"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bvit_edge.atomic import atomic_dir, write_json
+from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
+
+SCHEMA_VERSION = 1
+LIB_NAME = "lib.so"
+MANIFEST_NAME = "manifest.json"
+META_KEYS = {
+    "mean": "bvit_edge.mean",
+    "std": "bvit_edge.std",
+    "classes": "bvit_edge.classes",
+    "image_size": "bvit_edge.image_size",
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_onnx(path: Path) -> Any:
+    import onnx  # noqa: PLC0415
+
+    if not path.is_file():
+        raise UsageError(f"ONNX model {path} does not exist; export one first (bvit-edge export).")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others
+        raise UsageError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}).") from None
+
+
+def _metadata(model: Any) -> dict[str, Any]:
+    props = {p.key: p.value for p in model.metadata_props}
+    meta: dict[str, Any] = {}
+    for field, key in META_KEYS.items():
+        if key in props:
+            try:
+                meta[field] = json.loads(props[key])
+            except json.JSONDecodeError:
+                meta[field] = props[key]
+    return meta
+
+
+def _input_shape(model: Any) -> tuple[str, list[int]]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ConfigError(
+            f"The model has {len(inputs)} graph inputs ({[i.name for i in inputs]}); bvit-edge compiles "
+            "models with one image input."
+        )
+    inp = inputs[0]
+    dims = []
+    for i, d in enumerate(inp.type.tensor_type.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif i == 0:
+            dims.append(1)  # symbolic batch: artifacts are compiled for batch 1
+        else:
+            raise ConfigError(f"Input {inp.name!r} has a symbolic dimension {i} ({d.dim_param!r}); export "
+                              "with a static image size.")
+    return inp.name, dims
+
+
+def _tool_versions(compiler: str | None) -> dict[str, str]:
+    import onnx  # noqa: PLC0415
+    import tvm  # noqa: PLC0415
+
+    from bvit_edge.targets.toolchain import compiler_version  # noqa: PLC0415
+
+    versions = {"tvm": tvm.__version__, "onnx": onnx.__version__}
+    try:
+        import tvm_ffi  # noqa: PLC0415
+
+        versions["tvm_ffi"] = getattr(tvm_ffi, "__version__", "unknown")
+    except ImportError:
+        pass
+    try:
+        versions["llvm"] = str(tvm.target.codegen.llvm_version_major())
+    except Exception:  # noqa: BLE001
+        pass
+    versions["cc"] = compiler_version(compiler)
+    return versions
+
+
+def build_relax(mod: Any, spec: Any, family: Any) -> Any:
+    """Legalize, fuse, schedule (float rules) and build a Relax module for ``spec``; returns the executable."""
+    import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
+    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
+
+    from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
+
+    target = spec.tvm()
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(m: Any, _ctx: Any) -> Any:
+        with target:
+            seq = tvm.transform.Sequential(
+                cpu.library_dispatch_passes(target)
+                + cpu.legalize_passes(target)
+                + [float_schedule_pass(family)]
+                + cpu.dataflow_lower_passes(target)
+                + cpu.finalize_passes(target)
+            )
+            return seq(m)
+
+    try:
+        return tvm.compile(mod, target=target, relax_pipeline=_pipeline)
+    except BvitEdgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ToolchainError(f"TVM failed to build the model for {spec.name!r}: {last}") from exc
+
+
+def compile_model(
+    onnx_path: str | os.PathLike[str],
+    target: Any,
+    out_dir: str | os.PathLike[str],
+    threads: int | None = None,
+    tune: int = 0,
+) -> Path:
+    """Compile ``onnx_path`` for ``target`` (preset name, TOML path, dict or TargetSpec) into ``out_dir``.
+
+    Returns the artifact folder. ``threads`` is the default runtime thread count recorded in the manifest
+    (the target's default when None). ``tune`` > 0 is not offered by this version (ConfigError): the
+    schedules are fixed rules per target family.
+    """
+    try:
+        import tvm  # noqa: PLC0415, F401
+    except ImportError:
+        raise MissingDependencyError("compiling needs apache-tvm: pip install 'apache-tvm==0.27.*'.") from None
+    from bvit_edge.runtime.schedules import family_params  # noqa: PLC0415
+    from bvit_edge.runtime.tvm_frontend import DOMAIN, DOMAIN_VERSION, import_onnx  # noqa: PLC0415
+    from bvit_edge.targets import load_target  # noqa: PLC0415
+    from bvit_edge.targets.toolchain import find_compiler  # noqa: PLC0415
+
+    if tune:
+        raise ConfigError(
+            f"tune={tune}: tuning is not available in this version; compile with tune=0 (the per-family "
+            "schedule rules)."
+        )
+    spec = load_target(target)
+    family = family_params(spec.family)
+    compiler = find_compiler(spec)  # ToolchainError naming the apt package when missing
+    onnx_path = Path(onnx_path)
+    model = _load_onnx(onnx_path)
+    input_name, shape = _input_shape(model)
+    mod = import_onnx(model, {input_name: shape}, family)
+    exe = build_relax(mod, spec, family)
+    meta = _metadata(model)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "target": spec.to_dict(),
+        "model": {"file": onnx_path.name, "sha256": _sha256(onnx_path)},
+        "input": {"name": input_name, "shape": shape, "dtype": "float32"},
+        "normalization": {"mean": meta.get("mean"), "std": meta.get("std")},
+        "image_size": meta.get("image_size"),
+        "classes": meta.get("classes"),
+        "op_domains": {DOMAIN: DOMAIN_VERSION},
+        "entry": "main",
+        "lib": LIB_NAME,
+        "params": {"storage": "embedded"},
+        "threads": int(threads if threads is not None else spec.threads),
+        "word_bits": family.word_bits,
+        "tool_versions": _tool_versions(compiler),
+    }
+    with atomic_dir(out_dir) as tmp:
+        lib_path = tmp / LIB_NAME
+        try:
+            if compiler is None:
+                exe.export_library(str(lib_path))
+            else:
+                exe.export_library(str(lib_path), cc=compiler)
+        except Exception as exc:  # noqa: BLE001
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ToolchainError(f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} "
+                                 f"failed: {last}") from exc
+        manifest["lib_bytes"] = lib_path.stat().st_size
+        write_json(tmp / MANIFEST_NAME, manifest)
+    return Path(out_dir)

@@ -1,0 +1,227 @@
+"""The BinaryMatMul kernel: bit-plane packing of both operands and the plane-pair popcount products.
+
+Static shapes: A' f32[B, H, M, K] (already shifted: A' = A + a_shift), V' f32[B, H, K, N] (V' = B + b_shift).
+With wb = word bits and KW = ceil(K / wb); pads are 0 in every plane.
+
+Planes of A (packed along K, ap[p, b, h, m, w]):
+  signed:       1 plane, bit = A' < 0 (value -1 for bit 1, +1 for bit 0)
+  unsigned:     1 plane, bit = A' > a1 / 2 (value 0/1)
+  gsb_unsigned: 3 planes, bits [A' > a1/2], [A' > r1 max_b A'], [A' > r2 max_b A'] (max per sample b)
+Planes of V (packed along K, sign bits s[b, h, w, n] shared, masks mk[q, b, h, w, n]):
+  signed:     1 plane, mask = valid (k < K), value sgn(V') with sgn(0) = +1
+  gsb_signed: 3 planes, masks valid, M1 = [V' > r1 max_b V'] or [V' < r1 min_b V'], M2 (same with r2);
+              value = sgn(V') where the mask is set, 0 elsewhere
+Integer dots, exact (int32):
+  A signed,   V plain:  K - 2 sum_w popcount(a XOR s)
+  A signed,   V masked: sum_w popcount(m) - 2 popcount(m AND (a XOR s))
+  A unsigned, V any:    sum_w popcount(u AND m) - 2 popcount(u AND m AND s)
+Output, in f32, plane i of A outer, plane j of V inner:
+  out[b, h, m, n] = sum_i sum_j (a_alpha[i] * b_alpha[j]) * float(dot_ij[b, h, m, n])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tvm
+from tvm.script import tirx as T
+
+from bvit_edge.errors import ConfigError
+from bvit_edge.runtime.kernels.words import n_words, word_dtype
+
+A_MODES = ("signed", "unsigned", "gsb_unsigned")
+B_MODES = ("signed", "gsb_signed")
+
+
+def n_planes(mode: str) -> int:
+    """Number of bit planes (and alphas) a BinaryMatMul operand mode uses."""
+    return 3 if mode.startswith("gsb") else 1
+
+
+def binary_matmul_kernel(
+    batch: int,
+    heads: int,
+    m: int,
+    k: int,
+    n: int,
+    a_mode: str,
+    b_mode: str,
+    ratios: Sequence[float] = (0.7, 0.9),
+    word_bits: int = 64,
+) -> tvm.tirx.PrimFunc:
+    """Build the unscheduled BinaryMatMul prim func.
+
+    Arguments in order: a f32[batch, heads, m, k], b f32[batch, heads, k, n], a_alpha f32[P],
+    b_alpha f32[Q], out f32[batch, heads, m, n] (P, Q = planes of each mode).
+    """
+    if a_mode not in A_MODES or b_mode not in B_MODES:
+        raise ConfigError(
+            f"BinaryMatMul modes a_mode={a_mode!r}, b_mode={b_mode!r} are not supported: a_mode must be one of "
+            f"{A_MODES} and b_mode one of {B_MODES}; re-export the model with bvit_edge domain version 1."
+        )
+    if len(ratios) != 2:
+        raise ConfigError(f"BinaryMatMul gsb_ratios must hold two numbers (r1, r2), got {list(ratios)}.")
+    wd = word_dtype(word_bits)
+    bits = int(word_bits)
+    kw = n_words(k, word_bits)
+    kk = int(k)
+    pa, qb = n_planes(a_mode), n_planes(b_mode)
+    a_signed = a_mode == "signed"
+    a_gsb = a_mode == "gsb_unsigned"
+    b_gsb = b_mode == "gsb_signed"
+    plain_xor = a_signed and not b_gsb
+    r1, r2 = float(ratios[0]), float(ratios[1])
+    per_sample = heads * m * k
+    per_sample_b = heads * k * n
+
+    @T.prim_func(private=True, s_tir=True)
+    def binary_matmul(
+        a: T.Buffer((batch, heads, m, k), "float32"),
+        b: T.Buffer((batch, heads, k, n), "float32"),
+        a_alpha: T.Buffer((pa,), "float32"),
+        b_alpha: T.Buffer((qb,), "float32"),
+        out: T.Buffer((batch, heads, m, n), "float32"),
+    ):
+        T.func_attr({"tir.noalias": True})
+        amax = T.sblock_alloc_buffer((batch,), "float32")
+        bmax = T.sblock_alloc_buffer((batch,), "float32")
+        bmin = T.sblock_alloc_buffer((batch,), "float32")
+        ap = T.sblock_alloc_buffer((pa, batch, heads, m, kw), wd)
+        bs = T.sblock_alloc_buffer((batch, heads, kw, n), wd)
+        bm = T.sblock_alloc_buffer((qb, batch, heads, kw, n), wd)
+        acc = T.sblock_alloc_buffer((pa, qb, batch, heads, m, n), "int32")
+        if a_gsb:
+            for s0, r in T.grid(batch, per_sample):
+                with T.sblock("a_max"):
+                    vs, vr = T.axis.remap("SR", [s0, r])
+                    with T.init():
+                        amax[vs] = T.min_value("float32")
+                    amax[vs] = T.max(amax[vs], a[vs, vr // (m * k), vr // k % m, vr % k])
+        if b_gsb:
+            for s0, r in T.grid(batch, per_sample_b):
+                with T.sblock("b_max"):
+                    vs, vr = T.axis.remap("SR", [s0, r])
+                    with T.init():
+                        bmax[vs] = T.min_value("float32")
+                    bmax[vs] = T.max(bmax[vs], b[vs, vr // (k * n), vr // n % k, vr % n])
+            for s0, r in T.grid(batch, per_sample_b):
+                with T.sblock("b_min"):
+                    vs, vr = T.axis.remap("SR", [s0, r])
+                    with T.init():
+                        bmin[vs] = T.max_value("float32")
+                    bmin[vs] = T.min(bmin[vs], b[vs, vr // (k * n), vr // n % k, vr % n])
+        for p, s0, h, i, w, j in T.grid(pa, batch, heads, m, kw, bits):
+            with T.sblock("pack_a"):
+                vp, vs, vh, vi, vw, vj = T.axis.remap("SSSSSR", [p, s0, h, i, w, j])
+                with T.init():
+                    ap[vp, vs, vh, vi, vw] = T.Cast(wd, 0)
+                if a_signed:
+                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] | T.shift_left(
+                        T.Cast(wd, T.if_then_else(
+                            vw * bits + vj < kk,
+                            a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] < T.float32(0),
+                            False,
+                        )),
+                        T.Cast(wd, vj),
+                    )
+                elif a_gsb:
+                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] | T.shift_left(
+                        T.Cast(wd, T.if_then_else(
+                            vw * bits + vj < kk,
+                            a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)]
+                            > T.Select(
+                                vp == 0,
+                                a_alpha[0] * T.float32(0.5),
+                                T.Select(vp == 1, T.float32(r1) * amax[vs], T.float32(r2) * amax[vs]),
+                            ),
+                            False,
+                        )),
+                        T.Cast(wd, vj),
+                    )
+                else:
+                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] | T.shift_left(
+                        T.Cast(wd, T.if_then_else(
+                            vw * bits + vj < kk,
+                            a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] > a_alpha[0] * T.float32(0.5),
+                            False,
+                        )),
+                        T.Cast(wd, vj),
+                    )
+        for s0, h, w, j, jn in T.grid(batch, heads, kw, bits, n):
+            with T.sblock("pack_b"):
+                vs, vh, vw, vj, vn = T.axis.remap("SSSRS", [s0, h, w, j, jn])
+                with T.init():
+                    bs[vs, vh, vw, vn] = T.Cast(wd, 0)
+                bs[vs, vh, vw, vn] = bs[vs, vh, vw, vn] | T.shift_left(
+                    T.Cast(wd, T.if_then_else(
+                        vw * bits + vj < kk, b[vs, vh, T.min(vw * bits + vj, kk - 1), vn] < T.float32(0), False
+                    )),
+                    T.Cast(wd, vj),
+                )
+        for q, s0, h, w, j, jn in T.grid(qb, batch, heads, kw, bits, n):
+            with T.sblock("mask_b"):
+                vq, vs, vh, vw, vj, vn = T.axis.remap("SSSSRS", [q, s0, h, w, j, jn])
+                with T.init():
+                    bm[vq, vs, vh, vw, vn] = T.Cast(wd, 0)
+                if b_gsb:
+                    bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] | T.shift_left(
+                        T.Cast(wd, T.if_then_else(
+                            vw * bits + vj < kk,
+                            T.Select(
+                                vq == 0,
+                                True,
+                                T.Or(
+                                    b[vs, vh, T.min(vw * bits + vj, kk - 1), vn]
+                                    > T.Select(vq == 1, T.float32(r1), T.float32(r2)) * bmax[vs],
+                                    b[vs, vh, T.min(vw * bits + vj, kk - 1), vn]
+                                    < T.Select(vq == 1, T.float32(r1), T.float32(r2)) * bmin[vs],
+                                ),
+                            ),
+                            False,
+                        )),
+                        T.Cast(wd, vj),
+                    )
+                else:
+                    bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] | T.shift_left(
+                        T.Cast(wd, vw * bits + vj < kk), T.Cast(wd, vj)
+                    )
+        for p, q, s0, h, i, jn, w in T.grid(pa, qb, batch, heads, m, n, kw):
+            with T.sblock("acc"):
+                vp, vq, vs, vh, vi, vn, vw = T.axis.remap("SSSSSSR", [p, q, s0, h, i, jn, w])
+                with T.init():
+                    acc[vp, vq, vs, vh, vi, vn] = 0
+                if plain_xor:
+                    acc[vp, vq, vs, vh, vi, vn] = acc[vp, vq, vs, vh, vi, vn] + T.Cast(
+                        "int32", T.popcount(ap[vp, vs, vh, vi, vw] ^ bs[vs, vh, vw, vn])
+                    )
+                elif a_signed:
+                    acc[vp, vq, vs, vh, vi, vn] = (
+                        acc[vp, vq, vs, vh, vi, vn]
+                        + T.Cast("int32", T.popcount(bm[vq, vs, vh, vw, vn]))
+                        - 2 * T.Cast("int32", T.popcount(
+                            bm[vq, vs, vh, vw, vn] & (ap[vp, vs, vh, vi, vw] ^ bs[vs, vh, vw, vn])
+                        ))
+                    )
+                else:
+                    acc[vp, vq, vs, vh, vi, vn] = (
+                        acc[vp, vq, vs, vh, vi, vn]
+                        + T.Cast("int32", T.popcount(ap[vp, vs, vh, vi, vw] & bm[vq, vs, vh, vw, vn]))
+                        - 2 * T.Cast("int32", T.popcount(
+                            ap[vp, vs, vh, vi, vw] & bm[vq, vs, vh, vw, vn] & bs[vs, vh, vw, vn]
+                        ))
+                    )
+        for s0, h, i, jn, p, q in T.grid(batch, heads, m, n, pa, qb):
+            with T.sblock("out"):
+                vs, vh, vi, vn, vp, vq = T.axis.remap("SSSSRR", [s0, h, i, jn, p, q])
+                with T.init():
+                    out[vs, vh, vi, vn] = T.float32(0)
+                if plain_xor:
+                    out[vs, vh, vi, vn] = out[vs, vh, vi, vn] + (a_alpha[vp] * b_alpha[vq]) * T.Cast(
+                        "float32", kk - 2 * acc[vp, vq, vs, vh, vi, vn]
+                    )
+                else:
+                    out[vs, vh, vi, vn] = out[vs, vh, vi, vn] + (a_alpha[vp] * b_alpha[vq]) * T.Cast(
+                        "float32", acc[vp, vq, vs, vh, vi, vn]
+                    )
+
+    return binary_matmul

@@ -1,0 +1,194 @@
+"""onnxruntime sessions for bvit-edge exports.
+
+``ort_session(path, threads=None)``:
+
+* a standard export (only standard ONNX ops) runs on stock onnxruntime;
+* a packed export (``bvit_edge`` domain v1 nodes) runs with the bvit_edge ops registered as
+  onnxruntime-extensions Python ops backed by the numpy references of :mod:`bvit_edge.export.ops`. The
+  extensions only dispatch Python ops in the "ai.onnx.contrib" domain, so the nodes' domain is rewritten
+  in memory before the session is created (the file is never modified). This is the reference path
+  (correct, not fast); the fast path is the TVM lowering.
+
+A missing, corrupt or truncated .onnx gives a :class:`bvit_edge.errors.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from bvit_edge.errors import DataError, MissingDependencyError, UsageError
+
+BVIT_DOMAIN = "bvit_edge"
+CONTRIB_DOMAIN = "ai.onnx.contrib"
+_NO_BIAS = "BinaryLinearNoBias"
+_registered = False
+_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------------
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read and check an .onnx file; a clear DataError for a missing, corrupt or truncated one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"ONNX model {str(path)!r} does not exist. Export one first (`bvit-edge export`).")
+    data = path.read_bytes()
+    fix = "The file is corrupt or truncated (an interrupted copy?): export the model again (`bvit-edge export`)."
+    if not data:
+        raise DataError(f"ONNX model {str(path)!r} is empty. {fix}")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as exc:  # google.protobuf DecodeError and friends
+        raise DataError(f"Cannot parse ONNX model {str(path)!r} ({type(exc).__name__}). {fix}") from exc
+    if not proto.HasField("graph") or not proto.graph.output:
+        raise DataError(f"ONNX model {str(path)!r} has no graph or no outputs. {fix}")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DataError(f"ONNX model {str(path)!r} is not a valid ONNX model: {first}. {fix}") from exc
+    return proto
+
+
+def uses_bvit_ops(proto: onnx.ModelProto) -> bool:
+    """True when the graph holds nodes of the bvit_edge domain (a packed export)."""
+    return any(n.domain == BVIT_DOMAIN for n in proto.graph.node)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the bvit_edge ops as onnxruntime-extensions Python ops
+# --------------------------------------------------------------------------------------------------------
+
+
+def _register_python_ops() -> None:
+    """Register BinaryLinear / BinaryLinearNoBias / BinaryMatMul once per process."""
+    global _registered
+    with _lock:
+        if _registered:
+            return
+        try:
+            from onnxruntime_extensions import PyCustomOpDef, onnx_op
+        except ImportError as exc:  # pragma: no cover - a declared dependency
+            raise MissingDependencyError(
+                "Running a packed (bvit_edge) ONNX export in onnxruntime needs onnxruntime-extensions: "
+                "pip install onnxruntime-extensions, or export with --ops standard."
+            ) from exc
+        from bvit_edge.export.ops.binary_linear import binary_linear_reference
+        from bvit_edge.export.ops.binary_matmul import binary_matmul_reference
+
+        f, u8, s, i64 = PyCustomOpDef.dt_float, PyCustomOpDef.dt_uint8, PyCustomOpDef.dt_string, PyCustomOpDef.dt_int64
+
+        @onnx_op(op_type="BinaryLinear", inputs=[f, f, f, u8, f, f], outputs=[f], attrs={"mode": s, "in_features": i64})
+        def _binary_linear(x, shift, alpha, w_bits, w_scale, bias, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
+            return binary_linear_reference(x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features))
+
+        @onnx_op(op_type=_NO_BIAS, inputs=[f, f, f, u8, f], outputs=[f], attrs={"mode": s, "in_features": i64})
+        def _binary_linear_nb(x, shift, alpha, w_bits, w_scale, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
+            return binary_linear_reference(x, shift, alpha, w_bits, w_scale, None, mode=mode, in_features=int(in_features))
+
+        @onnx_op(op_type="BinaryMatMul", inputs=[f] * 6, outputs=[f], attrs={"a_mode": s, "b_mode": s, "gsb_ratios": s})
+        def _binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode="signed", b_mode="signed", gsb_ratios="0.7,0.9"):  # type: ignore[no-untyped-def]
+            ratios = [float(r) for r in str(gsb_ratios).split(",")]
+            return binary_matmul_reference(
+                a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode=a_mode, b_mode=b_mode, gsb_ratios=ratios
+            )
+
+        _registered = True
+
+
+def _float_list_as_string(values: Sequence[float]) -> str:
+    # repr of the float32 value as a double round-trips exactly back to the same float32.
+    return ",".join(repr(float(np.float32(v))) for v in values)
+
+
+def rewrite_for_extensions(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` whose bvit_edge nodes sit in "ai.onnx.contrib" with attributes the Python ops
+    take (string / int64 / float only: ``gsb_ratios`` becomes a comma-separated string; a BinaryLinear
+    without bias becomes BinaryLinearNoBias)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for node in out.graph.node:
+        if node.domain != BVIT_DOMAIN:
+            continue
+        node.domain = CONTRIB_DOMAIN
+        if node.op_type == "BinaryLinear" and (len(node.input) < 6 or not node.input[5]):
+            del node.input[5:]
+            node.op_type = _NO_BIAS
+        if node.op_type == "BinaryMatMul":
+            attrs = {a.name: a for a in node.attribute}
+            ratios = list(attrs["gsb_ratios"].floats) if "gsb_ratios" in attrs else [0.7, 0.9]
+            keep = [a for a in node.attribute if a.name != "gsb_ratios"]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+            node.attribute.append(onnx.helper.make_attribute("gsb_ratios", _float_list_as_string(ratios)))
+    imports = [o for o in out.opset_import if o.domain != BVIT_DOMAIN]
+    if not any(o.domain == CONTRIB_DOMAIN for o in imports):
+        imports.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    del out.opset_import[:]
+    out.opset_import.extend(imports)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# sessions
+# --------------------------------------------------------------------------------------------------------
+
+
+def ort_session(path: str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime InferenceSession (CPU) for a bvit-edge export, packed or standard.
+
+    ``threads``: intra-op threads (None: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    if threads is not None and int(threads) < 1:
+        raise UsageError(f"threads must be >= 1, got {threads}.")
+    proto = load_model(path)
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    if uses_bvit_ops(proto):
+        from onnxruntime_extensions import get_library_path
+
+        _register_python_ops()
+        proto = rewrite_for_extensions(proto)
+        opts.register_custom_ops_library(get_library_path())
+    try:
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+        raise DataError(
+            f"onnxruntime cannot load {str(path)!r}: {first}. Re-export the model; if it persists, the export "
+            "uses an op onnxruntime does not know (export with --ops standard)."
+        ) from exc
+
+
+def run_session(session: Any, x: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
+    """Run ``session`` on ``x`` [B, C, H, W] float32 in chunks of ``batch_size`` (default: the model's
+    static batch, or all of B when the batch is dynamic); outputs concatenated along axis 0."""
+    inp = session.get_inputs()[0]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    static = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    step = int(batch_size or static or x.shape[0] or 1)
+    if static is not None and step != static:
+        step = static
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, x.shape[0], step):
+        parts.append(session.run(None, {inp.name: x[i : i + step]}))
+    return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(parts[0]))]
+
+
+def ort_run(path: str | Path, x: np.ndarray, threads: int | None = None, batch_size: int | None = None) -> list[np.ndarray]:
+    """Load ``path`` and run it on ``x``: convenience for scripts and tests."""
+    return run_session(ort_session(path, threads), x, batch_size)
+
+
+__all__ = ["load_model", "uses_bvit_ops", "rewrite_for_extensions", "ort_session", "run_session", "ort_run"]

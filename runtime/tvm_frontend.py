@@ -1,0 +1,279 @@
+"""The one place where bvit-edge registers its ONNX converters with TVM's Relax ONNX importer.
+
+TVM 0.27's importer (``tvm.relax.frontend.onnx``) looks converters up by ``op_type`` alone in the dict
+its module function ``_get_convert_map()`` returns; it ignores node domains and has no registration
+argument. :func:`bvit_converters` therefore wraps that function, for the duration of one import, so the
+dict also maps ``BinaryLinear`` and ``BinaryMatMul`` to our converters. Because the importer never sees
+domains, :func:`check_domains` checks them before the import: every node must be in the default ONNX
+domain or in ``bvit_edge`` version 1 (a custom-domain ``Relu`` would otherwise silently become
+relax.nn.relu). :func:`convert_map_hook` fails loudly (ToolchainError) if a TVM upgrade moves the hook;
+a test holds it.
+
+Each converter builds the op's TIR kernel for the static shapes at hand, schedules it for the target
+family and emits ``relax.call_tir``. Packed weights (u8[N, Kp/8] initializers) are repacked at compile
+time into the target's words as [KW, N] (uint64, or uint32 on armv7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from bvit_edge.errors import ConfigError, ToolchainError, UsageError
+from bvit_edge.packing import as_words, padded_length
+
+DOMAIN = "bvit_edge"
+DOMAIN_VERSION = 1
+OPS = ("BinaryLinear", "BinaryMatMul")
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+_FAMILY: contextvars.ContextVar[Any] = contextvars.ContextVar("bvit_edge_family_params")
+
+
+def convert_map_hook() -> ModuleType:
+    """The TVM module whose ``_get_convert_map`` we extend; ToolchainError if TVM moved it."""
+    try:
+        from tvm.relax.frontend.onnx import onnx_frontend  # noqa: PLC0415
+    except ImportError as exc:
+        raise ToolchainError(
+            f"TVM's Relax ONNX importer (tvm.relax.frontend.onnx.onnx_frontend) cannot be imported: {exc}. "
+            "bvit-edge needs apache-tvm 0.27 (pip install 'apache-tvm==0.27.*')."
+        ) from None
+    fn = getattr(onnx_frontend, "_get_convert_map", None)
+    base = getattr(onnx_frontend, "OnnxOpConverter", None)
+    if not callable(fn) or base is None or not isinstance(fn(), dict):
+        raise ToolchainError(
+            "This TVM version moved the Relax ONNX importer's converter table "
+            "(tvm.relax.frontend.onnx.onnx_frontend._get_convert_map / OnnxOpConverter): bvit-edge cannot "
+            "register its BinaryLinear/BinaryMatMul converters. Use apache-tvm 0.27 or update "
+            "bvit_edge/runtime/tvm_frontend.py."
+        )
+    return onnx_frontend
+
+
+def check_domains(model: Any) -> None:
+    """Refuse a model whose ops the importer would mis-read: unknown domains, or bvit_edge != v1.
+
+    Raises ConfigError (exit code 2) naming the op and the fix.
+    """
+    versions = {imp.domain: imp.version for imp in model.opset_import}
+    if DOMAIN in versions and versions[DOMAIN] != DOMAIN_VERSION:
+        raise ConfigError(
+            f"The model uses op domain {DOMAIN!r} version {versions[DOMAIN]}, but this bvit-edge compiles "
+            f"only version {DOMAIN_VERSION}. Re-export the model with this bvit-edge version, or upgrade "
+            "bvit-edge."
+        )
+    for node in model.graph.node:
+        dom = node.domain
+        if dom == DOMAIN:
+            if node.op_type not in OPS:
+                raise ConfigError(
+                    f"Node {node.name!r}: op {DOMAIN}::{node.op_type} is not part of domain {DOMAIN!r} "
+                    f"version {DOMAIN_VERSION} (ops: {', '.join(OPS)}). Re-export the model."
+                )
+        elif dom not in _STANDARD_DOMAINS:
+            raise ConfigError(
+                f"Node {node.name!r}: op {dom}::{node.op_type} is in domain {dom!r}, which the TVM lowering "
+                f"does not know (only the standard ONNX domain and {DOMAIN!r} v{DOMAIN_VERSION}). Export with "
+                "standard ops or the bvit_edge domain."
+            )
+        elif node.op_type in OPS:
+            raise ConfigError(
+                f"Node {node.name!r}: {node.op_type} must be in domain {DOMAIN!r}, not the default domain."
+            )
+
+
+def _attr_str(attr: dict, key: str, default: str | None = None) -> str:
+    val = attr.get(key, default)
+    if val is None:
+        raise ConfigError(f"bvit_edge op is missing its attribute {key!r}; re-export the model.")
+    return val.decode() if isinstance(val, bytes) else str(val)
+
+
+def _static_shape(expr: Any, what: str) -> list[int]:
+    from tvm import relax  # noqa: PLC0415
+
+    sinfo = expr.ty
+    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+        raise ConfigError(f"{what}: the TVM lowering needs a tensor of known rank.")
+    dims = []
+    for d in sinfo.shape.values:
+        if not hasattr(d, "value"):
+            raise ConfigError(
+                f"{what}: dimension {d} is symbolic; compile with a static input shape (batch 1)."
+            )
+        dims.append(int(d.value))
+    return dims
+
+
+def _constant(expr: Any, what: str) -> np.ndarray:
+    from tvm.ir.expr import Constant  # noqa: PLC0415 - relax.Constant moved to tvm.ir in 0.27
+
+    if not isinstance(expr, Constant):
+        raise ConfigError(f"{what} must be an ONNX initializer (a constant) for the TVM lowering.")
+    return expr.value.numpy()
+
+
+def _as_vector(bb: Any, expr: Any, length: int, what: str) -> Any:
+    """Reshape a scalar/vector input to f32[length] (ConfigError when its size does not fit)."""
+    from tvm import relax  # noqa: PLC0415
+
+    size = int(np.prod(_static_shape(expr, what))) if _static_shape(expr, what) else 1
+    if size != length:
+        raise ConfigError(f"{what} has {size} elements, expected {length}.")
+    return bb.normalize(relax.op.reshape(expr, (length,)))
+
+
+def _family() -> Any:
+    params = _FAMILY.get(None)
+    if params is None:
+        raise ToolchainError("bvit_edge converters used outside bvit_converters(); use import_onnx().")
+    return params
+
+
+def _add_kernel(bb: Any, func: Any, name: str) -> Any:
+    # op_pattern 8 (kOpaque): FuseOps must not merge the scheduled kernel with its neighbours.
+    return bb.add_func(func.with_attr("op_pattern", 8), name)
+
+
+def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
+    from tvm import relax  # noqa: PLC0415
+
+    from bvit_edge.runtime.kernels import binary_linear_kernel  # noqa: PLC0415
+    from bvit_edge.runtime.schedules import schedule_binary_linear  # noqa: PLC0415
+
+    fam = _family()
+    mode = _attr_str(attr, "mode")
+    x, shift, alpha, w_bits, w_scale = inputs[:5]
+    bias = inputs[5] if len(inputs) > 5 else None
+    xs = _static_shape(x, "BinaryLinear input X")
+    k = xs[-1]
+    k_attr = int(attr.get("in_features", k))
+    if k_attr != k:
+        raise ConfigError(f"BinaryLinear: in_features={k_attr} but X has {k} features; re-export the model.")
+    wb = _constant(w_bits, "BinaryLinear W_bits")
+    if wb.dtype != np.uint8 or wb.ndim != 2 or wb.shape[1] * 8 != padded_length(k):
+        raise ConfigError(
+            f"BinaryLinear W_bits must be uint8[N, {padded_length(k) // 8}] for K={k}; got {wb.dtype}{list(wb.shape)}."
+        )
+    n = wb.shape[0]
+    kw = -(-k // fam.word_bits)
+    words = np.ascontiguousarray(as_words(wb, fam.word_bits)[:, :kw].T)  # [KW, N]
+    m = int(np.prod(xs[:-1])) if len(xs) > 1 else 1
+    func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, fam.word_bits), fam)
+    gv = _add_kernel(bb, func, f"bvit_binary_linear_{mode}")
+    bias_v = (
+        relax.const(np.zeros(n, np.float32)) if bias is None else _as_vector(bb, bias, n, "BinaryLinear bias")
+    )
+    args = [
+        bb.normalize(relax.op.reshape(x, (m, k))),
+        _as_vector(bb, shift, k, "BinaryLinear shift"),
+        _as_vector(bb, alpha, 1, "BinaryLinear alpha"),
+        relax.const(words),
+        _as_vector(bb, w_scale, n, "BinaryLinear w_scale"),
+        bias_v,
+    ]
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")))
+    return relax.op.reshape(y, tuple(xs[:-1]) + (n,))
+
+
+def _to4d(shape: list[int], what: str) -> tuple[int, ...]:
+    if len(shape) == 4:
+        return tuple(shape)
+    if len(shape) == 3:
+        return (shape[0], 1, shape[1], shape[2])
+    if len(shape) == 2:
+        return (1, 1, shape[0], shape[1])
+    raise ConfigError(f"{what}: rank {len(shape)} is not supported by the TVM lowering (2, 3 or 4).")
+
+
+def _is_zero_const(expr: Any) -> bool:
+    from tvm.ir.expr import Constant  # noqa: PLC0415
+
+    return expr is None or (isinstance(expr, Constant) and not np.any(expr.value.numpy()))
+
+
+def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
+    from tvm import relax  # noqa: PLC0415
+
+    from bvit_edge.runtime.kernels import binary_matmul_kernel  # noqa: PLC0415
+    from bvit_edge.runtime.kernels.binary_matmul import n_planes  # noqa: PLC0415
+    from bvit_edge.runtime.schedules import schedule_binary_matmul  # noqa: PLC0415
+
+    fam = _family()
+    a_mode = _attr_str(attr, "a_mode")
+    b_mode = _attr_str(attr, "b_mode")
+    ratios = [float(r) for r in attr.get("gsb_ratios", (0.7, 0.9))]
+    a, b, a_shift, a_alpha, b_shift, b_alpha = (list(inputs) + [None] * 6)[:6]
+    ash, bsh = _static_shape(a, "BinaryMatMul A"), _static_shape(b, "BinaryMatMul B")
+    a4, b4 = _to4d(ash, "BinaryMatMul A"), _to4d(bsh, "BinaryMatMul B")
+    if a4[:2] != b4[:2] or a4[3] != b4[2]:
+        raise ConfigError(f"BinaryMatMul: shapes {ash} and {bsh} do not multiply (no broadcasting).")
+    if not _is_zero_const(a_shift):
+        a = bb.normalize(relax.op.add(a, a_shift))
+    if not _is_zero_const(b_shift):
+        b = bb.normalize(relax.op.add(b, b_shift))
+    batch, heads, m, k = a4
+    n = b4[3]
+    func = binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits)
+    func = schedule_binary_matmul(func, fam)
+    gv = _add_kernel(bb, func, f"bvit_binary_matmul_{a_mode}_{b_mode}")
+    args = [
+        bb.normalize(relax.op.reshape(a, a4)),
+        bb.normalize(relax.op.reshape(b, b4)),
+        _as_vector(bb, a_alpha, n_planes(a_mode), f"BinaryMatMul a_alpha ({a_mode})"),
+        _as_vector(bb, b_alpha, n_planes(b_mode), f"BinaryMatMul b_alpha ({b_mode})"),
+    ]
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, heads, m, n), "float32")))
+    return relax.op.reshape(y, tuple(ash[:-1]) + (n,))
+
+
+def _converter_classes(base: type) -> dict[str, type]:
+    def make(name: str, fn: Any) -> type:
+        return type(name, (base,), {"_impl_v1": classmethod(lambda cls, bb, i, at, p: fn(bb, i, at, p))})
+
+    return {"BinaryLinear": make("BinaryLinear", _binary_linear), "BinaryMatMul": make("BinaryMatMul", _binary_matmul)}
+
+
+@contextlib.contextmanager
+def bvit_converters(family_params: Any) -> Iterator[None]:
+    """Within the block, TVM's ONNX importer converts bvit_edge ops for ``family_params``' target."""
+    frontend = convert_map_hook()
+    original = frontend._get_convert_map  # noqa: SLF001 - the hook this module exists to own
+    ours = _converter_classes(frontend.OnnxOpConverter)
+
+    def extended() -> dict:
+        table = dict(original())
+        table.update(ours)
+        return table
+
+    token = _FAMILY.set(family_params)
+    frontend._get_convert_map = extended  # noqa: SLF001
+    try:
+        yield
+    finally:
+        frontend._get_convert_map = original  # noqa: SLF001
+        _FAMILY.reset(token)
+
+
+def import_onnx(model: Any, shape_dict: dict[str, list[int]], family_params: Any) -> Any:
+    """ONNX ModelProto -> Relax IRModule with bvit_edge ops lowered to scheduled TIR kernels."""
+    from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415
+
+    check_domains(model)
+    with bvit_converters(family_params):
+        try:
+            return from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
+        except (ConfigError, UsageError, ToolchainError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - TVM raises many types; name the op and the fix
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ToolchainError(
+                f"TVM could not import the ONNX model: {type(exc).__name__}: {first}. If an op is not "
+                "supported, export with standard ops or report it."
+            ) from exc

@@ -1,0 +1,231 @@
+"""Reach a board over TVM RPC, failing fast and clearly.
+
+- :func:`connect` / :func:`connect_tracker`: probe the port first with a socket timeout (TCP connect
+  plus the first step of TVM's handshake), so an unreachable host, a closed port or a non-TVM
+  listener is a :class:`~bvit_edge.errors.ToolchainError` (exit 4) in seconds instead of a hang
+  (TVM's own connect has no timeout and holds the GIL); tracker requests are bounded too.
+- :func:`remote_arch` / :func:`check_arch`: ask the board what it is (the LLVM triple its TVM was
+  built for, ``target.llvm_get_system_triple``, a global function every full TVM build registers) and
+  refuse an artifact built for another architecture before uploading it.
+- :func:`elf_arch`: the architecture a shared library was built for, from its ELF header.
+- :func:`upload_and_load`: upload ``lib.so``, load it remotely, and turn the loader's "wrong ELF
+  class" style failures into an architecture-mismatch error even on a runtime-only board.
+
+Host side protocol (TVM's): ``rpc.connect(host, port)`` -> ``upload`` -> ``load_module`` ->
+``time_evaluator``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from bvit_edge.errors import MissingDependencyError, ToolchainError
+
+__all__ = ["check_arch", "connect", "connect_tracker", "elf_arch", "remote_arch", "upload_and_load"]
+
+T = TypeVar("T")
+_ELF_MACHINE = {62: "x86_64", 183: "aarch64", 40: "armv7"}  # e_machine: EM_X86_64, EM_AARCH64, EM_ARM
+
+
+# TVM RPC wire constants (tvm/rpc/base.py): a client opens with RPC_MAGIC, then a length-prefixed key
+# "client:<key>"; the server answers RPC_CODE_SUCCESS, or RPC_CODE_MISMATCH for a foreign key. A tracker
+# answers RPC_TRACKER_MAGIC with the same value.
+_RPC_MAGIC = 0xFF271
+_RPC_CODES = (_RPC_MAGIC, _RPC_MAGIC + 1, _RPC_MAGIC + 2)  # success, duplicate, mismatch
+_RPC_TRACKER_MAGIC = 0x2F271
+_PROBE_KEY = b"bvit-edge:probe"  # not "client:...": the server answers MISMATCH and keeps listening
+
+
+def _probe(host: str, port: int, timeout_s: float, tracker: bool = False) -> None:
+    """Check, within ``timeout_s``, that a TVM RPC server (or tracker) answers at host:port.
+
+    Opens a TCP connection and performs the first step of TVM's handshake with a key the server
+    rejects (so no session is started); raises ToolchainError when the host is unreachable, the port
+    is closed, or whatever accepts the connection does not answer like TVM. TVM's own ``connect`` runs
+    in C++ holding the GIL and has no timeout, so this is what keeps a bad address from hanging.
+    """
+    what = "TVM RPC tracker" if tracker else "TVM RPC server"
+    hint = ("Check the address and that the server runs there (`python -m tvm.exec.rpc_server --host 0.0.0.0 "
+            "--port 9090` on the board, or `bvit-edge board emulate` for the emulated aarch64 board).")
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise ToolchainError(f"Cannot reach the {what} at {host}:{port} ({reason}, timeout {timeout_s:g} s). "
+                             f"{hint}") from None
+    with sock:
+        try:
+            if tracker:
+                sock.sendall(struct.pack("<i", _RPC_TRACKER_MAGIC))
+            else:
+                sock.sendall(struct.pack("<ii", _RPC_MAGIC, len(_PROBE_KEY)) + _PROBE_KEY)
+            reply = b""
+            while len(reply) < 4:
+                chunk = sock.recv(4 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError as exc:
+            reason = "no answer" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+            raise ToolchainError(
+                f"{host}:{port} accepts connections but did not answer the {what} handshake ({reason} within "
+                f"{timeout_s:g} s): it is not a TVM RPC endpoint, or the server is busy with another session "
+                f"(it serves one at a time). {hint}") from None
+    code = struct.unpack("<i", reply)[0] if len(reply) == 4 else None
+    ok = code == _RPC_TRACKER_MAGIC if tracker else code in _RPC_CODES
+    if not ok:
+        raise ToolchainError(f"{host}:{port} answered, but not as a {what} (reply {reply!r}). {hint}")
+
+
+def _bounded(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run ``fn`` (pure-Python socket code) in a daemon thread; ToolchainError after ``timeout_s``."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed back to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="bvit-edge-rpc", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise ToolchainError(f"{what} did not complete within {timeout_s:g} s. Check that the boards of that key "
+                             "are up and free (`python -m tvm.exec.query_rpc_tracker`).")
+    if "error" in box:
+        raise _as_toolchain_error(box["error"], what) from None
+    return box["value"]
+
+
+def _as_toolchain_error(err: BaseException, what: str) -> ToolchainError:
+    if isinstance(err, ToolchainError):
+        return err
+    text = str(err).strip()
+    last = text.splitlines()[-1] if text else repr(err)
+    return ToolchainError(f"{what} failed: {last}. Check that the other side runs a compatible TVM (0.27).")
+
+
+def _rpc() -> Any:
+    try:
+        from tvm import rpc
+    except ImportError as exc:
+        raise MissingDependencyError(f"TVM is needed for RPC but cannot be imported ({exc}). Install "
+                                     "apache-tvm==0.27.0.post1 and apache-tvm-ffi==0.1.14.post1.") from None
+    return rpc
+
+
+def connect(host: str = "127.0.0.1", port: int = 9090, timeout_s: float = 10.0,
+            session_timeout_s: float = 0.0) -> Any:
+    """An RPC session with the server at host:port (``tvm.rpc.RPCSession``).
+
+    ``timeout_s`` bounds the TCP probe and the handshake; ``session_timeout_s`` (0 = none) asks the
+    server to end the session after that long.
+    """
+    _probe(host, port, timeout_s)
+    rpc = _rpc()
+    try:
+        return rpc.connect(host, port, session_timeout=session_timeout_s)
+    except Exception as exc:
+        raise _as_toolchain_error(exc, f"TVM RPC connect to {host}:{port}") from None
+
+
+def connect_tracker(host: str, port: int, key: str, timeout_s: float = 10.0, request_timeout_s: float = 60.0,
+                    priority: int = 1, session_timeout_s: float = 0.0) -> Any:
+    """A session with a board of kind ``key`` obtained from the RPC tracker at host:port.
+
+    Fails if the tracker is unreachable, if no board registered ``key`` (listing the keys it has), or
+    if no board of that key became free within ``request_timeout_s``.
+    """
+    _probe(host, port, timeout_s, tracker=True)
+    rpc = _rpc()
+    tracker = _bounded(lambda: rpc.connect_tracker(host, port), timeout_s, f"TVM RPC tracker {host}:{port}")
+    summary = _bounded(tracker.summary, timeout_s, f"TVM RPC tracker {host}:{port} summary")
+    keys = sorted((summary.get("queue_info") or {}).keys())
+    if key not in keys:
+        raise ToolchainError(f"No board registered with key {key!r} at the tracker {host}:{port}; it knows: "
+                             f"{', '.join(keys) or 'none'}. Start the board's server with "
+                             f"`--tracker {host}:{port} --key {key}`.")
+    return _bounded(lambda: tracker.request(key, priority=priority, session_timeout=session_timeout_s),
+                    request_timeout_s, f"Request for a {key!r} board from the tracker {host}:{port}")
+
+
+def _arch_of_triple(triple: str) -> str | None:
+    head = triple.split("-", 1)[0].lower()
+    if head in ("x86_64", "amd64"):
+        return "x86_64"
+    if head in ("aarch64", "arm64"):
+        return "aarch64"
+    if head.startswith(("armv7", "arm", "thumbv7")):
+        return "armv7"
+    return None
+
+
+def remote_arch(session: Any) -> str | None:
+    """The board's architecture (``"x86_64" | "aarch64" | "armv7"``), or None if it cannot say.
+
+    Asks the remote for ``target.llvm_get_system_triple`` (present in every full TVM build, which is
+    what the pip wheels are). A runtime-only board lacks it: None, and :func:`upload_and_load` then
+    relies on the loader's own check.
+    """
+    try:
+        fn = session.get_function("target.llvm_get_system_triple")
+        return _arch_of_triple(str(fn()))
+    except Exception:  # missing function on a runtime-only board
+        return None
+
+
+def elf_arch(path: str | os.PathLike[str]) -> str | None:
+    """Architecture of an ELF file from its header (e_machine), or None for a non-ELF file."""
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return _ELF_MACHINE.get(machine, f"elf-machine-{machine}")
+
+
+def check_arch(session: Any, expected: str, what: str = "the artifact") -> str | None:
+    """Raise ToolchainError if the board's architecture is known and differs from ``expected``."""
+    got = remote_arch(session)
+    if got is not None and got != expected:
+        raise ToolchainError(
+            f"Architecture mismatch: {what} is built for {expected}, but the board is {got}. Compile for "
+            f"the board's target (e.g. `--target rpi4-aarch64` for an aarch64 board) or connect to a "
+            f"{expected} board."
+        )
+    return got
+
+
+def upload_and_load(session: Any, lib_path: str | os.PathLike[str], expected_arch: str | None = None) -> Any:
+    """Upload ``lib_path`` to the board and load it there; returns the remote module.
+
+    ``expected_arch`` defaults to the library's ELF architecture; a mismatch with the board is a
+    ToolchainError before anything is uploaded, and a loader failure that reads like one is reported
+    the same way.
+    """
+    lib_path = Path(lib_path)
+    if not lib_path.is_file():
+        raise ToolchainError(f"{lib_path} does not exist; compile the artifact first.")
+    expected = expected_arch or elf_arch(lib_path)
+    if expected:
+        check_arch(session, expected, what=str(lib_path))
+    try:
+        session.upload(str(lib_path))
+        return session.load_module(lib_path.name)
+    except Exception as exc:
+        text = str(exc)
+        if any(s in text for s in ("wrong ELF class", "ELF file's phentsize", "cannot open shared object",
+                                   "invalid ELF header", "Exec format error", "wrong machine")):
+            raise ToolchainError(
+                f"The board cannot load {lib_path.name} (built for {expected or 'an unknown arch'}): "
+                f"{text.strip().splitlines()[-1]}. The board's architecture differs from the artifact's "
+                "target: compile for the board's target."
+            ) from None
+        raise ToolchainError(f"Loading {lib_path.name} on the board failed: "
+                             f"{text.strip().splitlines()[-1] if text.strip() else exc!r}") from None

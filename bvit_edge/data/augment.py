@@ -16,7 +16,7 @@ Everything draws from torch's global RNG, so ``torch.manual_seed`` makes a batch
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch

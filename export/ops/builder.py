@@ -48,6 +48,16 @@ def _value_info(name: str, arr: np.ndarray) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape))
 
 
+def _with_inferred_output(model: onnx.ModelProto, result: str) -> onnx.ModelProto:
+    """Give the graph output the type/shape ONNX shape inference finds for ``result`` (its producer)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.name == result and vi.type.tensor_type.HasField("shape"):
+            model.graph.output[0].type.CopyFrom(vi.type)
+            break
+    return model
+
+
 def build_model(
     build: Callable[..., str],
     inputs: Mapping[str, np.ndarray | None],
@@ -76,7 +86,7 @@ def build_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bvit-edge")
     model.ir_version = IR_VERSION
-    return model
+    return _with_inferred_output(model, result)
 
 
 def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray | None], **attrs: Any) -> onnx.ModelProto:
@@ -86,12 +96,14 @@ def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray | None], **a
     while names and names[-1] == "":
         names.pop()
     node = helper.make_node(op_type, names, ["Y"], domain=DOMAIN, **attrs)
-    graph = helper.make_graph([node], op_type, graph_inputs, [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    node_out = helper.make_node("Identity", ["Y0"], ["Y"])
+    node.output[0] = "Y0"
+    graph = helper.make_graph([node, node_out], op_type, graph_inputs, [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, VERSION)], producer_name="bvit-edge"
     )
     model.ir_version = IR_VERSION
-    return model
+    return _with_inferred_output(model, "Y0")
 
 
 def feeds(inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:

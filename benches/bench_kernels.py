@@ -1,0 +1,184 @@
+"""Binary GEMM kernels vs onnxruntime float32 MatMul, side by side, plus the machine's ceilings.
+
+For each shape (M tokens, K in, N out) of DeiT-S and DeiT-T's binary layers, at 1 and 2 threads, times in
+the same process run, interleaved:
+  * bvit-edge's BinaryLinear kernel for the host (activation packing fused + popcount GEMM + scale/bias
+    epilogue; weights [K/64, N] uint64), built by TVM with the host family's schedule;
+  * onnxruntime's float32 MatMul x[M, K] @ W[K, N] (intra_op_num_threads = threads).
+Then the ratio (ORT time / ours) and the fraction of the popcount ceiling reached:
+  achieved binary MAC/s = M*N*K / t; ceiling = per-core XOR+popcount throughput (benches/ceiling.c, compiled
+  here with cc -O3 -march=native) * threads.
+
+Usage: python benches/bench_kernels.py [--out results/bench_kernels.json] [--threads 1 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {
+    "deit_small": [(198, 384, 1152), (198, 384, 384), (198, 384, 1536), (198, 1536, 384)],
+    "deit_tiny": [(198, 192, 576), (198, 192, 192), (198, 192, 768), (198, 768, 192)],
+}
+
+
+def ceilings(iterations: int = 20_000_000) -> dict:
+    """Compile and run benches/ceiling.c; its JSON line (per-core binary and fp32 MAC/s)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "ceiling"
+        cc = os.environ.get("CC", "cc")
+        flags = ["-O3", "-funroll-loops", "-march=native"]
+        subprocess.run([cc, *flags, "-o", str(exe), str(HERE / "ceiling.c")], check=True)
+        out = subprocess.run([str(exe), str(iterations)], check=True, capture_output=True, text=True).stdout
+    res = json.loads(out)
+    res["compiler_flags"] = " ".join(flags)
+    return res
+
+
+def build_binary_linear(m: int, k: int, n: int):
+    """The host-scheduled BinaryLinear kernel as a callable TVM module."""
+    import tvm
+
+    from bvit_edge.runtime.kernels import binary_linear_kernel
+    from bvit_edge.runtime.schedules import family_params, schedule_binary_linear
+    from bvit_edge.targets import load_target
+
+    spec = load_target("host")
+    fam = family_params(spec.family)
+    func = schedule_binary_linear(binary_linear_kernel(m, k, n, "signed", fam.word_bits), fam)
+    mod = tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")})
+    return tvm.tirx.build(mod, target=spec.tvm()), spec
+
+
+def ort_matmul(k: int, n: int, w: np.ndarray, threads: int):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _median_s(fn, runs: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    a = np.array(ts)
+    return {"median_us": float(np.median(a) * 1e6), "p90_us": float(np.percentile(a, 90) * 1e6),
+            "min_us": float(a.min() * 1e6), "runs": runs, "warmup": warmup}
+
+
+def bench_shape(m: int, k: int, n: int, threads: int, runs: int, rounds: int, set_threads) -> dict:
+    import tvm
+
+    from bvit_edge.packing import as_words, pack_bits
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    wf = rng.standard_normal((k, n)).astype(np.float32)
+    words = np.ascontiguousarray(as_words(pack_bits(wf.T < 0)).T)
+    lib, _ = build_binary_linear(m, k, n)
+    args = [tvm.runtime.tensor(a) for a in (x, np.zeros(k, np.float32), np.ones(1, np.float32), words,
+                                            np.ones(n, np.float32), np.zeros(n, np.float32),
+                                            np.zeros((m, n), np.float32))]
+    kern = lib["kernel"]
+    sess = ort_matmul(k, n, wf, threads)
+    feed = {"x": x}
+    set_threads(threads)
+    # interleave: several rounds of (ours, ORT) so drift on a shared machine hits both alike
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(_median_s(lambda: kern(*args), runs, warmup=max(3, runs // 10)))
+        theirs.append(_median_s(lambda: sess.run(None, feed), runs, warmup=max(3, runs // 10)))
+    t_ours = float(np.median([r["median_us"] for r in ours]))
+    t_ort = float(np.median([r["median_us"] for r in theirs]))
+    return {"m": m, "k": k, "n": n, "threads": threads, "binary_us": t_ours, "ort_f32_us": t_ort,
+            "speedup_vs_ort": t_ort / t_ours, "binary_mac_per_s": m * n * k / (t_ours * 1e-6),
+            "rounds": rounds, "runs_per_round": runs,
+            "binary_rounds_median_us": [r["median_us"] for r in ours],
+            "ort_rounds_median_us": [r["median_us"] for r in theirs]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_kernels.json")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="fewer runs (a smoke run)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.rounds = 10, 1
+    import onnxruntime as ort
+    import tvm
+
+    pool = tvm.get_global_func("runtime.config_threadpool")
+    ceil = ceilings()
+    rows = []
+    for model in args.models:
+        for (m, k, n) in SHAPES[model]:
+            for t in args.threads:
+                r = bench_shape(m, k, n, t, args.runs, args.rounds, lambda th: pool(0, th))
+                r["model"] = model
+                r["popcount_ceiling_mac_per_s"] = ceil["binary_mac_per_s"] * t
+                r["pct_of_popcount_ceiling"] = 100.0 * r["binary_mac_per_s"] / r["popcount_ceiling_mac_per_s"]
+                rows.append(r)
+                print(f"{model:10s} {m}x{k}->{n:5d} t={t}: binary {r['binary_us']:8.1f} us  ORT f32 "
+                      f"{r['ort_f32_us']:8.1f} us  ratio {r['speedup_vs_ort']:5.1f}x  "
+                      f"{r['pct_of_popcount_ceiling']:5.1f}% of popcount ceiling", flush=True)
+    from bvit_edge.targets import load_target
+
+    spec = load_target("host")
+    report = {
+        "schema_version": 1,
+        "bench": "bench_kernels",
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"machine": platform.machine(), "cpu": spec.tvm_target.get("mcpu"), "family": spec.family,
+                 "cpu_count": os.cpu_count()},
+        "versions": {"tvm": tvm.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+                     "python": sys.version.split()[0]},
+        "ceiling": ceil,
+        "kernel": "BinaryLinear signed (pack fused + popcount GEMM + epilogue), batch of M tokens",
+        "baseline": "onnxruntime CPU float32 MatMul",
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(HERE.parent))
+    from bvit_edge.atomic import write_json
+
+    write_json(args.out, report)
+    print(f"ceiling per core: {ceil['binary_mac_per_s']:.3e} binary MAC/s ({ceil['popcount_isa']}), "
+          f"{ceil['fp32_mac_per_s']:.3e} fp32 MAC/s ({ceil['fma_isa']}); ratio {ceil['ratio']:.1f}x")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -167,6 +167,103 @@ def models(
             typer.echo(n)
 
 
+# ---------------------------------------------------------------------------------------------- targets
+targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)
+app.add_typer(targets_app, name="targets")
+
+
+@targets_app.command("list")
+def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
+    """The target presets and what this machine can do with each (compiler found, runs natively)."""
+    from rich.table import Table
+
+    from bvit_edge.targets import list_targets, load_target
+    from bvit_edge.targets.toolchain import availability
+
+    rows = []
+    for name in list_targets():
+        spec = load_target(name)
+        rows.append({**{k: v for k, v in spec.to_dict().items() if k in ("name", "arch", "family", "word_bits", "threads", "cross_compiler")}, **availability(spec)})
+    table = Table(title="bvit-edge targets")
+    for col in ("name", "arch", "family", "word bits", "threads", "compiler", "runs natively"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["arch"], r["family"], str(r["word_bits"]), str(r["threads"]),
+                      (r.get("cross_compiler") or "host") + ("" if r["compiler_found"] else " (missing)"), "yes" if r["runs_natively"] else "no")
+    _emit(rows, as_json, table)
+
+
+@targets_app.command("show")
+def targets_show(
+    name: Annotated[str, typer.Argument(help="Preset name or path to a .toml file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """One target: its TVM target dict, toolchain, word size, threads."""
+    from bvit_edge.targets import load_target
+    from bvit_edge.targets.toolchain import availability
+
+    spec = load_target(name)
+    _emit({**spec.to_dict(), **availability(spec)}, as_json)
+
+
+# ------------------------------------------------------------------------------------------------ board
+board_app = typer.Typer(help="The emulated aarch64 board (qemu user mode + TVM RPC on 127.0.0.1).", no_args_is_help=True)
+app.add_typer(board_app, name="board")
+
+
+@board_app.command("emulate")
+def board_emulate(
+    arch: Annotated[str, typer.Option(help="Board architecture.")] = "aarch64",
+    rebuild: Annotated[bool, typer.Option(help="Rebuild the cached root file system and wheels.")] = False,
+    port: Annotated[int, typer.Option(help="RPC port on 127.0.0.1 (the next free one is used if taken).")] = 9090,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder (default ~/.cache/bvit-edge/board).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Build (once) and start the emulated board; prints where its RPC server listens."""
+    from bvit_edge.targets import board
+
+    info = board.emulate(arch, cache_dir, rebuild=rebuild, port=port, log=_console().print)
+    _emit(info, as_json)
+
+
+@board_app.command("status")
+def board_status(
+    arch: Annotated[str, typer.Option(help="Board architecture.")] = "aarch64",
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Whether the emulated board is built and serving."""
+    from bvit_edge.targets import board
+
+    _emit(board.status(arch, cache_dir), as_json)
+
+
+@board_app.command("stop")
+def board_stop(
+    arch: Annotated[str, typer.Option(help="Board architecture.")] = "aarch64",
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None,
+) -> None:
+    """Stop the emulated board's RPC server (by its recorded PID)."""
+    from bvit_edge.targets import board
+
+    stopped = board.stop(arch, cache_dir)
+    _console().print("stopped" if stopped else "no emulated board was running")
+
+
+# ----------------------------------------------------------------------------------------------- report
+@app.command()
+def report(
+    json_path: Annotated[Path, typer.Argument(help="A bench/report JSON document.", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
+) -> None:
+    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency)."""
+    from bvit_edge.report import render_report
+
+    written = render_report(json_path, out)
+    for kind, path in written.items():
+        _console().print(f"{kind}: {path}")
+
+
 # -------------------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(

@@ -3,7 +3,7 @@
 * 1-bit: bit-packed uint8 initializers. Fed to a BinaryLinear node (input W_bits): N x in_features true
   weights; any other uint8 initializer (e.g. in a standard export, where the decomposition unpacks it in
   the graph): 8 bits a byte, pad bits included.
-* 8-bit: int8 initializers (DequantizeLinear weights).
+* 8-bit: int8 initializers (DequantizeLinear weights; zero points count as "other").
 * 32-bit: float32 initializers (LayerNorm, biases, scales, float weights).
 * other: any other element type (int64 shape constants, ...), counted apart.
 
@@ -32,6 +32,7 @@ class SizeReport:
     weights_8bit: int
     weights_32bit: int
     weights_other: int
+    largest_32bit: list[tuple[str, int]] | None = None
     teacher_path: str | None = None
     teacher_bytes: int | None = None
     compression_ratio: float | None = None
@@ -43,7 +44,10 @@ class SizeReport:
 def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
     """{"weights_1bit", "weights_8bit", "weights_32bit", "weights_other"} counted from the initializers."""
     binary_k: dict[str, int] = {}
+    zero_points: set[str] = set()
     for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zero_points.add(node.input[2])
         if node.op_type == "BinaryLinear" and len(node.input) > 3:
             k = next((a.i for a in node.attribute if a.name == "in_features"), 0)
             binary_k[node.input[3]] = int(k)
@@ -55,7 +59,7 @@ def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
                 counts["weights_1bit"] += int(init.dims[0]) * binary_k[init.name]
             else:
                 counts["weights_1bit"] += 8 * n
-        elif init.data_type == _T.INT8:
+        elif init.data_type == _T.INT8 and init.name not in zero_points:
             counts["weights_8bit"] += n
         elif init.data_type == _T.FLOAT:
             counts["weights_32bit"] += n
@@ -64,11 +68,21 @@ def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
     return counts
 
 
+def largest_float32(proto: onnx.ModelProto, top: int = 5) -> list[tuple[str, int]]:
+    """The ``top`` largest float32 initializers (name, elements): what dominates the 32-bit share."""
+    sizes = [
+        (init.name, int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1)
+        for init in proto.graph.initializer
+        if init.data_type == _T.FLOAT
+    ]
+    return sorted(sizes, key=lambda t: -t[1])[:top]
+
+
 def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None) -> SizeReport:
     """Bytes on disk and weight counts of ``onnx_path``; compression ratio vs ``teacher_path`` if given."""
     proto = load_model(onnx_path)
     size = Path(onnx_path).stat().st_size
-    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, **weight_counts(proto))
+    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, **weight_counts(proto), largest_32bit=largest_float32(proto))
     if teacher_path is not None:
         load_model(teacher_path)
         tb = Path(teacher_path).stat().st_size
@@ -77,4 +91,4 @@ def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None) -
     return rep
 
 
-__all__ = ["SizeReport", "size_report", "weight_counts"]
+__all__ = ["SizeReport", "size_report", "weight_counts", "largest_float32"]

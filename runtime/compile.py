@@ -112,10 +112,9 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
     return versions
 
 
-def build_relax(mod: Any, spec: Any, family: Any) -> Any:
-    """Legalize, fuse, schedule (float rules) and build a Relax module for ``spec``; returns the executable."""
+def relax_pipeline(spec: Any, family: Any) -> Any:
+    """The Relax pass pipeline: the CPU backend's, plus our float-op schedules after legalize + fuse."""
     import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
@@ -134,8 +133,15 @@ def build_relax(mod: Any, spec: Any, family: Any) -> Any:
             )
             return seq(m)
 
+    return _pipeline
+
+
+def build_relax(mod: Any, spec: Any, family: Any) -> Any:
+    """Legalize, fuse, schedule (float rules) and build a Relax module for ``spec``; returns the executable."""
+    import tvm  # noqa: PLC0415
+
     try:
-        return tvm.compile(mod, target=target, relax_pipeline=_pipeline)
+        return tvm.compile(mod, target=spec.tvm(), relax_pipeline=relax_pipeline(spec, family))
     except BvitEdgeError:
         raise
     except Exception as exc:  # noqa: BLE001

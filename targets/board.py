@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +42,7 @@ from typing import Any
 
 from bvit_edge.atomic import atomic_dir, write_json, write_text
 from bvit_edge.errors import ConfigError, ToolchainError
+from bvit_edge.targets.rpc import probe as rpc_probe
 from bvit_edge.targets.toolchain import require_tool
 
 __all__ = ["BoardInfo", "build", "default_cache_dir", "emulate", "start", "status", "stop"]
@@ -330,7 +330,7 @@ def start(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
           timeout_s: float = 180.0) -> BoardInfo:
     """Start the RPC server on 127.0.0.1 (the first free port from ``port``); return once it answers.
 
-    A server already running for this cache is returned as is. Raises ToolchainError (with the tail
+    A server already running for this cache is returned once it answers. Raises ToolchainError (with the tail
     of ``server.log``) if the server exits or does not answer within ``timeout_s``.
     """
     recipe = _recipe(arch)
@@ -340,8 +340,12 @@ def start(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
         raise _stale_error(root, reason) if root.exists() else ToolchainError(
             f"The emulated {arch} board is not built at {root}. Build it with `bvit-edge board emulate`.")
     info = status(arch, cache_dir)
-    if info.running:
-        return info
+    if info.running:  # started by an earlier call (maybe another process): wait until it serves
+        if _wait_ready(info.host, int(info.port), lambda: _pid_alive(int(info.pid)), timeout_s):
+            return status(arch, cache_dir)
+        raise ToolchainError(f"The emulated board's server (PID {info.pid}) runs but did not answer on "
+                             f"{info.host}:{info.port} within {timeout_s:.0f} s. Stop it with `bvit-edge board "
+                             f"stop` and start again. Last lines of {info.log}:\n{_tail(root / 'server.log')}")
     qemu = require_tool(recipe["qemu"], purpose="to run the emulated board")
     host = "127.0.0.1"
     port = _free_port(host, port)
@@ -363,18 +367,29 @@ def start(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
     write_json(root / "server.json", {"pid": proc.pid, "port": port, "host": host, "arch": arch,
                                       "started_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     write_text(root / "server.pid", f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _forget(root)
-            raise ToolchainError(f"The emulated board's RPC server exited (code {proc.returncode}) before "
-                                 f"serving. Last lines of {log_path}:\n{_tail(log_path)}")
-        if port_open(host, port, 0.5):
-            return status(arch, cache_dir)
-        time.sleep(0.5)
+    if _wait_ready(host, port, lambda: proc.poll() is None, timeout_s):
+        return status(arch, cache_dir)
+    if proc.poll() is not None:
+        _forget(root)
+        raise ToolchainError(f"The emulated board's RPC server exited (code {proc.returncode}) before "
+                             f"serving. Last lines of {log_path}:\n{_tail(log_path)}")
     stop(arch, cache_dir)
     raise ToolchainError(f"The emulated board's RPC server did not answer on {host}:{port} within "
                          f"{timeout_s:.0f} s. Last lines of {log_path}:\n{_tail(log_path)}")
+
+
+def _wait_ready(host: str, port: int, alive, timeout_s: float) -> bool:
+    """Poll until the TVM RPC handshake answers at host:port (True), the process dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        if port_open(host, port, 0.5):
+            try:  # the port is open: the TVM handshake must answer too
+                rpc_probe(host, port, timeout_s=max(1.0, min(10.0, deadline - time.monotonic())))
+                return True
+            except ToolchainError:
+                pass
+        time.sleep(0.5)
+    return False
 
 
 def stop(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None,

@@ -17,6 +17,7 @@ Host side protocol (TVM's): ``rpc.connect(host, port)`` -> ``upload`` -> ``load_
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import struct
@@ -26,7 +27,7 @@ from typing import Any, Callable, TypeVar
 
 from bvit_edge.errors import MissingDependencyError, ToolchainError
 
-__all__ = ["check_arch", "connect", "connect_tracker", "elf_arch", "remote_arch", "upload_and_load"]
+__all__ = ["check_arch", "connect", "connect_tracker", "elf_arch", "probe", "remote_arch", "upload_and_load"]
 
 T = TypeVar("T")
 _ELF_MACHINE = {62: "x86_64", 183: "aarch64", 40: "armv7"}  # e_machine: EM_X86_64, EM_AARCH64, EM_ARM
@@ -41,7 +42,7 @@ _RPC_TRACKER_MAGIC = 0x2F271
 _PROBE_KEY = b"bvit-edge:probe"  # not "client:...": the server answers MISMATCH and keeps listening
 
 
-def _probe(host: str, port: int, timeout_s: float, tracker: bool = False) -> None:
+def probe(host: str, port: int, timeout_s: float, tracker: bool = False) -> None:
     """Check, within ``timeout_s``, that a TVM RPC server (or tracker) answers at host:port.
 
     Opens a TCP connection and performs the first step of TVM's handshake with a key the server
@@ -127,7 +128,7 @@ def connect(host: str = "127.0.0.1", port: int = 9090, timeout_s: float = 10.0,
     ``timeout_s`` bounds the TCP probe and the handshake; ``session_timeout_s`` (0 = none) asks the
     server to end the session after that long.
     """
-    _probe(host, port, timeout_s)
+    probe(host, port, timeout_s)
     rpc = _rpc()
     try:
         return rpc.connect(host, port, session_timeout=session_timeout_s)
@@ -142,7 +143,7 @@ def connect_tracker(host: str, port: int, key: str, timeout_s: float = 10.0, req
     Fails if the tracker is unreachable, if no board registered ``key`` (listing the keys it has), or
     if no board of that key became free within ``request_timeout_s``.
     """
-    _probe(host, port, timeout_s, tracker=True)
+    probe(host, port, timeout_s, tracker=True)
     rpc = _rpc()
     tracker = _bounded(lambda: rpc.connect_tracker(host, port), timeout_s, f"TVM RPC tracker {host}:{port}")
     summary = _bounded(tracker.summary, timeout_s, f"TVM RPC tracker {host}:{port} summary")
@@ -202,12 +203,15 @@ def check_arch(session: Any, expected: str, what: str = "the artifact") -> str |
     return got
 
 
-def upload_and_load(session: Any, lib_path: str | os.PathLike[str], expected_arch: str | None = None) -> Any:
+def upload_and_load(session: Any, lib_path: str | os.PathLike[str], expected_arch: str | None = None,
+                    remote_name: str | None = None) -> Any:
     """Upload ``lib_path`` to the board and load it there; returns the remote module.
 
     ``expected_arch`` defaults to the library's ELF architecture; a mismatch with the board is a
     ToolchainError before anything is uploaded, and a loader failure that reads like one is reported
-    the same way.
+    the same way. The remote file name defaults to ``<stem>-<sha256[:12]>.so``: unique per content,
+    because the board's dynamic loader hands back an already-loaded library for a path it has seen, so
+    two artifacts both uploaded as "lib.so" in one session would silently be the same module.
     """
     lib_path = Path(lib_path)
     if not lib_path.is_file():
@@ -215,9 +219,12 @@ def upload_and_load(session: Any, lib_path: str | os.PathLike[str], expected_arc
     expected = expected_arch or elf_arch(lib_path)
     if expected:
         check_arch(session, expected, what=str(lib_path))
+    if remote_name is None:
+        digest = hashlib.sha256(lib_path.read_bytes()).hexdigest()[:12]
+        remote_name = f"{lib_path.stem}-{digest}{lib_path.suffix or '.so'}"
     try:
-        session.upload(str(lib_path))
-        return session.load_module(lib_path.name)
+        session.upload(str(lib_path), target=remote_name)
+        return session.load_module(remote_name)
     except Exception as exc:
         text = str(exc)
         if any(s in text for s in ("wrong ELF class", "ELF file's phentsize", "cannot open shared object",

@@ -16,7 +16,7 @@ from bvit_edge.errors import ToolchainError
 if TYPE_CHECKING:
     from bvit_edge.targets.registry import TargetSpec
 
-__all__ = ["APT_PACKAGES", "compiler_version", "find_compiler", "require_tool"]
+__all__ = ["APT_PACKAGES", "availability", "compiler_version", "find_compiler", "require_tool"]
 
 #: tool -> Debian package for the tools bvit-edge itself calls (cross compilers come from the presets).
 APT_PACKAGES = {
@@ -63,3 +63,18 @@ def compiler_version(compiler: str | None) -> str:
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolchainError(f"`{exe} --version` failed ({exc}); the compiler is unusable. Reinstall it.") from None
     return out.stdout.splitlines()[0].strip() if out.stdout else exe
+
+
+def availability(spec: "TargetSpec") -> dict[str, object]:
+    """What this machine can do with ``spec``, for ``bvit-edge targets list|show``.
+
+    ``compiler``: the linker's path (None = host default), ``compiler_found``; ``emulator_found``: the
+    qemu binary of ``emulated_by`` is on PATH; ``runs_natively``: this CPU runs the code directly.
+    """
+    cc = shutil.which(spec.cross_compiler) if spec.cross_compiler else None
+    return {
+        "compiler": cc,
+        "compiler_found": spec.cross_compiler is None or cc is not None,
+        "emulator_found": bool(spec.emulated_by and shutil.which(spec.emulated_by)),
+        "runs_natively": spec.runs_natively(),
+    }

@@ -169,3 +169,23 @@ def test_frozen_bit_linear_matches_training_forward(mode: str):
         yf = lin.frozen()(x)
     assert zeros == 0
     assert torch.equal(y, yf)
+
+
+def test_module_scales_alpha_gradient_by_inverse_sqrt_numel():
+    x = torch.randn(4, 10, dtype=torch.float64)
+    g = torch.randn(4, 10, dtype=torch.float64)
+    grads = {}
+    for scaled in (False, True):
+        q = ElasticBinarizer("signed", beta_shape=(10,), init_value=0.7, alpha_grad_scale=scaled).double()
+        (q(x) * g).sum().backward()
+        grads[scaled] = float(q.alpha.grad)
+    ref = float((g * torch.sign(x)).sum())  # d/dalpha = sgn(x - beta), beta = 0
+    assert grads[False] == pytest.approx(ref, rel=1e-12)
+    assert grads[True] == pytest.approx(ref / np.sqrt(40), rel=1e-12)
+
+
+def test_gradient_scale_leaves_the_forward_unchanged():
+    x = torch.randn(3, 7)
+    a = ElasticBinarizer("unsigned", init_value=0.9, alpha_grad_scale=True)
+    b = ElasticBinarizer("unsigned", init_value=0.9, alpha_grad_scale=False)
+    assert torch.equal(a(x), b(x))

@@ -228,3 +228,35 @@ def test_alpha_is_clamped_to_1e_5_and_gets_no_gradient_below() -> None:
     np.testing.assert_allclose(y.detach().numpy(), [[-1e-5, 1e-5]], rtol=1e-6)
     y.sum().backward()
     assert q.alpha.grad.item() == 0.0
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: dict) -> None:  # pragma: no cover - in a subprocess
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(100 + rank)  # each rank sees a different first batch
+    q = SignedBinarizer()
+    q.train()
+    q(torch.randn(4, 8) * (rank + 1))
+    out[rank] = q.alpha.item()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_lazy_init_is_averaged_over_ranks_so_ddp_replicas_agree() -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+    assert out[0] == out[1]
+    torch.manual_seed(100)
+    a0 = 2 * (torch.randn(4, 8)).abs().mean().item()
+    torch.manual_seed(101)
+    a1 = 2 * (torch.randn(4, 8) * 2).abs().mean().item()
+    np.testing.assert_allclose(out[0], (a0 + a1) / 2, rtol=1e-5)

@@ -87,8 +87,8 @@ class _FakeSession:
             raise AttributeError(name)  # a runtime-only board lacks it
         return lambda: self.triple
 
-    def upload(self, path):
-        self.uploaded.append(path)
+    def upload(self, path, target=None):
+        self.uploaded.append(target)
 
     def load_module(self, name):
         raise RuntimeError("dlopen: lib.so: wrong ELF class: ELFCLASS64")
@@ -113,10 +113,15 @@ def test_arch_mismatch_is_refused_before_upload(tmp_path):
 
 
 def test_loader_failure_on_a_runtime_only_board_reads_as_arch_mismatch(tmp_path):
+    import hashlib
+
     lib = tmp_path / "lib.so"
     lib.write_bytes(b"\x7fELF\x01\x01\x01" + b"\x00" * 11 + (40).to_bytes(2, "little") + b"\x00" * 32)
+    sess = _FakeSession(None)
     with pytest.raises(ToolchainError, match="architecture differs"):
-        rpc.upload_and_load(_FakeSession(None), lib)
+        rpc.upload_and_load(sess, lib)
+    # uploaded under a content-unique name, so two "lib.so" artifacts never alias on the board
+    assert sess.uploaded == [f"lib-{hashlib.sha256(lib.read_bytes()).hexdigest()[:12]}.so"]
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +168,9 @@ def test_host_rpc_server_runs_an_uploaded_module(host_server, tmp_path):
     # LLVM may fuse the multiply-add (one rounding instead of two): allow an ulp.
     np.testing.assert_allclose(B.numpy(), a * np.float32(1.5) + np.float32(0.25), rtol=2e-7, atol=1e-7)
     del mod, A, B, dev, sess  # the stock server serves one session at a time: end ours
+    import gc
+
+    gc.collect()
 
 
 def test_aarch64_artifact_is_refused_by_the_x86_server(host_server, tmp_path):
@@ -178,7 +186,10 @@ def test_aarch64_artifact_is_refused_by_the_x86_server(host_server, tmp_path):
     with pytest.raises(ToolchainError, match="Architecture mismatch") as err:
         rpc.upload_and_load(sess, lib)
     assert err.value.exit_code == 4
-    del sess
+    del sess, err  # the traceback holds the session too; the server serves one at a time
+    import gc
+
+    gc.collect()
 
 
 class _FakeTracker:
@@ -248,3 +259,41 @@ def test_tracker_lists_its_keys_when_the_asked_one_is_missing(host_server):
         del sess
     finally:
         tracker.sock.close()
+
+
+def test_two_artifacts_named_lib_so_do_not_alias_on_the_board(host_server, tmp_path):
+    """The loader caches by path: uploading both as "lib.so" would hand back the first module twice."""
+    if platform.machine() != "x86_64":
+        pytest.skip("x86 host only")
+    import gc
+
+    import tvm
+    from tvm.script import tirx as T
+
+    def lib_adding(c: float, folder):
+        @T.prim_func
+        def add(a: T.handle, b: T.handle):
+            T.func_attr({"global_symbol": "add", "tir.noalias": True})
+            A = T.match_buffer(a, (4,), "float32")
+            B = T.match_buffer(b, (4,), "float32")
+            for i in range(4):
+                B[i] = A[i] + T.float32(c)
+
+        folder.mkdir()
+        tvm.tirx.build(tvm.IRModule({"add": add}), target=load_target("host").tvm_target).export_library(
+            str(folder / "lib.so"))
+        return folder / "lib.so"
+
+    sess = rpc.connect("127.0.0.1", host_server, timeout_s=10)
+    dev = sess.cpu()
+    outs = []
+    for c, sub in ((1.0, "one"), (2.0, "two")):
+        mod = rpc.upload_and_load(sess, lib_adding(c, tmp_path / sub))
+        b = tvm.runtime.tensor(np.zeros(4, np.float32), dev)
+        mod["add"](tvm.runtime.tensor(np.zeros(4, np.float32), dev), b)
+        outs.append(b.numpy())
+        del mod, b
+    np.testing.assert_array_equal(outs[0], np.full(4, 1.0, np.float32))
+    np.testing.assert_array_equal(outs[1], np.full(4, 2.0, np.float32))
+    del dev, sess
+    gc.collect()

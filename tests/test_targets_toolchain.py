@@ -77,3 +77,17 @@ def test_host_library_is_an_x86_64_elf(tmp_path):
     assert elf_arch(lib) == "x86_64"
     (tmp_path / "not-elf.so").write_bytes(b"hello world, not an ELF file")
     assert elf_arch(tmp_path / "not-elf.so") is None
+
+
+def test_availability_reports_compiler_and_emulator(tmp_path, monkeypatch):
+    from bvit_edge.targets.toolchain import availability
+
+    rpi4 = load_target("rpi4-aarch64")
+    a = availability(rpi4)
+    assert a["compiler_found"] == (shutil.which("aarch64-linux-gnu-gcc") is not None)
+    assert a["emulator_found"] == (shutil.which("qemu-aarch64") is not None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    a = availability(rpi4)
+    assert (a["compiler"], a["compiler_found"], a["emulator_found"]) == (None, False, False)
+    host = availability(load_target("x86-64-avx2"))
+    assert host["compiler_found"] is True and host["compiler"] is None

@@ -14,7 +14,15 @@ Products with mean restore, written out (c_a, c_b the +-1 codes)::
 
 Frozen: c_a c_b is ``torch.ops.bvit.binary_matmul`` (signed x signed, shift 0, alphas 1) on the
 median-shifted operands; the statistics, the code sums and the restore terms are float work beside the op
-(the per-sample statistics cannot be constant op inputs). Linears: :class:`FrozenACDLinear`.
+(the per-sample statistics cannot be constant op inputs). Linears: :class:`FrozenACDLinear`. The median is
+computed through TopK (exportable to ONNX).
+
+Numerical caveat (a property of the method): the median element of every binarized tensor, and every
+element tied with it, sits exactly on the sign boundary. The frozen PyTorch model reproduces the training
+model bit for bit (same float operations), but another runtime whose ReduceMean / Softmax differ by an ulp can
+move a tied element to the other side: measured on acdbit_test_patch4_16 at random init, onnxruntime's logits
+differed by up to 0.05 from PyTorch's (BiT / BinaryViT: 3e-8). Compare ACD-BiT exports by top-1 agreement
+over a data set, not by a tight atol.
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ from bvit_edge.quant.gsb import (
     SignedBinarizer,
     UnsignedBinarizer,
     ValueGroupBinarizer,
+    plane_product,
+    product_with_value,
 )
 from bvit_edge.quant.lsq import LSQConv2d, W8A8Linear
 from bvit_edge.quant.weights import bwn_center, bwn_quantize, bwn_scale
@@ -84,9 +86,17 @@ class GSBLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.move(x)
-        if self.quant is not None:
-            x = self.quant(x)
-        return F.linear(x, bwn_quantize(self.weight), self.bias)
+        w_hat = bwn_quantize(self.weight)
+        if self.quant is None:
+            return F.linear(x, w_hat, self.bias)
+        x_hat = self.quant(x)
+        # Value computed as the deployment op does: acc = codes(x) . sgn(W_c) exactly, then
+        # acc * (alpha * m) + bias; gradients are those of x_hat @ w_hat^T + bias.
+        with torch.no_grad():
+            acc = torch.matmul(self.quant.codes(x_hat), torch.sign(bwn_center(self.weight)).t())  # type: ignore[operator]
+            value = acc * (self.quant.deploy_alphas()[0] * bwn_scale(self.weight))  # type: ignore[operator]
+        y = product_with_value(x_hat, w_hat.t(), value)
+        return y if self.bias is None else y + self.bias
 
     def frozen(self) -> nn.Module:
         """Deployment module: bvit::binary_linear over packed sign bits (binary input), or, for a float input
@@ -151,10 +161,22 @@ class GSBAttention(nn.Module):
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
             attn = self.attn_drop(attn)
         else:
+            v_in = v
             q, k, v = self.quant_q(q), self.quant_k(k), self.quant_v(v)
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            with torch.no_grad():  # q_hat k_hat^T in the deployment op's order: (a_q a_k) * intdot
+                qk = (self.quant_q.deploy_alphas()[0] * self.quant_k.deploy_alphas()[0]) * torch.matmul(self.quant_q.codes(q), self.quant_k.codes(k).transpose(-2, -1))
+            attn = product_with_value(q, k.transpose(-2, -1), qk)
+            attn = (attn * self.scale).softmax(dim=-1)
             attn = self.attn_drop(self.move_att(attn))
+            a_in = attn
             attn = self.quant_attn(attn)
+            if self.training:
+                out = attn @ v
+            else:  # eval: A_hat v_hat as the sum of plane products, exactly as the frozen model
+                pa, aa = self.quant_attn.planes(a_in)
+                pv, va = self.quant_v.planes(v_in)  # v_in is already shifted
+                out = product_with_value(attn, v, plane_product(pa, aa, pv, va))
+            return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
         out = (attn @ v).transpose(1, 2).reshape(b, n, d)
         return self.proj_drop(self.proj(out))
 

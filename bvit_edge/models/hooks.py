@@ -31,7 +31,9 @@ def record_intermediates(model: nn.Module, x: torch.Tensor) -> tuple[Any, dict[s
     ``attn`` with ``qkv``, ``num_heads``, ``head_dim`` and ``scale`` (the timm layout of
     :class:`bvit_edge.models.vit.VisionTransformer`): hooks on each block collect its output, and on each
     ``attn.qkv`` the projection, from which q, k and the scores q k^T * scale are formed exactly as
-    :meth:`bvit_edge.models.vit.Attention.forward` forms them.
+    :meth:`bvit_edge.models.vit.Attention.forward` forms them. For a quantized model without ``record()``
+    (e.g. the GSB student, whose attention shifts and binarizes q and k before the product) these hook-made
+    scores are the float q k^T, not what that model's softmax sees: give such a model ``record()``.
     """
     if hasattr(model, "record") and hasattr(model, "recorded"):
         prev = bool(getattr(model, "recording", False))

@@ -42,7 +42,10 @@ def sample_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """(med, mu, alpha) of each sample, shaped [B, 1, ..., 1]; med and alpha detached, mu differentiable."""
     flat = x.reshape(x.shape[0], -1)
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    med = flat.detach().median(dim=1).values
+    # the lower median as the k-th smallest value, k = (n - 1) // 2 + 1: the same value as torch.median, but
+    # through TopK, which the ONNX exporter translates (aten.median has no ONNX translation)
+    n = flat.shape[1]
+    med = torch.topk(flat.detach(), (n - 1) // 2 + 1, dim=1, largest=False, sorted=True).values[:, -1]
     mu = flat.mean(dim=1)
     alpha = (flat.detach() - med[:, None]).abs().mean(dim=1)
     return med.reshape(shape), mu.reshape(shape), alpha.reshape(shape)

@@ -30,10 +30,15 @@ after, in the order of the deployment op ``torch.ops.bvit.binary_linear``: acc *
 
 Initialisation: lazily from the first batch (as GSB): alpha = 2 mean|x'| (signed) or 4 mean|x'| (unsigned),
 clamped to >= 1e-5; the ``initialized`` flag is a buffer, so it is saved with the checkpoint.
+
+Gradient scale: :class:`ElasticBinarizer` multiplies alpha's gradient by 1/sqrt(numel(x)) (LSQ's step-size
+gradient scale with Qp = 1, which BiT's LSQ-derived binarizers use and GSB keeps; ALGORITHMS.md §1);
+``alpha_grad_scale=False`` turns it off. The functional :func:`elastic_binarize` is the unscaled rule of §2.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -78,6 +83,12 @@ class _UnsignedCode(torch.autograd.Function):
         return gx, ga.reshape(alpha.shape)
 
 
+def scale_grad(t: torch.Tensor, factor: float) -> torch.Tensor:
+    """Forward: t unchanged (exactly); backward: the gradient times ``factor``."""
+    scaled = t * factor
+    return scaled - scaled.detach() + t.detach()
+
+
 def sign_code(xs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Signed code of x' (see the module docstring): values in {-1, 0, +1}."""
     return _SignCode.apply(xs, alpha)
@@ -105,12 +116,21 @@ class ElasticBinarizer(nn.Module):
     ``(H, 1, d_h)`` for Q/K/V laid out [B, H, N, d_h], ``(H, 1, 1)`` for attention probabilities), or ``None``
     for no shift. ``init_value`` fixes alpha's initial value instead of the lazy data initialisation.
 
+    ``alpha_grad_scale``: alpha's gradient times 1/sqrt(numel(x)) (module docstring).
+
     ``codes(x)`` returns (c, alpha) with x_hat = alpha * c, so a layer can do its integer-exact product on the
     codes first; ``forward(x)`` returns x_hat.
     """
 
-    def __init__(self, mode: str = "signed", beta_shape: Sequence[int] | None = None, init_value: float | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "signed",
+        beta_shape: Sequence[int] | None = None,
+        init_value: float | None = None,
+        alpha_grad_scale: bool = True,
+    ) -> None:
         super().__init__()
+        self.alpha_grad_scale = alpha_grad_scale
         if mode not in ("signed", "unsigned"):
             raise ConfigError(f"Unknown binarizer mode {mode!r}; use 'signed' or 'unsigned'.")
         self.mode = mode
@@ -133,7 +153,10 @@ class ElasticBinarizer(nn.Module):
         xs = self.shifted(x)
         if not bool(self.initialized):
             self._lazy_init(xs)
-        alpha = self.alpha.clamp_min(ALPHA_MIN)
+        alpha = self.alpha
+        if self.alpha_grad_scale and alpha.requires_grad:
+            alpha = scale_grad(alpha, 1.0 / math.sqrt(xs.numel()))
+        alpha = alpha.clamp_min(ALPHA_MIN)
         c = sign_code(xs, alpha) if self.mode == "signed" else unsigned_code(xs, alpha)
         return c, alpha
 
@@ -141,10 +164,10 @@ class ElasticBinarizer(nn.Module):
         c, alpha = self.codes(x)
         return alpha * c
 
-    def deploy_shift(self, like: torch.Tensor | None = None) -> torch.Tensor:
-        """The deployment op's ``shift`` (= -beta), float32, detached."""
+    def deploy_shift(self) -> torch.Tensor:
+        """The deployment op's ``shift`` (= -beta), float32, detached (a 0-dim zero without beta)."""
         if self.beta is None:
-            return torch.zeros(() if like is None else like.shape)
+            return torch.zeros(())
         return (-self.beta.detach()).float().clone()
 
     def deploy_alpha(self) -> torch.Tensor:
@@ -232,6 +255,7 @@ __all__ = [
     "ElasticBinarizer",
     "codes_linear",
     "codes_matmul",
+    "scale_grad",
     "elastic_binarize",
     "sign_code",
     "unsigned_code",

@@ -118,7 +118,7 @@ def binary_linear_accumulator(
     return torch.matmul(a, w.t())
 
 
-@custom_op("bvit::binary_linear", mutates_args=(), device_types="cpu")
+@custom_op("bvit::binary_linear", mutates_args=())
 def binary_linear(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -170,7 +170,6 @@ def b_planes(b: torch.Tensor, alpha: torch.Tensor, mode: str, ratios: Sequence[f
 @custom_op(
     "bvit::binary_matmul",
     mutates_args=(),
-    device_types="cpu",
     schema=(
         "(Tensor a, Tensor b, Tensor a_shift, Tensor a_alpha, Tensor b_shift, Tensor b_alpha, str a_mode, "
         "str b_mode, float[] gsb_ratios=[0.7, 0.9]) -> Tensor"
@@ -215,14 +214,15 @@ def _binary_matmul_fake(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode, b_mode
 
 
 def _channel_view(scale: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
-    if scale.ndim == 0 or scale.numel() == 1 and ndim == 0:
-        return scale.reshape(())
+    """A per-tensor (0-dim) scale as is; a 1-D scale reshaped to broadcast along ``axis``."""
+    if scale.ndim == 0:
+        return scale
     shape = [1] * ndim
     shape[axis % ndim] = scale.numel()
     return scale.reshape(shape)
 
 
-@custom_op("bvit::dequantize_int8", mutates_args=(), device_types="cpu")
+@custom_op("bvit::dequantize_int8", mutates_args=())
 def dequantize_int8(w: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
     """w (int8) * scale: per channel along ``axis`` when scale is 1-D, per tensor when it is 0-dim."""
     return w.to(torch.float32) * _channel_view(scale.to(torch.float32), w.ndim, axis)
@@ -233,7 +233,7 @@ def _dequantize_int8_fake(w, scale, axis):  # type: ignore[no-untyped-def]
     return torch.empty(w.shape, dtype=torch.float32, device=w.device)
 
 
-@custom_op("bvit::quantize_dequantize_int8", mutates_args=(), device_types="cpu")
+@custom_op("bvit::quantize_dequantize_int8", mutates_args=())
 def quantize_dequantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """clamp(round_half_even(x / scale), -128, 127) * scale with a per-tensor (0-dim) scale."""
     return torch.clamp(torch.round(x / scale), -128, 127) * scale

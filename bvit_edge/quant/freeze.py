@@ -10,6 +10,7 @@ float rounding).
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from bvit_edge.errors import ConfigError
@@ -29,6 +30,13 @@ def freeze(model: nn.Module) -> nn.Module:
     """Convert ``model`` to deployment mode in place and return it (idempotent)."""
     if getattr(model, "is_frozen", False):
         return model
+    pending = [name for name, mod in model.named_modules() if isinstance(getattr(mod, "initialized", None), torch.Tensor) and not bool(mod.initialized)]
+    if pending:
+        raise ConfigError(
+            f"Cannot freeze: {len(pending)} quantizers were never initialised ({', '.join(pending[:6])}"
+            f"{' ...' if len(pending) > 6 else ''}). Their scales are set from the first batch: run at least one "
+            "forward pass (training or a calibration batch) before freeze()."
+        )
     model.eval()
     _freeze_children(model)
     for p in model.parameters():

@@ -167,6 +167,53 @@ class AttentionGroupBinarizeFn(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def ranks_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over torch.distributed ranks (``t`` itself without a process group). Lazy
+    initialisation runs on each rank's own first batch; averaging keeps DDP replicas identical."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+class _ProductWithValueFn(torch.autograd.Function):
+    """Forward: a precomputed ``value`` equal (as real numbers) to x @ y; backward: matmul's gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, y)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        gx = (g @ y.transpose(-2, -1)).sum_to_size(x.shape)
+        gy = (x.transpose(-2, -1) @ g).sum_to_size(y.shape)
+        return gx, gy, None
+
+
+def product_with_value(x: torch.Tensor, y: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """x @ y whose forward value is ``value`` (the same product computed as the deployment ops do: exact
+    integer dots times scales), and whose gradients are those of x @ y. Keeps the eval outputs of a training
+    model bit-identical to its frozen form (sgn(0) aside)."""
+    return _ProductWithValueFn.apply(x, y, value)
+
+
+def plane_product(pa: Sequence[torch.Tensor], aa: torch.Tensor, pb: Sequence[torch.Tensor], ba: torch.Tensor) -> torch.Tensor:
+    """sum_i sum_j (aa_i * ba_j) * (pa_i @ pb_j), i outer, j inner, in float32: the order of
+    ``torch.ops.bvit.binary_matmul``."""
+    out: torch.Tensor | None = None
+    for i, p in enumerate(pa):
+        for j, q in enumerate(pb):
+            term = (aa[i] * ba[j]) * torch.matmul(p, q)
+            out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
 def _mean_or(x: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
     n = mask.sum()
     return (x * mask).sum() / n if int(n) > 0 else fallback
@@ -188,8 +235,11 @@ class _LazyAlphas(nn.Module):
 
     def _set(self, values: Sequence[torch.Tensor]) -> None:
         with torch.no_grad():
-            for n, v in zip(self._alpha_names, values):
-                getattr(self, n).copy_(torch.clamp(v.detach().reshape(()), min=ALPHA_MIN))
+            stacked = torch.stack([v.detach().reshape(()).float() for v in values])
+            if self.training:  # under DDP every rank trains, so every rank reaches this point
+                stacked = ranks_mean(stacked)
+            for n, v in zip(self._alpha_names, stacked):
+                getattr(self, n).copy_(torch.clamp(v, min=ALPHA_MIN))
             self.initialized.fill_(True)
 
     def deploy_alphas(self) -> torch.Tensor:
@@ -211,6 +261,10 @@ class SignedBinarizer(_LazyAlphas):
         alpha = effective_alpha(self.alpha, 1.0 / math.sqrt(x.numel()))
         return SignedBinarizeFn.apply(x, alpha, self.corrected)
 
+    def codes(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """The codes sgn(x') in {-1, 0, +1} of an output ``x_hat`` (exact: x_hat / alpha, no grad)."""
+        return x_hat.detach() / self.deploy_alphas()[0]
+
     def extra_repr(self) -> str:
         return f"corrected={self.corrected}"
 
@@ -226,6 +280,10 @@ class UnsignedBinarizer(_LazyAlphas):
             self._set([4 * x.detach().abs().mean()])
         alpha = effective_alpha(self.alpha, 1.0 / math.sqrt(x.numel()))
         return UnsignedBinarizeFn.apply(x, alpha)
+
+    def codes(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """The codes [x' > alpha/2] in {0, 1} of an output ``x_hat`` (exact: x_hat / alpha, no grad)."""
+        return x_hat.detach() / self.deploy_alphas()[0]
 
 
 class ValueGroupBinarizer(_LazyAlphas):
@@ -250,6 +308,13 @@ class ValueGroupBinarizer(_LazyAlphas):
         a2 = effective_alpha(self.alpha2, 1.0 / math.sqrt(n1))
         a3 = effective_alpha(self.alpha3, 1.0 / math.sqrt(n2))
         return ValueGroupBinarizeFn.apply(v, a1, a2, a3, m1, m2, self.corrected)
+
+    def planes(self, v: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """([sgn(v'), sgn(v' M1), sgn(v' M2)], alphas [3]) of an input v' (no grad; sgn(0) = 0)."""
+        with torch.no_grad():
+            m1, m2 = gsb_signed_masks(v, self.ratios)
+            s = torch.sign(v)
+            return [s, s * m1.to(v.dtype), s * m2.to(v.dtype)], self.deploy_alphas()
 
     def extra_repr(self) -> str:
         return f"ratios={self.ratios}, corrected={self.corrected}"
@@ -277,6 +342,14 @@ class AttentionGroupBinarizer(_LazyAlphas):
         a3 = effective_alpha(self.alpha3, 1.0 / math.sqrt(n2))
         return AttentionGroupBinarizeFn.apply(a, a1, a2, a3, m1, m2)
 
+    def planes(self, a: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """([clip(r(A/a1), 0, 1), M1, M2], alphas [3]) of an input A (no grad)."""
+        with torch.no_grad():
+            alphas = self.deploy_alphas()
+            m1, m2 = gsb_unsigned_masks(a, self.ratios)
+            p1 = torch.clamp(torch.round(a / alphas[0]), 0, 1)
+            return [p1, m1.to(a.dtype), m2.to(a.dtype)], alphas
+
     def extra_repr(self) -> str:
         return f"ratios={self.ratios}"
 
@@ -299,6 +372,7 @@ __all__ = [
     "ALPHA_MIN",
     "grad_scale",
     "effective_alpha",
+    "ranks_mean",
     "SignedBinarizeFn",
     "UnsignedBinarizeFn",
     "ValueGroupBinarizeFn",
@@ -308,4 +382,6 @@ __all__ = [
     "ValueGroupBinarizer",
     "AttentionGroupBinarizer",
     "LearnableShift",
+    "product_with_value",
+    "plane_product",
 ]

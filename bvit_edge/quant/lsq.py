@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bvit_edge.quant.gsb import ALPHA_MIN, LearnableShift, grad_scale
+from bvit_edge.quant.gsb import ALPHA_MIN, LearnableShift, grad_scale, ranks_mean
 
 
 class LSQFn(torch.autograd.Function):
@@ -111,7 +111,10 @@ class ElasticIntQuantizer(nn.Module):
     def step(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.initialized):
             with torch.no_grad():
-                self.alpha.copy_(torch.clamp(2 * x.detach().abs().mean() / math.sqrt(self.qp), min=ALPHA_MIN))
+                init = 2 * x.detach().abs().mean() / math.sqrt(self.qp)
+                if self.training:
+                    init = ranks_mean(init)
+                self.alpha.copy_(torch.clamp(init, min=ALPHA_MIN))
                 self.initialized.fill_(True)
         return torch.clamp(grad_scale(self.alpha, 1.0 / math.sqrt(x.numel() * self.qp)), min=ALPHA_MIN)
 

@@ -1,0 +1,121 @@
+"""The report as Markdown: tables of accuracy, latency (with the speed-up against the teacher), size by
+precision (with the compression against the teacher) and fidelity, drawn from the document only.
+
+Derived columns, both "teacher over model" so that > 1 means the model is better:
+- speed-up = teacher median_ms / model median_ms, for the same target, threads and batch;
+- compression = teacher weight bytes / model weight bytes (all precisions summed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bvit_edge.report.plots import byte_unit
+from bvit_edge.report.schema import SIZE_BYTES
+
+__all__ = ["render_markdown", "speedups", "compressions"]
+
+
+def _teacher(doc: dict[str, Any]) -> str | None:
+    return next((m["name"] for m in doc["models"] if m["role"] == "teacher"), None)
+
+
+def speedups(doc: dict[str, Any]) -> list[float | None]:
+    """For each latency record: the teacher's median over its median on the same target/threads/batch."""
+    teacher = _teacher(doc)
+    base = {(e["target"], e["threads"], e.get("batch", 1)): e["median_ms"]
+            for e in doc.get("latency", []) if e["model"] == teacher}
+    out: list[float | None] = []
+    for e in doc.get("latency", []):
+        t = base.get((e["target"], e["threads"], e.get("batch", 1)))
+        out.append(t / e["median_ms"] if t is not None and e["median_ms"] > 0 else None)
+    return out
+
+
+def _weight_bytes(m: dict[str, Any]) -> int | None:
+    return sum(m["size"][k] for k in SIZE_BYTES) if m.get("size") else None
+
+
+def compressions(doc: dict[str, Any]) -> dict[str, float | None]:
+    """model name -> teacher weight bytes / model weight bytes (None without sizes)."""
+    teacher = next((m for m in doc["models"] if m["role"] == "teacher"), None)
+    tb = _weight_bytes(teacher) if teacher else None
+    return {m["name"]: (tb / b if tb and (b := _weight_bytes(m)) else None) for m in doc["models"]}
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
+    """Markdown text of the report; ``plots`` maps a plot's title to its (relative) image path."""
+    lines = [f"# {doc.get('title', 'bvit-edge report')}", ""]
+    meta = [f"schema {doc.get('schema', 'bvit-edge/report')} v{doc['schema_version']}"]
+    if doc.get("created_utc"):
+        meta.append(f"created {doc['created_utc']}")
+    lines += ["_" + ", ".join(meta) + "_", ""]
+    env = doc.get("environment") or {}
+    if env:
+        lines += ["## Environment", "", *_table(["key", "value"], [[str(k), f"`{v}`"] for k, v in env.items()])]
+
+    accs = [m for m in doc["models"] if m.get("accuracy")]
+    if accs:
+        lines += ["## Accuracy", ""]
+        lines += _table(["model", "role", "method", "split", "images", "top-1 %", "top-5 %"], [
+            [m["name"], m["role"], m.get("method", "–"), str(m["accuracy"].get("split", "–")),
+             _fmt(m["accuracy"].get("n_images"), 6), f"{m['accuracy']['top1_pct']:.2f}",
+             f"{m['accuracy']['top5_pct']:.2f}" if m["accuracy"].get("top5_pct") is not None else "–"]
+            for m in accs])
+
+    lat = doc.get("latency", [])
+    if lat:
+        lines += ["## Latency", ""]
+        rows = []
+        for e, s in zip(lat, speedups(doc)):
+            target = e["target"] + (" (emulated)" if e.get("emulated") else "")
+            spread = f"{_fmt(e['p10_ms'])}–{_fmt(e['p90_ms'])}"
+            mean = f"{_fmt(e['mean_ms'])} ± {_fmt(e.get('std_ms'))}" if e.get("mean_ms") is not None else "–"
+            runs = f"{e['runs']}" + (f" (+{e['warmup_runs']} warm-up)" if e.get("warmup_runs") else "")
+            rows.append([e["model"], target, str(e["threads"]), str(e.get("batch", 1)), _fmt(e["median_ms"]),
+                         spread, mean, _fmt(e.get("min_ms")), runs, f"{s:.2f}×" if s is not None else "–"])
+        lines += _table(["model", "target", "threads", "batch", "median ms", "p10–p90 ms", "mean ± std ms",
+                         "min ms", "runs", "speed-up vs teacher"], rows)
+        if any(e.get("emulated") for e in lat):
+            lines += ["Emulated targets run under qemu user mode: their times show that the code runs and "
+                      "matches, not how fast a real board is.", ""]
+
+    sized = [m for m in doc["models"] if m.get("size")]
+    if sized:
+        unit, div = byte_unit(max(_weight_bytes(m) or 0 for m in sized))
+        comp = compressions(doc)
+        lines += ["## Size", ""]
+        rows = []
+        for m in sized:
+            sz = m["size"]
+            rows.append([m["name"], *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES), f"{_weight_bytes(m) / div:,.2f}",
+                         f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
+                         f"{comp[m['name']]:.1f}×" if comp[m["name"]] is not None else "–"])
+        lines += _table(["model", f"1-bit {unit}", f"8-bit {unit}", f"32-bit {unit}", f"weights {unit}",
+                         "artifact bytes", "compression vs teacher"], rows)
+
+    fids = [m for m in doc["models"] if m.get("fidelity")]
+    if fids:
+        lines += ["## Fidelity", ""]
+        lines += _table(["model", "reference → compared", "max abs diff", "top-1 agreement %"], [
+            [m["name"], f"{m['fidelity'].get('reference', '?')} → {m['fidelity'].get('compared', '?')}",
+             f"{m['fidelity']['max_abs_diff']:.3g}",
+             f"{m['fidelity']['top1_agreement_pct']:.2f}" if m["fidelity"].get("top1_agreement_pct") is not None else "–"]
+            for m in fids])
+
+    if plots:
+        lines += ["## Plots", ""]
+        for title, path in plots.items():
+            lines += [f"![{title}]({path})", ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,71 @@
+"""``render_report(json_path, out_dir)``: the report JSON -> ``report.md`` and PNG plots, all written
+atomically; nothing but the JSON is read (no model, no TVM, no torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bvit_edge.atomic import write_json, write_text, write_with
+from bvit_edge.errors import DataError
+from bvit_edge.report.schema import SCHEMA, SCHEMA_VERSION, validate_report
+
+__all__ = ["load_report", "render_report", "write_report"]
+
+
+def load_report(json_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a report file (DataError naming the file and the problem)."""
+    path = Path(json_path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"Report file {path} does not exist; run the benchmark that writes it first.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"Report file {path} is not readable JSON ({exc}). Re-create it.") from None
+    return validate_report(doc, source=str(path))
+
+
+def write_report(json_path: str | os.PathLike[str], doc: dict[str, Any]) -> Path:
+    """Fill in ``schema``/``schema_version``, validate, and write ``doc`` atomically."""
+    doc = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **doc}
+    validate_report(doc, source=str(json_path))
+    return write_json(json_path, doc)
+
+
+def render_report(json_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``out_dir/report.md`` and the plots that have data; return {"markdown"|plot name: path}.
+
+    Plots: ``latency.png`` (needs latency records), ``size.png`` (needs size records),
+    ``accuracy_latency.png`` (needs accuracy and latency of the same model).
+    """
+    import matplotlib.pyplot as plt
+
+    from bvit_edge.report.markdown import render_markdown
+    from bvit_edge.report.plots import accuracy_latency_figure, latency_figure, size_figure
+
+    doc = load_report(json_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lat_models = {e["model"] for e in doc.get("latency", [])}
+    wanted = [
+        ("latency", "Latency by model and target", latency_figure, bool(lat_models)),
+        ("size", "Model size by precision", size_figure, any(m.get("size") for m in doc["models"])),
+        ("accuracy_latency", "Accuracy vs latency", accuracy_latency_figure,
+         any(m.get("accuracy") and m["name"] in lat_models for m in doc["models"])),
+    ]
+    written: dict[str, Path] = {}
+    titles: dict[str, str] = {}
+    for name, title, draw, has_data in wanted:
+        if not has_data:
+            continue
+        fig = draw(doc)
+        try:
+            written[name] = write_with(out / f"{name}.png", lambda p, f=fig: f.savefig(p, format="png", dpi=120),
+                                       suffix=".png")
+        finally:
+            plt.close(fig)
+        titles[title] = f"{name}.png"
+    written["markdown"] = write_text(out / "report.md", render_markdown(doc, titles))
+    return written

@@ -1,0 +1,774 @@
+"""The benchmark protocol behind ``bvit-edge bench``: a compiled student against its full-precision teacher.
+
+``bench(student_artifact, teacher_onnx=..., target=..., rpc=...)`` measures both models in the same process
+run, on the same target, at batch 1, and returns a :class:`BenchResult` (``to_dict()`` is the JSON report,
+``save(path)`` writes it atomically). The protocol (DESIGN.md "Benchmark protocol"):
+
+* Where things run. Locally (``rpc=None``) the student runs as a TVM artifact (bvit_edge.runtime.artifact)
+  and the teacher in onnxruntime from its .onnx (bvit_edge.runtime.ort); a teacher given only as an artifact
+  runs in TVM. Over RPC (a session, ``"host:port"`` or ``(host, port)``) both run on the board as TVM
+  artifacts, so the teacher must be an artifact compiled for the same target (``teacher_artifact``).
+* What is timed, separately: compile time (read from the artifact manifest when the compiler recorded it,
+  else ``null``), load time (locally: load the library + create the VM, or create the onnxruntime session;
+  over RPC: upload + remote load + VM creation), the first run (one call, timed on its own), then the
+  steady state: ``warmup`` calls discarded and counted, then ``runs`` timed calls.
+* How. Locally each steady-state call is timed on its own with ``time.perf_counter_ns``
+  (bvit_edge.runtime.timing.measure); the timed call is the model alone on a prepared input (the TVM VM's
+  ``main`` on a device tensor; ``InferenceSession.run`` on a numpy feed), preprocessing excluded for both.
+  Over RPC the board times itself with TVM's ``time_evaluator`` (number=1, repeat=warmup+runs on the
+  stateful ``invoke_stateful("main")``): the first ``warmup`` repeats are discarded, and the evaluator
+  makes one more untimed call of its own, which is counted in ``warmup`` (so over RPC ``warmup`` reads
+  requested + 1). Host-side RPC times (load, first run) include the network round trips.
+* The input is one image, seeded uniform [0, 1) noise of the artifact's input shape (``seed``), or the first
+  image of ``data`` (an array or a .npy file), normalised with the artifact's mean/std; the teacher gets
+  the very same normalised tensor.
+* Threads: ``threads`` (default: the artifact's recorded thread count, capped to the CPUs this process may
+  use) for both TVM's thread pool and onnxruntime's intra-op pool; the affinity (os.sched_getaffinity, taken
+  before anything runs) is recorded for local runs. TVM's thread pool pins the calling thread to one core
+  when configured; the affinity is put back after each model so the teacher's onnxruntime threads get the
+  same CPUs the student had.
+* Labels: ``timing_kind`` is "host" (local), "board" (over RPC) or "emulated" (the qemu board of
+  bvit_edge.targets.board, detected by its address, or ``emulated=True``); ``emulated`` says the same as a
+  bool. Emulated timings prove the ARM code runs; they are never comparable with board timings.
+* The ratio is teacher median / student median (> 1: the student is faster).
+
+Bad input is a one-paragraph error: a missing artifact folder or manifest, a teacher whose input shape
+differs from the student's, an artifact for another target or architecture (UsageError, exit 2); an
+unreachable board (ToolchainError, exit 4).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from bvit_edge.atomic import write_json
+from bvit_edge.errors import BvitEdgeError, MissingDependencyError, ToolchainError, UsageError
+from bvit_edge.runtime.artifact import read_manifest
+from bvit_edge.runtime.timing import Timing, measure, time_once
+
+__all__ = ["BenchResult", "SideResult", "SCHEMA_VERSION", "bench"]
+
+SCHEMA_VERSION = 1
+KIND = "bvit_edge.bench"
+#: Manifest keys a compiler may record its wall time under (seconds); the first present one is used.
+COMPILE_TIME_KEYS = ("compile_s", "compile_seconds", "compile_time_s")
+TIMING_KINDS = ("host", "board", "emulated")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass
+class SideResult:
+    """What was measured for one model (the student or the teacher)."""
+
+    role: str  # "student" | "teacher"
+    runtime: str  # "tvm" | "onnxruntime"
+    path: str
+    input_shape: list[int]
+    output_shape: list[int]
+    compile_s: float | None
+    load_ms: float
+    first_run_ms: float
+    steady: Timing
+    timer: str  # "time.perf_counter_ns" | "tvm.time_evaluator"
+    model_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "runtime": self.runtime,
+            "path": self.path,
+            "model_sha256": self.model_sha256,
+            "input_shape": list(self.input_shape),
+            "output_shape": list(self.output_shape),
+            "compile_s": self.compile_s,
+            "load_ms": self.load_ms,
+            "first_run_ms": self.first_run_ms,
+            "timer": self.timer,
+            "steady": self.steady.to_dict(),
+        }
+
+
+@dataclass
+class BenchResult:
+    """One benchmark: student vs teacher on one target (JSON via :meth:`to_dict`, units in field names)."""
+
+    date_utc: str
+    git_revision: str
+    versions: dict[str, str]
+    seed: int
+    batch_size: int
+    target: dict[str, Any]
+    timing_kind: str
+    emulated: bool
+    rpc: str | None
+    threads: int | None
+    affinity: list[int] | None
+    host: dict[str, str]
+    input: dict[str, Any]
+    student: SideResult
+    teacher: SideResult | None
+    sizes: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        """teacher median / student median (None without a teacher)."""
+        if self.teacher is None or self.student.steady.median_ms <= 0:
+            return None
+        return self.teacher.steady.median_ms / self.student.steady.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": KIND,
+            "date_utc": self.date_utc,
+            "git_revision": self.git_revision,
+            "versions": dict(self.versions),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "target": dict(self.target),
+            "timing_kind": self.timing_kind,
+            "emulated": self.emulated,
+            "rpc": self.rpc,
+            "threads": self.threads,
+            "affinity": self.affinity,
+            "host": dict(self.host),
+            "input": dict(self.input),
+            "student": self.student.to_dict(),
+            "teacher": self.teacher.to_dict() if self.teacher else None,
+            "ratio_teacher_over_student_median": self.ratio,
+            "sizes": self.sizes,
+            "notes": list(self.notes),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path`` atomically."""
+        return write_json(path, self.to_dict())
+
+    def to_report(self, student_name: str | None = None, teacher_name: str | None = None,
+                  title: str | None = None) -> dict[str, Any]:
+        """This benchmark as a report document (bvit_edge.report schema "bvit-edge/report" v1) that
+        ``bvit_edge.report.render_report`` draws: one model entry per side (with its size when the weight
+        counts are known: 1-bit bytes = ceil(n/8), 8-bit = n, 32-bit = 4n) and one latency entry per side.
+        Names default to the models' file stems."""
+        sides = [("student", self.student, student_name), ("teacher", self.teacher, teacher_name)]
+        models: list[dict[str, Any]] = []
+        latency: list[dict[str, Any]] = []
+        for role, side, name in sides:
+            if side is None:
+                continue
+            name = name or _model_name(side, role)
+            if any(m["name"] == name for m in models):
+                name = f"{name}-{role}"
+            entry: dict[str, Any] = {"name": name, "role": role}
+            size = _report_size((self.sizes or {}).get(role) or {}, side)
+            if size:
+                entry["size"] = size
+            models.append(entry)
+            st = side.steady
+            latency.append({
+                "model": name, "target": str(self.target.get("name")), "emulated": self.emulated,
+                "threads": self.threads if self.threads is not None else 0, "batch": self.batch_size,
+                "warmup_runs": st.warmup, "runs": st.runs, "median_ms": st.median_ms, "p10_ms": st.p10_ms,
+                "p90_ms": st.p90_ms, "mean_ms": st.mean_ms, "std_ms": st.std_ms, "min_ms": st.min_ms,
+                "timing_kind": self.timing_kind, "runtime": side.runtime, "load_ms": side.load_ms,
+                "first_run_ms": side.first_run_ms, "compile_s": side.compile_s,
+            })
+        env: dict[str, Any] = {"git_revision": self.git_revision, "seed": self.seed, "timing_kind": self.timing_kind,
+                               "date_utc": self.date_utc, **self.versions}
+        if self.ratio is not None:
+            env["ratio_teacher_over_student_median"] = self.ratio
+        doc: dict[str, Any] = {"schema": "bvit-edge/report", "schema_version": 1, "created_utc": self.date_utc,
+                               "environment": env, "models": models, "latency": latency}
+        if title:
+            doc["title"] = title
+        return doc
+
+
+def _model_name(side: SideResult, role: str) -> str:
+    stem = Path(side.path).stem if side.runtime == "onnxruntime" else Path(side.path).name
+    return stem or role
+
+
+def _report_size(sizes: dict[str, Any], side: SideResult) -> dict[str, Any]:
+    """The report's size record of one side (bvit_edge.report.size_entry), empty when the weight counts are
+    unknown; artifact_bytes is the file that was run (the .onnx in onnxruntime, else the artifact)."""
+    counts = sizes.get("weights")
+    if not counts:
+        return {}
+    from bvit_edge.report.size import size_entry  # noqa: PLC0415
+
+    if side.runtime == "onnxruntime" and "onnx_bytes" in sizes:
+        on_disk = int(sizes["onnx_bytes"])
+    else:
+        on_disk = int(sizes["artifact"]["total_bytes"]) if "artifact" in sizes else None
+    return size_entry(int(counts["weights_1bit"]), int(counts["weights_8bit"]), int(counts["weights_32bit"]),
+                      artifact_bytes=on_disk)
+
+
+# ----------------------------------------------------------------------------------------------------
+# facts about the run
+
+
+def _versions() -> dict[str, str]:
+    import bvit_edge  # noqa: PLC0415
+
+    out = {"bvit_edge": getattr(bvit_edge, "__version__", "unknown"), "numpy": np.__version__,
+           "python": platform.python_version()}
+    for name in ("tvm", "onnxruntime"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision() -> str:
+    """``git rev-parse HEAD`` of the checkout bvit_edge is imported from, else "unknown" (an installed
+    wheel, no git, or a repository that is not bvit-edge's)."""
+    import bvit_edge  # noqa: PLC0415
+
+    pkg = Path(bvit_edge.__file__).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        if not top or pkg != Path(top).resolve() / "bvit_edge":  # e.g. site-packages inside another repo
+            return "unknown"
+        rev = subprocess.run(["git", "-C", top, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        return rev or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _affinity() -> list[int] | None:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+@contextlib.contextmanager
+def _restored_affinity() -> Iterator[None]:
+    """Put back this thread's CPU affinity afterwards: TVM's thread pool pins the calling thread to one core
+    when it is configured, and threads onnxruntime creates later would inherit that single core."""
+    saved = _affinity()
+    try:
+        yield
+    finally:
+        if saved:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, saved)
+
+
+def _host_facts() -> dict[str, str]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("model name", "Model"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu, "node": platform.node()}
+
+
+def _now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# ----------------------------------------------------------------------------------------------------
+# inputs and checks
+
+
+def _artifact(path: str | os.PathLike[str], role: str) -> tuple[Path, dict[str, Any]]:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UsageError(f"The {role} artifact folder {folder} does not exist; compile one with "
+                         "`bvit-edge compile MODEL.onnx --target T --out FOLDER`.")
+    return folder, read_manifest(folder)
+
+
+def compile_seconds(manifest: dict[str, Any]) -> float | None:
+    """The compile wall time the manifest recorded (seconds), or None."""
+    for key in COMPILE_TIME_KEYS:
+        value = manifest.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    timing = manifest.get("timing")
+    if isinstance(timing, dict) and isinstance(timing.get("compile_s"), (int, float)):
+        return float(timing["compile_s"])
+    return None
+
+
+def artifact_sizes(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Bytes on disk of lib.so and of the parameters (0 when embedded in lib.so)."""
+    lib = folder / manifest.get("lib", "lib.so")
+    params = manifest.get("params") or {}
+    storage = params.get("storage", "file" if params.get("file") else "embedded")
+    params_bytes = 0
+    pfile = params.get("file")
+    if pfile:
+        ppath = folder / pfile
+        if not ppath.is_file():
+            raise UsageError(f"{folder}: the manifest names the parameter file {pfile!r}, which is missing; "
+                             "recompile the artifact.")
+        params_bytes = ppath.stat().st_size
+    lib_bytes = lib.stat().st_size
+    return {"lib_bytes": lib_bytes, "params_bytes": params_bytes, "params_storage": storage,
+            "total_bytes": lib_bytes + params_bytes}
+
+
+def _spec_of(manifest: dict[str, Any]) -> Any:
+    from bvit_edge.targets import load_target  # noqa: PLC0415
+
+    return load_target(manifest["target"])
+
+
+def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("mtriple", "mcpu", "mattr")
+    ta, tb = a.get("tvm_target", {}), b.get("tvm_target", {})
+    return a.get("arch") == b.get("arch") and all(ta.get(k) == tb.get(k) for k in keys)
+
+
+def _check_target(manifest: dict[str, Any], target: Any, folder: Path) -> dict[str, Any]:
+    """The target the run is for (the artifact's), refusing an artifact compiled for another one."""
+    built = manifest["target"]
+    if target is None:
+        return built
+    from bvit_edge.targets import load_target  # noqa: PLC0415
+
+    spec = load_target(target)
+    wanted = spec.to_dict()
+    if not _same_target(built, wanted):
+        raise UsageError(
+            f"{folder} was compiled for target {built.get('name')!r} ({built.get('arch')}, "
+            f"{built.get('tvm_target')}), not for {spec.name!r} ({spec.arch}, {spec.tvm_target}). Recompile it "
+            f"with `--target {spec.name}` or bench it on its own target."
+        )
+    return built
+
+
+def _shape_fits(teacher_shape: list[Any], student_shape: list[int]) -> bool:
+    """True when the teacher takes the student's input: equal dims, a symbolic batch allowed."""
+    if len(teacher_shape) != len(student_shape):
+        return False
+    for i, (t, s) in enumerate(zip(teacher_shape, student_shape)):
+        if isinstance(t, int) and t > 0:
+            if t != s:
+                return False
+        elif i != 0:  # only the batch axis may be symbolic
+            return False
+    return True
+
+
+def _shape_error(teacher: str, t_shape: list[Any], s_shape: list[int]) -> UsageError:
+    return UsageError(
+        f"The teacher {teacher} takes input {t_shape} but the student takes {s_shape}: they must see the same "
+        "image. Export the teacher at the student's image size (and batch 1 or a dynamic batch), then bench "
+        "again."
+    )
+
+
+def _input_image(data: Any, shape: list[int], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """One image [1, C, H, W] float32 in [0, 1] (before normalisation) and a description of it."""
+    if data is None:
+        rng = np.random.default_rng(seed)
+        x = rng.random([1] + list(shape[1:]), dtype=np.float32)
+        return x, {"source": "random_uniform_0_1", "seed": seed, "shape": list(x.shape)}
+    source = "array"
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if path.suffix != ".npy" or not path.is_file():
+            raise UsageError(f"data={path}: give an existing .npy file of images [N, C, H, W] (or a numpy array).")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"Cannot read {path} as a .npy array ({exc}); save the images with np.save.") from None
+        source = str(path)
+    x = np.asarray(data, dtype=np.float32)
+    if x.ndim == len(shape):
+        x = x[:1]
+    elif x.ndim == len(shape) - 1:
+        x = x[None]
+    if x.ndim != len(shape) or list(x.shape[1:]) != list(shape[1:]) or x.shape[0] != 1:
+        raise UsageError(f"data of shape {list(np.shape(data))} does not fit the artifact's input {shape}; give "
+                         f"images [N, {', '.join(map(str, shape[1:]))}] (the first one is used).")
+    return np.ascontiguousarray(x), {"source": source, "shape": list(x.shape)}
+
+
+def _resolve_threads(threads: int | None, manifest: dict[str, Any], local: bool) -> int | None:
+    if threads is not None:
+        if int(threads) < 1:
+            raise UsageError(f"threads must be >= 1, got {threads}.")
+        return int(threads)
+    n = int(manifest.get("threads") or manifest["target"].get("threads") or 1)
+    if local:
+        aff = _affinity()
+        n = min(n, len(aff)) if aff else n
+    return max(1, n)
+
+
+# ----------------------------------------------------------------------------------------------------
+# RPC
+
+
+def _parse_address(rpc: Any) -> tuple[str, int]:
+    if isinstance(rpc, (tuple, list)) and len(rpc) == 2:
+        host, port = rpc
+    elif isinstance(rpc, str) and ":" in rpc:
+        host, _, port = rpc.rpartition(":")
+    else:
+        raise UsageError(f"rpc={rpc!r}: give an RPC session, 'HOST:PORT' or (host, port).")
+    try:
+        return str(host) or "127.0.0.1", int(port)
+    except (TypeError, ValueError):
+        raise UsageError(f"rpc={rpc!r}: the port must be an integer ('HOST:PORT').") from None
+
+
+def _rpc_session(rpc: Any, timeout_s: float) -> tuple[Any, str | None]:
+    """(session, "host:port" or None for a session handed in)."""
+    if hasattr(rpc, "upload") and hasattr(rpc, "load_module"):
+        return rpc, None
+    host, port = _parse_address(rpc)
+    from bvit_edge.targets import rpc as rpc_client  # noqa: PLC0415
+
+    return rpc_client.connect(host, port, timeout_s=timeout_s), f"{host}:{port}"
+
+
+def is_emulated_board(address: str | None, arch: str | None) -> bool:
+    """True when ``address`` is where bvit-edge's emulated (qemu) board for ``arch`` is serving."""
+    if not address or not arch:
+        return False
+    from bvit_edge.targets import board  # noqa: PLC0415
+
+    try:
+        info = board.status(arch)
+    except BvitEdgeError:  # no emulated board for this architecture
+        return False
+    host, _, port = address.rpartition(":")
+    local = {"127.0.0.1", "localhost", "::1", info.host}
+    return bool(info.running and info.port is not None and int(port) == int(info.port) and host in local)
+
+
+def _remote_threads(session: Any, threads: int | None) -> None:
+    if threads:
+        try:
+            session.get_function("runtime.config_threadpool")(0, int(threads))
+        except Exception as exc:  # noqa: BLE001 - a TVM error from the board
+            raise ToolchainError(f"Setting {threads} threads on the board failed: {exc}".splitlines()[0]) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the two ways a model is run
+
+
+def _output_shape(y: Any) -> list[int]:
+    if isinstance(y, (list, tuple)):
+        y = y[0]
+    if not hasattr(y, "shape"):  # a TVM tuple of outputs: the first is the logits
+        y = y[0]
+    return [int(d) for d in y.shape]
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _load_remote(folder: Path, manifest: dict[str, Any], session: Any, role: str) -> tuple[Any, Any]:
+    """Upload lib.so under a name unique to the model and role, load it on the board, make its VM.
+
+    Not ``load_artifact(folder, session=...)``: that uploads every artifact as "lib.so" into the session's
+    one folder, so a second artifact (the teacher) would be dlopen-ed under the path of the first, and the
+    loader hands back the already-loaded library of the student."""
+    from tvm import relax  # noqa: PLC0415
+
+    lib = folder / manifest.get("lib", "lib.so")
+    digest = str((manifest.get("model") or {}).get("sha256") or "")[:12] or "model"
+    remote_name = f"bvit_bench_{role}_{digest}.so"
+    session.upload(str(lib), target=remote_name)
+    module = session.load_module(remote_name)
+    device = session.cpu()
+    return relax.VirtualMachine(module, device), device
+
+
+def _bench_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.ndarray, session: Any,
+               threads: int | None, warmup: int, runs: int) -> SideResult:
+    """Load, first run and steady state of a TVM artifact, locally or on the RPC ``session``'s board."""
+    import tvm  # noqa: PLC0415
+
+    from bvit_edge.runtime.artifact import load_artifact  # noqa: PLC0415
+
+    if session is not None:
+        from bvit_edge.targets import rpc as rpc_client  # noqa: PLC0415
+
+        rpc_client.check_arch(session, manifest["target"]["arch"], what=f"the {role} artifact {folder}")
+        _remote_threads(session, threads)
+    where = "on the board" if session is not None else "on this host"
+    try:
+        if session is None:
+            load_ms, art = time_once(lambda: load_artifact(folder, threads=threads))
+            vm, device = art.vm, art.device
+        else:
+            load_ms, (vm, device) = time_once(lambda: _load_remote(folder, manifest, session, role))
+    except BvitEdgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+        raise ToolchainError(f"Loading the {role} artifact {folder} {where} failed: {_last_line(exc)}") from None
+    try:
+        arg = tvm.runtime.tensor(x_norm, device=device)
+        main = vm["main"]
+        first_ms, y = time_once(lambda: main(arg))
+        out_shape = _output_shape(y)
+        if session is None:
+            steady = measure(lambda: main(arg), warmup=warmup, runs=runs)
+            timer = "time.perf_counter_ns"
+        else:
+            vm.set_input("main", arg)
+            evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=warmup + runs)
+            seconds = list(evaluator("main").results)
+            steady = Timing.from_samples_ms([s * 1e3 for s in seconds[warmup:]], warmup=warmup + 1)
+            timer = "tvm.time_evaluator"
+    except BvitEdgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+        raise ToolchainError(f"Running the {role} artifact {folder} {where} failed: {_last_line(exc)}") from None
+    return SideResult(role=role, runtime="tvm", path=str(folder), input_shape=list(manifest["input"]["shape"]),
+                      output_shape=out_shape, compile_s=compile_seconds(manifest), load_ms=load_ms,
+                      first_run_ms=first_ms, steady=steady, timer=timer,
+                      model_sha256=(manifest.get("model") or {}).get("sha256"))
+
+
+def _onnx_input_shape(path: Path) -> list[Any]:
+    from bvit_edge.runtime.ort import load_model  # noqa: PLC0415
+
+    proto = load_model(path)  # DataError (exit 2) for a missing or corrupt file
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise UsageError(f"The teacher {path} has {len(inputs)} graph inputs; bvit-edge benches models with one "
+                         "image input.")
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in inputs[0].type.tensor_type.shape.dim]
+
+
+def _sha256(path: Path) -> str:
+    import hashlib  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _bench_ort(path: Path, x_norm: np.ndarray, threads: int | None, warmup: int, runs: int) -> SideResult:
+    """Load (session creation), first run and steady state of an ONNX model in onnxruntime."""
+    from bvit_edge.runtime.ort import ort_session  # noqa: PLC0415
+
+    load_ms, sess = time_once(lambda: ort_session(path, threads=threads))
+    inp = sess.get_inputs()[0]
+    feed = {inp.name: x_norm}
+    run: Callable[[], Any] = lambda: sess.run(None, feed)  # noqa: E731
+    first_ms, y = time_once(run)
+    steady = measure(run, warmup=warmup, runs=runs)
+    return SideResult(role="teacher", runtime="onnxruntime", path=str(path),
+                      input_shape=[int(d) if isinstance(d, int) else 1 for d in inp.shape],
+                      output_shape=_output_shape(y), compile_s=None, load_ms=load_ms, first_run_ms=first_ms,
+                      steady=steady, timer="time.perf_counter_ns", model_sha256=_sha256(path))
+
+
+def _check_student_onnx(student_onnx: Any, s_man: dict[str, Any], s_folder: Path) -> Path | None:
+    """The student's .onnx (for weight counts), refused unless it is the file the artifact was compiled from."""
+    if student_onnx is None:
+        return None
+    path = Path(student_onnx)
+    if not path.is_file():
+        raise UsageError(f"student_onnx={path} does not exist; give the .onnx the artifact was compiled from.")
+    want = (s_man.get("model") or {}).get("sha256")
+    if want and _sha256(path) != want:
+        raise UsageError(f"student_onnx={path} is not the model {s_folder} was compiled from (its sha256 differs "
+                         "from the manifest's); give that file, or leave student_onnx out.")
+    return path
+
+
+def _check_teacher(teacher_onnx: Any, teacher_artifact: Any, built: dict[str, Any], s_shape: list[int],
+                   local: bool) -> tuple[Path | None, Path | None, dict[str, Any] | None]:
+    """(teacher .onnx, teacher artifact folder, its manifest) after checking they take the student's input
+    and, for the artifact, were compiled for the student's target."""
+    t_folder = t_man = None
+    if teacher_artifact is not None:
+        t_folder, t_man = _artifact(teacher_artifact, "teacher")
+        if not _same_target(t_man["target"], built):
+            raise UsageError(f"The teacher artifact {t_folder} was compiled for {t_man['target'].get('name')!r}, "
+                             f"the student for {built.get('name')!r}: compile both for the same target.")
+        if list(t_man["input"]["shape"]) != s_shape:
+            raise _shape_error(str(t_folder), list(t_man["input"]["shape"]), s_shape)
+    t_onnx = Path(teacher_onnx) if teacher_onnx is not None else None
+    if t_onnx is not None:
+        t_shape = _onnx_input_shape(t_onnx)
+        if not _shape_fits(t_shape, s_shape):
+            raise _shape_error(str(t_onnx), t_shape, s_shape)
+    if not local and t_onnx is not None and t_folder is None:
+        raise UsageError("Over RPC the teacher runs on the board as a TVM artifact: compile the teacher .onnx for "
+                         f"the target {built.get('name')!r} (`bvit-edge compile`) and pass it as teacher_artifact.")
+    return t_onnx, t_folder, t_man
+
+
+def _check_runs_here(s_man: dict[str, Any], s_folder: Path) -> None:
+    """UsageError unless this host can run the artifact natively (same architecture, the CPU flags it needs)."""
+    from bvit_edge.targets.registry import host_arch  # noqa: PLC0415
+
+    spec = _spec_of(s_man)
+    if spec.arch != host_arch() or not spec.runs_natively():
+        raise UsageError(
+            f"{s_folder} is compiled for {spec.name!r} ({spec.arch}), which this {host_arch()} host cannot run. "
+            "Bench it on a board over RPC (rpc='HOST:PORT'), or on the emulated board (`bvit-edge board "
+            "emulate`, then rpc='127.0.0.1:9090')."
+        )
+
+
+def _normalized(x: np.ndarray, manifest: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
+    """(x - mean) / std per channel with the manifest's normalisation, when it has one (noted in ``info``)."""
+    norm = manifest.get("normalization") or {}
+    info["normalized"] = norm.get("mean") is not None and norm.get("std") is not None
+    if info["normalized"]:
+        c = (-1,) + (1,) * (x.ndim - 2)
+        x = (x - np.asarray(norm["mean"], np.float32).reshape(c)) / np.asarray(norm["std"], np.float32).reshape(c)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the protocol
+
+
+def bench(
+    student_artifact: str | os.PathLike[str],
+    teacher_onnx: str | os.PathLike[str] | None = None,
+    teacher_artifact: str | os.PathLike[str] | None = None,
+    target: Any = None,
+    threads: int | None = None,
+    rpc: Any = None,
+    warmup: int = 5,
+    runs: int = 50,
+    seed: int = 0,
+    data: Any = None,
+    emulated: bool | None = None,
+    rpc_timeout_s: float = 10.0,
+    student_onnx: str | os.PathLike[str] | None = None,
+) -> BenchResult:
+    """Measure ``student_artifact`` against its teacher on one target (see the module docstring).
+
+    ``teacher_onnx``: the teacher's .onnx (run in onnxruntime locally; its size is reported either way).
+    ``teacher_artifact``: the teacher compiled for the same target (needed over RPC). Without a teacher only
+    the student is measured and the ratio is None. ``target``: a preset name / dict / spec the artifacts must
+    have been compiled for (default: the student's own). ``emulated``: force the label when the RPC address
+    alone cannot tell (e.g. a session handed in). ``student_onnx``: the .onnx the student was compiled from,
+    for its weight counts (1/8/32-bit) in ``sizes``; it must be the file the manifest's sha256 names.
+    """
+    if int(warmup) < 0 or int(runs) < 1:
+        raise UsageError(f"warmup must be >= 0 and runs >= 1 (got warmup={warmup}, runs={runs}).")
+    notes: list[str] = []
+    s_folder, s_man = _artifact(student_artifact, "student")  # before importing TVM: bad paths fail at once
+    try:
+        import tvm  # noqa: PLC0415, F401
+    except ImportError:
+        raise MissingDependencyError("bench needs the TVM runtime: pip install 'apache-tvm==0.27.*'.") from None
+    built = _check_target(s_man, target, s_folder)
+    s_shape = [int(d) for d in s_man["input"]["shape"]]
+    if s_shape[0] != 1:
+        raise UsageError(f"{s_folder} is compiled for batch {s_shape[0]}; the benchmark protocol is batch 1.")
+    local = rpc is None
+    s_onnx = _check_student_onnx(student_onnx, s_man, s_folder)
+    t_onnx, t_folder, t_man = _check_teacher(teacher_onnx, teacher_artifact, built, s_shape, local)
+    if local:
+        _check_runs_here(s_man, s_folder)
+    affinity = _affinity() if local else None  # before TVM's pool pins this thread
+    n_threads = _resolve_threads(threads, s_man, local)
+    x_raw, input_info = _input_image(data, s_shape, seed)
+    x = _normalized(x_raw, s_man, input_info)
+
+    session, address = (None, None) if local else _rpc_session(rpc, rpc_timeout_s)
+    kind = "host" if local else (
+        "emulated" if (emulated if emulated is not None else is_emulated_board(address, built.get("arch")))
+        else "board")
+    if kind == "emulated":
+        notes.append("Emulated timings (qemu user mode): they prove the code runs, not how fast a board is; "
+                     "never compare them with board timings.")
+    if not local:
+        notes.append("Steady state timed on the board by tvm.time_evaluator; load and first-run times are taken "
+                     "on the host and include RPC transfers.")
+
+    with _restored_affinity():
+        student = _bench_tvm(s_folder, s_man, "student", x, session, n_threads, warmup, runs)
+    teacher: SideResult | None = None
+    with _restored_affinity():
+        if local and t_onnx is not None:
+            teacher = _bench_ort(t_onnx, x, n_threads, warmup, runs)
+            if t_folder is not None:
+                notes.append("Locally the teacher runs in onnxruntime from its .onnx; the teacher artifact was not "
+                             "run.")
+        elif t_folder is not None and t_man is not None:
+            teacher = _bench_tvm(t_folder, t_man, "teacher", x, session, n_threads, warmup, runs)
+    if teacher is not None and teacher.output_shape != student.output_shape:
+        notes.append(f"Teacher output {teacher.output_shape} and student output {student.output_shape} differ in "
+                     "shape: check that they are the same task.")
+    if compile_seconds(s_man) is None:
+        notes.append("The artifact manifest records no compile time (compile_s is null).")
+
+    sizes = _sizes(s_folder, s_man, s_onnx, t_onnx, t_folder, t_man, teacher)
+    spec_d = {k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")}
+    return BenchResult(
+        date_utc=_now_utc(), git_revision=git_revision(), versions=_versions(), seed=int(seed), batch_size=1,
+        target=spec_d, timing_kind=kind, emulated=kind == "emulated", rpc=address if not local else None,
+        threads=n_threads, affinity=affinity, host=_host_facts(), input=input_info,
+        student=student, teacher=teacher, sizes=sizes, notes=notes,
+    )
+
+
+def _weight_counts(path: Path) -> dict[str, int]:
+    from bvit_edge.export.size import weight_counts  # noqa: PLC0415
+    from bvit_edge.runtime.ort import load_model  # noqa: PLC0415
+
+    return weight_counts(load_model(path))
+
+
+def _sizes(s_folder: Path, s_man: dict[str, Any], s_onnx: Path | None, t_onnx: Path | None,
+           t_folder: Path | None, t_man: dict[str, Any] | None, teacher: SideResult | None) -> dict[str, Any]:
+    """Bytes on disk of the student artifact (lib.so + params) and of the teacher's .onnx and/or artifact;
+    1/8/32-bit weight counts of the .onnx files given; teacher/student bytes of the forms that were run (the
+    teacher's .onnx when it ran in onnxruntime, else its artifact; the student's artifact)."""
+    student: dict[str, Any] = {"artifact": artifact_sizes(s_folder, s_man)}
+    if s_onnx is not None:
+        student["onnx_bytes"] = s_onnx.stat().st_size
+        student["weights"] = _weight_counts(s_onnx)
+    t_sizes: dict[str, Any] = {}
+    if t_onnx is not None:
+        t_sizes["onnx_bytes"] = t_onnx.stat().st_size
+        t_sizes["weights"] = _weight_counts(t_onnx)
+    if t_folder is not None and t_man is not None:
+        t_sizes["artifact"] = artifact_sizes(t_folder, t_man)
+    s_bytes = student["artifact"]["total_bytes"]
+    t_bytes = None
+    if teacher is not None:
+        t_bytes = t_sizes["onnx_bytes"] if teacher.runtime == "onnxruntime" else t_sizes["artifact"]["total_bytes"]
+    return {
+        "student": student,
+        "teacher": t_sizes or None,
+        "teacher_measured_bytes": t_bytes,
+        "student_measured_bytes": s_bytes,
+        "teacher_over_student_bytes": (t_bytes / s_bytes) if t_bytes and s_bytes else None,
+    }

@@ -1,0 +1,106 @@
+"""End to end on the emulated aarch64 board: build it once into the cache (default
+~/.cache/bvit-edge/board, reused across runs; $BVIT_EDGE_CACHE moves it), start the TVM RPC server
+under qemu, run a tiny TVM function cross-compiled for rpi4-aarch64 over RPC, check the results equal
+the host's bit for bit, stop the server. Emulated timings are printed, not judged."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from bvit_edge.targets import board, load_target, rpc
+from bvit_edge.targets.toolchain import find_compiler
+
+pytestmark = pytest.mark.slow
+
+
+def _kernels():
+    """An int32 popcount-style kernel and a float kernel (both as in the binary layers)."""
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def xor_popcount(a: T.handle, b: T.handle, c: T.handle):
+        T.func_attr({"global_symbol": "xor_popcount", "tir.noalias": True})
+        A = T.match_buffer(a, (8, 4), "uint64")
+        B = T.match_buffer(b, (4,), "uint64")
+        C = T.match_buffer(c, (8,), "int32")
+        for i in range(8):
+            C[i] = 0
+            for k in range(4):
+                C[i] = C[i] + T.Cast("int32", T.popcount(T.bitwise_xor(A[i, k], B[k])))
+
+    @T.prim_func
+    def affine(x: T.handle, y: T.handle):
+        T.func_attr({"global_symbol": "affine", "tir.noalias": True})
+        X = T.match_buffer(x, (64,), "float32")
+        Y = T.match_buffer(y, (64,), "float32")
+        for i in range(64):
+            Y[i] = X[i] * T.float32(0.3) + T.float32(-1.7)
+
+    return tvm.IRModule({"xor_popcount": xor_popcount, "affine": affine})
+
+
+def _run(mod, dev, a, b, x):
+    import tvm
+
+    t = lambda arr: tvm.runtime.tensor(arr, dev)  # noqa: E731
+    c, y = t(np.zeros(8, np.int32)), t(np.zeros(64, np.float32))
+    mod["xor_popcount"](t(a), t(b), c)
+    mod["affine"](t(x), y)
+    return c.numpy(), y.numpy()
+
+
+def test_emulated_board_runs_cross_compiled_code_like_the_host(tmp_path):
+    tvm = pytest.importorskip("tvm")
+    for tool in ("qemu-aarch64", "debootstrap", "aarch64-linux-gnu-gcc"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed (make setup installs it)")
+    import os
+
+    if not board.status("aarch64").built and os.geteuid() != 0:
+        pytest.skip("building the board image runs debootstrap, which needs root (run once as root)")
+    spec = load_target("rpi4-aarch64")
+    t0 = time.monotonic()
+    was_running = board.status("aarch64").running
+    board.build("aarch64", log=print)
+    t_build = time.monotonic() - t0
+    info = board.start("aarch64")
+    t_start = time.monotonic() - t0 - t_build
+    try:
+        assert info.running and info.port
+        lib = tmp_path / "kernels-aarch64.so"
+        tvm.tirx.build(_kernels(), target=spec.tvm_target).export_library(str(lib), cc=find_compiler(spec))
+        assert rpc.elf_arch(lib) == "aarch64"
+
+        sess = rpc.connect("127.0.0.1", info.port, timeout_s=30)
+        assert rpc.remote_arch(sess) == "aarch64"
+        remote = rpc.upload_and_load(sess, lib)
+        rng = np.random.default_rng(0)
+        a = rng.integers(0, 2**63, (8, 4), dtype=np.uint64)
+        b = rng.integers(0, 2**63, 4, dtype=np.uint64)
+        x = rng.standard_normal(64).astype(np.float32)
+        c_board, y_board = _run(remote, sess.cpu(), a, b, x)
+
+        # Independent reference for the integer kernel: numpy's popcount of the XOR.
+        np.testing.assert_array_equal(c_board, np.bitwise_count(a ^ b[None, :]).sum(1).astype(np.int32))
+        # The host's build of the same module (host CPU has FMA like the A72): bit for bit equal.
+        host_mod = tvm.tirx.build(_kernels(), target=load_target("host").tvm_target)
+        c_host, y_host = _run(host_mod, tvm.cpu(), a, b, x)
+        np.testing.assert_array_equal(c_board, c_host)
+        np.testing.assert_array_equal(y_board.view(np.uint32), y_host.view(np.uint32))
+        np.testing.assert_allclose(y_board, x * np.float32(0.3) - np.float32(1.7), rtol=1e-6, atol=1e-6)
+
+        dev = sess.cpu()
+        ev = remote.time_evaluator("affine", dev, number=20, repeat=3)(
+            tvm.runtime.tensor(x, dev), tvm.runtime.tensor(np.zeros(64, np.float32), dev))
+        print(f"\nemulated board: build/check {t_build:.1f} s, server start {t_start:.1f} s, "
+              f"remote affine(64) median {ev.median * 1e6:.1f} us (emulated, not a Pi timing)")
+        del remote, sess, dev
+    finally:
+        if not was_running:
+            assert board.stop("aarch64") is True
+            assert not board.status("aarch64").running

@@ -1,0 +1,112 @@
+"""Every float op of a ViT-shaped graph gets a schedule (no unscheduled loop nest), and stays correct.
+
+The graph holds the float ops of a binary ViT: patch-embedding Conv, LayerNormalization, MatMul + Add, Softmax,
+GELU (Erf form) + Clip, residual Add, Gemm head. After our Relax pipeline every prim func must contain a parallel
+loop; the compiled model must match onnxruntime. Also: the converter hook of TVM's ONNX importer is where
+bvit_edge.runtime.tvm_frontend expects it, and is restored after an import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+tvm = pytest.importorskip("tvm")
+from onnx import TensorProto  # noqa: E402
+from onnx import helper as oh  # noqa: E402
+from onnx import numpy_helper as nh  # noqa: E402
+
+from bvit_edge.errors import ToolchainError  # noqa: E402
+from bvit_edge.runtime import tvm_frontend  # noqa: E402
+from bvit_edge.runtime.compile import build_relax, relax_pipeline  # noqa: E402
+from bvit_edge.runtime.schedules import family_params  # noqa: E402
+from bvit_edge.targets import load_target  # noqa: E402
+
+D, P, IMG = 32, 4, 16  # embed dim, patch, image size -> 16 tokens
+
+
+def float_vit_block() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    t = (IMG // P) ** 2
+    inits = [nh.from_array(f(D, 3, P, P), "pw"), nh.from_array(f(D), "pb"), nh.from_array(np.array([1, D, t], np.int64), "s1"),
+             nh.from_array(np.ones(D, np.float32), "g"), nh.from_array(np.zeros(D, np.float32), "be"),
+             nh.from_array(f(D, 4 * D), "w1"), nh.from_array(f(4 * D), "b1"), nh.from_array(f(4 * D, D), "w2"),
+             nh.from_array(np.float32(np.sqrt(0.5)).reshape(()), "rs2"), nh.from_array(np.float32(1).reshape(()), "one"),
+             nh.from_array(np.float32(0.5).reshape(()), "half"), nh.from_array(np.float32(-10).reshape(()), "lo"),
+             nh.from_array(np.float32(10).reshape(()), "hi"), nh.from_array(f(10, D), "hw")]
+    nodes = [
+        oh.make_node("Conv", ["x", "pw", "pb"], ["c"], kernel_shape=[P, P], strides=[P, P]),
+        oh.make_node("Reshape", ["c", "s1"], ["r"]),
+        oh.make_node("Transpose", ["r"], ["tok"], perm=[0, 2, 1]),
+        oh.make_node("LayerNormalization", ["tok", "g", "be"], ["ln"], axis=-1, epsilon=1e-6),
+        oh.make_node("MatMul", ["ln", "w1"], ["h0"]),
+        oh.make_node("Add", ["h0", "b1"], ["h1"]),
+        oh.make_node("Mul", ["h1", "rs2"], ["e0"]), oh.make_node("Erf", ["e0"], ["e1"]),
+        oh.make_node("Add", ["e1", "one"], ["e2"]), oh.make_node("Mul", ["h1", "e2"], ["e3"]),
+        oh.make_node("Mul", ["e3", "half"], ["gelu"]), oh.make_node("Clip", ["gelu", "lo", "hi"], ["gc"]),
+        oh.make_node("MatMul", ["gc", "w2"], ["h2"]),
+        oh.make_node("Add", ["h2", "tok"], ["res"]),
+        oh.make_node("Softmax", ["res"], ["sm"], axis=-1),
+        oh.make_node("ReduceMean", ["sm", "ax"], ["pool"], keepdims=0),
+        oh.make_node("Gemm", ["pool", "hw"], ["logits"], transB=1),
+    ]
+    inits.append(nh.from_array(np.array([1], np.int64), "ax"))
+    g = oh.make_graph(nodes, "blk", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, IMG, IMG])],
+                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.fixture(scope="module")
+def lowered():
+    spec = load_target("host")
+    fam = family_params(spec.family)
+    model = float_vit_block()
+    mod = tvm_frontend.import_onnx(model, {"x": [1, 3, IMG, IMG]}, fam)
+    return model, mod, spec, fam
+
+
+def test_every_prim_func_is_scheduled_parallel(lowered):
+    _, mod, spec, fam = lowered
+    low = relax_pipeline(spec, fam)(mod)
+    funcs = {gv.name_hint: f for gv, f in low.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert funcs
+    unscheduled = [name for name, f in funcs.items() if "T.parallel" not in f.script()]
+    assert not unscheduled, f"prim funcs without a parallel loop: {unscheduled}"
+    # the elementwise GELU chain and the float matmuls are vectorized too
+    vec = [name for name, f in funcs.items() if "T.vectorized" in f.script()]
+    assert any("erf" in n for n in vec) and any("matmul" in n for n in vec), sorted(vec)
+
+
+def test_scheduled_float_graph_matches_onnxruntime(lowered):
+    model, mod, spec, fam = lowered
+    exe = build_relax(mod, spec, fam)
+    vm = tvm.relax.VirtualMachine(exe, tvm.cpu())
+    x = np.random.default_rng(1).standard_normal((1, 3, IMG, IMG)).astype(np.float32)
+    y = vm["main"](tvm.runtime.tensor(x)).numpy()
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_tvm_converter_hook_is_where_we_expect_and_restored():
+    """Fails loudly if a TVM upgrade moves the Relax ONNX importer's converter table."""
+    frontend = tvm_frontend.convert_map_hook()
+    before = frontend._get_convert_map
+    assert "BinaryLinear" not in before()
+    with tvm_frontend.bvit_converters(family_params("x86-avx512")):
+        table = frontend._get_convert_map()
+        assert {"BinaryLinear", "BinaryMatMul"} <= set(table)
+        assert issubclass(table["BinaryLinear"], frontend.OnnxOpConverter)
+    assert frontend._get_convert_map is before and "BinaryLinear" not in frontend._get_convert_map()
+
+
+def test_a_moved_hook_is_a_toolchain_error(monkeypatch):
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    monkeypatch.delattr(onnx_frontend, "_get_convert_map")
+    with pytest.raises(ToolchainError) as err:
+        tvm_frontend.convert_map_hook()
+    assert err.value.exit_code == 4 and "_get_convert_map" in str(err.value)

@@ -250,6 +250,46 @@ def board_stop(
     _console().print("stopped" if stopped else "no emulated board was running")
 
 
+# ------------------------------------------------------------------------------------------------ bench
+@app.command()
+def bench(
+    student: Annotated[Path, typer.Argument(help="Compiled student artifact folder (bvit-edge compile).")],
+    teacher_onnx: Annotated[Optional[Path], typer.Option(help="Teacher .onnx (run in onnxruntime locally).")] = None,
+    teacher_artifact: Annotated[Optional[Path], typer.Option(help="Teacher compiled for the same target (needed over RPC).")] = None,
+    student_onnx: Annotated[Optional[Path], typer.Option(help="The student's .onnx, for its 1/8/32-bit weight counts.")] = None,
+    target: Annotated[Optional[str], typer.Option(help="Target the artifacts must be built for (default: the student's).")] = None,
+    rpc: Annotated[Optional[str], typer.Option(help="Board RPC server HOST:PORT (an emulated board is labelled emulated).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for both models.")] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up runs (discarded, counted).")] = 5,
+    runs: Annotated[int, typer.Option(help="Timed runs.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the input image.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Latency of a student artifact vs its teacher on one target (batch 1, same process run)."""
+    from bvit_edge.runtime.bench import bench as run_bench
+
+    res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target, threads=threads,
+                    rpc=rpc, warmup=warmup, runs=runs, seed=seed, student_onnx=student_onnx)
+    if out is not None:
+        res.save(out)
+    d = res.to_dict()
+    if as_json:
+        _emit(d, True)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"bench on {(d.get('target') or {}).get('name', '?')} ({d.get('timing_kind', '?')}, {d.get('threads')} threads)")
+    for col in ("model", "median ms", "p90 ms", "min ms", "runs"):
+        table.add_column(col)
+    for role in ("student", "teacher"):
+        t = (d.get(role) or {}).get("steady") or {}
+        if t:
+            table.add_row(role, f"{t['median_ms']:.3f}", f"{t['p90_ms']:.3f}", f"{t['min_ms']:.3f}", str(t["runs"]))
+    _console().print(table)
+    if d.get("ratio_teacher_over_student_median") is not None:
+        _console().print(f"teacher / student median: {d['ratio_teacher_over_student_median']:.2f}x")
+
 # ----------------------------------------------------------------------------------------------- report
 @app.command()
 def report(

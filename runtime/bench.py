@@ -2,7 +2,8 @@
 
 ``bench(student_artifact, teacher_onnx=..., target=..., rpc=...)`` measures both models in the same process
 run, on the same target, at batch 1, and returns a :class:`BenchResult` (``to_dict()`` is the JSON report,
-``save(path)`` writes it atomically). The protocol (DESIGN.md "Benchmark protocol"):
+``save(path)`` writes it atomically, ``to_report()`` gives the bvit_edge.report document that
+``render_report`` draws). The protocol (DESIGN.md "Benchmark protocol"):
 
 * Where things run. Locally (``rpc=None``) the student runs as a TVM artifact (bvit_edge.runtime.artifact)
   and the teacher in onnxruntime from its .onnx (bvit_edge.runtime.ort); a teacher given only as an artifact
@@ -55,7 +56,8 @@ from bvit_edge.errors import BvitEdgeError, MissingDependencyError, ToolchainErr
 from bvit_edge.runtime.artifact import read_manifest
 from bvit_edge.runtime.timing import Timing, measure, time_once
 
-__all__ = ["BenchResult", "SideResult", "SCHEMA_VERSION", "bench"]
+__all__ = ["BenchResult", "SideResult", "SCHEMA_VERSION", "artifact_sizes", "bench", "compile_seconds",
+           "git_revision", "is_emulated_board"]
 
 SCHEMA_VERSION = 1
 KIND = "bvit_edge.bench"
@@ -733,7 +735,7 @@ def bench(
     spec_d = {k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")}
     return BenchResult(
         date_utc=_now_utc(), git_revision=git_revision(), versions=_versions(), seed=int(seed), batch_size=1,
-        target=spec_d, timing_kind=kind, emulated=kind == "emulated", rpc=address if not local else None,
+        target=spec_d, timing_kind=kind, emulated=kind == "emulated", rpc=None if local else (address or "session"),
         threads=n_threads, affinity=affinity, host=_host_facts(), input=input_info,
         student=student, teacher=teacher, sizes=sizes, notes=notes,
     )

@@ -112,9 +112,14 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
     return versions
 
 
-def relax_pipeline(spec: Any, family: Any) -> Any:
-    """The Relax pass pipeline: the CPU backend's, plus our float-op schedules after legalize + fuse."""
+def relax_pipeline(spec: Any, family: Any, fast_math: bool = False) -> Any:
+    """The Relax pass pipeline: the CPU backend's, plus our float-op schedules after legalize + fuse.
+
+    ``fast_math``: erf / exp / softmax become TVM's vectorizable approximations (topi.fast_erf, fast_exp,
+    fast_softmax) instead of scalar libm calls (FastMathTransform).
+    """
     import tvm  # noqa: PLC0415
+    from tvm import relax  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
@@ -125,7 +130,8 @@ def relax_pipeline(spec: Any, family: Any) -> Any:
     def _pipeline(m: Any, _ctx: Any) -> Any:
         with target:
             seq = tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target)
+                ([relax.transform.FastMathTransform()] if fast_math else [])
+                + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [float_schedule_pass(family)]
                 + cpu.dataflow_lower_passes(target)
@@ -136,12 +142,12 @@ def relax_pipeline(spec: Any, family: Any) -> Any:
     return _pipeline
 
 
-def build_relax(mod: Any, spec: Any, family: Any) -> Any:
+def build_relax(mod: Any, spec: Any, family: Any, fast_math: bool = False) -> Any:
     """Legalize, fuse, schedule (float rules) and build a Relax module for ``spec``; returns the executable."""
     import tvm  # noqa: PLC0415
 
     try:
-        return tvm.compile(mod, target=spec.tvm(), relax_pipeline=relax_pipeline(spec, family))
+        return tvm.compile(mod, target=spec.tvm(), relax_pipeline=relax_pipeline(spec, family, fast_math))
     except BvitEdgeError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -155,12 +161,15 @@ def compile_model(
     out_dir: str | os.PathLike[str],
     threads: int | None = None,
     tune: int = 0,
+    fast_math: bool = False,
 ) -> Path:
     """Compile ``onnx_path`` for ``target`` (preset name, TOML path, dict or TargetSpec) into ``out_dir``.
 
     Returns the artifact folder. ``threads`` is the default runtime thread count recorded in the manifest
     (the target's default when None). ``tune`` > 0 is not offered by this version (ConfigError): the
-    schedules are fixed rules per target family.
+    schedules are fixed rules per target family. ``fast_math``: see :func:`relax_pipeline` (recorded in the
+    manifest; off by default because the gsb thresholds compare attention values to a1/2 and r*max, where
+    an approximate exp can move a value across a threshold).
     """
     try:
         import tvm  # noqa: PLC0415, F401
@@ -183,7 +192,7 @@ def compile_model(
     model = _load_onnx(onnx_path)
     input_name, shape = _input_shape(model)
     mod = import_onnx(model, {input_name: shape}, family)
-    exe = build_relax(mod, spec, family)
+    exe = build_relax(mod, spec, family, fast_math)
     meta = _metadata(model)
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -199,6 +208,7 @@ def compile_model(
         "params": {"storage": "embedded"},
         "threads": int(threads if threads is not None else spec.threads),
         "word_bits": family.word_bits,
+        "fast_math": bool(fast_math),
         "tool_versions": _tool_versions(compiler),
     }
     with atomic_dir(out_dir) as tmp:

@@ -396,6 +396,13 @@ def test_the_same_seed_gives_the_same_input_and_data_replaces_it(tiny):
     assert b["input"]["source"] == "array" and b["input"]["shape"] == [1, 3, 16, 16]
 
 
+def test_images_can_come_from_a_npy_file(tiny, tmp_path):
+    path = tmp_path / "images.npy"
+    np.save(path, np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32))
+    d = bench(tiny["student"], threads=1, warmup=0, runs=2, data=path).to_dict()
+    assert d["input"]["source"] == str(path) and d["input"]["shape"] == [1, 3, 16, 16]
+
+
 @pytest.fixture()
 def host_rpc_server():
     """A TVM RPC server on this host (a 'board' of the host's architecture), stopped by its PID."""

@@ -335,8 +335,13 @@ class BinaryViTPyramid(StudentMixin, nn.Module):
 _TINY = dict(embed_dim=192, depth=12, num_heads=3)
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
 PYRAMID_GEOMETRY = dict(img_size=224, patch_size=4, dims=(64, 128, 256, 512), depths=(3, 4, 8, 4), heads=(1, 2, 4, 8))
-PYRAMID_DEMO_GEOMETRY = dict(img_size=32, patch_size=2, dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), heads=(1, 2, 2, 4), num_classes=10)
-PYRAMID_TEST_GEOMETRY = dict(img_size=16, patch_size=2, dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), heads=(1, 1, 2, 2), num_classes=10)
+#: Scaled-down pyramids: 32x32 (demo; patch-2 stem -> 16x16 -> 8 -> 4 -> 2 tokens) and 16x16 (unit tests).
+PYRAMID_DEMO_GEOMETRY = dict(
+    img_size=32, patch_size=2, dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), heads=(1, 2, 2, 4), num_classes=10
+)
+PYRAMID_TEST_GEOMETRY = dict(
+    img_size=16, patch_size=2, dims=(8, 16, 16, 32), depths=(1, 1, 1, 1), heads=(1, 1, 2, 2), num_classes=10
+)
 _FLAGS = ("global_pool", "multi_pool", "affine_residual")
 
 

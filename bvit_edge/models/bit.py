@@ -119,7 +119,13 @@ class RecordingBlock(Block):
     """vit.Block with its attention and MLP replaced by ``make_attn(cfg)`` / ``make_mlp(cfg)``; records
     its output as "hidden" and its attention's q, k, scores when ``recording``."""
 
-    def __init__(self, cfg: ViTConfig, drop_path_p: float, make_attn: Callable[[ViTConfig], nn.Module], make_mlp: Callable[[ViTConfig], nn.Module]) -> None:
+    def __init__(
+        self,
+        cfg: ViTConfig,
+        drop_path_p: float,
+        make_attn: Callable[[ViTConfig], nn.Module],
+        make_mlp: Callable[[ViTConfig], nn.Module],
+    ) -> None:
         super().__init__(cfg, drop_path_p)
         self.attn = make_attn(cfg)
         self.mlp = make_mlp(cfg)

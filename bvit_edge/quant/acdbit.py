@@ -179,4 +179,13 @@ class FrozenACDLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, acd"
 
 
-__all__ = ["ACDLinear", "FrozenACDLinear", "ACDBinarizer", "acd_binarize", "acd_codes", "acd_linear_from_codes", "acd_matmul_from_codes", "sample_stats"]
+__all__ = [
+    "ACDBinarizer",
+    "ACDLinear",
+    "FrozenACDLinear",
+    "acd_binarize",
+    "acd_codes",
+    "acd_linear_from_codes",
+    "acd_matmul_from_codes",
+    "sample_stats",
+]

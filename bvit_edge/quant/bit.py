@@ -236,7 +236,8 @@ class BiTLinear(nn.Linear):
 
         w_bits, w_scale = bwn_pack(self.weight, per_row=False)
         bias = None if self.bias is None else self.bias.detach()
-        return FrozenBinaryLinear(w_bits, w_scale, self.act.deploy_shift(), self.act.deploy_alpha(), bias, self.act.mode, self.in_features)
+        shift, alpha = self.act.deploy_shift(), self.act.deploy_alpha()
+        return FrozenBinaryLinear(w_bits, w_scale, shift, alpha, bias, self.act.mode, self.in_features)
 
     def bit_widths(self) -> dict[str, int]:
         """Precision of each parameter, for :func:`bvit_edge.summary.summary` (the summary protocol)."""

@@ -167,6 +167,60 @@ def models(
             typer.echo(n)
 
 
+# ---------------------------------------------------------------------------------------------- convert
+class ConvertFrom(str, Enum):
+    gsb_official = "gsb-official"
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Checkpoint file to convert (e.g. the GSB authors' .pth).", exists=True, dir_okay=False)],
+    from_: Annotated[ConvertFrom, typer.Option("--from", help="Format of the source.")] = ConvertFrom.gsb_official,
+    out: Annotated[Path, typer.Option(help="bvit-edge checkpoint folder to write.")] = Path("converted"),
+    data: Annotated[Optional[str], typer.Option(help="Data set it was trained on (records classes / normalisation).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Convert a checkpoint released by the GSB authors into a bvit-edge checkpoint (every key mapped)."""
+    from bvit_edge.models.convert_gsb import convert_to_checkpoint
+
+    kw: dict[str, Any] = {}
+    if data:
+        from bvit_edge.data import load_dataset
+
+        info = load_dataset(data, root=str(data_root) if data_root else None).info
+        kw = dict(classes=list(info.classes), mean=tuple(info.mean), std=tuple(info.std))
+    rep = convert_to_checkpoint(source, out, **kw)
+    d = {"out": str(out), "stage": rep.stage, "geometry": rep.geometry, "renamed": len(rep.renamed), "dropped": rep.dropped}
+    _emit(d, as_json, f"converted {source} (GSB stage {rep.stage}, {len(rep.renamed)} keys renamed) -> {out}")
+
+
+# ---------------------------------------------------------------------------------------------- summary
+@app.command()
+def summary(
+    model: Annotated[str, typer.Argument(help="Registered model name or a checkpoint folder.")],
+    stage: Annotated[Optional[int], typer.Option(help="GSB stage (1 or 2) when MODEL is a gsb_* name.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: the model's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Per-layer 1/8/32-bit parameters, BOPs and FLOPs, packed bytes and the compression vs the FP teacher."""
+    from bvit_edge.models import create_model
+    from bvit_edge.summary import summary as model_summary
+
+    if Path(model).exists():
+        from bvit_edge.training.checkpoint import load_model
+
+        net, _ = load_model(model)
+    else:
+        kw: dict[str, Any] = {}
+        if stage is not None:
+            kw["stage"] = stage
+        if num_classes is not None:
+            kw["num_classes"] = num_classes
+        net = create_model(model, **kw)
+    res = model_summary(net)
+    _emit(res, as_json, res)
+
 # ---------------------------------------------------------------------------------------------- targets
 targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)
 app.add_typer(targets_app, name="targets")

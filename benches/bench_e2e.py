@@ -70,14 +70,13 @@ def profile_ops(vm, x, repeats: int = 5) -> list[dict]:
             calls[name] = calls.get(name, 0) + 1
         return 0
 
-    vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
+    vm.set_instrument(instrument)
     for _ in range(repeats):
         acc: dict = {}
         calls: dict = {}
         vm["main"](x)
         for k, v in acc.items():
             per[k].append((v, calls[k]))
-    vm.set_instrument(None) if False else None
     rows = []
     for k, vals in per.items():
         rows.append({"op": k, "ms": float(np.median([v for v, _ in vals]) * 1e3), "calls": vals[0][1]})
@@ -112,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_e2e.json")
+    ap.add_argument("--no-fast-math", dest="fast_math", action="store_false",
+                    help="exact libm erf/exp instead of TVM's vectorized approximations")
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             sp, tp = export_models(tmp, args.student, args.teacher)
         export_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        art = compile_model(sp, "host", tmp / "student_host")
+        art = compile_model(sp, "host", tmp / "student_host", fast_math=args.fast_math)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         loaded = load_artifact(art)
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "bench_e2e",
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "student": args.student, "teacher": args.teacher, "batch": 1, "target": "host",
+        "fast_math": args.fast_math,
         "host": {"machine": platform.machine(), "cpu": loaded.manifest["target"]["tvm_target"].get("mcpu"),
                  "family": loaded.manifest["target"]["family"], "cpu_count": os.cpu_count()},
         "versions": {"tvm": tvm.__version__, "onnxruntime": ort.__version__, "python": sys.version.split()[0]},

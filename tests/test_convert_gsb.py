@@ -21,7 +21,7 @@ def _r(*shape: int) -> torch.Tensor:
     return torch.randn(*shape) * 0.05
 
 
-def official_stage2(depth: int = DEPTH) -> dict[str, torch.Tensor]:
+def official_stage2(depth: int = DEPTH, D: int = D, H: int = H, P: int = P, T: int = T, C: int = C) -> dict[str, torch.Tensor]:  # noqa: N803
     s: dict[str, torch.Tensor] = {"cls_token": _r(1, 1, D), "dist_token": _r(1, 1, D), "pos_embed": _r(1, T, D)}
     s.update({"patch_embed.proj.weight": _r(D, 3, P, P), "patch_embed.proj.bias": _r(D), "patch_embed.proj.alpha": torch.rand(D) * 0.01 + 0.001, "patch_embed.proj.init_state": torch.ones(1)})
     for i in range(depth):
@@ -141,3 +141,15 @@ def test_converted_checkpoint_folder_reloads_with_the_same_outputs(tmp_path) -> 
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
     assert cfg["source"]["from"] == "gsb-official"
+    assert cfg["image_size"] == IMG and cfg["classes"] == [str(i) for i in range(C)] and len(cfg["mean"]) == 3
+
+
+def test_a_deit_s_stage2_checkpoint_maps_all_403_keys_onto_gsb_deit_small() -> None:
+    torch.manual_seed(2)
+    state = official_stage2(depth=12, D=384, H=6, P=16, T=198, C=100)
+    assert len(state) == 403
+    model, rep = convert_gsb_official({"model": state})
+    g = rep.geometry
+    assert (g["img_size"], g["patch_size"], g["embed_dim"], g["depth"], g["num_heads"], g["mlp_ratio"]) == (224, 16, 384, 12, 6, 4.0)
+    assert model.blocks[11].attn.move_att.bias.shape == (6, 198, 198) and model.head.out_features == 100
+    assert len(rep.renamed) == 12 * 12 + 4 and not rep.dropped

@@ -37,6 +37,7 @@ from typing import Any, Mapping
 import torch
 
 from bvit_edge.errors import CheckpointError
+from bvit_edge.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 _ATTN_RENAMES = {
     "clip_query": "quant_q.alpha",
@@ -205,15 +206,33 @@ def convert_gsb_official(source: str | os.PathLike[str] | Mapping[str, Any]) -> 
     return model, rep
 
 
-def convert_to_checkpoint(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> ConvertReport:
-    """Convert an official .pth into a bvit-edge checkpoint folder (model.safetensors + config.json)."""
+def convert_to_checkpoint(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    classes: list[str] | None = None,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> ConvertReport:
+    """Convert an official .pth into a bvit-edge checkpoint folder (model.safetensors + config.json).
+
+    The official training normalises with the ImageNet mean/std (timm's defaults): the defaults here. Class
+    names are not stored in the official files: pass them, or they are "0", "1", ...
+    """
     from bvit_edge.training.checkpoint import save_checkpoint
 
     model, rep = convert_gsb_official(source)
+    n = int(rep.geometry["num_classes"])
+    if classes is not None and len(classes) != n:
+        raise CheckpointError(f"{len(classes)} class names given, the checkpoint has {n} classes.")
     config = {
         "model": model.model_name,
         "model_kwargs": model.model_kwargs,
         "method": "gsb",
+        "num_classes": n,
+        "classes": list(classes) if classes is not None else [str(i) for i in range(n)],
+        "image_size": int(rep.geometry["img_size"]),
+        "mean": list(mean),
+        "std": list(std),
         "source": {"from": "gsb-official", "path": str(source), "stage": rep.stage, "dropped": rep.dropped},
     }
     save_checkpoint(dest, model, config)

@@ -41,7 +41,6 @@ from torch.library import custom_op
 from bvit_edge import packing
 
 DEFAULT_GSB_RATIOS: tuple[float, float] = (0.7, 0.9)
-SIGNED_MODES = ("signed",)
 A_MODES = ("signed", "unsigned", "gsb_unsigned")
 B_MODES = ("signed", "gsb_signed")
 

@@ -71,8 +71,6 @@ def binary_matmul_kernel(
     b_gsb = b_mode == "gsb_signed"
     plain_xor = a_signed and not b_gsb
     r1, r2 = float(ratios[0]), float(ratios[1])
-    per_sample = heads * m * k
-    per_sample_b = heads * k * n
 
     @T.prim_func(private=True, s_tir=True)
     def binary_matmul(
@@ -89,27 +87,27 @@ def binary_matmul_kernel(
         ap = T.sblock_alloc_buffer((pa, batch, heads, m, kw), wd)
         bs = T.sblock_alloc_buffer((batch, heads, kw, n), wd)
         bm = T.sblock_alloc_buffer((qb, batch, heads, kw, n), wd)
-        acc = T.sblock_alloc_buffer((pa, qb, batch, heads, m, n), "int32")
+        acc = T.sblock_alloc_buffer((batch, heads, m, pa, qb, n), "int32")
         if a_gsb:
-            for s0, r in T.grid(batch, per_sample):
+            for s0, h, i, kk_ in T.grid(batch, heads, m, k):
                 with T.sblock("a_max"):
-                    vs, vr = T.axis.remap("SR", [s0, r])
+                    vs, vh, vi, vk = T.axis.remap("SRRR", [s0, h, i, kk_])
                     with T.init():
                         amax[vs] = T.min_value("float32")
-                    amax[vs] = T.max(amax[vs], a[vs, vr // (m * k), vr // k % m, vr % k])
+                    amax[vs] = T.max(amax[vs], a[vs, vh, vi, vk])
         if b_gsb:
-            for s0, r in T.grid(batch, per_sample_b):
+            for s0, h, kk_, jn in T.grid(batch, heads, k, n):
                 with T.sblock("b_max"):
-                    vs, vr = T.axis.remap("SR", [s0, r])
+                    vs, vh, vk, vn = T.axis.remap("SRRR", [s0, h, kk_, jn])
                     with T.init():
                         bmax[vs] = T.min_value("float32")
-                    bmax[vs] = T.max(bmax[vs], b[vs, vr // (k * n), vr // n % k, vr % n])
-            for s0, r in T.grid(batch, per_sample_b):
+                    bmax[vs] = T.max(bmax[vs], b[vs, vh, vk, vn])
+            for s0, h, kk_, jn in T.grid(batch, heads, k, n):
                 with T.sblock("b_min"):
-                    vs, vr = T.axis.remap("SR", [s0, r])
+                    vs, vh, vk, vn = T.axis.remap("SRRR", [s0, h, kk_, jn])
                     with T.init():
                         bmin[vs] = T.max_value("float32")
-                    bmin[vs] = T.min(bmin[vs], b[vs, vr // (k * n), vr // n % k, vr % n])
+                    bmin[vs] = T.min(bmin[vs], b[vs, vh, vk, vn])
         for p, s0, h, i, w, j in T.grid(pa, batch, heads, m, kw, bits):
             with T.sblock("pack_a"):
                 vp, vs, vh, vi, vw, vj = T.axis.remap("SSSSSR", [p, s0, h, i, w, j])
@@ -185,26 +183,26 @@ def binary_matmul_kernel(
                     bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] | T.shift_left(
                         T.Cast(wd, vw * bits + vj < kk), T.Cast(wd, vj)
                     )
-        for p, q, s0, h, i, jn, w in T.grid(pa, qb, batch, heads, m, n, kw):
+        for s0, h, i, p, q, jn, w in T.grid(batch, heads, m, pa, qb, n, kw):
             with T.sblock("acc"):
-                vp, vq, vs, vh, vi, vn, vw = T.axis.remap("SSSSSSR", [p, q, s0, h, i, jn, w])
+                vs, vh, vi, vp, vq, vn, vw = T.axis.remap("SSSSSSR", [s0, h, i, p, q, jn, w])
                 with T.init():
-                    acc[vp, vq, vs, vh, vi, vn] = 0
+                    acc[vs, vh, vi, vp, vq, vn] = 0
                 if plain_xor:
-                    acc[vp, vq, vs, vh, vi, vn] = acc[vp, vq, vs, vh, vi, vn] + T.Cast(
+                    acc[vs, vh, vi, vp, vq, vn] = acc[vs, vh, vi, vp, vq, vn] + T.Cast(
                         "int32", T.popcount(ap[vp, vs, vh, vi, vw] ^ bs[vs, vh, vw, vn])
                     )
                 elif a_signed:
-                    acc[vp, vq, vs, vh, vi, vn] = (
-                        acc[vp, vq, vs, vh, vi, vn]
+                    acc[vs, vh, vi, vp, vq, vn] = (
+                        acc[vs, vh, vi, vp, vq, vn]
                         + T.Cast("int32", T.popcount(bm[vq, vs, vh, vw, vn]))
                         - 2 * T.Cast("int32", T.popcount(
                             bm[vq, vs, vh, vw, vn] & (ap[vp, vs, vh, vi, vw] ^ bs[vs, vh, vw, vn])
                         ))
                     )
                 else:
-                    acc[vp, vq, vs, vh, vi, vn] = (
-                        acc[vp, vq, vs, vh, vi, vn]
+                    acc[vs, vh, vi, vp, vq, vn] = (
+                        acc[vs, vh, vi, vp, vq, vn]
                         + T.Cast("int32", T.popcount(ap[vp, vs, vh, vi, vw] & bm[vq, vs, vh, vw, vn]))
                         - 2 * T.Cast("int32", T.popcount(
                             ap[vp, vs, vh, vi, vw] & bm[vq, vs, vh, vw, vn] & bs[vs, vh, vw, vn]
@@ -217,11 +215,11 @@ def binary_matmul_kernel(
                     out[vs, vh, vi, vn] = T.float32(0)
                 if plain_xor:
                     out[vs, vh, vi, vn] = out[vs, vh, vi, vn] + (a_alpha[vp] * b_alpha[vq]) * T.Cast(
-                        "float32", kk - 2 * acc[vp, vq, vs, vh, vi, vn]
+                        "float32", kk - 2 * acc[vs, vh, vi, vp, vq, vn]
                     )
                 else:
                     out[vs, vh, vi, vn] = out[vs, vh, vi, vn] + (a_alpha[vp] * b_alpha[vq]) * T.Cast(
-                        "float32", acc[vp, vq, vs, vh, vi, vn]
+                        "float32", acc[vs, vh, vi, vp, vq, vn]
                     )
 
     return binary_matmul

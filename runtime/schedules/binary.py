@@ -58,29 +58,41 @@ def schedule_binary_matmul(func: tvm.tirx.PrimFunc, params: FamilyParams) -> tvm
     pack_a = sch.get_sblock("pack_a")
     loops = sch.get_loops(pack_a)
     sch.parallel(sch.fuse(*loops[:4]))
+    # the init out of the 64-bit loop: a clean OR-reduction LLVM vectorizes
+    sch.decompose_reduction(pack_a, sch.get_loops(pack_a)[-1])
     # packing of V along K: (sample, head, word) in parallel, the n loop inner (contiguous reads)
     for name in ("pack_b", "mask_b"):
         blk = sch.get_sblock(name)
         loops = sch.get_loops(blk)
         spatial_outer = loops[:-2]
         sch.parallel(sch.fuse(*spatial_outer))
-    # plane products: (p, q, sample, head, row) in parallel, n tiled and vectorized over the words loop
+    # plane products: rows (sample, head, row) in parallel; per row all plane pairs, n tiled and vectorized
+    # inside the words loop; the f32 epilogue runs per row while its int32 accumulators are in L1
     acc = sch.get_sblock("acc")
-    loops = sch.get_loops(acc)
-    p, q, s0, h, i, n, w = loops
+    s0, h, i, p, q, n, w = sch.get_loops(acc)
     n_len = int(sch.get(n).extent)
     tile = _tile(n_len, params.n_tile)
-    outer = sch.fuse(p, q, s0, h, i)
+    row = sch.fuse(s0, h, i)
+    sch.parallel(row)
     if tile is not None:
         no, ni = sch.split(n, [None, tile])
-        sch.reorder(outer, no, w, ni)
-        sch.parallel(outer)
+        sch.reorder(p, q, no, w, ni)
         if params.vector_popcount:
             sch.vectorize(ni)
-    else:
-        sch.parallel(outer)
-    sch.decompose_reduction(acc, w)
     out = sch.get_sblock("out")
-    loops = sch.get_loops(out)
-    sch.parallel(sch.fuse(*loops[:3]))
+    sch.reverse_compute_at(out, row)
+    inner = sch.get_loops(out)[1:]
+    ext = [int(sch.get(lp).extent) for lp in inner]
+    n_loop = inner[ext.index(n_len)] if n_len in ext else None
+    red = [lp for lp, e in zip(inner, ext) if lp is not n_loop]
+    ftile = _tile(n_len, params.float_lanes)
+    if n_loop is not None:
+        if red:  # the plane sums keep their order (i outer, j inner); n is vectorized inside them
+            sch.reorder(*red, n_loop)
+        if ftile is not None:
+            _, oni = sch.split(n_loop, [None, ftile])
+            sch.vectorize(oni)
+        if red:
+            sch.decompose_reduction(out, red[0])
+    sch.decompose_reduction(acc, w)
     return _finish(sch)

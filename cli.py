@@ -221,6 +221,72 @@ def summary(
     res = model_summary(net)
     _emit(res, as_json, res)
 
+# ----------------------------------------------------------------------------------------------- export
+class Ops(str, Enum):
+    packed = "packed"
+    standard = "standard"
+    both = "both"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder or run folder (uses best/).")],
+    out: Annotated[Path, typer.Option(help="Output folder: student.<ops>.onnx, teacher.onnx, export.json.")] = Path("export"),
+    ops: Annotated[Ops, typer.Option(help="packed: bvit_edge binary ops with bit-packed weights; standard: standard ONNX ops only; both.")] = Ops.both,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint (default: the one the student was trained with).")] = None,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of the validation.")] = 0.0,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of the validation.")] = 1e-5,
+    validate: Annotated[bool, typer.Option(help="Validate against the frozen torch model on the val split.")] = True,
+    limit: Annotated[Optional[int], typer.Option(help="Validate on the first N val images only.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Export a trained model to ONNX (frozen, bit-packed), validate it and report sizes (exit 3 beyond tolerance)."""
+    from bvit_edge.pipeline import export_checkpoint
+
+    flavours = ("packed", "standard") if ops == Ops.both else (ops.value,)
+    res = export_checkpoint(checkpoint, out, ops=flavours, teacher=teacher, validate=validate, rtol=rtol, atol=atol, limit=limit)
+    if as_json:
+        _emit(res, True)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"export of {checkpoint} -> {out}")
+    for col in ("file", "bytes", "1-bit", "8-bit", "32-bit", "vs teacher", "max rel diff", "top-1 agree"):
+        table.add_column(col, justify="right")
+    for flavour, info in res.student.items():
+        size, val = res.size.get(flavour, {}), res.validation.get(flavour, {})
+        ratio = size.get("compression_ratio")
+        table.add_row(Path(info["path"]).name, f"{info['bytes']:,}", f"{size.get('weights_1bit', 0):,}", f"{size.get('weights_8bit', 0):,}",
+                      f"{size.get('weights_32bit', 0):,}", f"{ratio:.1f}x" if ratio else "-",
+                      f"{val['max_rel_diff']:.2e}" if val else "-", f"{val['top1_agreement'] * 100:.2f}%" if val else "-")
+    if res.teacher:
+        val = res.validation.get("teacher", {})
+        table.add_row(Path(res.teacher["path"]).name, f"{res.teacher['bytes']:,}", "", "", "", "1.0x",
+                      f"{val['max_rel_diff']:.2e}" if val else "-", f"{val['top1_agreement'] * 100:.2f}%" if val else "-")
+    _console().print(table)
+
+
+@app.command("validate")
+def validate_cmd(
+    onnx_path: Annotated[Path, typer.Argument(help="An exported .onnx file.")],
+    checkpoint: Annotated[Path, typer.Option(help="The checkpoint it was exported from.")],
+    atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 0.0,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-5,
+    limit: Annotated[Optional[int], typer.Option(help="First N val images only.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Check an .onnx against its frozen torch model on the val split: names, shapes, values, top-1 (exit 3)."""
+    from bvit_edge.export import validate_onnx
+    from bvit_edge.pipeline import _load_frozen, val_inputs
+    from bvit_edge.runtime.ort import load_model as load_onnx
+
+    load_onnx(onnx_path)  # a clear error for a missing, corrupt or truncated file
+    model, cfg = _load_frozen(checkpoint)
+    x, _ = val_inputs(cfg, limit)
+    rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol)
+    _emit(rep, as_json, f"valid: {rep.num_inputs} images, max abs diff {rep.max_abs_diff:.3e}, max rel diff "
+          f"{rep.max_rel_diff:.3e}, top-1 agreement {rep.top1_agreement * 100:.2f}%")
+
 # ---------------------------------------------------------------------------------------------- targets
 targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)
 app.add_typer(targets_app, name="targets")
@@ -373,6 +439,11 @@ def demo(
 
 def main() -> None:
     """Console-script entry point: runs the app, turning BvitEdgeError into a message and its exit code."""
+    import warnings
+
+    # Deprecation chatter of torch.onnx / onnxscript is not the user's business.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         app()
     except BvitEdgeError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,10 +128,25 @@ def _torch_export(model: Any, example: Any, ops: str, dynamic_batch: bool) -> on
     return program.model_proto
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_OP_NAME = re.compile(r"OpOverload\(op='([\w.:]+)'")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     msg = next((t.strip() for t in text if t.strip()), type(exc).__name__)
     return msg[:400]
+
+
+def _describe_export_failure(exc: BaseException) -> str:
+    """The op the exporter could not translate (searched along the exception chain), else the first line."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        found = _OP_NAME.search(str(seen))
+        if found:
+            return f"it has no ONNX translation for the op {found.group(1)!r}."
+        seen = seen.__cause__ or seen.__context__
+    return _first_line(exc)
 
 
 def _strip_debug_metadata(proto: onnx.ModelProto) -> None:
@@ -243,11 +259,13 @@ def export_onnx(
         except BvitEdgeError:
             raise
         except Exception as exc:  # the exporter raises many types; report the first line
-            errors.append(_first_line(exc))
+            errors.append(_describe_export_failure(exc))
+            if errors[-1].startswith("it has no ONNX translation"):
+                break  # a static batch would not help
     if proto is None:
         raise ConfigError(
             f"torch.onnx could not export {type(model).__name__}: {errors[-1]} A module or op in the model "
-            "has no ONNX translation (an unsupported module). Binary layers must be frozen into "
+            "is not supported by the exporter (an unsupported module). Binary layers must be frozen into "
             "torch.ops.bvit calls (bvit_edge.quant.freeze.freeze); other layers must use standard torch ops."
         )
     proto = _finalize(proto, ops, model)

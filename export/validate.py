@@ -9,6 +9,12 @@ Order: output names, then shapes, then values, on real inputs. Each failure is a
 
 The relative difference reported is ``max|onnx - torch| / max|torch|`` (relative to the output's scale:
 elementwise relative errors of logits near 0 say nothing).
+
+Why ``max_outliers`` exists: a binary network is discontinuous. torch and onnxruntime compute the float
+parts (LayerNorm, softmax, GELU) with different summation orders, so their results differ in the last bit;
+when a binarizer input lies within that rounding of its threshold (|x'| ~ 1e-7 for sgn), the two runtimes
+take different bits and that input's logits differ visibly although both are correct to the contract. The
+report counts such inputs (``inputs_beyond_tolerance``); the default tolerates none.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ class ValidationReport:
     max_rel_diff: float
     top1_agreement: float
     top1_mismatches: int
+    inputs_beyond_tolerance: int
     rtol: float
     atol: float
+    max_outliers: int
     passed: bool
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +80,12 @@ def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.nd
             ys = list(y) if isinstance(y, (tuple, list)) else [y]
             outs.append([_as_numpy(t) for t in ys])
     return [np.concatenate([o[k] for o in outs], axis=0) for k in range(len(outs[0]))]
+
+
+def per_input_max_diff(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> np.ndarray:
+    """max |got - ref| per input (axis 0), over every output: float64 [B]."""
+    diffs = [np.abs(g.astype(np.float64) - r.astype(np.float64)).reshape(g.shape[0], -1).max(axis=1) for g, r in zip(got, ref)]
+    return np.max(np.stack(diffs), axis=0)
 
 
 def compare_outputs(
@@ -109,12 +123,14 @@ def validate_onnx(
     expected_output_names: Sequence[str] | None = ("logits",),
     threads: int | None = None,
     batch_size: int = 64,
+    max_outliers: int = 0,
 ) -> ValidationReport:
     """Check the export at ``onnx_path`` against the (frozen) torch ``model`` on ``inputs`` [B, C, H, W].
 
     Passes when the names match, shapes match, max |onnx - torch| <= atol + rtol * max |torch| for every
-    output and the top-1 class (argmax of the first output) agrees on every input. Raises the named
-    mismatch error otherwise; returns the report when it passes.
+    output and the top-1 class (argmax of the first output) agrees on every input. ``max_outliers``
+    inputs may exceed the value tolerance (binarization ties, see the module docstring) as long as their
+    top-1 agrees. Raises the named mismatch error otherwise; returns the report when it passes.
     """
     from bvit_edge.runtime.ort import run_session, ort_session
 
@@ -134,7 +150,8 @@ def validate_onnx(
     got = run_session(session, x, batch_size)
     max_abs, max_rel, top1, mism = compare_outputs(got, ref, names, rtol, atol)
     scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
-    passed = max_abs <= atol + rtol * scale and mism == 0
+    beyond = int((per_input_max_diff(got, ref) > atol + rtol * scale).sum())
+    passed = beyond <= max_outliers and mism == 0
     report = ValidationReport(
         onnx_path=str(onnx_path),
         num_inputs=int(x.shape[0]),
@@ -144,16 +161,19 @@ def validate_onnx(
         max_rel_diff=max_rel,
         top1_agreement=top1,
         top1_mismatches=mism,
+        inputs_beyond_tolerance=beyond,
         rtol=rtol,
         atol=atol,
+        max_outliers=int(max_outliers),
         passed=passed,
     )
     if not passed:
         raise ValueMismatch(
             f"{str(onnx_path)!r} differs from the torch model on {x.shape[0]} inputs: max abs diff "
-            f"{max_abs:.3g}, max rel diff {max_rel:.3g} (allowed {atol:g} + {rtol:g} x {scale:.3g}), top-1 "
-            f"differs on {mism} input(s). Check that the model was frozen before export and that the export "
-            "is of this model."
+            f"{max_abs:.3g}, max rel diff {max_rel:.3g} (allowed {atol:g} + {rtol:g} x {scale:.3g}); "
+            f"{beyond} input(s) beyond tolerance ({max_outliers} allowed), top-1 differs on {mism}. Check that "
+            "the model was frozen before export and that the export is of this model; a few isolated inputs "
+            "with the same top-1 are binarization ties between runtimes (max_outliers)."
         )
     return report
 
@@ -166,4 +186,5 @@ __all__ = [
     "validate_onnx",
     "torch_outputs",
     "compare_outputs",
+    "per_input_max_diff",
 ]

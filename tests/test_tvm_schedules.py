@@ -110,3 +110,43 @@ def test_a_moved_hook_is_a_toolchain_error(monkeypatch):
     with pytest.raises(ToolchainError) as err:
         tvm_frontend.convert_map_hook()
     assert err.value.exit_code == 4 and "_get_convert_map" in str(err.value)
+
+
+def _conv_model(pads, stride, kernel) -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((8, 3, kernel, kernel)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    node = oh.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[kernel, kernel], strides=[stride, stride],
+                        pads=pads)
+    out = (IMG + pads[0] + pads[2] - kernel) // stride + 1
+    g = oh.make_graph([node], "conv", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, IMG, IMG])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, out, out])],
+                      [nh.from_array(w, "w"), nh.from_array(b, "b")])
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("pads,stride,kernel,patchify", [([0, 0, 0, 0], 4, 4, True), ([1, 1, 1, 1], 2, 3, False)])
+def test_patch_conv_becomes_matmul_and_other_convs_stay(pads, stride, kernel, patchify):
+    """kernel == stride, no padding: im2col + matmul (no conv2d left); any other Conv: the stock conv2d."""
+    spec = load_target("host")
+    fam = family_params(spec.family)
+    model = _conv_model(pads, stride, kernel)
+    mod = tvm_frontend.import_onnx(model, {"x": [1, 3, IMG, IMG]}, fam)
+    has_conv = "conv2d" in mod.script()
+    assert has_conv != patchify
+    vm = tvm.relax.VirtualMachine(build_relax(mod, spec, fam), tvm.cpu())
+    x = np.random.default_rng(3).standard_normal((1, 3, IMG, IMG)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_math_keeps_the_float_graph_close(lowered):
+    """fast_math=True (vectorized erf/exp/softmax approximations) stays within 1e-4 of onnxruntime."""
+    model, mod, spec, fam = lowered
+    low = relax_pipeline(spec, fam, fast_math=True)(mod)
+    names = [gv.name_hint for gv in low.functions]
+    assert any("fast" in n for n in names), names
+    vm = tvm.relax.VirtualMachine(build_relax(mod, spec, fam, fast_math=True), tvm.cpu())
+    x = np.random.default_rng(1).standard_normal((1, 3, IMG, IMG)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), ref, rtol=1e-4, atol=1e-5)

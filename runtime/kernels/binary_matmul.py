@@ -14,7 +14,7 @@ Planes of V (packed along K, sign bits s[b, h, w, n] shared, masks mk[q, b, h, w
 Integer dots, exact (int32):
   A signed,   V plain:  K - 2 sum_w popcount(a XOR s)
   A signed,   V masked: sum_w popcount(m) - 2 popcount(m AND (a XOR s))
-  A unsigned, V any:    sum_w popcount(u AND m) - 2 popcount(u AND m AND s)
+  A unsigned, V any:    sum_w popcount(u AND m) - 2 popcount(u AND ms)   (ms = m AND s, packed once)
 Output, in f32, plane i of A outer, plane j of V inner:
   out[b, h, m, n] = sum_i sum_j (a_alpha[i] * b_alpha[j]) * float(dot_ij[b, h, m, n])
 """
@@ -87,6 +87,7 @@ def binary_matmul_kernel(
         ap = T.sblock_alloc_buffer((pa, batch, heads, m, kw), wd)
         bs = T.sblock_alloc_buffer((batch, heads, kw, n), wd)
         bm = T.sblock_alloc_buffer((qb, batch, heads, kw, n), wd)
+        bms = T.sblock_alloc_buffer((qb, batch, heads, kw, n), wd)
         acc = T.sblock_alloc_buffer((batch, heads, m, pa, qb, n), "int32")
         if a_gsb:
             for s0, h, i, kk_ in T.grid(batch, heads, m, k):
@@ -183,6 +184,10 @@ def binary_matmul_kernel(
                     bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] | T.shift_left(
                         T.Cast(wd, vw * bits + vj < kk), T.Cast(wd, vj)
                     )
+        for q, s0, h, w, jn in T.grid(qb, batch, heads, kw, n):
+            with T.sblock("mask_sign_b"):
+                vq, vs, vh, vw, vn = T.axis.remap("SSSSS", [q, s0, h, w, jn])
+                bms[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] & bs[vs, vh, vw, vn]
         for s0, h, i, p, q, jn, w in T.grid(batch, heads, m, pa, qb, n, kw):
             with T.sblock("acc"):
                 vs, vh, vi, vp, vq, vn, vw = T.axis.remap("SSSSSSR", [s0, h, i, p, q, jn, w])
@@ -204,9 +209,7 @@ def binary_matmul_kernel(
                     acc[vs, vh, vi, vp, vq, vn] = (
                         acc[vs, vh, vi, vp, vq, vn]
                         + T.Cast("int32", T.popcount(ap[vp, vs, vh, vi, vw] & bm[vq, vs, vh, vw, vn]))
-                        - 2 * T.Cast("int32", T.popcount(
-                            ap[vp, vs, vh, vi, vw] & bm[vq, vs, vh, vw, vn] & bs[vs, vh, vw, vn]
-                        ))
+                        - 2 * T.Cast("int32", T.popcount(ap[vp, vs, vh, vi, vw] & bms[vq, vs, vh, vw, vn]))
                     )
         for s0, h, i, jn, p, q in T.grid(batch, heads, m, n, pa, qb):
             with T.sblock("out"):

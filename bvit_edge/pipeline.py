@@ -1,0 +1,147 @@
+"""Checkpoint-level steps the CLI and the demo share: export a trained checkpoint (student and teacher) with
+its data description, validate it on real images, and gather accuracy / fidelity along
+torch -> ONNX reference -> compiled artifact.
+
+The low-level pieces live in bvit_edge.export (ONNX), bvit_edge.runtime (onnxruntime, TVM) and
+bvit_edge.training.checkpoint; this module only wires them to checkpoints and data sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bvit_edge.atomic import write_bytes, write_json
+from bvit_edge.errors import CheckpointError, UsageError
+
+#: ONNX metadata keys the compiler copies into the artifact manifest (runtime/compile.py META_KEYS).
+META = {"mean": "bvit_edge.mean", "std": "bvit_edge.std", "classes": "bvit_edge.classes", "image_size": "bvit_edge.image_size"}
+
+
+@dataclass
+class ExportSummary:
+    out_dir: str
+    student: dict[str, Any] = field(default_factory=dict)  # flavour -> ExportResult dict
+    teacher: dict[str, Any] | None = None
+    validation: dict[str, Any] = field(default_factory=dict)  # flavour -> ValidationReport dict
+    size: dict[str, Any] = field(default_factory=dict)  # flavour -> SizeReport dict
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def add_metadata(onnx_path: str | os.PathLike[str], cfg: dict[str, Any]) -> None:
+    """Record the checkpoint's normalisation, classes and input size in the ONNX file (atomically)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    values = {k: cfg.get(k) for k in META}
+    keep = [p for p in proto.metadata_props if p.key not in META.values()]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in values.items():
+        if v is not None:
+            proto.metadata_props.add(key=META[k], value=json.dumps(v))
+    write_bytes(onnx_path, proto.SerializeToString())
+
+
+def val_inputs(cfg: dict[str, Any], limit: int | None = None, data: str | None = None, data_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised val images [N, 3, S, S] float32 and labels of the data set a checkpoint was trained on."""
+    import torch
+
+    from bvit_edge.data import load_dataset
+
+    dcfg = cfg.get("data") or {}
+    name = data or dcfg.get("name") or "digits"
+    root = data_root if data_root is not None else dcfg.get("root")
+    splits = load_dataset(name, root=root, image_size=int(cfg["image_size"]))
+    n = len(splits.val) if limit is None else min(limit, len(splits.val))
+    xs = torch.stack([splits.val[i][0] for i in range(n)])
+    ys = np.array([int(splits.val[i][1]) for i in range(n)])
+    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+    return ((xs - mean) / std).numpy().astype(np.float32), ys
+
+
+def _load_frozen(checkpoint: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    from bvit_edge.training.checkpoint import load_model
+
+    model, cfg = load_model(checkpoint)
+    if hasattr(model, "freeze") and cfg.get("method", "fp") != "fp":
+        model.freeze()
+    model.eval()
+    return model, cfg
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    ops: tuple[str, ...] = ("packed", "standard"),
+    teacher: str | os.PathLike[str] | None = None,
+    validate: bool = True,
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    limit: int | None = None,
+) -> ExportSummary:
+    """Export a checkpoint to OUT/student.<ops>.onnx (binary models are frozen first) and its teacher to
+    OUT/teacher.onnx (plain ONNX), validate each against torch on the val split, report sizes.
+
+    ``teacher`` defaults to the teacher recorded in the checkpoint's training config (if any)."""
+    from bvit_edge.export import export_onnx, export_teacher_onnx, size_report, validate_onnx
+
+    out = Path(out_dir)
+    model, cfg = _load_frozen(checkpoint)
+    is_fp = cfg.get("method", "fp") == "fp"
+    shape = (1, 3, int(cfg["image_size"]), int(cfg["image_size"]))
+    summary = ExportSummary(out_dir=str(out))
+    x = y = None
+    if validate:
+        x, y = val_inputs(cfg, limit)
+
+    teacher_path = None
+    tsrc = teacher if teacher is not None else (cfg.get("train_config") or {}).get("teacher")
+    if tsrc and not is_fp:
+        try:
+            tmodel, tcfg = _load_frozen(tsrc)
+        except CheckpointError as exc:
+            raise CheckpointError(f"The teacher {tsrc} recorded for this student cannot be loaded: {exc}") from exc
+        teacher_path = out / "teacher.onnx"
+        res = export_teacher_onnx(tmodel, teacher_path, input_shape=shape)
+        add_metadata(teacher_path, tcfg)
+        summary.teacher = res.to_dict()
+        if validate:
+            summary.validation["teacher"] = validate_onnx(tmodel, teacher_path, x, rtol=rtol, atol=atol).to_dict()
+
+    flavours = ("standard",) if is_fp else ops
+    for flavour in flavours:
+        if flavour not in ("packed", "standard"):
+            raise UsageError(f"Unknown --ops {flavour!r}: use packed or standard.")
+        path = out / (f"model.onnx" if is_fp else f"student.{flavour}.onnx")
+        res = export_onnx(model, path, ops=flavour, input_shape=shape)
+        add_metadata(path, cfg)
+        summary.student[flavour] = res.to_dict()
+        if validate:
+            summary.validation[flavour] = validate_onnx(model, path, x, rtol=rtol, atol=atol).to_dict()
+        summary.size[flavour] = size_report(path, teacher_path).to_dict()
+    write_json(out / "export.json", summary.to_dict())
+    return summary
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    top = np.argsort(-logits, axis=1)[:, :5]
+    return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(1).mean())}
+
+
+def fidelity(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    diff = np.abs(reference.astype(np.float64) - other.astype(np.float64))
+    scale = np.maximum(np.abs(reference).astype(np.float64), 1e-12)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float((diff / scale).max()),
+        "top1_agreement": float((reference.argmax(1) == other.argmax(1)).mean()),
+    }

@@ -287,6 +287,64 @@ def validate_cmd(
     _emit(rep, as_json, f"valid: {rep.num_inputs} images, max abs diff {rep.max_abs_diff:.3e}, max rel diff "
           f"{rep.max_rel_diff:.3e}, top-1 agreement {rep.top1_agreement * 100:.2f}%")
 
+# ---------------------------------------------------------------------------------------------- compile
+@app.command("compile")
+def compile_cmd(
+    onnx_path: Annotated[Path, typer.Argument(help="Exported .onnx (student.packed.onnx, or a teacher's plain ONNX).")],
+    target: Annotated[str, typer.Option(help="Target preset (bvit-edge targets list), a .toml file, or a raw TVM target JSON dict.")] = "host",
+    out: Annotated[Path, typer.Option(help="Artifact folder to write (lib.so, params, manifest.json).")] = Path("artifact"),
+    threads: Annotated[Optional[int], typer.Option(help="Default threads recorded for the artifact.")] = None,
+    tune: Annotated[int, typer.Option(help="Re-tune float ops with meta_schedule for N trials (0: use the shipped database).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
+) -> None:
+    """Lower an exported model through TVM into native code for a target (our popcount kernels inside)."""
+    from bvit_edge.runtime.compile import compile_model
+    from bvit_edge.runtime.artifact import read_manifest
+
+    tgt: Any = target
+    if target.lstrip().startswith("{"):
+        try:
+            tgt = json.loads(target)
+        except json.JSONDecodeError as exc:
+            raise BvitEdgeError(f"--target looks like JSON but does not parse: {exc}.") from exc
+    folder = compile_model(onnx_path, tgt, out, threads=threads, tune=tune)
+    manifest = read_manifest(folder)
+    _emit(manifest, as_json, f"compiled {onnx_path} for {manifest.get('target', {}).get('name', target)} -> {folder}")
+
+
+# -------------------------------------------------------------------------------------------------- run
+@app.command()
+def run(
+    model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
+    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) to classify (PNG/JPEG).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
+    top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
+    rpc: Annotated[Optional[str], typer.Option(help="Run on a board's RPC server HOST:PORT.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Run an artifact on images or a data set and print the top-k classes (and accuracy on a data set)."""
+    from bvit_edge.errors import UsageError
+    from bvit_edge.runtime.run import predict
+
+    if not image and not data:
+        raise UsageError("Give --image FILE (one or more) or --data NAME to run on.")
+    res = predict(model, images=image or None, data=data, data_root=str(data_root) if data_root else None, limit=limit,
+                  top_k=top_k, rpc=rpc, threads=threads)
+    if as_json:
+        _emit(res, True)
+        return
+    for item in res["predictions"][:20]:
+        guesses = ", ".join(f"{c} {p * 100:.1f}%" for c, p in item["top"])
+        _console().print(f"{item['input']}: {guesses}")
+    if len(res["predictions"]) > 20:
+        _console().print(f"... {len(res['predictions']) - 20} more")
+    if res.get("accuracy"):
+        a = res["accuracy"]
+        _console().print(f"top-1 {a['top1'] * 100:.2f}%  top-5 {a['top5'] * 100:.2f}% on {res['num_images']} images")
+
 # ---------------------------------------------------------------------------------------------- targets
 targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)
 app.add_typer(targets_app, name="targets")

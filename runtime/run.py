@@ -1,0 +1,114 @@
+"""``bvit-edge run``: classify image files or a data set's val split with a compiled artifact (TVM runtime,
+locally or on a board over RPC) or an exported .onnx (onnxruntime). Returns top-k per image and, on a data
+set, top-1 / top-5 accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from bvit_edge.errors import UsageError
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _onnx_meta(path: Path) -> dict[str, Any]:
+    from bvit_edge.runtime.ort import load_model
+
+    proto = load_model(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = {}
+    for k in ("mean", "std", "classes", "image_size"):
+        v = props.get(f"bvit_edge.{k}")
+        meta[k] = json.loads(v) if v is not None else None
+    return meta
+
+
+def _dataset_images(name: str, root: str | None, image_size: int, limit: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    import torch
+
+    from bvit_edge.data import load_dataset
+
+    splits = load_dataset(name, root=root, image_size=image_size)
+    n = len(splits.val) if limit is None else min(limit, len(splits.val))
+    xs = torch.stack([splits.val[i][0] for i in range(n)]).numpy()
+    ys = np.array([int(splits.val[i][1]) for i in range(n)])
+    return xs.astype(np.float32), ys, [f"{name}/val/{i}" for i in range(n)]
+
+
+def predict(
+    model: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]] | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    limit: int | None = None,
+    top_k: int = 3,
+    rpc: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Top-k classes (softmax probabilities) of each input, plus accuracy when ``data`` is given."""
+    from bvit_edge.runtime.image_input import load_image
+
+    path = Path(model)
+    is_onnx = path.suffix == ".onnx"
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: give an artifact folder (bvit-edge compile) or an .onnx file.")
+    if is_onnx:
+        meta = _onnx_meta(path)
+        size = meta.get("image_size")
+        classes = meta.get("classes")
+        mean, std = meta.get("mean"), meta.get("std")
+    else:
+        from bvit_edge.runtime.artifact import read_manifest
+
+        manifest = read_manifest(path)
+        size = manifest["input"]["shape"][-1]
+        classes = manifest.get("classes")
+        norm = manifest.get("normalization") or {}
+        mean, std = norm.get("mean"), norm.get("std")
+    if size is None:
+        raise UsageError(f"{path} does not record its input size; export it with `bvit-edge export`.")
+    labels = None
+    if images:
+        x = np.stack([load_image(p, int(size)) for p in images])
+        names = [str(p) for p in images]
+    else:
+        x, labels, names = _dataset_images(str(data), data_root, int(size), limit)
+
+    if is_onnx:
+        from bvit_edge.runtime.ort import ort_session, run_session
+
+        if mean is not None and std is not None:
+            x = (x - np.asarray(mean, np.float32).reshape(1, -1, 1, 1)) / np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+        logits = run_session(ort_session(path, threads=threads), x.astype(np.float32), batch_size=64)[0]
+    else:
+        from bvit_edge.runtime.artifact import run_artifact
+
+        session = None
+        if rpc:
+            from bvit_edge.targets.rpc import connect
+
+            host, _, port = rpc.rpartition(":")
+            if not host or not port.isdigit():
+                raise UsageError(f"--rpc must be HOST:PORT (got {rpc!r}).")
+            session = connect(host, int(port))
+        logits = run_artifact(path, x, session=session, threads=threads)
+    probs = _softmax(np.asarray(logits, dtype=np.float64))
+    k = min(top_k, probs.shape[1])
+    order = np.argsort(-probs, axis=1)[:, :k]
+    cls = classes or [str(i) for i in range(probs.shape[1])]
+    preds = [{"input": n, "top": [(cls[j], float(probs[i, j])) for j in order[i]]} for i, n in enumerate(names)]
+    out: dict[str, Any] = {"model": str(path), "num_images": len(names), "predictions": preds}
+    if labels is not None:
+        full = np.argsort(-probs, axis=1)[:, :5]
+        out["accuracy"] = {"top1": float((full[:, 0] == labels).mean()), "top5": float((full == labels[:, None]).any(1).mean())}
+    return out

@@ -238,13 +238,15 @@ def export(
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the validation.")] = 1e-5,
     validate: Annotated[bool, typer.Option(help="Validate against the frozen torch model on the val split.")] = True,
     limit: Annotated[Optional[int], typer.Option(help="Validate on the first N val images only.")] = None,
+    max_outliers: Annotated[int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Export a trained model to ONNX (frozen, bit-packed), validate it and report sizes (exit 3 beyond tolerance)."""
     from bvit_edge.pipeline import export_checkpoint
 
     flavours = ("packed", "standard") if ops == Ops.both else (ops.value,)
-    res = export_checkpoint(checkpoint, out, ops=flavours, teacher=teacher, validate=validate, rtol=rtol, atol=atol, limit=limit)
+    res = export_checkpoint(checkpoint, out, ops=flavours, teacher=teacher, validate=validate, rtol=rtol, atol=atol, limit=limit,
+                            max_outliers=max_outliers)
     if as_json:
         _emit(res, True)
         return
@@ -273,6 +275,7 @@ def validate_cmd(
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 0.0,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-5,
     limit: Annotated[Optional[int], typer.Option(help="First N val images only.")] = None,
+    max_outliers: Annotated[int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Check an .onnx against its frozen torch model on the val split: names, shapes, values, top-1 (exit 3)."""
@@ -283,7 +286,7 @@ def validate_cmd(
     load_onnx(onnx_path)  # a clear error for a missing, corrupt or truncated file
     model, cfg = _load_frozen(checkpoint)
     x, _ = val_inputs(cfg, limit)
-    rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol)
+    rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers)
     _emit(rep, as_json, f"valid: {rep.num_inputs} images, max abs diff {rep.max_abs_diff:.3e}, max rel diff "
           f"{rep.max_rel_diff:.3e}, top-1 agreement {rep.top1_agreement * 100:.2f}%")
 
@@ -487,12 +490,14 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bvit-edge-demo"),
     quick: Annotated[bool, typer.Option(help="A shorter run (~3 minutes) with fewer epochs.")] = False,
+    per_class: Annotated[int, typer.Option(help="Training images per class for the GSB student (limited samples).")] = 30,
+    board: Annotated[bool, typer.Option(help="Run the aarch64 artifact on the emulated board (builds it once).")] = True,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
-    """The whole pipeline on the built-in digits data (what `make demo` runs)."""
+    """The whole pipeline on the built-in digits data (what `make demo` runs); re-running resumes."""
     from bvit_edge.demo import run_demo
 
-    run_demo(out=out, quick=quick, threads=threads)
+    run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board)
 
 
 def main() -> None:

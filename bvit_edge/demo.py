@@ -63,29 +63,159 @@ def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:
     return state
 
 
-def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: int | None = None) -> dict[str, Any]:
-    """The demo pipeline on digits. ``quick`` trains fewer epochs."""
+def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: int | None = None,
+             per_class: int = 30, board: bool = True) -> dict[str, Any]:
+    """The demo pipeline on digits (see the module docstring). ``quick`` trains far fewer epochs;
+    ``board=False`` skips the emulated aarch64 board (its first build downloads a Debian root file system)."""
+    import numpy as np
     import torch
 
+    from bvit_edge.atomic import write_json
     from bvit_edge.evaluation import evaluate
+    from bvit_edge.pipeline import accuracy, export_checkpoint, fidelity, val_inputs
     from bvit_edge.training import train
+    from bvit_edge.training.checkpoint import read_config
 
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    teacher_dir = out / "teacher"
-    epochs = 15 if quick else 60
+    teacher_dir, gsb_dir, export_dir = out / "teacher", out / "gsb", out / "export"
+    art_host, art_arm = out / "artifacts" / "host", out / "artifacts" / "rpi4-aarch64"
+    t_epochs, s_epochs = (6, 12) if quick else (40, 100)
 
     def teacher_step() -> dict[str, Any]:
-        res = train(method="fp", model="demo", data="digits", epochs=epochs, out=str(teacher_dir), seed=0, threads=threads)
+        res = train(method="fp", model="demo", data="digits", epochs=t_epochs, out=str(teacher_dir), seed=0, threads=threads)
         ev = evaluate(teacher_dir)
         return {"checkpoint": str(teacher_dir / "best"), "val_top1": ev.top1, "val_top5": ev.top5, "train_seconds": res.seconds}
 
-    steps = [Step("teacher", f"train the full-precision teacher on digits ({epochs} epochs)", teacher_step)]
+    def gsb_step() -> dict[str, Any]:
+        res = train(method="gsb", stage="all", model="gsb_demo_patch4_32", data="digits", per_class=per_class,
+                    epochs=s_epochs, teacher=str(teacher_dir / "best"), out=str(gsb_dir), seed=0, threads=threads)
+        s1 = read_config(gsb_dir / "stage1" / "best")["metrics"]["val_top1"]
+        ev = evaluate(gsb_dir / "stage2")
+        return {"checkpoint": str(gsb_dir / "stage2" / "best"), "per_class": per_class, "stage1_val_top1": s1,
+                "val_top1": ev.top1, "val_top5": ev.top5, "train_seconds": res.seconds}
+
+    def export_step() -> dict[str, Any]:
+        summ = export_checkpoint(gsb_dir / "stage2", export_dir, teacher=teacher_dir / "best", max_outliers=3)
+        v = summ.validation
+        return {"packed_bytes": summ.student["packed"]["bytes"], "standard_bytes": summ.student["standard"]["bytes"],
+                "teacher_bytes": summ.teacher["bytes"] if summ.teacher else None,
+                "packed_max_rel_diff": v["packed"]["max_rel_diff"], "packed_top1_agreement": v["packed"]["top1_agreement"],
+                "standard_max_rel_diff": v["standard"]["max_rel_diff"], "standard_top1_agreement": v["standard"]["top1_agreement"],
+                "images_beyond_1e-5": v["packed"]["inputs_beyond_tolerance"]}
+
+    def compile_step() -> dict[str, Any]:
+        from bvit_edge.runtime.compile import compile_model
+
+        done = {}
+        for name, folder, src in (("student host", art_host, export_dir / "student.packed.onnx"),
+                                  ("student rpi4-aarch64", art_arm, export_dir / "student.packed.onnx"),
+                                  ("teacher host", out / "artifacts" / "teacher-host", export_dir / "teacher.onnx")):
+            target = "rpi4-aarch64" if "aarch64" in name else "host"
+            t0 = time.time()
+            compile_model(src, target, folder)
+            done[name] = {"folder": str(folder), "seconds": round(time.time() - t0, 1),
+                          "lib_bytes": (folder / "lib.so").stat().st_size}
+            _console().print(f"  {name}: {folder} ({done[name]['seconds']} s)")
+        return done
+
+    def fidelity_step() -> dict[str, Any]:
+        from bvit_edge.pipeline import _load_frozen
+        from bvit_edge.runtime.artifact import run_artifact
+        from bvit_edge.runtime.ort import ort_session, run_session
+
+        model, cfg = _load_frozen(gsb_dir / "stage2")
+        x, y = val_inputs(cfg)
+        with torch.no_grad():
+            torch_logits = model(torch.from_numpy(x)).numpy()
+        ort_logits = run_session(ort_session(export_dir / "student.packed.onnx"), x, batch_size=64)[0]
+        tvm_logits = run_artifact(art_host, x, normalize=False)
+        teacher_logits = run_session(ort_session(export_dir / "teacher.onnx"), x, batch_size=64)[0]
+        np.save(out / "artifacts" / "host_logits.npy", tvm_logits)
+        return {"n_images": int(len(y)), "teacher_onnx": accuracy(teacher_logits, y), "student_torch": accuracy(torch_logits, y),
+                "student_onnx": accuracy(ort_logits, y), "student_tvm_host": accuracy(tvm_logits, y),
+                "torch_vs_onnx": fidelity(torch_logits, ort_logits), "onnx_vs_tvm": fidelity(ort_logits, tvm_logits)}
+
+    def board_step() -> dict[str, Any]:
+        from bvit_edge.runtime.artifact import run_artifact
+        from bvit_edge.targets import board as emulated
+        from bvit_edge.targets.rpc import connect
+
+        _, cfg = _load_cfg(gsb_dir / "stage2")
+        n = 16 if quick else 64
+        x, _ = val_inputs(cfg, limit=n)
+        info = emulated.emulate("aarch64", log=_console().print)
+        session = connect(info.host, int(info.port), timeout_s=30)
+        arm_logits = run_artifact(art_arm, x, session=session, normalize=False)
+        host_logits = np.load(out / "artifacts" / "host_logits.npy")[:n]
+        fid = fidelity(host_logits, arm_logits)
+        if fid["top1_agreement"] < 1.0 or fid["max_rel_diff"] > 1e-5:
+            raise DemoStepFailed(f"The aarch64 artifact on the emulated board disagrees with the host's: {fid}.")
+        return {"rpc": f"{info.host}:{info.port}", "n_images": n, "aarch64_vs_host": fid, "emulated": True}
+
+    def bench_step() -> dict[str, Any]:
+        from bvit_edge.runtime.bench import bench
+
+        res = bench(art_host, teacher_onnx=export_dir / "teacher.onnx", student_onnx=export_dir / "student.packed.onnx",
+                    threads=threads, warmup=10, runs=30 if quick else 100)
+        res.save(out / "bench.json")
+        write_json(out / "bench_report.json", res.to_report(student_name="gsb-demo (compiled, TVM)",
+                                                           teacher_name="deit-demo fp (onnxruntime)", title="bvit-edge demo on digits"))
+        d = res.to_dict()
+        return {"student_median_ms": d["student"]["steady"]["median_ms"], "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
+                "teacher_over_student": d["ratio_teacher_over_student_median"], "threads": d["threads"]}
+
+    def report_step() -> dict[str, Any]:
+        from bvit_edge.report import render_report, write_report
+
+        state = json.loads((out / "steps.json").read_text())
+        bench_doc = json.loads((out / "bench_report.json").read_text())
+        fid = state["fidelity"]["result"]
+        doc = _report_doc(bench_doc, fid, state)
+        write_report(out / "report.json", doc)
+        written = render_report(out / "report.json", out / "report")
+        return {k: str(v) for k, v in written.items()}
+
+    steps = [
+        Step("teacher", f"train the full-precision teacher on digits ({t_epochs} epochs, all 1,437 images)", teacher_step),
+        Step("gsb", f"train GSB stage 1 + 2 from the teacher on {per_class} images per class ({s_epochs} epochs each)", gsb_step),
+        Step("export", "freeze, export to ONNX (packed + standard) and validate on the 360 val images", export_step),
+        Step("compile", "compile with TVM for the host and for rpi4-aarch64 (+ the teacher for the host)", compile_step),
+        Step("fidelity", "accuracy and fidelity: torch -> ONNX reference -> compiled artifact", fidelity_step),
+    ]
+    if board:
+        steps.append(Step("board", "run the aarch64 artifact on the emulated board (qemu + TVM RPC) and compare", board_step))
+    steps += [Step("bench", "bench on the host: compiled student vs the teacher in onnxruntime (batch 1)", bench_step),
+              Step("report", "write the report (JSON, Markdown, PNG plots)", report_step)]
     state = run_steps(out, steps)
     _summary(state)
     return state
+
+
+def _load_cfg(path: Path) -> tuple[None, dict[str, Any]]:
+    from bvit_edge.training.checkpoint import read_config
+
+    return None, read_config(path)
+
+
+def _report_doc(bench_doc: dict[str, Any], fid: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """The report document: bench latency + sizes, with accuracy and fidelity from the demo's steps."""
+    doc = dict(bench_doc)
+    n = fid["n_images"]
+    for m in doc["models"]:
+        if m["role"] == "student":
+            a = fid["student_tvm_host"]
+            m["method"] = "gsb"
+            m["fidelity"] = {"reference": "onnx", "compared": "tvm", "max_abs_diff": fid["onnx_vs_tvm"]["max_abs_diff"],
+                             "top1_agreement_pct": fid["onnx_vs_tvm"]["top1_agreement"] * 100}
+        else:
+            a = fid["teacher_onnx"]
+            m["method"] = "fp"
+        m["accuracy"] = {"split": "val", "n_images": n, "top1_pct": a["top1"] * 100, "top5_pct": a["top5"] * 100}
+    doc.setdefault("environment", {})["student_train_images_per_class"] = state["gsb"]["result"]["per_class"]
+    return doc
 
 
 def _summary(state: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """Size report of an ONNX export: bytes on disk and weight counts by precision, read from the initializers.
 
-* 1-bit: bit-packed uint8 initializers. Fed to a BinaryLinear node (input W_bits): N x in_features true
-  weights; any other uint8 initializer (e.g. in a standard export, where the decomposition unpacks it in
-  the graph): 8 bits a byte, pad bits included.
+* 1-bit: bit-packed uint8 matrices [N, Kp/8]. Fed to a BinaryLinear node (input W_bits): N x in_features
+  true weights; any other one (a standard export, where the decomposition unpacks it in the graph):
+  8 bits a byte, pad bits included (none when K is a multiple of 64).
 * 8-bit: int8 initializers (DequantizeLinear weights; zero points count as "other").
 * 32-bit: float32 initializers (LayerNorm, biases, scales, float weights).
 * other: any other element type (int64 shape constants, ...), counted apart.
@@ -54,8 +54,10 @@ def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
     counts = {"weights_1bit": 0, "weights_8bit": 0, "weights_32bit": 0, "weights_other": 0}
     for init in proto.graph.initializer:
         n = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
-        if init.data_type == _T.UINT8:
-            if init.name in binary_k and init.dims:
+        if init.data_type == _T.UINT8 and len(init.dims) != 2:
+            counts["weights_other"] += n  # e.g. the decomposition's shift amounts 0..7, not weights
+        elif init.data_type == _T.UINT8:
+            if init.name in binary_k:
                 counts["weights_1bit"] += int(init.dims[0]) * binary_k[init.name]
             else:
                 counts["weights_1bit"] += 8 * n

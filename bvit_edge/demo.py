@@ -82,7 +82,7 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
     out.mkdir(parents=True, exist_ok=True)
     teacher_dir, gsb_dir, export_dir = out / "teacher", out / "gsb", out / "export"
     art_host, art_arm = out / "artifacts" / "host", out / "artifacts" / "rpi4-aarch64"
-    t_epochs, s_epochs = (6, 12) if quick else (40, 100)
+    t_epochs, s_epochs = (5, 10) if quick else (30, 60)
 
     def teacher_step() -> dict[str, Any]:
         res = train(method="fp", model="demo", data="digits", epochs=t_epochs, out=str(teacher_dir), seed=0, threads=threads)

@@ -13,7 +13,6 @@ in eval mode. The losses follow ALGORITHMS.md:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -46,8 +45,9 @@ def mean_logits(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.
     return out
 
 
-@dataclass
 class Method:
+    """Base class: ``needs_teacher`` says whether ``--teacher`` is required."""
+
     name: str = "method"
     needs_teacher: bool = False
 

@@ -1,3 +1,29 @@
-"""bvit-edge: binarized Vision Transformers from few images to a measured binary on an edge CPU."""
+"""bvit-edge: binarized Vision Transformers from few images to a measured binary on an edge CPU.
+
+The library mirrors the CLI: ``train``, ``evaluate``, ``create_model``, ``list_models``; the data, export,
+runtime and targets sub-packages hold the rest. Heavy modules are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "evaluate", "list_models", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "train":
+        from bvit_edge.training import train
+
+        return train
+    if name == "evaluate":
+        from bvit_edge.evaluation import evaluate
+
+        return evaluate
+    if name in ("create_model", "list_models"):
+        from bvit_edge import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'bvit_edge' has no attribute {name!r}")

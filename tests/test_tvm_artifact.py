@@ -309,3 +309,11 @@ def test_failed_compile_keeps_the_previous_artifact(tmp_path, host_artifact):
 def test_not_an_artifact_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError):
         run_artifact(tmp_path, np.zeros((1, 3, 4, 4), np.float32))
+
+
+def test_tuning_request_is_refused_clearly(tmp_path):
+    model, _ = tiny_classifier()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(ConfigError, match="tune=64"):
+        compile_model(tmp_path / "m.onnx", "host", tmp_path / "out", tune=64)
+    assert not (tmp_path / "out").exists()

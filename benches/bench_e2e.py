@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -57,8 +56,6 @@ def export_models(tmp: Path, student: str, teacher: str) -> tuple[Path, Path]:
 
 def profile_ops(vm, x, repeats: int = 5) -> list[dict]:
     """Per kernel: total ms per inference (median over repeats), calls, share of the sum."""
-    import tvm
-
     per = defaultdict(list)
     current: dict = {}
 

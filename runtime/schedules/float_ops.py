@@ -26,8 +26,6 @@ from tvm.s_tir.dlight.base import ScheduleRule
 
 from bvit_edge.runtime.schedules.family import FamilyParams
 
-_MAX_PAR = 64  # do not fuse spatial loops past this many parallel tasks when a smaller split suffices
-
 
 def _divisor_tile(extent: int, want: int) -> int | None:
     t = want

@@ -104,3 +104,57 @@ def test_emulated_board_runs_cross_compiled_code_like_the_host(tmp_path):
         if not was_running:
             assert board.stop("aarch64") is True
             assert not board.status("aarch64").running
+
+
+def test_compiled_gsb_model_runs_over_rpc_on_the_emulated_board_like_the_host(tmp_path):
+    """The whole pipeline's ARM leg: a frozen GSB model exported to ONNX (packed bvit_edge ops), compiled for
+    rpi4-aarch64 and for the host, run on the emulated board over RPC: logits equal the host artifact's."""
+    pytest.importorskip("tvm")
+    import os
+
+    import torch
+
+    for tool in ("qemu-aarch64", "debootstrap", "aarch64-linux-gnu-gcc"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} is not installed (make setup installs it)")
+    if not board.status("aarch64").built and os.geteuid() != 0:
+        pytest.skip("building the board image runs debootstrap, which needs root (run once as root)")
+    from bvit_edge.export import export_onnx
+    from bvit_edge.models import create_model
+    from bvit_edge.runtime.artifact import run_artifact
+    from bvit_edge.runtime.compile import compile_model
+
+    t0 = time.monotonic()
+    torch.manual_seed(0)
+    model = create_model("gsb_test_patch4_16", stage=2)
+    x = torch.randn(6, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # lazy initialisation of the binarizer scales
+    model.freeze()
+    onnx_path = tmp_path / "gsb.onnx"
+    export_onnx(model, onnx_path, ops="packed", input_shape=(1, 3, 16, 16))
+    host_art = compile_model(onnx_path, "host", tmp_path / "host")
+    arm_art = compile_model(onnx_path, "rpi4-aarch64", tmp_path / "arm")
+    t_compile = time.monotonic() - t0
+    was_running = board.status("aarch64").running
+    board.build("aarch64", log=print)
+    info = board.start("aarch64")
+    try:
+        sess = rpc.connect("127.0.0.1", info.port, timeout_s=30)
+        xs = x.numpy()
+        t1 = time.monotonic()
+        on_board = run_artifact(arm_art, xs, session=sess, normalize=False)
+        t_board = time.monotonic() - t1
+        on_host = run_artifact(host_art, xs, normalize=False)
+        with torch.no_grad():
+            reference = model(x).numpy()
+        np.testing.assert_allclose(on_board, on_host, rtol=1e-5, atol=1e-6)
+        assert (on_board.argmax(1) == on_host.argmax(1)).all()
+        np.testing.assert_allclose(on_host, reference, rtol=1e-4, atol=1e-5)
+        print(f"\ncompiled GSB model over RPC: export+compile {t_compile:.1f} s, 6 images on the emulated board "
+              f"{t_board:.1f} s (emulated, not a Pi timing)")
+        del sess
+    finally:
+        if not was_running:
+            board.stop("aarch64")

@@ -121,9 +121,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.split_qkv(x)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        out = (attn @ v).transpose(1, 2).reshape(b, n, d)
+        # softmax(q k^T * scale) v, fused (as timm's fused_attn): same result, several times faster on CPU.
+        p = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b, n, d)
         return self.proj_drop(self.proj(out))
 
 

@@ -230,30 +230,37 @@ def test_alpha_is_clamped_to_1e_5_and_gets_no_gradient_below() -> None:
     assert q.alpha.grad.item() == 0.0
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: dict) -> None:  # pragma: no cover - in a subprocess
-    import torch.distributed as dist
+_DDP_WORKER = """
+import json, os, sys
+import torch
+import torch.distributed as dist
+from bvit_edge.quant.gsb import SignedBinarizer
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.manual_seed(100 + rank)  # each rank sees a different first batch
-    q = SignedBinarizer()
-    q.train()
-    q(torch.randn(4, 8) * (rank + 1))
-    out[rank] = q.alpha.item()
-    dist.destroy_process_group()
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(100 + rank)  # each rank sees a different first batch
+q = SignedBinarizer()
+q.train()
+q(torch.randn(4, 8) * (rank + 1))
+with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as fh:
+    json.dump(q.alpha.item(), fh)
+dist.destroy_process_group()
+"""
 
 
 @pytest.mark.slow
-def test_lazy_init_is_averaged_over_ranks_so_ddp_replicas_agree() -> None:
-    import socket
+def test_lazy_init_is_averaged_over_ranks_so_ddp_replicas_agree(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    manager = mp.Manager()
-    out = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert out[0] == out[1]
     torch.manual_seed(100)
     a0 = 2 * (torch.randn(4, 8)).abs().mean().item()

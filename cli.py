@@ -325,6 +325,8 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
     top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
     rpc: Annotated[Optional[str], typer.Option(help="Run on a board's RPC server HOST:PORT.")] = None,
+    tracker: Annotated[Optional[str], typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -335,7 +337,7 @@ def run(
     if not image and not data:
         raise UsageError("Give --image FILE (one or more) or --data NAME to run on.")
     res = predict(model, images=image or None, data=data, data_root=str(data_root) if data_root else None, limit=limit,
-                  top_k=top_k, rpc=rpc, threads=threads)
+                  top_k=top_k, rpc=rpc, threads=threads, session=_tracker_session(tracker, key))
     if as_json:
         _emit(res, True)
         return
@@ -440,6 +442,12 @@ def bench(
     student_onnx: Annotated[Optional[Path], typer.Option(help="The student's .onnx, for its 1/8/32-bit weight counts.")] = None,
     target: Annotated[Optional[str], typer.Option(help="Target the artifacts must be built for (default: the student's).")] = None,
     rpc: Annotated[Optional[str], typer.Option(help="Board RPC server HOST:PORT (an emulated board is labelled emulated).")] = None,
+    tracker: Annotated[Optional[str], typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Also measure accuracy and fidelity on this data set's val split.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Accuracy on the first N val images only.")] = None,
+    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write report.json, report.md and PNG plots here.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Threads for both models.")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up runs (discarded, counted).")] = 5,
     runs: Annotated[int, typer.Option(help="Timed runs.")] = 50,
@@ -450,10 +458,17 @@ def bench(
     """Latency of a student artifact vs its teacher on one target (batch 1, same process run)."""
     from bvit_edge.runtime.bench import bench as run_bench
 
+    session = _tracker_session(tracker, key)
     res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target, threads=threads,
-                    rpc=rpc, warmup=warmup, runs=runs, seed=seed, student_onnx=student_onnx)
+                    rpc=session if session is not None else rpc, warmup=warmup, runs=runs, seed=seed, student_onnx=student_onnx,
+                    emulated=False if session is not None else None)
     if out is not None:
         res.save(out)
+    if report_dir is not None:
+        from bvit_edge.pipeline import bench_report
+
+        bench_report(res, report_dir, student, teacher_onnx=teacher_onnx, student_onnx=student_onnx, data=data,
+                     data_root=str(data_root) if data_root else None, limit=limit, rpc=rpc, session=session)
     d = res.to_dict()
     if as_json:
         _emit(d, True)
@@ -498,6 +513,21 @@ def demo(
     from bvit_edge.demo import run_demo
 
     run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board)
+
+
+def _tracker_session(tracker: Optional[str], key: Optional[str]) -> Any:
+    """An RPC session from a tracker (--tracker HOST:PORT --key KIND), or None without --tracker."""
+    if tracker is None:
+        if key is not None:
+            raise BvitEdgeError("--key goes with --tracker HOST:PORT.")
+        return None
+    if not key:
+        raise BvitEdgeError("--tracker needs --key: the kind of board to ask the tracker for (e.g. rpi4).")
+    from bvit_edge.runtime.run import parse_address
+    from bvit_edge.targets.rpc import connect_tracker
+
+    host, port = parse_address(tracker, "--tracker")
+    return connect_tracker(host, port, key)
 
 
 def main() -> None:

@@ -148,3 +148,42 @@ def fidelity(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
         "max_rel_diff": float((diff / scale).max()),
         "top1_agreement": float((reference.argmax(1) == other.argmax(1)).mean()),
     }
+
+
+def bench_report(
+    result: Any,
+    out_dir: str | os.PathLike[str],
+    student_artifact: str | os.PathLike[str],
+    teacher_onnx: str | os.PathLike[str] | None = None,
+    student_onnx: str | os.PathLike[str] | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    limit: int | None = None,
+    rpc: str | None = None,
+    session: Any = None,
+) -> dict[str, Any]:
+    """Render a bench result as a report (JSON + Markdown + PNG) in ``out_dir``; with ``data``, add each
+    model's accuracy on the val split and the fidelity ONNX reference -> compiled artifact."""
+    from bvit_edge.report import render_report, write_report
+    from bvit_edge.runtime.run import predict
+
+    out = Path(out_dir)
+    doc = result.to_report()
+    if data:
+        kw = dict(data=data, data_root=data_root, limit=limit, top_k=1, return_logits=True)
+        student = predict(student_artifact, rpc=rpc, session=session, **kw)
+        teacher = predict(teacher_onnx, **kw) if teacher_onnx else None
+        reference = predict(student_onnx, **kw) if student_onnx else None
+        for m in doc["models"]:
+            res = student if m["role"] == "student" else teacher
+            if res is None:
+                continue
+            m["accuracy"] = {"split": "val", "n_images": res["num_images"], "top1_pct": res["accuracy"]["top1"] * 100,
+                             "top5_pct": res["accuracy"]["top5"] * 100}
+            if m["role"] == "student" and reference is not None:
+                fid = fidelity(reference["logits"], student["logits"])
+                m["fidelity"] = {"reference": "onnx", "compared": "tvm", "max_abs_diff": fid["max_abs_diff"],
+                                 "top1_agreement_pct": fid["top1_agreement"] * 100}
+    write_report(out / "report.json", doc)
+    render_report(out / "report.json", out)
+    return doc

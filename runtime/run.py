@@ -54,8 +54,13 @@ def predict(
     top_k: int = 3,
     rpc: str | None = None,
     threads: int | None = None,
+    session: Any = None,
+    return_logits: bool = False,
 ) -> dict[str, Any]:
-    """Top-k classes (softmax probabilities) of each input, plus accuracy when ``data`` is given."""
+    """Top-k classes (softmax probabilities) of each input, plus accuracy when ``data`` is given.
+
+    ``rpc`` ("HOST:PORT") or an already open ``session`` (e.g. from a tracker) runs an artifact on a board.
+    ``return_logits`` adds the raw logits (a numpy array) under "logits"."""
     from bvit_edge.runtime.image_input import load_image
 
     path = Path(model)
@@ -93,14 +98,11 @@ def predict(
     else:
         from bvit_edge.runtime.artifact import run_artifact
 
-        session = None
-        if rpc:
+        if rpc and session is None:
             from bvit_edge.targets.rpc import connect
 
-            host, _, port = rpc.rpartition(":")
-            if not host or not port.isdigit():
-                raise UsageError(f"--rpc must be HOST:PORT (got {rpc!r}).")
-            session = connect(host, int(port))
+            host, port = parse_address(rpc, "--rpc")
+            session = connect(host, port)
         logits = run_artifact(path, x, session=session, threads=threads)
     probs = _softmax(np.asarray(logits, dtype=np.float64))
     k = min(top_k, probs.shape[1])
@@ -111,4 +113,14 @@ def predict(
     if labels is not None:
         full = np.argsort(-probs, axis=1)[:, :5]
         out["accuracy"] = {"top1": float((full[:, 0] == labels).mean()), "top5": float((full == labels[:, None]).any(1).mean())}
+    if return_logits:
+        out["logits"] = np.asarray(logits)
     return out
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """"HOST:PORT" -> (host, port), or a UsageError naming the option."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"{what} must be HOST:PORT (got {text!r}).")
+    return host, int(port)

@@ -107,7 +107,7 @@ def test_emulated_board_runs_cross_compiled_code_like_the_host(tmp_path):
 
 
 def test_compiled_gsb_model_runs_over_rpc_on_the_emulated_board_like_the_host(tmp_path):
-    """The whole pipeline's ARM leg: a frozen GSB model exported to ONNX (packed bvit_edge ops), compiled for
+    """The whole pipeline's ARM leg: the frozen GSB demo model exported to ONNX (packed bvit_edge ops), compiled for
     rpi4-aarch64 and for the host, run on the emulated board over RPC: logits equal the host artifact's."""
     pytest.importorskip("tvm")
     import os
@@ -126,14 +126,14 @@ def test_compiled_gsb_model_runs_over_rpc_on_the_emulated_board_like_the_host(tm
 
     t0 = time.monotonic()
     torch.manual_seed(0)
-    model = create_model("gsb_test_patch4_16", stage=2)
-    x = torch.randn(6, 3, 16, 16)
+    model = create_model("gsb_demo_patch4_32", stage=2)  # the demo's model geometry
+    x = torch.randn(6, 3, 32, 32)
     model.eval()
     with torch.no_grad():
         model(x)  # lazy initialisation of the binarizer scales
     model.freeze()
     onnx_path = tmp_path / "gsb.onnx"
-    export_onnx(model, onnx_path, ops="packed", input_shape=(1, 3, 16, 16))
+    export_onnx(model, onnx_path, ops="packed", input_shape=(1, 3, 32, 32))
     host_art = compile_model(onnx_path, "host", tmp_path / "host")
     arm_art = compile_model(onnx_path, "rpi4-aarch64", tmp_path / "arm")
     t_compile = time.monotonic() - t0

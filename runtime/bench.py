@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from bvit_edge.atomic import write_json
+from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, MissingDependencyError, ToolchainError, UsageError
 from bvit_edge.runtime.artifact import read_manifest
 from bvit_edge.runtime.timing import Timing, measure, time_once
@@ -567,14 +568,6 @@ def _onnx_input_shape(path: Path) -> list[Any]:
             for d in inputs[0].type.tensor_type.shape.dim]
 
 
-def _sha256(path: Path) -> str:
-    import hashlib  # noqa: PLC0415
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _bench_ort(path: Path, x_norm: np.ndarray, threads: int | None, warmup: int, runs: int) -> SideResult:

@@ -19,13 +19,13 @@ the manifest records this as ``"params": {"storage": "embedded"}``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from bvit_edge.atomic import atomic_dir, write_json
+from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
 
 SCHEMA_VERSION = 1
@@ -39,12 +39,6 @@ META_KEYS = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_onnx(path: Path) -> Any:

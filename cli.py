@@ -295,9 +295,15 @@ def validate_cmd(
 def compile_cmd(
     onnx_path: Annotated[Path, typer.Argument(help="Exported .onnx (student.packed.onnx, or a teacher's plain ONNX).")],
     target: Annotated[str, typer.Option(help="Target preset (bvit-edge targets list), a .toml file, or a raw TVM target JSON dict.")] = "host",
-    out: Annotated[Path, typer.Option(help="Artifact folder to write (lib.so, params, manifest.json).")] = Path("artifact"),
+    out: Annotated[Path, typer.Option(help="Artifact folder to write (lib.so, params.npz, manifest.json).")] = Path("artifact"),
     threads: Annotated[Optional[int], typer.Option(help="Default threads recorded for the artifact.")] = None,
-    tune: Annotated[int, typer.Option(help="Re-tune float ops with meta_schedule for N trials (0: use the shipped database).")] = 0,
+    tune: Annotated[int, typer.Option(help="Re-tune the binary kernels: measure up to N schedule candidates each (0: apply the shipped tuning database).")] = 0,
+    tuning_db: Annotated[Optional[Path], typer.Option(help="Tuning database JSON to apply (over the shipped one) and, with --tune, to update.")] = None,
+    rpc: Annotated[Optional[str], typer.Option(help="With --tune for a board target: time the candidates on the board's RPC server HOST:PORT.")] = None,
+    tracker: Annotated[Optional[str], typer.Option(help="With --tune: get the board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
+    key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
+    fast_math: Annotated[bool, typer.Option("--fast-math/--exact-math", help="Vectorized approximations of exp/erf/softmax (TVM fast_exp, fast_erf) instead of libm calls.")] = False,
+    params: Annotated[str, typer.Option(help="Where the weights go: 'file' (params.npz next to lib.so) or 'embedded' (inside lib.so).")] = "file",
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Lower an exported model through TVM into native code for a target (our popcount kernels inside)."""
@@ -310,7 +316,20 @@ def compile_cmd(
             tgt = json.loads(target)
         except json.JSONDecodeError as exc:
             raise BvitEdgeError(f"--target looks like JSON but does not parse: {exc}.") from exc
-    folder = compile_model(onnx_path, tgt, out, threads=threads, tune=tune)
+    session = _tracker_session(tracker, key)
+    if rpc is not None:
+        if session is not None:
+            raise BvitEdgeError("Give either --rpc HOST:PORT or --tracker HOST:PORT --key KIND, not both.")
+        from bvit_edge.runtime.run import parse_address
+        from bvit_edge.targets.rpc import connect
+
+        host, port = parse_address(rpc, "--rpc")
+        session = connect(host, port)
+    if session is not None and not tune:
+        raise BvitEdgeError("--rpc/--tracker are used to time tuning candidates on a board: add --tune N.")
+    folder = compile_model(onnx_path, tgt, out, threads=threads, tune=tune, params_storage=params,
+                           tuning_db=tuning_db, session=session, fast_math=fast_math,
+                           log=None if as_json else (lambda m: typer.echo(m, err=True)))
     manifest = read_manifest(folder)
     _emit(manifest, as_json, f"compiled {onnx_path} for {manifest.get('target', {}).get('name', target)} -> {folder}")
 

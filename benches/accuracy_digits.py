@@ -36,7 +36,8 @@ def _run(out: Path, **kw) -> dict:
     from bvit_edge.training import train
     from bvit_edge.training.checkpoint import read_config
 
-    best = out / "best"
+    # a two-stage gsb run keeps its checkpoints in OUT/stage1 and OUT/stage2
+    best = out / ("stage2" if kw.get("stage") == "all" else "") / "best"
     if not (best / "config.json").is_file():
         t0 = time.time()
         train(out=str(out), **kw)
@@ -45,11 +46,12 @@ def _run(out: Path, **kw) -> dict:
     return {"top1": cfg["metrics"]["val_top1"], "top5": cfg["metrics"].get("val_top5"), "epoch": cfg["epoch"]}
 
 
-def run_regime(root: Path, per_class: int | None, seed: int, epochs: int, threads: int) -> dict[str, dict]:
-    common = dict(data="digits", per_class=per_class, seed=seed, threads=threads, epochs=epochs)
+def run_regime(root: Path, per_class: int | None, seed: int, epochs: int, teacher_epochs: int, threads: int,
+               eval_every: int) -> dict[str, dict]:
+    common = dict(data="digits", per_class=per_class, seed=seed, threads=threads, epochs=epochs, eval_every=eval_every)
     res: dict[str, dict] = {}
     teacher = root / "fp"
-    res["fp"] = _run(teacher, method="fp", **common)
+    res["fp"] = _run(teacher, method="fp", **{**common, "epochs": teacher_epochs})
     t = str(teacher / "best")
     res["bit"] = _run(root / "bit", method="bit", teacher=t, **common)
     _run(root / "gsb", method="gsb", stage="all", teacher=t, **common)
@@ -80,7 +82,7 @@ def render(doc: dict, out: Path) -> None:
             vals = [doc["regimes"][r]["runs"][str(s)][key]["top1"] for s in doc["seeds"] if str(s) in doc["regimes"][r]["runs"]]
             cells.append(_fmt(vals) if vals else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"Epochs: {doc['epochs']}; limited regime: {doc['per_class']} images per class; "
+    lines += ["", f"Epochs (students per stage; teacher): {doc['epochs']}; limited regime: {doc['per_class']} images per class; "
               f"{doc['seconds']:.0f} s in all. Command: `{doc['command']}`."]
     (out / "accuracy_digits.md").write_text("\n".join(lines) + "\n")
 
@@ -112,24 +114,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench-results/accuracy"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--per-class", type=int, default=20)
-    p.add_argument("--epochs-full", type=int, default=60)
-    p.add_argument("--epochs-limited", type=int, default=300)
+    p.add_argument("--epochs-full", type=int, default=60, help="student epochs (per GSB stage), full data")
+    p.add_argument("--epochs-limited", type=int, default=300, help="student epochs (per GSB stage), N per class")
+    p.add_argument("--teacher-epochs-full", type=int, default=None, help="teacher epochs, full data (default: as students)")
+    p.add_argument("--teacher-epochs-limited", type=int, default=None, help="teacher epochs, N per class")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate on val every N epochs (and at the end)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="5/20 epochs, seed 0 only")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds, a.epochs_full, a.epochs_limited = [0], 5, 20
+    a.teacher_epochs_full = a.teacher_epochs_full or a.epochs_full
+    a.teacher_epochs_limited = a.teacher_epochs_limited or a.epochs_limited
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     doc = {"schema_version": 1, "seeds": a.seeds, "per_class": a.per_class,
-           "epochs": {"full": a.epochs_full, "limited": a.epochs_limited},
+           "epochs": {"full": [a.epochs_full, a.teacher_epochs_full],
+                      "limited": [a.epochs_limited, a.teacher_epochs_limited]},
+           "eval_every": a.eval_every, "threads": a.threads,
            "command": "python benches/accuracy_digits.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "regimes": {"full": {"runs": {}}, f"{a.per_class}/class": {"runs": {}}}}
     for seed in a.seeds:
-        for regime, per_class, epochs in (("full", None, a.epochs_full), (f"{a.per_class}/class", a.per_class, a.epochs_limited)):
+        for regime, per_class, epochs, t_epochs in (
+                ("full", None, a.epochs_full, a.teacher_epochs_full),
+                (f"{a.per_class}/class", a.per_class, a.epochs_limited, a.teacher_epochs_limited)):
             print(f"== {regime}, seed {seed}", file=sys.stderr, flush=True)
             root = a.out / "runs" / regime.replace("/", "_per_") / f"seed{seed}"
-            doc["regimes"][regime]["runs"][str(seed)] = run_regime(root, per_class, seed, epochs, a.threads)
+            doc["regimes"][regime]["runs"][str(seed)] = run_regime(root, per_class, seed, epochs, t_epochs, a.threads,
+                                                                    a.eval_every)
             doc["seconds"] = time.time() - t0
             (a.out / "accuracy_digits.json").write_text(json.dumps(doc, indent=2) + "\n")
             render(doc, a.out)

@@ -54,7 +54,7 @@ def export_models(tmp: Path, student: str, teacher: str) -> tuple[Path, Path]:
     return sp, tp
 
 
-def profile_ops(vm, x, repeats: int = 5) -> list[dict]:
+def profile_ops(vm, x, params, repeats: int = 5) -> list[dict]:
     """Per kernel: total ms per inference (median over repeats), calls, share of the sum."""
     per = defaultdict(list)
     current: dict = {}
@@ -71,7 +71,7 @@ def profile_ops(vm, x, repeats: int = 5) -> list[dict]:
     for _ in range(repeats):
         acc: dict = {}
         calls: dict = {}
-        vm["main"](x)
+        vm["main"](x, *params)
         for k, v in acc.items():
             per[k].append((v, calls[k]))
     rows = []
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_e2e.json")
+    ap.add_argument("--tune", type=int, default=0, help="re-tune the binary kernels (N candidates each) first")
     ap.add_argument("--no-fast-math", dest="fast_math", action="store_false",
                     help="exact libm erf/exp instead of TVM's vectorized approximations")
     args = ap.parse_args(argv)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             sp, tp = export_models(tmp, args.student, args.teacher)
         export_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        art = compile_model(sp, "host", tmp / "student_host", fast_math=args.fast_math)
+        art = compile_model(sp, "host", tmp / "student_host", fast_math=args.fast_math, tune=args.tune)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         loaded = load_artifact(art)
@@ -138,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         x_np = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         x = tvm.runtime.tensor(x_np)
         t0 = time.perf_counter()
-        loaded.vm["main"](x)
+        loaded.invoke(x)
         first_s = time.perf_counter() - t0
-        sizes = {"student_lib_bytes": (art / "lib.so").stat().st_size, "student_onnx_bytes": Path(sp).stat().st_size,
+        sizes = {"student_lib_bytes": (art / "lib.so").stat().st_size,
+                 "student_params_bytes": (art / "params.npz").stat().st_size, "student_onnx_bytes": Path(sp).stat().st_size,
                  "teacher_onnx_bytes": Path(tp).stat().st_size}
         results = []
         for th in args.threads:
@@ -152,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             feed = {sess.get_inputs()[0].name: x_np}
             pool(0, th)
             for _ in range(args.warmup):
-                loaded.vm["main"](x)
+                loaded.invoke(x)
                 sess.run(None, feed)
             ts_s, ts_t = [], []
             for _ in range(args.runs):  # interleaved: drift on a shared machine hits both alike
                 t = time.perf_counter()
-                loaded.vm["main"](x)
+                loaded.invoke(x)
                 ts_s.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 sess.run(None, feed)
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"threads={th}: student (TVM) {st['median_ms']:.2f} ms, teacher (ORT f32) {tt['median_ms']:.2f} ms "
                   f"-> {row['speedup_median']:.1f}x", flush=True)
         pool(0, 1)
-        prof = profile_ops(loaded.vm, x)
+        prof = profile_ops(loaded.vm, x, loaded.params)
         groups = defaultdict(float)
         for r in prof:
             groups[_group(r["op"])] += r["ms"]

@@ -83,7 +83,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` as a whole.
 
     On an exception the temporary folder is removed; an existing ``path`` is untouched. Used for
-    artifact folders (lib.so + params + manifest.json) so no half-written folder is ever left.
+    artifact folders (lib.so + params.npz + manifest.json) so no half-written folder is ever left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,8 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
             t0 = time.time()
             compile_model(src, target, folder)
             done[name] = {"folder": str(folder), "seconds": round(time.time() - t0, 1),
-                          "lib_bytes": (folder / "lib.so").stat().st_size}
+                          "lib_bytes": (folder / "lib.so").stat().st_size,
+                          "params_bytes": (folder / "params.npz").stat().st_size if (folder / "params.npz").is_file() else 0}
             _console().print(f"  {name}: {folder} ({done[name]['seconds']} s)")
         return done
 

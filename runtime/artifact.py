@@ -1,11 +1,16 @@
 """Load and run a compiled artifact with ONLY the TVM runtime and numpy (no torch, no onnx).
 
-An artifact folder (bvit_edge.runtime.compile) holds ``lib.so`` (the Relax VM executable, weights inside)
-and ``manifest.json``. ``run_artifact(folder, images)`` returns logits f32[B, classes]; images are
-float32 [B, C, H, W] (or one [C, H, W]) in [0, 1] and are normalised with the manifest's mean/std when it
-has them (``normalize=False`` to pass already-normalised tensors). The executable is compiled for batch 1,
-so a batch runs image by image. ``session`` may be a TVM RPC session (``tvm.rpc.connect(...)``): the
-library is uploaded and run on the remote device.
+An artifact folder (bvit_edge.runtime.compile) holds ``lib.so`` (the Relax VM executable), ``params.npz``
+(the weights, numpy) and ``manifest.json``. Schema 2 manifests say where the weights are: ``"params":
+{"storage": "file", "file": "params.npz", ...}`` (loaded with numpy and passed to ``main`` after the image:
+``main(image, *params)``, see :meth:`LoadedArtifact.invoke`) or ``{"storage": "embedded"}`` (inside
+lib.so); schema 1 artifacts always embed them.
+
+``run_artifact(folder, images)`` returns logits f32[B, classes]; images are float32 [B, C, H, W] (or one
+[C, H, W]) in [0, 1] and are normalised with the manifest's mean/std when it has them (``normalize=False``
+to pass already-normalised tensors). The executable is compiled for batch 1, so a batch runs image by
+image. ``session`` may be a TVM RPC session (``tvm.rpc.connect(...)``): the
+library is uploaded and run on the remote device, and the weights are copied to that device.
 """
 
 from __future__ import annotations
@@ -20,21 +25,71 @@ import numpy as np
 
 from bvit_edge.errors import ToolchainError, UsageError
 
-SUPPORTED_SCHEMA = 1
+#: Manifest versions this runtime reads: 1 (weights inside lib.so) and 2 (weights in params.npz, or embedded).
+SUPPORTED_SCHEMAS = (1, 2)
+SUPPORTED_SCHEMA = max(SUPPORTED_SCHEMAS)
+
+
+def params_file(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Path | None:
+    """The artifact's parameter file (params.npz), or None when its weights are embedded in lib.so."""
+    params = manifest.get("params") or {}
+    if manifest.get("schema_version") == 1 or params.get("storage", "embedded") == "embedded":
+        return None
+    return Path(folder) / str(params.get("file") or "params.npz")
 
 
 def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The artifact's manifest.json; UsageError when the folder is not an artifact."""
+    """The artifact's manifest.json; UsageError when the folder is not a (complete) artifact."""
     folder = Path(folder)
     path = folder / "manifest.json"
     if not path.is_file() or not (folder / "lib.so").is_file():
         raise UsageError(f"{folder} is not a bvit-edge artifact (needs lib.so and manifest.json); compile one "
                          "with bvit-edge compile.")
     manifest = json.loads(path.read_text())
-    if manifest.get("schema_version") != SUPPORTED_SCHEMA:
+    if manifest.get("schema_version") not in SUPPORTED_SCHEMAS:
         raise UsageError(f"{path}: schema_version {manifest.get('schema_version')} is not supported "
-                         f"(expected {SUPPORTED_SCHEMA}); recompile the artifact with this bvit-edge.")
+                         f"(this bvit-edge reads {' and '.join(map(str, SUPPORTED_SCHEMAS))}); recompile the "
+                         "artifact with this bvit-edge.")
+    storage = (manifest.get("params") or {}).get("storage", "embedded")
+    if manifest["schema_version"] >= 2 and storage not in ("file", "embedded"):
+        raise UsageError(f"{path}: unknown parameter storage {storage!r}; recompile the artifact with this "
+                         "bvit-edge.")
+    pfile = params_file(folder, manifest)
+    if pfile is not None and not pfile.is_file():
+        raise UsageError(f"{folder}: the parameter file {pfile.name} is missing (the manifest says the weights are "
+                         f"in it); copy the whole artifact folder, or recompile it with bvit-edge compile.")
     return manifest
+
+
+def read_params(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> list[np.ndarray]:
+    """The artifact's weights as numpy arrays in ``main``'s parameter order ([] when embedded).
+
+    Reads params.npz with numpy alone (no pickle). A file that is not the manifest's (other names, another
+    count) is a UsageError."""
+    pfile = params_file(folder, manifest)
+    if pfile is None:
+        return []
+    info = manifest.get("params") or {}
+    try:
+        with np.load(pfile, allow_pickle=False) as npz:
+            names = list(info.get("names") or npz.files)
+            missing = [n for n in names if n not in npz.files]
+            if missing or ("count" in info and int(info["count"]) != len(names)):
+                raise UsageError(f"{pfile} does not hold the parameters the manifest names ({len(npz.files)} arrays, "
+                                 f"expected {info.get('count', len(names))}); recompile the artifact.")
+            return [np.ascontiguousarray(npz[n]) for n in names]
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile / numpy raise several types for a damaged file
+        raise UsageError(f"{pfile} is not a readable parameter file ({type(exc).__name__}: {exc}); recompile the "
+                         "artifact.") from None
+
+
+def params_to_device(arrays: list[np.ndarray], device: Any) -> list[Any]:
+    """TVM tensors of ``arrays`` on ``device`` (local, or an RPC session's remote device: copied there)."""
+    import tvm  # noqa: PLC0415
+
+    return [tvm.runtime.tensor(a, device=device) for a in arrays]
 
 
 def set_threads(n: int | None) -> None:
@@ -48,7 +103,10 @@ def set_threads(n: int | None) -> None:
 
 @dataclass
 class LoadedArtifact:
-    """A loaded executable: the VM, its device and the manifest."""
+    """A loaded executable: the VM, its device, the manifest and the weights on the device.
+
+    ``params``: the parameter tensors ``main`` takes after the image (empty when embedded in lib.so); call
+    :meth:`invoke`, or ``vm["main"](x, *params)`` / ``vm.set_input("main", x, *params)`` directly."""
 
     folder: Path
     manifest: dict[str, Any]
@@ -56,6 +114,11 @@ class LoadedArtifact:
     device: Any
     remote: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    params: list[Any] = field(default_factory=list)
+
+    def invoke(self, arg: Any) -> Any:
+        """``main`` on one prepared device tensor (batch 1, normalised), the weights passed after it."""
+        return self.vm["main"](arg, *self.params)
 
     def preprocess(self, images: np.ndarray, normalize: bool = True) -> np.ndarray:
         """float32 [B, C, H, W] normalised with the manifest's mean/std (if any and ``normalize``)."""
@@ -81,7 +144,7 @@ class LoadedArtifact:
         outs = []
         for i in range(x.shape[0]):
             arg = tvm.runtime.tensor(x[i : i + 1], device=self.device)
-            y = self.vm["main"](arg)
+            y = self.invoke(arg)
             if not hasattr(y, "numpy"):  # a tuple of outputs: the first is the logits
                 y = y[0]
             outs.append(y.numpy())
@@ -89,7 +152,8 @@ class LoadedArtifact:
 
 
 def load_artifact(folder: str | os.PathLike[str], session: Any = None, threads: int | None = None) -> LoadedArtifact:
-    """Load ``folder`` locally, or on the RPC ``session``'s device (the library is uploaded first)."""
+    """Load ``folder`` locally, or on the RPC ``session``'s device (the library is uploaded first, the
+    weights of params.npz are copied to the device)."""
     try:
         import tvm  # noqa: PLC0415
         from tvm import relax  # noqa: PLC0415
@@ -99,6 +163,7 @@ def load_artifact(folder: str | os.PathLike[str], session: Any = None, threads: 
         raise MissingDependencyError("running an artifact needs the TVM runtime: pip install apache-tvm.") from None
     folder = Path(folder)
     manifest = read_manifest(folder)
+    arrays = read_params(folder, manifest)
     lib_path = folder / manifest.get("lib", "lib.so")
     try:
         if session is None:
@@ -114,7 +179,8 @@ def load_artifact(folder: str | os.PathLike[str], session: Any = None, threads: 
         raise ToolchainError(f"Loading {lib_path} failed ({last}); was it compiled for this machine's "
                              f"architecture? The manifest says {manifest['target'].get('arch')}.") from exc
     vm = relax.VirtualMachine(lib, device)
-    return LoadedArtifact(folder, manifest, vm, device, remote=session is not None)
+    return LoadedArtifact(folder, manifest, vm, device, remote=session is not None,
+                          params=params_to_device(arrays, device))
 
 
 def run_artifact(

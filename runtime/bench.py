@@ -10,16 +10,18 @@ run, on the same target, at batch 1, and returns a :class:`BenchResult` (``to_di
   runs in TVM. Over RPC (a session, ``"host:port"`` or ``(host, port)``) both run on the board as TVM
   artifacts, so the teacher must be an artifact compiled for the same target (``teacher_artifact``).
 * What is timed, separately: compile time (read from the artifact manifest when the compiler recorded it,
-  else ``null``), load time (locally: load the library + create the VM, or create the onnxruntime session;
-  over RPC: upload + remote load + VM creation), the first run (one call, timed on its own), then the
-  steady state: ``warmup`` calls discarded and counted, then ``runs`` timed calls.
+  else ``null``), load time (locally: load the library + read params.npz + copy the weights to the device +
+  create the VM, or create the onnxruntime session; over RPC: upload + remote load + weights sent to the
+  board + VM creation), the first run (one call, timed on its own), then the steady state: ``warmup`` calls
+  discarded and counted, then ``runs`` timed calls.
 * How. Locally each steady-state call is timed on its own with ``time.perf_counter_ns``
   (bvit_edge.runtime.timing.measure); the timed call is the model alone on a prepared input (the TVM VM's
-  ``main`` on a device tensor; ``InferenceSession.run`` on a numpy feed), preprocessing excluded for both.
-  Over RPC the board times itself with TVM's ``time_evaluator`` (number=1, repeat=warmup+runs on the
-  stateful ``invoke_stateful("main")``): the first ``warmup`` repeats are discarded, and the evaluator
-  makes one more untimed call of its own, which is counted in ``warmup`` (so over RPC ``warmup`` reads
-  requested + 1). Host-side RPC times (load, first run) include the network round trips.
+  ``main`` on a device tensor, the weights already on the device passed after it; ``InferenceSession.run`` on
+  a numpy feed), preprocessing excluded for both. Over RPC the board times itself with TVM's
+  ``time_evaluator`` (number=1, repeat=warmup+runs on the stateful ``invoke_stateful("main")``, its inputs
+  set once by ``set_input("main", image, *params)``): the first ``warmup`` repeats are discarded, and the
+  evaluator makes one more untimed call of its own, which is counted in ``warmup`` (so over RPC ``warmup``
+  reads requested + 1). Host-side RPC times (load, first run) include the network round trips.
 * The input is one image, seeded uniform [0, 1) noise of the artifact's input shape (``seed``), or the first
   image of ``data`` (an array or a .npy file), normalised with the artifact's mean/std; the teacher gets
   the very same normalised tensor.
@@ -491,21 +493,25 @@ def _last_line(exc: BaseException) -> str:
     return text.splitlines()[-1] if text else type(exc).__name__
 
 
-def _load_remote(folder: Path, manifest: dict[str, Any], session: Any, role: str) -> tuple[Any, Any]:
-    """Upload lib.so under a name unique to the model and role, load it on the board, make its VM.
+def _load_remote(folder: Path, manifest: dict[str, Any], session: Any, role: str) -> tuple[Any, Any, list[Any]]:
+    """Upload lib.so under a name unique to the model and role, load it on the board, make its VM and copy
+    the weights of params.npz to the board: (vm, remote device, parameter tensors).
 
     Not ``load_artifact(folder, session=...)``: that uploads every artifact as "lib.so" into the session's
     one folder, so a second artifact (the teacher) would be dlopen-ed under the path of the first, and the
     loader hands back the already-loaded library of the student."""
     from tvm import relax  # noqa: PLC0415
 
+    from bvit_edge.runtime.artifact import params_to_device, read_params  # noqa: PLC0415
+
+    arrays = read_params(folder, manifest)  # a missing or damaged params.npz fails before the upload
     lib = folder / manifest.get("lib", "lib.so")
     digest = str((manifest.get("model") or {}).get("sha256") or "")[:12] or "model"
     remote_name = f"bvit_bench_{role}_{digest}.so"
     session.upload(str(lib), target=remote_name)
     module = session.load_module(remote_name)
     device = session.cpu()
-    return relax.VirtualMachine(module, device), device
+    return relax.VirtualMachine(module, device), device, params_to_device(arrays, device)
 
 
 def _bench_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.ndarray, session: Any,
@@ -524,9 +530,9 @@ def _bench_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.nda
     try:
         if session is None:
             load_ms, art = time_once(lambda: load_artifact(folder, threads=threads))
-            vm, device = art.vm, art.device
+            vm, device, params = art.vm, art.device, art.params
         else:
-            load_ms, (vm, device) = time_once(lambda: _load_remote(folder, manifest, session, role))
+            load_ms, (vm, device, params) = time_once(lambda: _load_remote(folder, manifest, session, role))
     except BvitEdgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
@@ -534,13 +540,13 @@ def _bench_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.nda
     try:
         arg = tvm.runtime.tensor(x_norm, device=device)
         main = vm["main"]
-        first_ms, y = time_once(lambda: main(arg))
+        first_ms, y = time_once(lambda: main(arg, *params))
         out_shape = _output_shape(y)
         if session is None:
-            steady = measure(lambda: main(arg), warmup=warmup, runs=runs)
+            steady = measure(lambda: main(arg, *params), warmup=warmup, runs=runs)
             timer = "time.perf_counter_ns"
         else:
-            vm.set_input("main", arg)
+            vm.set_input("main", arg, *params)
             evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=warmup + runs)
             seconds = list(evaluator("main").results)
             steady = Timing.from_samples_ms([s * 1e3 for s in seconds[warmup:]], warmup=warmup + 1)

@@ -1,4 +1,4 @@
-"""Compile an exported ONNX model for a target into an artifact folder (lib.so + manifest.json).
+"""Compile an exported ONNX model for a target into an artifact folder (lib.so + params.npz + manifest.json).
 
 ``compile_model(onnx_path, target, out_dir)``:
 
@@ -7,14 +7,22 @@
 2. read the ONNX model, check its op domains (bvit_edge v1 only) and fix a static batch-1 input shape;
 3. import it with TVM's Relax ONNX importer plus our converters (bvit_edge.runtime.tvm_frontend): the
    bvit_edge ops become scheduled popcount kernels, packed weights repacked to the target's words;
-4. legalize and fuse the standard ops, schedule every float prim func (bvit_edge.runtime.schedules) and
-   build with LLVM for the target;
+4. legalize and fuse the standard ops (constants folded), schedule every float prim func
+   (bvit_edge.runtime.schedules), lift the weights out of the module (bvit_edge.runtime.params) and build
+   with LLVM for the target;
 5. write, atomically (bvit_edge.atomic.atomic_dir: no half-written folder on failure), ``lib.so`` linked
-   with the target's toolchain and ``manifest.json``.
+   with the target's toolchain, ``params.npz`` and ``manifest.json``.
 
-Parameters: the weights are compile-time constants of the Relax module and live inside ``lib.so`` (the
-binary weights repacked for the target's word size), so the artifact needs no separate parameter file;
-the manifest records this as ``"params": {"storage": "embedded"}``.
+Parameters (``params_storage``): with ``"file"`` (the default) every weight tensor of 16 elements or more
+(bvit_edge.runtime.params.MIN_ELEMENTS) becomes a parameter of ``main``, appended after the image input,
+and is saved in ``params.npz`` (numpy ``np.savez``, keys ``p0``, ``p1``, ... in parameter order) in its
+final form: int8 weights dequantized, binary weights repacked for the target's word size. Scalars and tiny
+constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
+(bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
+records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
+"names": [...]}`` (``bytes`` and ``sha256`` of the file). With ``"embedded"`` the weights stay
+compile-time constants inside ``lib.so`` and the manifest says ``"params": {"storage": "embedded"}`` (as
+every schema 1 artifact did; those still load).
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from bvit_edge.atomic import atomic_dir, write_json
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LIB_NAME = "lib.so"
+PARAMS_NAME = "params.npz"
 MANIFEST_NAME = "manifest.json"
+PARAMS_STORAGES = ("file", "embedded")
 META_KEYS = {
     "mean": "bvit_edge.mean",
     "std": "bvit_edge.std",
@@ -120,19 +130,24 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
     return versions
 
 
-def relax_pipeline(spec: Any, family: Any, fast_math: bool = False) -> Any:
+def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
     """The Relax pass pipeline: the CPU backend's, plus our float-op schedules after legalize + fuse.
 
     ``fast_math``: erf / exp / softmax become TVM's vectorizable approximations (topi.fast_erf, fast_exp,
     fast_softmax) instead of scalar libm calls (FastMathTransform).
+    ``params``: a :class:`bvit_edge.runtime.params.LiftedParams` to lift the weights out of ``main`` into
+    (after constant folding and the schedules, before dataflow lowering): ``main`` then takes them after the
+    image. None (the default) keeps them embedded as constants.
     """
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
+    from bvit_edge.runtime.params import lift_params_pass  # noqa: PLC0415
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
 
     target = spec.tvm()
+    lift = [lift_params_pass(params)] if params is not None else []
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(m: Any, _ctx: Any) -> Any:
@@ -142,6 +157,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False) -> Any:
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [float_schedule_pass(family)]
+                + lift
                 + cpu.dataflow_lower_passes(target)
                 + cpu.finalize_passes(target)
             )
@@ -150,12 +166,14 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False) -> Any:
     return _pipeline
 
 
-def build_relax(mod: Any, spec: Any, family: Any, fast_math: bool = False) -> Any:
-    """Legalize, fuse, schedule (float rules) and build a Relax module for ``spec``; returns the executable."""
+def build_relax(mod: Any, spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
+    """Legalize, fuse, schedule (float rules) and build a Relax module for ``spec``; returns the executable.
+
+    ``params``: see :func:`relax_pipeline` (filled during the build; call ``main(x, *params.arrays)``)."""
     import tvm  # noqa: PLC0415
 
     try:
-        return tvm.compile(mod, target=spec.tvm(), relax_pipeline=relax_pipeline(spec, family, fast_math))
+        return tvm.compile(mod, target=spec.tvm(), relax_pipeline=relax_pipeline(spec, family, fast_math, params))
     except BvitEdgeError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -170,40 +188,65 @@ def compile_model(
     threads: int | None = None,
     tune: int = 0,
     fast_math: bool = False,
+    params_storage: str = "file",
+    tuning_db: str | os.PathLike[str] | None = None,
+    session: Any = None,
+    log: Any = None,
 ) -> Path:
     """Compile ``onnx_path`` for ``target`` (preset name, TOML path, dict or TargetSpec) into ``out_dir``.
 
     Returns the artifact folder. ``threads`` is the default runtime thread count recorded in the manifest
-    (the target's default when None). ``tune`` must be 0 (the rule-based schedules per target family);
-    N > 0 is a ConfigError in this version. ``fast_math``: see :func:`relax_pipeline` (recorded in the
+    (the target's default when None). Schedules: the per-family rules, with the knobs of the target
+    family's tuning database (bvit_edge.runtime.tuning: the shipped one, overridden by ``tuning_db`` when
+    that file exists). ``tune`` = N > 0 re-tunes every binary kernel of this model (at most N candidates
+    each) on this machine, or on the board of the RPC ``session`` for a cross target, and saves the result
+    into ``tuning_db`` when given (created or updated) as well as in the artifact's ``tuning.json``.
+    ``fast_math``: see :func:`relax_pipeline` (recorded in the
     manifest; off by default because the gsb thresholds compare attention values to a1/2 and r*max, where
-    an approximate exp can move a value across a threshold).
+    an approximate exp can move a value across a threshold). ``params_storage``: "file" (the weights in
+    params.npz, the default) or "embedded" (inside lib.so); see the module docstring.
     """
     try:
         import tvm  # noqa: PLC0415, F401
     except ImportError:
         raise MissingDependencyError("compiling needs apache-tvm: pip install 'apache-tvm==0.27.*'.") from None
+    from bvit_edge.runtime.params import LiftedParams  # noqa: PLC0415
     from bvit_edge.runtime.schedules import family_params  # noqa: PLC0415
     from bvit_edge.runtime.tvm_frontend import DOMAIN, DOMAIN_VERSION, import_onnx  # noqa: PLC0415
     from bvit_edge.targets import load_target  # noqa: PLC0415
     from bvit_edge.targets.toolchain import find_compiler  # noqa: PLC0415
 
-    if tune:
-        # meta_schedule tuning (legalize+fuse -> tune_relax -> MetaScheduleApplyDatabase) was tried here:
-        # on this 2-core shared machine its local builder stalled for > 8 minutes on 32 samples of one
-        # task, so this version offers the rule-based schedules only.
-        raise ConfigError(
-            f"tune={tune}: tuning is not available in this version; compile with tune=0 (the per-family "
-            "schedule rules, bvit_edge.runtime.schedules)."
-        )
+    if params_storage not in PARAMS_STORAGES:
+        raise ConfigError(f"params_storage={params_storage!r} (bvit-edge compile --params): use 'file' (weights in "
+                          "params.npz) or 'embedded' (weights inside lib.so).")
+    from bvit_edge.runtime import tuning  # noqa: PLC0415
+
+    if tune < 0:
+        raise ConfigError(f"--tune {tune}: give the number of candidates per kernel (>= 1), or 0 for no tuning.")
     spec = load_target(target)
     family = family_params(spec.family)
     compiler = find_compiler(spec)  # ToolchainError naming the apt package when missing
     onnx_path = Path(onnx_path)
     model = _load_onnx(onnx_path)
     input_name, shape = _input_shape(model)
-    mod = import_onnx(model, {input_name: shape}, family)
-    exe = build_relax(mod, spec, family, fast_math)
+    db = tuning.shipped_database(spec.family)
+    if tuning_db is not None:
+        db = db.merged(tuning.TuningDatabase.load(tuning_db, spec.family))
+    with tuning.applying(db) as state:
+        mod = import_onnx(model, {input_name: shape}, family)
+    tuned = None
+    if tune:
+        tuned = tuning.tune_kernels(list(state.seen.values()), spec, family, tune, session=session,
+                                    compiler=compiler, log=log)
+        if tuning_db is not None:
+            user = tuning.TuningDatabase.load(tuning_db, spec.family)
+            user.records.update(tuned.records)
+            user.save(tuning_db)
+        db = db.merged(tuned)
+        with tuning.applying(db) as state:
+            mod = import_onnx(model, {input_name: shape}, family)
+    lifted = LiftedParams() if params_storage == "file" else None
+    exe = build_relax(mod, spec, family, fast_math, lifted)
     meta = _metadata(model)
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -220,7 +263,12 @@ def compile_model(
         "threads": int(threads if threads is not None else spec.threads),
         "word_bits": family.word_bits,
         "fast_math": bool(fast_math),
-        "tune_trials_per_task": int(tune),
+        "tuning": {
+            "database": db.source,
+            "applied": sorted(state.applied),
+            "kernels": len(state.seen),
+            "trials_per_kernel": int(tune),
+        },
         "tool_versions": _tool_versions(compiler),
     }
     with atomic_dir(out_dir) as tmp:
@@ -235,5 +283,13 @@ def compile_model(
             raise ToolchainError(f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} "
                                  f"failed: {last}") from exc
         manifest["lib_bytes"] = lib_path.stat().st_size
+        if tuned is not None:
+            tuned.save(tmp / "tuning.json")
+        if lifted is not None:
+            params_path = tmp / PARAMS_NAME
+            lifted.save_npz(params_path)
+            manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
+                                  "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
+                                  "names": list(lifted.names)}
         write_json(tmp / MANIFEST_NAME, manifest)
     return Path(out_dir)

@@ -169,7 +169,10 @@ def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
     kw = -(-k // fam.word_bits)
     words = np.ascontiguousarray(as_words(wb, fam.word_bits)[:, :kw].T)  # [KW, N]
     m = int(np.prod(xs[:-1])) if len(xs) > 1 else 1
-    func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, fam.word_bits), fam)
+    from bvit_edge.runtime.tuning import KernelSpec, kernel_params  # noqa: PLC0415
+
+    knobs = kernel_params(fam, KernelSpec("binary_linear", (m, k, n), (mode,), fam.word_bits))
+    func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, fam.word_bits), knobs)
     gv = _add_kernel(bb, func, f"bvit_binary_linear_{mode}")
     bias_v = (
         relax.const(np.zeros(n, np.float32)) if bias is None else _as_vector(bb, bias, n, "BinaryLinear bias")
@@ -224,8 +227,12 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         b = bb.normalize(relax.op.add(b, b_shift))
     batch, heads, m, k = a4
     n = b4[3]
+    from bvit_edge.runtime.tuning import KernelSpec, kernel_params  # noqa: PLC0415
+
+    knobs = kernel_params(fam, KernelSpec("binary_matmul", (batch, heads, m, k, n), (a_mode, b_mode), fam.word_bits,
+                                          tuple(ratios)))
     func = binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits)
-    func = schedule_binary_matmul(func, fam)
+    func = schedule_binary_matmul(func, knobs)
     gv = _add_kernel(bb, func, f"bvit_binary_matmul_{a_mode}_{b_mode}")
     args = [
         bb.normalize(relax.op.reshape(a, a4)),

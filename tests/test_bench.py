@@ -378,7 +378,10 @@ def test_local_bench_of_a_compiled_student_against_an_onnx_teacher(tiny, tmp_pat
     sizes = d["sizes"]
     lib = Path(tiny["student"]) / "lib.so"
     assert sizes["student"]["artifact"]["lib_bytes"] == lib.stat().st_size
-    assert sizes["student"]["artifact"]["total_bytes"] == lib.stat().st_size  # parameters embedded
+    params = Path(tiny["student"]) / "params.npz"
+    assert sizes["student"]["artifact"]["params_storage"] == "file"
+    assert sizes["student"]["artifact"]["params_bytes"] == params.stat().st_size > 10 * 768 // 8
+    assert sizes["student"]["artifact"]["total_bytes"] == lib.stat().st_size + params.stat().st_size
     assert sizes["teacher"]["onnx_bytes"] == Path(tiny["teacher_onnx"]).stat().st_size
     assert sizes["student"]["weights"]["weights_1bit"] == 10 * 768
     assert sizes["teacher"]["weights"]["weights_32bit"] == 768 * 10 + 10

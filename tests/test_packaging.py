@@ -28,6 +28,11 @@ def test_target_presets_ship_inside_the_wheel() -> None:
     assert spec is not None and spec.origin is not None
     presets = list(Path(spec.origin).parent.rglob("*.toml"))
     assert {p.stem for p in presets} >= {"rpi3-armv7", "rpi4-aarch64", "rpi5-aarch64", "x86-64-avx2", "x86-64-avx512"}
+    # the tuning database the compiler applies without tuning
+    from bvit_edge.runtime.tuning import shipped_database
+
+    assert (Path(spec.origin).parent / "tuning" / "x86-avx512.json").is_file()
+    assert len(shipped_database("x86-avx512")) > 0
 
 
 def test_console_script_and_module_entry_point(tmp_path: Path) -> None:

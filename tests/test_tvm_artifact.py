@@ -89,7 +89,7 @@ def test_manifest_records_target_model_and_metadata(host_artifact):
     m = read_manifest(art)
     import hashlib
 
-    assert m["schema_version"] == 1
+    assert m["schema_version"] == 2
     assert m["model"]["sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert m["input"]["shape"] == [1, 3, 4, 4]
     assert m["normalization"] == {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
@@ -97,7 +97,10 @@ def test_manifest_records_target_model_and_metadata(host_artifact):
     assert m["op_domains"] == {"bvit_edge": 1}
     assert m["target"]["name"] == "host" and m["target"]["family"] in ("x86-avx512", "x86-avx2", "aarch64-neon")
     assert m["tool_versions"]["tvm"] == tvm.__version__
-    assert sorted(os.listdir(art)) == ["lib.so", "manifest.json"]
+    assert sorted(os.listdir(art)) == ["lib.so", "manifest.json", "params.npz"]
+    assert m["params"]["storage"] == "file" and m["params"]["file"] == "params.npz"
+    assert m["params"]["bytes"] == (art / "params.npz").stat().st_size
+    assert m["params"]["sha256"] == hashlib.sha256((art / "params.npz").read_bytes()).hexdigest()
 
 
 def test_running_an_artifact_needs_neither_torch_nor_onnx(host_artifact):
@@ -311,9 +314,11 @@ def test_not_an_artifact_is_a_usage_error(tmp_path):
         run_artifact(tmp_path, np.zeros((1, 3, 4, 4), np.float32))
 
 
-def test_tuning_request_is_refused_clearly(tmp_path):
+def test_tuning_a_board_target_without_a_board_is_refused_clearly(tmp_path):
     model, _ = tiny_classifier()
     onnx.save(model, str(tmp_path / "m.onnx"))
-    with pytest.raises(ConfigError, match="tune=64"):
-        compile_model(tmp_path / "m.onnx", "host", tmp_path / "out", tune=64)
+    with pytest.raises(ConfigError, match="--rpc HOST:PORT"):
+        compile_model(tmp_path / "m.onnx", "rpi4-aarch64", tmp_path / "out", tune=4)
+    with pytest.raises(ConfigError, match="--tune -1"):
+        compile_model(tmp_path / "m.onnx", "host", tmp_path / "out", tune=-1)
     assert not (tmp_path / "out").exists()

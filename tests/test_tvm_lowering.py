@@ -152,6 +152,16 @@ def test_binary_matmul_graph_matches_numpy(tmp_path, a_mode, b_mode):
     _close(y, ref)
 
 
+@pytest.mark.parametrize("a_mode,b_mode", [("signed", "signed"), ("gsb_unsigned", "gsb_signed")])
+@pytest.mark.parametrize("n", [66, 198])
+def test_binary_matmul_with_token_count_columns_matches_numpy(tmp_path, a_mode, b_mode, n):
+    """N = a token count (66, 198: no power-of-two tile >= 4 divides it): the kernel tiles N by a divisor
+    (11, 18) and must stay exact."""
+    rng = np.random.default_rng(n)
+    model, x, ref, _ = matmul_case(rng, a_mode, b_mode, heads=1, m=5, k=64, n=n)
+    _close(_compile_run(tmp_path, model, x, f"mmn_{a_mode}_{n}"), ref)
+
+
 def test_linear_then_matmul_graph(tmp_path):
     """q = BinaryLinear(x), k = BinaryLinear(x); scores = BinaryMatMul(q, k^T) (signed x signed)."""
     rng = np.random.default_rng(5)

@@ -2,7 +2,9 @@
 
 One prim func, three blocks (static shapes; M rows, K true features, N outputs, KW = ceil(K / word_bits)):
 
-``pack``  a[m, w] = OR_j bit(x[m, w*B + j] + shift[w*B + j]) << j     (B = word bits, pads are 0)
+``pack``  a[m, w] = sum_j bit(x[m, w*B + j] + shift[w*B + j]) << j    (B = word bits, pads are 0; the
+          bits are disjoint, so the sum is the OR, written as a sum because TVM can split an integer
+          sum (rfactor) into vector lanes but has no OR reducer)
           signed: bit = x' < 0 (the sign bit, so sgn(0) = +1); unsigned: bit = x' > alpha / 2.
 ``acc``   integer accumulation over the words, exact in int32:
           signed:   s[m, n] = sum_w popcount(a[m, w] XOR W[w, n]);            acc = K - 2 s
@@ -33,10 +35,12 @@ def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64)
     if mode not in MODES:
         raise ConfigError(f"BinaryLinear mode {mode!r} is not one of {MODES}; re-export the model.")
     wd = word_dtype(word_bits)
+    zero_word = tvm.tirx.IntImm(wd, 0)  # the sum reducer's identity, as a literal of the word type
     kw = n_words(k, word_bits)
     bits = int(word_bits)
     signed = mode == "signed"
     kk = int(k)
+    exact_words = kk % bits == 0
 
     @T.prim_func(private=True, s_tir=True)
     def binary_linear(
@@ -55,9 +59,20 @@ def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64)
             with T.sblock("pack"):
                 vi, vw, vj = T.axis.remap("SSR", [i, wi, j])
                 with T.init():
-                    a[vi, vw] = T.Cast(wd, 0)
-                if signed:
-                    a[vi, vw] = a[vi, vw] | T.shift_left(
+                    a[vi, vw] = zero_word
+                if exact_words:  # K is a multiple of the word size: no pad bits, contiguous reads
+                    if signed:
+                        a[vi, vw] = a[vi, vw] + T.shift_left(
+                            T.Cast(wd, x[vi, vw * bits + vj] + shift[vw * bits + vj] < T.float32(0)),
+                            T.Cast(wd, vj),
+                        )
+                    else:
+                        a[vi, vw] = a[vi, vw] + T.shift_left(
+                            T.Cast(wd, x[vi, vw * bits + vj] + shift[vw * bits + vj] > alpha[0] * T.float32(0.5)),
+                            T.Cast(wd, vj),
+                        )
+                elif signed:
+                    a[vi, vw] = a[vi, vw] + T.shift_left(
                         T.Cast(
                             wd,
                             T.if_then_else(
@@ -70,7 +85,7 @@ def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64)
                         T.Cast(wd, vj),
                     )
                 else:
-                    a[vi, vw] = a[vi, vw] | T.shift_left(
+                    a[vi, vw] = a[vi, vw] + T.shift_left(
                         T.Cast(
                             wd,
                             T.if_then_else(

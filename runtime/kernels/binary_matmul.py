@@ -62,6 +62,7 @@ def binary_matmul_kernel(
     if len(ratios) != 2:
         raise ConfigError(f"BinaryMatMul gsb_ratios must hold two numbers (r1, r2), got {list(ratios)}.")
     wd = word_dtype(word_bits)
+    zero_word = tvm.tirx.IntImm(wd, 0)  # the sum reducer's identity, as a literal of the word type
     bits = int(word_bits)
     kw = n_words(k, word_bits)
     kk = int(k)
@@ -113,9 +114,9 @@ def binary_matmul_kernel(
             with T.sblock("pack_a"):
                 vp, vs, vh, vi, vw, vj = T.axis.remap("SSSSSR", [p, s0, h, i, w, j])
                 with T.init():
-                    ap[vp, vs, vh, vi, vw] = T.Cast(wd, 0)
+                    ap[vp, vs, vh, vi, vw] = zero_word
                 if a_signed:
-                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] | T.shift_left(
+                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] + T.shift_left(
                         T.Cast(wd, T.if_then_else(
                             vw * bits + vj < kk,
                             a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] < T.float32(0),
@@ -124,7 +125,7 @@ def binary_matmul_kernel(
                         T.Cast(wd, vj),
                     )
                 elif a_gsb:
-                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] | T.shift_left(
+                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] + T.shift_left(
                         T.Cast(wd, T.if_then_else(
                             vw * bits + vj < kk,
                             a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)]
@@ -138,7 +139,7 @@ def binary_matmul_kernel(
                         T.Cast(wd, vj),
                     )
                 else:
-                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] | T.shift_left(
+                    ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] + T.shift_left(
                         T.Cast(wd, T.if_then_else(
                             vw * bits + vj < kk,
                             a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] > a_alpha[0] * T.float32(0.5),
@@ -150,8 +151,8 @@ def binary_matmul_kernel(
             with T.sblock("pack_b"):
                 vs, vh, vw, vj, vn = T.axis.remap("SSSRS", [s0, h, w, j, jn])
                 with T.init():
-                    bs[vs, vh, vw, vn] = T.Cast(wd, 0)
-                bs[vs, vh, vw, vn] = bs[vs, vh, vw, vn] | T.shift_left(
+                    bs[vs, vh, vw, vn] = zero_word
+                bs[vs, vh, vw, vn] = bs[vs, vh, vw, vn] + T.shift_left(
                     T.Cast(wd, T.if_then_else(
                         vw * bits + vj < kk, b[vs, vh, T.min(vw * bits + vj, kk - 1), vn] < T.float32(0), False
                     )),
@@ -161,9 +162,9 @@ def binary_matmul_kernel(
             with T.sblock("mask_b"):
                 vq, vs, vh, vw, vj, vn = T.axis.remap("SSSSRS", [q, s0, h, w, j, jn])
                 with T.init():
-                    bm[vq, vs, vh, vw, vn] = T.Cast(wd, 0)
+                    bm[vq, vs, vh, vw, vn] = zero_word
                 if b_gsb:
-                    bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] | T.shift_left(
+                    bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] + T.shift_left(
                         T.Cast(wd, T.if_then_else(
                             vw * bits + vj < kk,
                             T.Select(
@@ -181,7 +182,7 @@ def binary_matmul_kernel(
                         T.Cast(wd, vj),
                     )
                 else:
-                    bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] | T.shift_left(
+                    bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] + T.shift_left(
                         T.Cast(wd, vw * bits + vj < kk), T.Cast(wd, vj)
                     )
         for q, s0, h, w, jn in T.grid(qb, batch, heads, kw, n):

@@ -10,9 +10,14 @@ binary kernels, are skipped), in this order:
    heads, convolutions, means) with its elementwise epilogue: the innermost output axis is split by the
    vector width and moved inside the reduction loops (the popcount GEMM recipe, for f32 FMAs), the outer
    spatial axes run in parallel, the epilogue is computed per output tile.
-3. dlight.cpu.Reduction - LayerNorm / softmax shaped funcs (row reductions followed by an injective block),
-   then :class:`TiledReductionRule` again for any other reduction layout.
-4. :class:`ParallelFallbackRule` - whatever is left: the outermost spatial loop in parallel, so no loop
+3. :class:`RowReductionRule` - LayerNorm / softmax shaped funcs (row reductions over the last axis
+   followed by an elementwise block over the same rows): rows in parallel, every block computed per row,
+   each row reduction split into vector lanes (rfactor) so it is not one serial add/max chain, the
+   elementwise blocks vectorized (a row whose length is not a multiple of the vector width is partitioned
+   into a vector part and a short tail, so no predicate forces scalar code).
+4. dlight.cpu.Reduction - other reduction-then-injective funcs, then :class:`TiledReductionRule` again
+   for any other reduction layout.
+5. :class:`ParallelFallbackRule` - whatever is left: the outermost spatial loop in parallel, so no loop
    nest runs unscheduled and single-threaded.
 """
 
@@ -178,6 +183,140 @@ class TiledReductionRule(ScheduleRule):
         return at
 
 
+def _lane_chunk(length: int, lanes: int) -> int | None:
+    """The divisor d of ``length`` (2 <= d <= 2 * lanes) giving most elements per vector instruction.
+
+    A d-wide vector op costs d // lanes full ops plus one op per set bit of d % lanes (LLVM splits an
+    odd-sized vector into power-of-two pieces): 198 with 16 lanes -> 18 (= 16 + 2).
+    """
+    best, best_score = None, 0.0
+    for d in range(2, min(length, 2 * lanes) + 1):
+        if length % d:
+            continue
+        pieces = d // lanes + bin(d % lanes).count("1")
+        score = d / pieces
+        if score > best_score or (score == best_score and best is not None and d > best):
+            best, best_score = d, score
+    return best
+
+
+def _vectorize_row_loop(sch: s_tir.Schedule, loop, length: int, lanes: int) -> None:
+    """Vectorize a loop over one row: ``lanes``-wide chunks plus a short vector tail when not divisible."""
+    main = (length // lanes) * lanes
+    if main == length:
+        _, inner = sch.split(loop, [None, lanes])
+        sch.vectorize(inner)
+        return
+    if main == 0:
+        sch.vectorize(loop)
+        return
+    body, tail = sch.loop_partition(loop, [main])
+    _, inner = sch.split(body, [None, lanes])
+    sch.vectorize(inner)
+    if length - main > 1:
+        sch.vectorize(tail)
+
+
+class RowReductionRule(ScheduleRule):
+    """Row-wise funcs: reductions over the last axis feeding an elementwise block (LayerNorm, softmax).
+
+    Shape contract (checked, otherwise the rule declines): the last block is spatial over [rows..., L];
+    every other block is either spatial over [rows..., L] or [rows...], or a reduction whose spatial axes
+    are [rows...] and whose one reduction axis has extent L. Spatial intermediates with one consumer (or
+    only row-sized) are inlined; the rows are fused and run in parallel; every block is computed inside
+    the row loop (its buffers shrink to one row and stay in L1); each reduction is rfactored into ``d``
+    vector lanes (d from :func:`_lane_chunk`) and finished by a d-step serial reduction; the elementwise
+    blocks are vectorized (:func:`_vectorize_row_loop`).
+    """
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+
+    def apply(self, func, target, _tunable):  # noqa: D102
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            return None
+        try:
+            return self._apply(func)
+        except Exception:  # noqa: BLE001 - a func this rule cannot schedule goes to the next rule
+            return None
+
+    def _apply(self, func):
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or len(infos) < 2:
+            return None
+        names = [sch.get(bi.block_rv).name_hint for bi in infos]
+        kinds = {n: bi.dom_kind() for n, bi in zip(names, infos)}
+        out = names[-1]
+        if "R" in kinds[out]:
+            return None
+        out_ext = [_extent(sch, lp) for lp in sch.get_loops(sch.get_sblock(out))]
+        if len(out_ext) < 2 or any(e is None for e in out_ext):
+            return None
+        rows, length = out_ext[:-1], out_ext[-1]
+        if not any("R" in kinds[n] for n in names[:-1]):
+            return None
+        for n in names[:-1]:
+            ext = [_extent(sch, lp) for lp in sch.get_loops(sch.get_sblock(n))]
+            if "R" in kinds[n]:
+                if kinds[n] != "S" * len(rows) + "R" or ext != rows + [length]:
+                    return None
+            elif ext not in (rows + [length], rows):
+                return None
+        for n in names[:-1]:
+            if "R" in kinds[n]:
+                continue
+            blk = sch.get_sblock(n)
+            if len(sch.get_consumers(blk)) == 1 or len(kinds[n]) < len(out_ext):
+                try:
+                    sch.compute_inline(blk)
+                except Exception:  # noqa: BLE001 - kept as its own per-row block
+                    pass
+        live = []
+        for n in names:
+            try:
+                sch.get_sblock(n)
+                live.append(n)
+            except Exception:  # noqa: BLE001 - inlined
+                pass
+        d = _lane_chunk(length, self.lanes)
+        order, rfs = [], []
+        for n in live[:-1]:
+            blk = sch.get_sblock(n)
+            if "R" in kinds[n] and d is not None:
+                _, lane = sch.split(sch.get_loops(blk)[-1], [None, d])
+                rf = sch.rfactor(lane, 0)
+                rfs.append(sch.get(rf).name_hint)
+                order += [rf, sch.get_sblock(n)]
+            else:
+                order.append(blk)
+        ob = sch.get_sblock(out)
+        loops = sch.get_loops(ob)
+        row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        sch.parallel(row)
+        for blk in reversed(order):
+            sch.compute_at(blk, row, preserve_unit_loops=False)
+        for name in rfs:
+            rf = sch.get_sblock(name)
+            inner = sch.get_loops(rf)[1:]
+            lane = [lp for lp in inner if _extent(sch, lp) == d][-1]
+            rest = [lp for lp in inner if not lp.same_as(lane)]
+            if rest:
+                sch.reorder(*rest, lane)
+            sch.vectorize(lane)
+            if rest:
+                sch.decompose_reduction(rf, rest[0])
+        for blk in order:
+            name = sch.get(blk).name_hint
+            if name in rfs or "R" in kinds.get(name, "R"):
+                continue
+            inner = sch.get_loops(blk)[1:]
+            if len(inner) == 1:
+                _vectorize_row_loop(sch, inner[0], length, self.lanes)
+        _vectorize_row_loop(sch, sch.get_loops(ob)[-1], length, self.lanes)
+        return sch
+
+
 def _fuse_parallel_vectorize(sch: s_tir.Schedule, blk, lanes: int) -> None:
     loops = sch.get_loops(blk)
     if not loops:
@@ -227,6 +366,7 @@ def float_rules(params: FamilyParams) -> list[ScheduleRule]:
     return [
         InjectiveRule(lanes),
         TiledReductionRule(lanes, first_only=True),
+        RowReductionRule(params.float_lanes),
         dlight.cpu.Reduction(),
         TiledReductionRule(lanes, first_only=False),
         ParallelFallbackRule(),

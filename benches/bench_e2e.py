@@ -89,7 +89,7 @@ def _group(op: str) -> str:
     if "binary_matmul" in op:
         return "binary attention products"
     for key, label in (("layer_norm", "LayerNorm"), ("softmax", "softmax"), ("erf", "GELU+clip"),
-                       ("conv2d", "patch embedding"), ("matmul", "float matmul (heads)"),
+                       ("conv2d", "patch embedding"), ("matmul", "float matmul (patch embedding, heads)"),
                        ("quantize", "8-bit quant/dequant")):
         if key in op:
             return label

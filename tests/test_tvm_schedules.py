@@ -198,3 +198,35 @@ def test_row_reductions_get_the_row_rule_and_match_numpy(op, shape, fast_math):
     else:
         ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-6) * g_np + b_np
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("rows,k,n", [(196, 48, 64), (28, 40, 96), (13, 24, 32), (1, 64, 10)])
+def test_float_matmul_with_rows_is_register_blocked_and_matches_numpy(rows, k, n):
+    """MatMul + bias (the patch embedding's shape): several rows -> a register block (local accumulators,
+    rows unrolled, columns vectorized); a prime row count or a single row keeps the plain tiling. Values
+    as numpy's in float64."""
+    from tvm import relax
+
+    spec = load_target("host")
+    fam = family_params(spec.family)
+    rng = np.random.default_rng(2)
+    x_np = rng.standard_normal((1, rows, k)).astype(np.float32)
+    w_np, b_np = rng.standard_normal((k, n)).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, rows, k), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.matmul(x, relax.const(w_np)), relax.const(b_np)))
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    low = relax_pipeline(spec, fam, False)(mod)
+    funcs = [f for _, f in low.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    script = "\n".join(f.script() for f in funcs)
+    assert "T.parallel" in script and "T.vectorized" in script
+    blocked = '"local"' in script and "T.unroll" in script
+    assert blocked == (rows in (196, 28)), script[:3000]
+    vm = relax.VirtualMachine(build_relax(mod, spec, fam, False), tvm.cpu())
+    y = vm["main"](tvm.runtime.tensor(x_np)).numpy()
+    ref = x_np.astype(np.float64) @ w_np.astype(np.float64) + b_np
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)

@@ -82,8 +82,11 @@ def render(doc: dict, out: Path) -> None:
             vals = [doc["regimes"][r]["runs"][str(s)][key]["top1"] for s in doc["seeds"] if str(s) in doc["regimes"][r]["runs"]]
             cells.append(_fmt(vals) if vals else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"Epochs (students per stage; teacher): {doc['epochs']}; limited regime: {doc['per_class']} images per class; "
-              f"{doc['seconds']:.0f} s in all. Command: `{doc['command']}`."]
+    ep = doc["epochs"]
+    lines += ["", "Epochs: " + "; ".join(f"{r}: students {e[0]} (per GSB stage), teacher {e[1]}"
+                                         for r, e in zip(regimes, (ep["full"], ep["limited"])))
+              + f". Limited regime: {doc['per_class']} images per class. {doc['seconds']:.0f} s in all "
+              f"({doc.get('threads', '?')} thread(s)). Command: `{doc['command']}`."]
     (out / "accuracy_digits.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -121,7 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=1, help="evaluate on val every N epochs (and at the end)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="5/20 epochs, seed 0 only")
+    p.add_argument("--render-only", action="store_true", help="re-render OUT/accuracy_digits.json (no training)")
     a = p.parse_args(argv)
+    if a.render_only:
+        render(json.loads((a.out / "accuracy_digits.json").read_text()), a.out)
+        return
     if a.quick:
         a.seeds, a.epochs_full, a.epochs_limited = [0], 5, 20
     a.teacher_epochs_full = a.teacher_epochs_full or a.epochs_full

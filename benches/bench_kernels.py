@@ -3,7 +3,8 @@
 For each shape (M tokens, K in, N out) of DeiT-S and DeiT-T's binary layers, at 1 and 2 threads, times in
 the same process run, interleaved:
   * bvit-edge's BinaryLinear kernel for the host (activation packing fused + popcount GEMM + scale/bias
-    epilogue; weights [K/64, N] uint64), built by TVM with the host family's schedule;
+    epilogue; weights [K/64, N] uint64), built by TVM with the host family's schedule and the knobs
+    `bvit-edge compile` applies (the shipped tuning record of the shape, else the family rule);
   * onnxruntime's float32 MatMul x[M, K] @ W[K, N] (intra_op_num_threads = threads).
 Then the ratio (ORT time / ours) and the fraction of the popcount ceiling reached:
   achieved binary MAC/s = M*N*K / t; ceiling = per-core XOR+popcount throughput (benches/ceiling.c, compiled
@@ -64,10 +65,14 @@ def build_binary_linear(m: int, k: int, n: int, target: str = "host", vector_pop
     from bvit_edge.runtime.schedules import family_params, schedule_binary_linear
     from bvit_edge.targets import load_target
 
+    from bvit_edge.runtime.tuning import KernelSpec, shipped_database
+
     spec = load_target(target)
     fam = family_params(spec.family)
     if vector_popcount is not None:
         fam = dataclasses.replace(fam, vector_popcount=vector_popcount)
+    else:  # the knobs `bvit-edge compile` applies: the shipped tuning record of this shape, else the rule
+        fam = shipped_database(spec.family).params_for(fam, KernelSpec("binary_linear", (m, k, n), ("signed",), fam.word_bits).key)
     func = schedule_binary_linear(binary_linear_kernel(m, k, n, "signed", fam.word_bits), fam)
     mod = tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")})
     return tvm.tirx.build(mod, target=spec.tvm()), spec

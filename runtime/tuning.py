@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import tempfile
@@ -228,23 +229,31 @@ def _time_local(func: Any, target: Any, args: list[np.ndarray], number: int, rep
     return float(np.median(ev(*tensors).results)), out
 
 
+_UPLOADS = itertools.count()
+
+
 def _time_remote(func: Any, target: Any, args: list[np.ndarray], number: int, repeat: int, session: Any,
-                 compiler: str | None) -> float:
+                 compiler: str | None) -> tuple[float, np.ndarray]:
     import tvm  # noqa: PLC0415
 
     ex = tvm.compile(tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")}), target=target)
     with tempfile.TemporaryDirectory() as tmp:
-        lib = Path(tmp) / "bvit_tune_kernel.so"
+        # a fresh name per candidate: overwriting a library the board's server has loaded crashes it
+        lib = Path(tmp) / f"bvit_tune_{os.getpid()}_{next(_UPLOADS)}.so"
         if compiler:
             ex.export_library(str(lib), cc=compiler)
         else:
             ex.export_library(str(lib))
         session.upload(str(lib))
         rmod = session.load_module(lib.name)
+        with contextlib.suppress(Exception):  # loaded (mapped) already: unlinking it keeps the board tidy
+            session.remove(lib.name)
     dev = session.cpu()
     tensors = [tvm.runtime.tensor(a, device=dev) for a in args]
+    rmod["kernel"](*tensors)
+    out = tensors[-1].numpy()  # copied back from the board, checked against the other candidates
     ev = rmod.time_evaluator("kernel", dev, number=number, repeat=repeat)
-    return float(np.median(ev(*tensors).results))
+    return float(np.median(ev(*tensors).results)), out
 
 
 def tune_kernels(
@@ -297,7 +306,7 @@ def tune_kernels(
                     secs, out = _time_local(func, target, [a.copy() for a in args], number, repeat)
                 else:
                     secs, out = _time_remote(func, target, [a.copy() for a in args], number, repeat, session,
-                                             compiler), None
+                                             compiler)
             except Exception as exc:  # noqa: BLE001 - one failing candidate is skipped, not fatal
                 say(f"  {spec.key} {_label(cand)}: failed ({str(exc).strip().splitlines()[-1][:120]})")
                 continue

@@ -93,7 +93,9 @@ def params_to_device(arrays: list[np.ndarray], device: Any) -> list[Any]:
 
 
 def set_threads(n: int | None) -> None:
-    """Size TVM's runtime thread pool (affinity mode 0 = big cores, n threads)."""
+    """Use ``n`` threads of TVM's runtime pool (``runtime.config_threadpool(0, n)``; 0 = no affinity mode).
+    At most the pool's limit, which importing bvit_edge.runtime sets to the physical cores
+    (bvit_edge.runtime.threadpool)."""
     if not n:
         return
     import tvm  # noqa: PLC0415

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from bvit_edge.runtime.compile import compile_model
 
     pool = tvm.get_global_func("runtime.config_threadpool")
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         t0 = time.perf_counter()
@@ -146,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                  "teacher_onnx_bytes": Path(tp).stat().st_size}
         results = []
         for th in args.threads:
+            # onnxruntime's threads inherit this thread's affinity when the session is created: give them
+            # every CPU the process started with, whatever TVM's pool did to the calling thread
+            if affinity:
+                os.sched_setaffinity(0, affinity)
             so = ort.SessionOptions()
             so.intra_op_num_threads = th
             so.inter_op_num_threads = 1

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+_START_AFFINITY = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 SHAPES = {
     "deit_small": [(198, 384, 1152), (198, 384, 384), (198, 384, 1536), (198, 1536, 384)],
     "deit_tiny": [(198, 192, 576), (198, 192, 192), (198, 192, 768), (198, 768, 192)],
@@ -144,6 +145,8 @@ def bench_shape(m: int, k: int, n: int, threads: int, runs: int, rounds: int, se
     x, wf, args = _kernel_args(m, k, n)
     lib, _ = build_binary_linear(m, k, n)
     kern = lib["kernel"]
+    if _START_AFFINITY:  # onnxruntime's threads inherit the affinity at session creation: every CPU we had
+        os.sched_setaffinity(0, _START_AFFINITY)
     sess = ort_matmul(k, n, wf, threads)
     feed = {"x": x}
     set_threads(threads)

@@ -1,9 +1,10 @@
 """End to end, batch 1: gsb_deit_small_patch16_224 compiled for the host vs the float teacher in onnxruntime.
 
-Measured in one process, interleaved, at 1 and 2 threads: the compiled binary student (bvit-edge artifact,
-TVM runtime) and the float DeiT-S teacher (deit_small_distilled_patch16_224: same 198 tokens) exported to
-ONNX and run by onnxruntime. Compile time, load time, first run and steady state are timed separately;
-warm-up runs are discarded and counted; median / p90 / mean / std / min are reported. A per-op profile of
+Measured in one process, in alternating blocks (--rounds, each after --warmup untimed runs), at 1 and 2
+threads: the compiled binary student (bvit-edge artifact, TVM runtime) and the float DeiT-S teacher
+(deit_small_distilled_patch16_224: same 198 tokens) exported to ONNX and run by onnxruntime. Compile time,
+load time, first run and steady state are timed separately; warm-up runs are discarded and counted;
+median / p90 / mean / std / min are reported. A per-op profile of
 the student (the Relax VM's instrument hook times every kernel call) says where the time goes.
 
 The models come from the registry with random initial weights unless --student-onnx / --teacher-onnx name
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher-onnx", type=Path)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs before each block")
+    ap.add_argument("--rounds", type=int, default=5, help="blocks per runtime, alternating (runs split across them)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_e2e.json")
     ap.add_argument("--tune", type=int, default=0, help="re-tune the binary kernels (N candidates each) first")
     ap.add_argument("--no-fast-math", dest="fast_math", action="store_false",
@@ -158,18 +160,20 @@ def main(argv: list[str] | None = None) -> int:
             sess = ort.InferenceSession(str(tp), so, providers=["CPUExecutionProvider"])
             feed = {sess.get_inputs()[0].name: x_np}
             pool(0, th)
-            for _ in range(args.warmup):
-                loaded.invoke(x)
-                sess.run(None, feed)
             ts_s, ts_t = [], []
-            for _ in range(args.runs):  # interleaved: drift on a shared machine hits both alike
-                t = time.perf_counter()
-                loaded.invoke(x)
-                ts_s.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                sess.run(None, feed)
-                ts_t.append(time.perf_counter() - t)
-            st, tt = _stats(ts_s, args.warmup), _stats(ts_t, args.warmup)
+            # interleaved in blocks (drift on a shared machine hits both alike), each block after its own
+            # warm-up: the other runtime's threads keep spinning for a while after a call, and one run of
+            # each in turn measured that contention, not the model (2 threads: TVM 72 ms instead of 15)
+            per = max(1, args.runs // args.rounds)
+            for _ in range(args.rounds):
+                for fn, ts in ((lambda: loaded.invoke(x), ts_s), (lambda: sess.run(None, feed), ts_t)):
+                    for _ in range(args.warmup):
+                        fn()
+                    for _ in range(per):
+                        t = time.perf_counter()
+                        fn()
+                        ts.append(time.perf_counter() - t)
+            st, tt = _stats(ts_s, args.warmup * args.rounds), _stats(ts_t, args.warmup * args.rounds)
             row = {"threads": th, "student_tvm": st, "teacher_ort_f32": tt,
                    "speedup_median": tt["median_ms"] / st["median_ms"]}
             results.append(row)

@@ -42,16 +42,17 @@ def _linear(m, k, n, mode, target):
 
 @pytest.mark.parametrize(
     "target,needle",
-    [("x86-64-avx512", "vpopcntq"), ("rpi4-aarch64", "cnt\tv"), ("rpi3-armv7", "vcnt.8")],
+    [("x86-64-avx512", "vpopcntq"), ("x86-64-avx2", "vpshufb"), ("rpi4-aarch64", "cnt\tv"), ("rpi3-armv7", "vcnt.8")],
 )
 def test_binary_linear_assembly_uses_vector_popcount(target, needle):
+    """AVX2 has no vector popcount: its family's vector form is LLVM's vpshufb nibble lookup."""
     asm = _asm(_build(_linear(8, 384, 64, "signed", target), target))
     assert needle in asm, f"{needle!r} missing from the {target} assembly"
 
 
 @pytest.mark.parametrize(
     "target,needle",
-    [("x86-64-avx512", "vpopcntq"), ("rpi4-aarch64", "cnt\tv"), ("rpi3-armv7", "vcnt.8")],
+    [("x86-64-avx512", "vpopcntq"), ("x86-64-avx2", "vpshufb"), ("rpi4-aarch64", "cnt\tv"), ("rpi3-armv7", "vcnt.8")],
 )
 def test_binary_matmul_assembly_uses_vector_popcount(target, needle):
     spec = load_target(target)
@@ -67,10 +68,22 @@ def _run(lib, *arrays):
     return args[-1].numpy()
 
 
+def _host_has(flag: str) -> bool:
+    try:
+        return any(flag in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("target", ["host", "x86-64-avx2"])
 @pytest.mark.parametrize("word_bits", [64, 32])
-@pytest.mark.parametrize("k", [64, 100, 200])
+@pytest.mark.parametrize("k", [64, 100, 200, 384])
 @pytest.mark.parametrize("mode", ["signed", "unsigned"])
-def test_binary_linear_integer_accumulators_exact(mode, k, word_bits):
+def test_binary_linear_integer_accumulators_exact(mode, k, word_bits, target):
+    """Each family's schedule (the host's; AVX2's 8 float lanes, whose bit packing splits a 64-bit word into
+    8 x 8) gives the exact +-1 / 0-1 integer dots."""
+    if target != "host" and not _host_has("avx2"):
+        pytest.skip("this CPU cannot run AVX2 code")
     rng = np.random.default_rng(k + word_bits)
     m, n = 6, 48
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -81,10 +94,10 @@ def test_binary_linear_integer_accumulators_exact(mode, k, word_bits):
     packed = pack_bits(w)  # contract layout u8[N, Kp/8]
     kw = -(-k // word_bits)
     words = np.ascontiguousarray(as_words(packed, word_bits)[:, :kw].T)
-    fam = family_params("x86-avx512")
-    fam = type(fam)(fam.family, word_bits, fam.n_tile, fam.float_lanes)
+    fam = family_params(load_target(target).family)
+    fam = type(fam)(fam.family, word_bits, fam.n_tile, fam.float_lanes, fam.vector_popcount)
     func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, word_bits), fam)
-    lib = _build(func, "host")
+    lib = _build(func, target)
     y = _run(lib, x, shift, np.array([alpha]), words, np.ones(n, np.float32), np.zeros(n, np.float32),
              np.zeros((m, n), np.float32))
     xp = x + shift

@@ -78,12 +78,19 @@ def _schedule_pack_rows(sch: s_tir.Schedule, pack, lanes: int) -> None:
     rf = sch.rfactor(lane, len(loops) - 1)
     sch.compute_at(rf, sch.get_loops(pack)[1])
     inner = sch.get_loops(rf)[2:]  # (lane, j_outer) in some order under (rows, w)
-    lane_loop = [lp for lp in inner if int(sch.get(lp).extent) == lanes][-1]
-    rest = [lp for lp in inner if not lp.same_as(lane_loop)]
-    sch.reorder(*rest, lane_loop)
-    loops = sch.get_loops(rf)
-    sch.vectorize(loops[-1])
-    sch.decompose_reduction(rf, loops[-2])
+    # the lane loop is the one bound to the rf block's spatial lane iter; when B / lanes == lanes (64 bits,
+    # 8 lanes: AVX2) both loops have the same extent, so try each: vectorizing the reduction loop is refused
+    for lane_loop in [lp for lp in inner if int(sch.get(lp).extent) == lanes]:
+        rest = [lp for lp in inner if not lp.same_as(lane_loop)]
+        sch.reorder(*rest, lane_loop)
+        loops = sch.get_loops(rf)
+        try:
+            sch.vectorize(loops[-1])
+        except s_tir.ScheduleError:
+            continue
+        sch.decompose_reduction(rf, loops[-2])
+        return
+    raise RuntimeError("bvit_edge: no vectorizable lane loop in the packing block (a schedule bug).")
 
 
 def _vector_lanes_reduction(sch: s_tir.Schedule, blk, lanes: int) -> None:

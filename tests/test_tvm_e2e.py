@@ -45,3 +45,32 @@ def test_exported_gsb_student_matches_torch(tmp_path, exported, fast_math):
     assert y.shape == ref.shape
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
     assert (y.argmax(-1) == ref.argmax(-1)).all()
+
+
+@pytest.mark.slow
+def test_compiled_student_matches_onnxruntime_on_the_digits_val_split(tmp_path):
+    """The issue's contract on real data: a frozen GSB student of the demo geometry (32 px, patch 4), exported
+    with packed bvit_edge ops, run by onnxruntime (our custom-op reference) and compiled for the host (exact
+    math), on all 360 digits val images: logits within 1e-5 relative to the logit scale, identical top-1."""
+    from bvit_edge.export.onnx_export import export_onnx
+    from bvit_edge.models.registry import create_model
+    from bvit_edge.pipeline import val_inputs
+    from bvit_edge.runtime.artifact import run_artifact
+    from bvit_edge.runtime.compile import compile_model
+    from bvit_edge.runtime.ort import ort_session, run_session
+
+    torch.manual_seed(1)
+    model = create_model("gsb_demo_patch4_32", num_classes=10)
+    x, _ = val_inputs({"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "data": {"name": "digits"}})
+    model.train()
+    with torch.no_grad():  # lazy alphas from real images
+        model(torch.from_numpy(x[:32]))
+    model.freeze()
+    path = tmp_path / "gsb_demo.onnx"
+    export_onnx(model, path, ops="packed", input_shape=(1, 3, 32, 32))
+    ref = run_session(ort_session(path, threads=1), x)[0]
+    y = run_artifact(compile_model(path, "host", tmp_path / "art"), x, normalize=False)
+    assert y.shape == ref.shape == (360, 10)
+    scale = np.abs(ref).max()
+    assert np.abs(y - ref).max() <= 1e-5 * scale, np.abs(y - ref).max() / scale
+    assert (y.argmax(1) == ref.argmax(1)).all()

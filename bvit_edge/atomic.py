@@ -7,6 +7,7 @@ half-written file. Use these for every artifact and checkpoint bvit-edge writes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -15,15 +16,66 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def _tmp_prefix(path: Path) -> str:
+    """Temporary names are ``.NAME.PID.<random>[suffix].tmp``: the writer's PID lets a later writer of the
+    same target remove what a killed one left (:func:`sweep_stale`)."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_stale(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove what a killed writer of ``path`` left next to it: temporaries ``.NAME.PID.*.tmp`` and, once
+    ``path`` exists, a previous version ``.NAME.old-PID``, whose PID is no longer running; the paths
+    removed. A kill cannot clean up after itself; the next atomic write of the same target does."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    head = f".{path.name}."
+    for cand in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid_text = cand.name[len(head):].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
+            continue
+        if cand.is_dir() and not cand.is_symlink():
+            shutil.rmtree(cand, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                cand.unlink()
+        removed.append(cand)
+    # a kill between atomic_dir's two renames leaves the previous version as ".NAME.old-PID"; once the new
+    # ``path`` is in place it is garbage (while ``path`` is missing it is the only copy: left for recovery)
+    if path.exists():
+        for old in path.parent.glob(f".{glob.escape(path.name)}.old-*"):
+            pid_text = old.name.rsplit("old-", 1)[1]
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
+                removed.append(old)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. Leftovers of killed
+    earlier writers of ``path`` are removed first (:func:`sweep_stale`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
@@ -83,11 +135,13 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` as a whole.
 
     On an exception the temporary folder is removed; an existing ``path`` is untouched. Used for
-    artifact folders (lib.so + params.npz + manifest.json) so no half-written folder is ever left.
+    artifact folders (lib.so + params.npz + manifest.json) so no half-written folder is ever left; what a
+    killed earlier writer of ``path`` left is removed first (:func:`sweep_stale`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp

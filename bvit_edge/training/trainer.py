@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from bvit_edge.atomic import sweep_stale
 from bvit_edge.errors import CheckpointError, ConfigError
 from bvit_edge.training.checkpoint import load_model, load_trainer_state, load_weights, read_config, resolve_checkpoint, save_checkpoint
 from bvit_edge.training.config import TrainConfig, resolve_config
@@ -273,6 +274,8 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
     stopped = False
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for name in ("last", "best"):  # what a killed earlier run left half-written (bvit_edge.atomic)
+            sweep_stale(out / name)
     log(
         f"training {cfg.model} ({cfg.method}) on {info.name}: {len(splits.train)} train / {len(splits.val)} val images, "
         f"{num_classes} classes, {image_size}px, {cfg.total_epochs} epochs x {steps_per_epoch} steps, lr {base_lr:.3g}, "

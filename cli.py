@@ -84,6 +84,7 @@ def train(
     recipe: Annotated[Optional[str], typer.Option(help="Defaults preset: gsb (paper) or digits (calibrated).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="Full-precision teacher checkpoint (distillation methods).")] = None,
     stage: Annotated[Stage, typer.Option(help="GSB stage: 1, 2 or all.")] = Stage.all,
+    act_bits: Annotated[Optional[int], typer.Option(help="--method bit: activation bits, 2 for the W1A2 step of BiT's chain FP -> W1A2 -> W1A1 (then train the W1A1 student with --teacher on that run).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Initialise from this checkpoint (non-strict).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (data order, init, augmentation).")] = 0,
@@ -109,6 +110,7 @@ def train(
         amp=amp, recipe=recipe, teacher=str(teacher) if teacher else None, stage=stage.value,
         init=str(init) if init else None, image_size=image_size, seed=seed, out=str(out), max_steps=max_steps,
         save_every_steps=save_every_steps, eval_every=eval_every, workers=workers, threads=threads, device=device,
+        method_options={"act_bits": act_bits} if act_bits is not None else None,
     )
     result = run_train(config_file=config, resume=resume, **overrides)
     if int(os.environ.get("RANK", "0")) != 0:

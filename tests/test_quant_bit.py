@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from bvit_edge.errors import ConfigError
 from bvit_edge.quant.bit import BiTLinear, ElasticBinarizer, elastic_binarize
 
 torch.set_num_threads(1)
@@ -189,3 +190,46 @@ def test_gradient_scale_leaves_the_forward_unchanged():
     a = ElasticBinarizer("unsigned", init_value=0.9, alpha_grad_scale=True)
     b = ElasticBinarizer("unsigned", init_value=0.9, alpha_grad_scale=False)
     assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("mode,qn,qp", [("signed", -2, 1), ("unsigned", 0, 3)])
+def test_two_bit_codes_and_gradients_follow_the_lsq_equations(mode: str, qn: int, qp: int):
+    """bits=2 (the W1A2 step): x_hat = alpha * clamp(round(x'/alpha), Qn, Qp); d/dx = 1[Qn <= x'/alpha <= Qp],
+    d/dalpha = c - x'/alpha inside and Qn or Qp outside (summed), computed here in numpy."""
+    rng = np.random.default_rng(7)
+    x_np = rng.uniform(-3, 4, size=(5, 8)).astype(np.float64)
+    b = ElasticBinarizer(mode, beta_shape=None, init_value=0.7, alpha_grad_scale=False, bits=2).double()
+    x = torch.tensor(x_np, requires_grad=True)
+    y = b(x)
+    g = rng.standard_normal(x_np.shape)
+    y.backward(torch.tensor(g))
+    a = b.alpha.item()  # 0.7 as stored (float32, then widened)
+    q = x_np / a
+    c = np.clip(np.round(q), qn, qp)
+    np.testing.assert_allclose(y.detach().numpy(), a * c)
+    assert set(np.unique(c)) <= set(range(qn, qp + 1))
+    inside = (q >= qn) & (q <= qp)
+    np.testing.assert_allclose(x.grad.numpy(), g * inside)
+    d_alpha = np.where(inside, c - q, np.where(q < qn, qn, qp))
+    np.testing.assert_allclose(b.alpha.grad.item(), (g * d_alpha).sum(), rtol=1e-10)
+
+
+def test_two_bit_lazy_init_is_lsq_and_other_widths_are_refused():
+    b = ElasticBinarizer("unsigned", bits=2)
+    x = torch.rand(4, 10)
+    b(x)
+    assert b.alpha.item() == pytest.approx(2 * x.abs().mean().item() / np.sqrt(3), rel=1e-5)
+    with pytest.raises(ConfigError, match="1 or 2 bits"):
+        ElasticBinarizer("signed", bits=3)
+
+
+def test_a_two_bit_bit_model_is_not_frozen_and_says_what_to_deploy():
+    from bvit_edge.models import create_model
+
+    model = create_model("bit_test_patch4_16", act_bits=2)
+    model(torch.randn(2, 3, 16, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="W1A1 student"):
+        model.freeze()
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

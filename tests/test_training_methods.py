@@ -107,3 +107,34 @@ def test_gsb_stage_two_without_stage_one_checkpoint_is_refused(teacher: Path, tm
              "--image-size", "16", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "stage-1 checkpoint" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_bit_distillation_chain_fp_then_w1a2_then_w1a1(teacher: Path, tmp_path: Path) -> None:
+    """BiT's multi-distillation chain: a W1A2 student (act_bits=2) from the FP teacher, then the W1A1 student
+    from the W1A2 run: it loads as a teacher (its checkpoint records act_bits), the W1A1 student starts from its
+    weights, and its binarizers re-initialise their scales (another step size) from data."""
+    from bvit_edge.quant.bit import ElasticBinarizer
+    from bvit_edge.training.checkpoint import load_model
+
+    w1a2 = tmp_path / "w1a2"
+    train(method="bit", model="bit_test_patch4_16", teacher=str(teacher / "best"), out=str(w1a2),
+          method_options={"act_bits": 2}, **COMMON)
+    cfg = json.loads((w1a2 / "best" / "config.json").read_text())
+    assert cfg["model_kwargs"]["act_bits"] == 2
+    mid, _ = load_model(w1a2 / "best")
+    assert {m.bits for m in mid.modules() if isinstance(m, ElasticBinarizer)} == {2}
+    method = get_method("bit")
+    student = method.build(type("C", (), {"model": "bit_test_patch4_16", "drop_path": 0.0, "method_options": {}})(),
+                           10, 16, mid)
+    assert torch.equal(student.blocks[0].attn.qkv.weight, mid.blocks[0].attn.qkv.weight)
+    bins = [m for m in student.modules() if isinstance(m, ElasticBinarizer)]
+    assert bins and all(m.bits == 1 and not bool(m.initialized) for m in bins)
+    res = train(method="bit", model="bit_test_patch4_16", teacher=str(w1a2 / "best"), out=str(tmp_path / "w1a1"), **COMMON)
+    assert res.steps == 3
+    assert json.loads((tmp_path / "w1a1" / "best" / "config.json").read_text())["model_kwargs"].get("act_bits", 1) == 1
+
+
+def test_act_bits_for_another_method_is_refused(tmp_path: Path) -> None:
+    r = _cli(tmp_path, "--method", "gsb", "--act-bits", "2", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "act_bits applies to --method bit" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()

@@ -38,19 +38,20 @@ _TEST_CFG = dict(input_size=(3, 16, 16), num_classes=10, crop_pct=1.0, interpola
 class BiTAttention(nn.Module):
     """Multi-head attention with BiT's binarized qkv/proj, Q/K/V and attention probabilities."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 act_bits: int = 1) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        h, dh = num_heads, self.head_dim
-        self.qkv = BiTLinear(dim, dim * 3, bias=qkv_bias, mode="signed")
-        self.q_bin = ElasticBinarizer("signed", (h, 1, dh))
-        self.k_bin = ElasticBinarizer("signed", (h, 1, dh))
-        self.v_bin = ElasticBinarizer("signed", (h, 1, dh))
-        self.attn_bin = ElasticBinarizer("unsigned", (h, 1, 1))
+        h, dh, ab = num_heads, self.head_dim, act_bits
+        self.qkv = BiTLinear(dim, dim * 3, bias=qkv_bias, mode="signed", act_bits=ab)
+        self.q_bin = ElasticBinarizer("signed", (h, 1, dh), bits=ab)
+        self.k_bin = ElasticBinarizer("signed", (h, 1, dh), bits=ab)
+        self.v_bin = ElasticBinarizer("signed", (h, 1, dh), bits=ab)
+        self.attn_bin = ElasticBinarizer("unsigned", (h, 1, 1), bits=ab)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = BiTLinear(dim, dim, mode="signed")
+        self.proj = BiTLinear(dim, dim, mode="signed", act_bits=ab)
         self.proj_drop = nn.Dropout(proj_drop)
         self.deployed = False
         self.recording = False
@@ -104,11 +105,11 @@ class BiTAttention(nn.Module):
 class BiTMlp(nn.Module):
     """fc1 (signed input) -> GELU -> fc2 (unsigned input), both BiT binary linears."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, act_bits: int = 1) -> None:
         super().__init__()
-        self.fc1 = BiTLinear(dim, hidden, mode="signed")
+        self.fc1 = BiTLinear(dim, hidden, mode="signed", act_bits=act_bits)
         self.act = nn.GELU()
-        self.fc2 = BiTLinear(hidden, dim, mode="unsigned")
+        self.fc2 = BiTLinear(hidden, dim, mode="unsigned", act_bits=act_bits)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,19 +141,34 @@ class RecordingBlock(Block):
 
 
 class BiTVisionTransformer(StudentMixin, VisionTransformer):
-    """The BiT student: the DeiT backbone with BiT blocks (module docstring)."""
+    """The BiT student: the DeiT backbone with BiT blocks (module docstring). ``act_bits`` = 2 builds the
+    W1A2 intermediate of BiT's distillation chain (FP -> W1A2 -> W1A1): it trains and teaches, and is not
+    deployable (its freeze is refused)."""
+
+    def __init__(self, cfg: ViTConfig, act_bits: int = 1) -> None:
+        self.act_bits = int(act_bits)
+        super().__init__(cfg)
+
+    def freeze(self) -> "BiTVisionTransformer":
+        """Deployment mode (StudentMixin.freeze); refused, before anything changes, for a W1A2 model."""
+        if self.act_bits != 1:
+            from bvit_edge.quant.bit import ElasticBinarizer
+
+            ElasticBinarizer(bits=self.act_bits)._check_deployable()
+        return super().freeze()
 
     def make_block(self, cfg: ViTConfig, drop_path_p: float, index: int) -> nn.Module:
+        ab = self.act_bits
         return RecordingBlock(
             cfg,
             drop_path_p,
-            lambda c: BiTAttention(c.embed_dim, c.num_heads, c.qkv_bias, c.attn_drop_rate, c.drop_rate),
-            lambda c: BiTMlp(c.embed_dim, int(c.embed_dim * c.mlp_ratio), c.drop_rate),
+            lambda c: BiTAttention(c.embed_dim, c.num_heads, c.qkv_bias, c.attn_drop_rate, c.drop_rate, act_bits=ab),
+            lambda c: BiTMlp(c.embed_dim, int(c.embed_dim * c.mlp_ratio), c.drop_rate, act_bits=ab),
         )
 
 
-def _bit(geometry: dict[str, Any], **kw: Any) -> BiTVisionTransformer:
-    return BiTVisionTransformer(ViTConfig(**{**geometry, **kw}))
+def _bit(geometry: dict[str, Any], act_bits: int = 1, **kw: Any) -> BiTVisionTransformer:
+    return BiTVisionTransformer(ViTConfig(**{**geometry, **kw}), act_bits=act_bits)
 
 
 @register_model(family="bit", precision="w1a1")

@@ -28,6 +28,17 @@ d c/d alpha = -x'/alpha^2 * 1[0<=x'<alpha]); with the product rule these give ex
 Layers multiply the codes with the binary weights first (an exact integer dot in float) and apply the scale
 after, in the order of the deployment op ``torch.ops.bvit.binary_linear``: acc * (alpha * w_scale) + bias.
 
+Two-bit activations (the W1A2 step of BiT's multi-distillation chain FP -> W1A2 -> W1A1; ``bits=2``): the
+same elastic form with LSQ's levels, signed Qn, Qp = -2, 1 and unsigned Qn, Qp = 0, 3::
+
+    forward   x_hat = alpha * c,  c = clamp(r(x' / alpha), Qn, Qp)
+    backward  d c / d x'    = 1[Qn <= x'/alpha <= Qp] / alpha
+              d c / d alpha = -x'/alpha^2 * 1[Qn <= x'/alpha <= Qp]
+              (product rule: d x_hat / d alpha = c - x'/alpha inside, Qn or Qp outside: LSQ's step gradient)
+
+initialised lazily to alpha = 2 mean|x'| / sqrt(Qp). Two-bit models train and teach; they have no 1-bit
+deployment op, so freezing one is refused (train the W1A1 student from it and deploy that).
+
 Initialisation: lazily from the first batch (as GSB): alpha = 2 mean|x'| (signed) or 4 mean|x'| (unsigned),
 clamped to >= 1e-5; the ``initialized`` flag is a buffer, so it is saved with the checkpoint.
 
@@ -83,6 +94,36 @@ class _UnsignedCode(torch.autograd.Function):
         return gx, ga.reshape(alpha.shape)
 
 
+class _LevelCode(torch.autograd.Function):
+    """c = clamp(r(x'/alpha), qn, qp); dc/dx' = 1[qn <= x'/alpha <= qp] / alpha;
+    dc/dalpha = -x'/alpha^2 * 1[qn <= x'/alpha <= qp]."""
+
+    @staticmethod
+    def forward(ctx: Any, xs: torch.Tensor, alpha: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+        ctx.save_for_backward(xs, alpha)
+        ctx.q = (qn, qp)
+        return torch.clamp(torch.round(xs / alpha), qn, qp)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        xs, alpha = ctx.saved_tensors
+        qn, qp = ctx.q
+        q = xs / alpha
+        inside = ((q >= qn) & (q <= qp)).to(g.dtype)
+        gx = g * inside / alpha
+        ga = -(g * inside * xs).sum() / (alpha * alpha)
+        return gx, ga.reshape(alpha.shape), None, None
+
+
+LEVELS = {("signed", 2): (-2, 1), ("unsigned", 2): (0, 3)}
+
+
+def level_code(xs: torch.Tensor, alpha: torch.Tensor, mode: str, bits: int) -> torch.Tensor:
+    """Multi-level code of x' (``bits`` = 2): integers in [Qn, Qp] (module docstring)."""
+    qn, qp = LEVELS[(mode, bits)]
+    return _LevelCode.apply(xs, alpha, qn, qp)
+
+
 def scale_grad(t: torch.Tensor, factor: float) -> torch.Tensor:
     """Forward: t unchanged (exactly); backward: the gradient times ``factor``."""
     scaled = t * factor
@@ -128,12 +169,17 @@ class ElasticBinarizer(nn.Module):
         beta_shape: Sequence[int] | None = None,
         init_value: float | None = None,
         alpha_grad_scale: bool = True,
+        bits: int = 1,
     ) -> None:
         super().__init__()
         self.alpha_grad_scale = alpha_grad_scale
         if mode not in ("signed", "unsigned"):
             raise ConfigError(f"Unknown binarizer mode {mode!r}; use 'signed' or 'unsigned'.")
+        if bits not in (1, 2):
+            raise ConfigError(f"BiT activations are 1 or 2 bits (the W1A1 student or the W1A2 step of its "
+                              f"distillation chain), got act_bits={bits}.")
         self.mode = mode
+        self.bits = int(bits)
         self.alpha = nn.Parameter(torch.tensor(1.0 if init_value is None else float(init_value)))
         self.beta = nn.Parameter(torch.zeros(*beta_shape)) if beta_shape is not None else None
         self.register_buffer("initialized", torch.tensor(init_value is not None))
@@ -144,7 +190,10 @@ class ElasticBinarizer(nn.Module):
 
     @torch.no_grad()
     def _lazy_init(self, xs: torch.Tensor) -> None:
-        factor = 2.0 if self.mode == "signed" else 4.0
+        if self.bits == 1:
+            factor = 2.0 if self.mode == "signed" else 4.0
+        else:
+            factor = 2.0 / math.sqrt(LEVELS[(self.mode, self.bits)][1])
         self.alpha.copy_((factor * xs.detach().abs().mean()).clamp_min(ALPHA_MIN))
         self.initialized.fill_(True)
 
@@ -157,6 +206,8 @@ class ElasticBinarizer(nn.Module):
         if self.alpha_grad_scale and alpha.requires_grad:
             alpha = scale_grad(alpha, 1.0 / math.sqrt(xs.numel()))
         alpha = alpha.clamp_min(ALPHA_MIN)
+        if self.bits > 1:
+            return level_code(xs, alpha, self.mode, self.bits), alpha
         c = sign_code(xs, alpha) if self.mode == "signed" else unsigned_code(xs, alpha)
         return c, alpha
 
@@ -164,8 +215,17 @@ class ElasticBinarizer(nn.Module):
         c, alpha = self.codes(x)
         return alpha * c
 
+    def _check_deployable(self) -> None:
+        if self.bits != 1:
+            raise ConfigError(
+                f"This BiT model has {self.bits}-bit activations (the W1A2 step of the distillation chain); the "
+                "bvit_edge deployment ops are 1-bit. Train the W1A1 student from it (bvit-edge train --method bit "
+                "--teacher THIS_RUN) and freeze/export that one."
+            )
+
     def deploy_shift(self) -> torch.Tensor:
         """The deployment op's ``shift`` (= -beta), float32, detached (a 0-dim zero without beta)."""
+        self._check_deployable()
         if self.beta is None:
             return torch.zeros(())
         return (-self.beta.detach()).float().clone()
@@ -175,7 +235,8 @@ class ElasticBinarizer(nn.Module):
         return self.alpha.detach().clamp_min(ALPHA_MIN).float().clone()
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, beta={None if self.beta is None else tuple(self.beta.shape)}"
+        return (f"mode={self.mode}, bits={self.bits}, "
+                f"beta={None if self.beta is None else tuple(self.beta.shape)}")
 
 
 def codes_matmul(ca: torch.Tensor, cb: torch.Tensor, alpha_a: torch.Tensor, alpha_b: torch.Tensor) -> torch.Tensor:
@@ -200,11 +261,12 @@ class BiTLinear(nn.Linear):
     the student's ``freeze()`` puts in its place.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "signed") -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "signed",
+                 act_bits: int = 1) -> None:
         super().__init__(in_features, out_features, bias=bias)
         from bvit_edge.quant.weights import BWNQuantizer
 
-        self.act = ElasticBinarizer(mode, beta_shape=(in_features,))
+        self.act = ElasticBinarizer(mode, beta_shape=(in_features,), bits=act_bits)
         self.wq = BWNQuantizer(per_row=False)
 
     @classmethod
@@ -234,6 +296,7 @@ class BiTLinear(nn.Linear):
         shift = -beta, alpha = alpha, w_scale = m (repeated per row)."""
         from bvit_edge.quant.deploy import FrozenBinaryLinear, bwn_pack
 
+        self.act._check_deployable()
         w_bits, w_scale = bwn_pack(self.weight, per_row=False)
         bias = None if self.bias is None else self.bias.detach()
         shift, alpha = self.act.deploy_shift(), self.act.deploy_alpha()
@@ -241,7 +304,7 @@ class BiTLinear(nn.Linear):
 
     def bit_widths(self) -> dict[str, int]:
         """Precision of each parameter, for :func:`bvit_edge.summary.summary` (the summary protocol)."""
-        out = {"weight": 1, "act.alpha": 32, "act.beta": 32}
+        out = {"weight": 1, "act.alpha": 32, "act.beta": 32}  # activations: self.act.bits
         if self.bias is not None:
             out["bias"] = 32
         return out
@@ -258,6 +321,7 @@ __all__ = [
     "codes_matmul",
     "scale_grad",
     "elastic_binarize",
+    "level_code",
     "sign_code",
     "unsigned_code",
 ]

@@ -122,6 +122,8 @@ def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | P
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     from_file = load_toml(config_file) if config_file else {}
     merged_user = {**from_file, **explicit}
+    if "method_options" in from_file and "method_options" in explicit:  # a flag adds to the file's table
+        merged_user["method_options"] = {**from_file["method_options"], **explicit["method_options"]}
     method = merged_user.get("method", "fp")
     if method not in METHODS:
         raise ConfigError(f"Unknown method {method!r}. Choose one of: {', '.join(METHODS)}.")
@@ -153,6 +155,12 @@ def default_model(method: str, data: str) -> str:
 
 
 def _check(cfg: TrainConfig) -> None:
+    bits = cfg.method_options.get("act_bits")
+    if bits is not None:
+        if cfg.method != "bit":
+            raise ConfigError(f"act_bits applies to --method bit (its W1A2 distillation step), not {cfg.method!r}.")
+        if bits not in (1, 2):
+            raise ConfigError(f"act_bits must be 1 (the W1A1 student) or 2 (the W1A2 step), got {bits!r}.")
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ConfigError(f"epochs must be >= 0 and batch_size >= 1 (got {cfg.epochs}, {cfg.batch_size}).")
     if cfg.per_class is not None and cfg.per_class < 1:

@@ -111,8 +111,8 @@ def test_gsb_stage_two_without_stage_one_checkpoint_is_refused(teacher: Path, tm
 
 def test_bit_distillation_chain_fp_then_w1a2_then_w1a1(teacher: Path, tmp_path: Path) -> None:
     """BiT's multi-distillation chain: a W1A2 student (act_bits=2) from the FP teacher, then the W1A1 student
-    from the W1A2 run: it loads as a teacher (its checkpoint records act_bits), the W1A1 student starts from its
-    weights, and its binarizers re-initialise their scales (another step size) from data."""
+    from the W1A2 run: it loads as a teacher (its checkpoint records act_bits) and the W1A1 student starts from
+    all its parameters (weights, binarizer scales and shifts), with 1-bit binarizers."""
     from bvit_edge.quant.bit import ElasticBinarizer
     from bvit_edge.training.checkpoint import load_model
 
@@ -128,7 +128,8 @@ def test_bit_distillation_chain_fp_then_w1a2_then_w1a1(teacher: Path, tmp_path: 
                            10, 16, mid)
     assert torch.equal(student.blocks[0].attn.qkv.weight, mid.blocks[0].attn.qkv.weight)
     bins = [m for m in student.modules() if isinstance(m, ElasticBinarizer)]
-    assert bins and all(m.bits == 1 and not bool(m.initialized) for m in bins)
+    assert bins and all(m.bits == 1 and bool(m.initialized) for m in bins)
+    assert torch.equal(student.blocks[0].attn.q_bin.alpha, mid.blocks[0].attn.q_bin.alpha)
     res = train(method="bit", model="bit_test_patch4_16", teacher=str(w1a2 / "best"), out=str(tmp_path / "w1a1"), **COMMON)
     assert res.steps == 3
     assert json.loads((tmp_path / "w1a1" / "best" / "config.json").read_text())["model_kwargs"].get("act_bits", 1) == 1

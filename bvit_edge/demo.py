@@ -147,9 +147,15 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         _, cfg = _load_cfg(gsb_dir / "stage2")
         n = 16 if quick else 64
         x, _ = val_inputs(cfg, limit=n)
+        was_running = emulated.status("aarch64").running
         info = emulated.emulate("aarch64", log=_console().print)
-        session = connect(info.host, int(info.port), timeout_s=30)
-        arm_logits = run_artifact(art_arm, x, session=session, normalize=False)
+        try:
+            session = connect(info.host, int(info.port), timeout_s=30)
+            arm_logits = run_artifact(art_arm, x, session=session, normalize=False)
+            del session
+        finally:
+            if not was_running:  # the demo started the emulated board: leave no qemu process behind
+                emulated.stop("aarch64")
         host_logits = np.load(out / "artifacts" / "host_logits.npy")[:n]
         fid = fidelity(host_logits, arm_logits)
         if fid["top1_agreement"] < 1.0 or fid["max_rel_diff"] > 1e-5:

@@ -54,15 +54,21 @@ def _run(mod, dev, a, b, x):
     return c.numpy(), y.numpy()
 
 
-def test_emulated_board_runs_cross_compiled_code_like_the_host(tmp_path):
-    tvm = pytest.importorskip("tvm")
+def _require_board() -> None:
+    """Skip unless the emulated board can run here: qemu, debootstrap and the cross compiler installed, and
+    the board image built already or buildable (debootstrap needs root)."""
+    import os
+
     for tool in ("qemu-aarch64", "debootstrap", "aarch64-linux-gnu-gcc"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (make setup installs it)")
-    import os
-
     if not board.status("aarch64").built and os.geteuid() != 0:
         pytest.skip("building the board image runs debootstrap, which needs root (run once as root)")
+
+
+def test_emulated_board_runs_cross_compiled_code_like_the_host(tmp_path):
+    tvm = pytest.importorskip("tvm")
+    _require_board()
     spec = load_target("rpi4-aarch64")
     t0 = time.monotonic()
     was_running = board.status("aarch64").running
@@ -110,15 +116,9 @@ def test_compiled_gsb_model_runs_over_rpc_on_the_emulated_board_like_the_host(tm
     """The whole pipeline's ARM leg: the frozen GSB demo model exported to ONNX (packed bvit_edge ops), compiled for
     rpi4-aarch64 and for the host, run on the emulated board over RPC: logits equal the host artifact's."""
     pytest.importorskip("tvm")
-    import os
-
     import torch
 
-    for tool in ("qemu-aarch64", "debootstrap", "aarch64-linux-gnu-gcc"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed (make setup installs it)")
-    if not board.status("aarch64").built and os.geteuid() != 0:
-        pytest.skip("building the board image runs debootstrap, which needs root (run once as root)")
+    _require_board()
     from bvit_edge.export import export_onnx
     from bvit_edge.models import create_model
     from bvit_edge.runtime.artifact import run_artifact
@@ -165,13 +165,7 @@ def test_tuning_over_rpc_measures_candidates_on_the_emulated_board(tmp_path):
     (emulated) aarch64 board; the outputs of all candidates agree (checked inside tune_kernels) and the
     record holds a candidate's knobs. Emulated timings are only checked to be positive."""
     pytest.importorskip("tvm")
-    import os
-
-    for tool in ("qemu-aarch64", "debootstrap", "aarch64-linux-gnu-gcc"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed (make setup installs it)")
-    if not board.status("aarch64").built and os.geteuid() != 0:
-        pytest.skip("building the board image runs debootstrap, which needs root (run once as root)")
+    _require_board()
     from bvit_edge.runtime import tuning
     from bvit_edge.runtime.schedules import family_params
 

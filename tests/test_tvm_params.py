@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -227,37 +225,14 @@ def test_a_damaged_params_file_is_a_usage_error(arts, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ over RPC
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def rpc_session():
-    """A TVM RPC server on this host, connected; stopped by its PID."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    """TVM's stock RPC server on this host (in a worker process, as test_targets_rpc uses), connected."""
+    server = tvm.rpc.Server(host="127.0.0.1", port=9190, port_end=9390, silent=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None:
-                pytest.fail("the TVM RPC server exited at start")
-            time.sleep(0.2)
-        else:
-            pytest.fail("the TVM RPC server did not listen within 60 s")
-        yield tvm.rpc.connect("127.0.0.1", port)
+        yield tvm.rpc.connect("127.0.0.1", server.port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.terminate()
 
 
 def test_the_weights_are_sent_to_an_rpc_device(arts, rpc_session):

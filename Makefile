@@ -1,7 +1,7 @@
 # bvit-edge: the two commands of the README.
 #   make demo   set up everything, then run the whole pipeline on the built-in digits data
 #   make test   set up everything, then run the test suite
-# Each creates/refreshes .venv, installs torch (CPU build) first, then the project non-editable, and the
+# Each creates/refreshes .venv, installs torch (CPU build) first, then the project editable, and the
 # Debian packages later steps need (cross compilers, qemu-user, debootstrap). Re-running is fast: the
 # dependency install is redone only when pyproject.toml or this Makefile change.
 
@@ -27,8 +27,8 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q hatchling pytest hypothesis
-	$(PIP) install -q ".[test]"
+	$(PIP) install -q hatchling editables pytest hypothesis
+	$(PIP) install -q -e ".[test]"
 	touch $(STAMP)
 
 apt:
@@ -41,21 +41,22 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-# The project itself, non-editable (the wheel maps export/ runtime/ targets/ cli.py into bvit_edge).
+# The project itself, editable: bvit_edge/{export,runtime,targets,cli.py} are committed symlinks, so the
+# source tree imports exactly like the wheel and edits need no reinstall.
 install: apt $(STAMP)
-	$(PIP) install -q --no-deps --no-build-isolation --force-reinstall .
+	@$(PY) -c "import bvit_edge, pathlib, sys; sys.exit(pathlib.Path(bvit_edge.__file__).resolve().parent != pathlib.Path('bvit_edge').resolve())" 2>/dev/null \
+	  || $(PIP) install -q --no-deps --no-build-isolation -e .
 
 setup: install
 
 demo: install
 	$(VENV)/bin/bvit-edge demo $(DEMO_ARGS)
 
-# pytest's own script (not `python -m pytest`) so the repository root never shadows the installed package.
 test: install
-	cd tests && ../$(VENV)/bin/pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS) .
+	$(PY) -m pytest $(PYTEST_ARGS) tests
 
 test-fast: install
-	cd tests && ../$(VENV)/bin/pytest -c ../pyproject.toml --rootdir .. -m "not slow" $(PYTEST_ARGS) .
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) build dist

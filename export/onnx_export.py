@@ -28,6 +28,14 @@ import onnx
 from bvit_edge.atomic import write_bytes
 from bvit_edge.errors import BvitEdgeError, ConfigError, UsageError, ValidationError
 from bvit_edge.export.ops import DOMAIN, OPS_CHOICES, VERSION, translation_table
+from bvit_edge.export.storage import (
+    DEFAULT_ATT_BIAS,
+    DEFAULT_FLOAT_PARAMS,
+    Encoded,
+    check_choice,
+    compact_proto,
+    state_names,
+)
 
 IR_VERSION = 10
 OPSET = 18
@@ -50,9 +58,14 @@ class ExportResult:
     dynamic_batch: bool
     bytes: int
     op_counts: dict[str, int] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)
+    #: name -> how the export stores that tensor (bvit_edge.export.storage); not part of to_dict()
+    encoded: dict[str, Encoded] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("encoded", None)
+        return d
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -233,6 +246,8 @@ def export_onnx(
     ops: str = "packed",
     input_shape: Sequence[int] | None = None,
     dynamic_batch: bool = True,
+    att_bias: str = DEFAULT_ATT_BIAS,
+    float_params: str = DEFAULT_FLOAT_PARAMS,
 ) -> ExportResult:
     """Export ``model`` (frozen binary student, or float teacher) to ``path`` and return what was written.
 
@@ -240,9 +255,14 @@ def export_onnx(
     ``input_shape``: (1, C, H, W); default from ``model.default_cfg['input_size']``.
     ``dynamic_batch``: the batch axis is symbolic ("batch"); falls back to a static one if the model
     cannot be traced with it.
+    ``att_bias`` ("float32" | "float16" | "int8") and ``float_params`` ("float32" | "float16"): how GSB's
+    attention bias B and the other float parameters are stored (bvit_edge.export.storage; standard
+    DequantizeLinear / Cast nodes decode them). The result's ``encoded`` says which tensors were re-encoded:
+    ``bvit_edge.export.storage.apply_to_model(model, result.encoded)`` is the model the file computes.
     """
     if ops not in OPS_CHOICES:
         raise UsageError(f"ops must be one of {', '.join(OPS_CHOICES)}, got {ops!r}.")
+    check_choice(att_bias, float_params)
     import torch
 
     check_frozen(model)
@@ -269,6 +289,9 @@ def export_onnx(
             "torch.ops.bvit calls (bvit_edge.quant.freeze.freeze); other layers must use standard torch ops."
         )
     proto = _finalize(proto, ops, model)
+    storage, encoded = compact_proto(proto, att_bias, float_params, state_names(model))
+    proto.metadata_props.add(key="bvit_edge.storage",
+                             value=json.dumps({"att_bias": att_bias, "float_params": float_params}))
     out_shapes = check_exported(proto)
     data = proto.SerializeToString()
     write_bytes(path, data)
@@ -289,6 +312,8 @@ def export_onnx(
         dynamic_batch=dynamic_batch,
         bytes=len(data),
         op_counts=dict(sorted(counts.items())),
+        storage=storage.to_dict(),
+        encoded=encoded,
     )
 
 

@@ -14,8 +14,16 @@ run, on the same target, at batch 1, and returns a :class:`BenchResult` (``to_di
   create the VM, or create the onnxruntime session; over RPC: upload + remote load + weights sent to the
   board + VM creation), the first run (one call, timed on its own), then the steady state: ``warmup`` calls
   discarded and counted, then ``runs`` timed calls.
-* How. Locally each steady-state call is timed on its own with ``time.perf_counter_ns``
-  (bvit_edge.runtime.timing.measure); the timed call is the model alone on a prepared input (the TVM VM's
+* Beside the float teacher stands what a user would pick instead: the teacher quantized by onnxruntime
+  (``quantize_dynamic``, int8 weights; bvit_edge.export.int8_teacher). Locally, given ``teacher_onnx``, it
+  is made in a temporary folder (``int8_teacher=True``, the default; its quantization time is recorded) or
+  read from ``teacher_int8_onnx``, and measured like the teacher, in onnxruntime (role "teacher_int8").
+* How. Locally all models are loaded first, then measured in alternating blocks: ``rounds`` rounds, and in
+  each round every model in turn makes ``warmup`` untimed calls and then its share of the ``runs`` timed
+  calls (drift on a shared machine hits every model alike, and each block starts after its own warm-up: a
+  runtime's threads keep spinning for a while after its last call). Each timed call is timed on its own
+  with ``time.perf_counter_ns`` (bvit_edge.runtime.timing.measure); ``warmup`` in the result counts every
+  discarded call (warmup x rounds). The timed call is the model alone on a prepared input (the TVM VM's
   ``main`` on a device tensor, the weights already on the device passed after it; ``InferenceSession.run`` on
   a numpy feed), preprocessing excluded for both. Over RPC the board times itself with TVM's
   ``time_evaluator`` (number=1, repeat=warmup+runs on the stateful ``invoke_stateful("main")``, its inputs
@@ -33,7 +41,8 @@ run, on the same target, at batch 1, and returns a :class:`BenchResult` (``to_di
 * Labels: ``timing_kind`` is "host" (local), "board" (over RPC) or "emulated" (the qemu board of
   bvit_edge.targets.board, detected by its address, or ``emulated=True``); ``emulated`` says the same as a
   bool. Emulated timings prove the ARM code runs; they are never comparable with board timings.
-* The ratio is teacher median / student median (> 1: the student is faster).
+* The ratios are teacher median / student median and int8 teacher median / student median (> 1: the
+  student is faster).
 
 Bad input is a one-paragraph error: a missing artifact folder or manifest, a teacher whose input shape
 differs from the student's, an artifact for another target or architecture (UsageError, exit 2); an
@@ -47,6 +56,7 @@ import datetime as _dt
 import os
 import platform
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -77,7 +87,7 @@ TIMING_KINDS = ("host", "board", "emulated")
 class SideResult:
     """What was measured for one model (the student or the teacher)."""
 
-    role: str  # "student" | "teacher"
+    role: str  # "student" | "teacher" | "teacher_int8"
     runtime: str  # "tvm" | "onnxruntime"
     path: str
     input_shape: list[int]
@@ -126,13 +136,25 @@ class BenchResult:
     teacher: SideResult | None
     sizes: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    teacher_int8: SideResult | None = None
+    #: how the int8 teacher was made (bvit_edge.export.int8_teacher.Int8Teacher.to_dict() + quantize_s)
+    int8_teacher_info: dict[str, Any] | None = None
+    rounds: int = 1
+
+    def _over_student(self, side: SideResult | None) -> float | None:
+        if side is None or self.student.steady.median_ms <= 0:
+            return None
+        return side.steady.median_ms / self.student.steady.median_ms
 
     @property
     def ratio(self) -> float | None:
         """teacher median / student median (None without a teacher)."""
-        if self.teacher is None or self.student.steady.median_ms <= 0:
-            return None
-        return self.teacher.steady.median_ms / self.student.steady.median_ms
+        return self._over_student(self.teacher)
+
+    @property
+    def ratio_int8(self) -> float | None:
+        """int8 teacher median / student median (None without an int8 teacher)."""
+        return self._over_student(self.teacher_int8)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,7 +175,11 @@ class BenchResult:
             "input": dict(self.input),
             "student": self.student.to_dict(),
             "teacher": self.teacher.to_dict() if self.teacher else None,
+            "teacher_int8": self.teacher_int8.to_dict() if self.teacher_int8 else None,
+            "int8_teacher": self.int8_teacher_info,
             "ratio_teacher_over_student_median": self.ratio,
+            "ratio_teacher_int8_over_student_median": self.ratio_int8,
+            "protocol": {"order": "alternating_blocks", "rounds": self.rounds},
             "sizes": self.sizes,
             "notes": list(self.notes),
         }
@@ -163,12 +189,13 @@ class BenchResult:
         return write_json(path, self.to_dict())
 
     def to_report(self, student_name: str | None = None, teacher_name: str | None = None,
-                  title: str | None = None) -> dict[str, Any]:
+                  title: str | None = None, teacher_int8_name: str | None = None) -> dict[str, Any]:
         """This benchmark as a report document (bvit_edge.report schema "bvit-edge/report" v1) that
         ``bvit_edge.report.render_report`` draws: one model entry per side (with its size when the weight
         counts are known: 1-bit bytes = ceil(n/8), 8-bit = n, 32-bit = 4n) and one latency entry per side.
-        Names default to the models' file stems."""
-        sides = [("student", self.student, student_name), ("teacher", self.teacher, teacher_name)]
+        The int8 teacher is the report's "baseline". Names default to the models' file stems."""
+        sides = [("student", self.student, student_name), ("teacher", self.teacher, teacher_name),
+                 ("teacher_int8", self.teacher_int8, teacher_int8_name)]
         models: list[dict[str, Any]] = []
         latency: list[dict[str, Any]] = []
         for role, side, name in sides:
@@ -177,7 +204,9 @@ class BenchResult:
             name = name or _model_name(side, role)
             if any(m["name"] == name for m in models):
                 name = f"{name}-{role}"
-            entry: dict[str, Any] = {"name": name, "role": role}
+            entry: dict[str, Any] = {"name": name, "role": "baseline" if role == "teacher_int8" else role}
+            if role == "teacher_int8":
+                entry["method"] = "fp, int8 by onnxruntime quantize_dynamic"
             size = _report_size((self.sizes or {}).get(role) or {}, side)
             if size:
                 entry["size"] = size
@@ -195,6 +224,8 @@ class BenchResult:
                                "date_utc": self.date_utc, **self.versions}
         if self.ratio is not None:
             env["ratio_teacher_over_student_median"] = self.ratio
+        if self.ratio_int8 is not None:
+            env["ratio_teacher_int8_over_student_median"] = self.ratio_int8
         doc: dict[str, Any] = {"schema": "bvit-edge/report", "schema_version": 1, "created_utc": self.date_utc,
                                "environment": env, "models": models, "latency": latency}
         if title:
@@ -514,9 +545,32 @@ def _load_remote(folder: Path, manifest: dict[str, Any], session: Any, role: str
     return relax.VirtualMachine(module, device), device, params_to_device(arrays, device)
 
 
-def _bench_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.ndarray, session: Any,
-               threads: int | None, warmup: int, runs: int) -> SideResult:
-    """Load, first run and steady state of a TVM artifact, locally or on the RPC ``session``'s board."""
+@dataclass
+class _Loaded:
+    """A model loaded and run once, ready to be timed: ``call`` runs it on the prepared input (local), or
+    ``evaluate(warmup, runs)`` times it on the board (RPC)."""
+
+    role: str
+    runtime: str
+    path: str
+    input_shape: list[int]
+    output_shape: list[int]
+    compile_s: float | None
+    load_ms: float
+    first_run_ms: float
+    model_sha256: str | None
+    call: Callable[[], Any] | None = None
+    evaluate: Callable[[int, int], Timing] | None = None
+
+    def result(self, steady: Timing, timer: str) -> SideResult:
+        return SideResult(role=self.role, runtime=self.runtime, path=self.path, input_shape=self.input_shape,
+                          output_shape=self.output_shape, compile_s=self.compile_s, load_ms=self.load_ms,
+                          first_run_ms=self.first_run_ms, steady=steady, timer=timer, model_sha256=self.model_sha256)
+
+
+def _load_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.ndarray, session: Any,
+              threads: int | None) -> _Loaded:
+    """Load and first run of a TVM artifact, locally or on the RPC ``session``'s board."""
     import tvm  # noqa: PLC0415
 
     from bvit_edge.runtime.artifact import load_artifact  # noqa: PLC0415
@@ -537,28 +591,36 @@ def _bench_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.nda
         raise
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
         raise ToolchainError(f"Loading the {role} artifact {folder} {where} failed: {_last_line(exc)}") from None
+
+    def failed(exc: BaseException) -> ToolchainError:
+        return ToolchainError(f"Running the {role} artifact {folder} {where} failed: {_last_line(exc)}")
+
     try:
         arg = tvm.runtime.tensor(x_norm, device=device)
         main = vm["main"]
         first_ms, y = time_once(lambda: main(arg, *params))
         out_shape = _output_shape(y)
-        if session is None:
-            steady = measure(lambda: main(arg, *params), warmup=warmup, runs=runs)
-            timer = "time.perf_counter_ns"
-        else:
-            vm.set_input("main", arg, *params)
-            evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=warmup + runs)
-            seconds = list(evaluator("main").results)
-            steady = Timing.from_samples_ms([s * 1e3 for s in seconds[warmup:]], warmup=warmup + 1)
-            timer = "tvm.time_evaluator"
     except BvitEdgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
-        raise ToolchainError(f"Running the {role} artifact {folder} {where} failed: {_last_line(exc)}") from None
-    return SideResult(role=role, runtime="tvm", path=str(folder), input_shape=list(manifest["input"]["shape"]),
-                      output_shape=out_shape, compile_s=compile_seconds(manifest), load_ms=load_ms,
-                      first_run_ms=first_ms, steady=steady, timer=timer,
-                      model_sha256=(manifest.get("model") or {}).get("sha256"))
+        raise failed(exc) from None
+
+    def call() -> Any:
+        return main(arg, *params)
+
+    def evaluate(warmup: int, runs: int) -> Timing:
+        try:
+            vm.set_input("main", arg, *params)
+            evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=warmup + runs)
+            seconds = list(evaluator("main").results)
+        except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+            raise failed(exc) from None
+        return Timing.from_samples_ms([t * 1e3 for t in seconds[warmup:]], warmup=warmup + 1)
+
+    return _Loaded(role=role, runtime="tvm", path=str(folder), input_shape=list(manifest["input"]["shape"]),
+                   output_shape=out_shape, compile_s=compile_seconds(manifest), load_ms=load_ms, first_run_ms=first_ms,
+                   model_sha256=(manifest.get("model") or {}).get("sha256"),
+                   call=call if session is None else None, evaluate=evaluate if session is not None else None)
 
 
 def _onnx_input_shape(path: Path) -> list[Any]:
@@ -576,8 +638,8 @@ def _onnx_input_shape(path: Path) -> list[Any]:
 
 
 
-def _bench_ort(path: Path, x_norm: np.ndarray, threads: int | None, warmup: int, runs: int) -> SideResult:
-    """Load (session creation), first run and steady state of an ONNX model in onnxruntime."""
+def _load_ort(path: Path, role: str, x_norm: np.ndarray, threads: int | None) -> _Loaded:
+    """Load (session creation) and first run of an ONNX model in onnxruntime."""
     from bvit_edge.runtime.ort import ort_session  # noqa: PLC0415
 
     load_ms, sess = time_once(lambda: ort_session(path, threads=threads))
@@ -585,11 +647,30 @@ def _bench_ort(path: Path, x_norm: np.ndarray, threads: int | None, warmup: int,
     feed = {inp.name: x_norm}
     run: Callable[[], Any] = lambda: sess.run(None, feed)  # noqa: E731
     first_ms, y = time_once(run)
-    steady = measure(run, warmup=warmup, runs=runs)
-    return SideResult(role="teacher", runtime="onnxruntime", path=str(path),
-                      input_shape=[int(d) if isinstance(d, int) else 1 for d in inp.shape],
-                      output_shape=_output_shape(y), compile_s=None, load_ms=load_ms, first_run_ms=first_ms,
-                      steady=steady, timer="time.perf_counter_ns", model_sha256=_sha256(path))
+    return _Loaded(role=role, runtime="onnxruntime", path=str(path),
+                   input_shape=[int(d) if isinstance(d, int) else 1 for d in inp.shape], output_shape=_output_shape(y),
+                   compile_s=None, load_ms=load_ms, first_run_ms=first_ms, model_sha256=_sha256(path), call=run)
+
+
+def _blocks(runs: int, rounds: int) -> list[int]:
+    """``runs`` timed calls split over ``rounds`` blocks as evenly as possible (no empty block)."""
+    rounds = max(1, min(int(rounds), int(runs)))
+    return [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
+
+
+def measure_alternating(calls: list[Callable[[], Any]], warmup: int, runs: int, rounds: int,
+                        around: Callable[[], Any] | None = None) -> list[Timing]:
+    """Time every function of ``calls`` in alternating blocks (see the module docstring): per round, each in
+    turn makes ``warmup`` untimed calls then its share of ``runs`` timed ones. ``around`` (a context manager
+    factory) wraps each block. One Timing per function; its ``warmup`` counts every discarded call."""
+    samples: list[list[float]] = [[] for _ in calls]
+    blocks = _blocks(runs, rounds)
+    for per in blocks:
+        for i, fn in enumerate(calls):
+            with (around() if around is not None else contextlib.nullcontext()):
+                t = measure(fn, warmup=warmup, runs=per)
+            samples[i].extend(t.samples_ms)
+    return [Timing.from_samples_ms(s, warmup=warmup * len(blocks)) for s in samples]
 
 
 def _check_student_onnx(student_onnx: Any, s_man: dict[str, Any], s_folder: Path) -> Path | None:
@@ -670,6 +751,9 @@ def bench(
     emulated: bool | None = None,
     rpc_timeout_s: float = 10.0,
     student_onnx: str | os.PathLike[str] | None = None,
+    teacher_int8_onnx: str | os.PathLike[str] | None = None,
+    int8_teacher: bool = True,
+    rounds: int = 5,
 ) -> BenchResult:
     """Measure ``student_artifact`` against its teacher on one target (see the module docstring).
 
@@ -679,9 +763,13 @@ def bench(
     have been compiled for (default: the student's own). ``emulated``: force the label when the RPC address
     alone cannot tell (e.g. a session handed in). ``student_onnx``: the .onnx the student was compiled from,
     for its weight counts (1/8/32-bit) in ``sizes``; it must be the file the manifest's sha256 names.
+    ``teacher_int8_onnx``: the teacher quantized by onnxruntime (bvit_edge.export.int8_teacher); without it,
+    ``int8_teacher=True`` quantizes ``teacher_onnx`` into a temporary folder (locally only: onnxruntime runs
+    it). ``rounds``: alternating blocks (locally).
     """
-    if int(warmup) < 0 or int(runs) < 1:
-        raise UsageError(f"warmup must be >= 0 and runs >= 1 (got warmup={warmup}, runs={runs}).")
+    if int(warmup) < 0 or int(runs) < 1 or int(rounds) < 1:
+        raise UsageError(f"warmup must be >= 0, runs >= 1 and rounds >= 1 (got warmup={warmup}, runs={runs}, "
+                         f"rounds={rounds}).")
     notes: list[str] = []
     s_folder, s_man = _artifact(student_artifact, "student")  # before importing TVM: bad paths fail at once
     try:
@@ -713,17 +801,43 @@ def bench(
         notes.append("Steady state timed on the board by tvm.time_evaluator; load and first-run times are taken "
                      "on the host and include RPC transfers.")
 
-    with _restored_affinity():
-        student = _bench_tvm(s_folder, s_man, "student", x, session, n_threads, warmup, runs)
-    teacher: SideResult | None = None
-    with _restored_affinity():
-        if local and t_onnx is not None:
-            teacher = _bench_ort(t_onnx, x, n_threads, warmup, runs)
-            if t_folder is not None:
-                notes.append("Locally the teacher runs in onnxruntime from its .onnx; the teacher artifact was not "
-                             "run.")
-        elif t_folder is not None and t_man is not None:
-            teacher = _bench_tvm(t_folder, t_man, "teacher", x, session, n_threads, warmup, runs)
+    i8_path = Path(teacher_int8_onnx) if teacher_int8_onnx is not None else None
+    if i8_path is not None:
+        i8_shape = _onnx_input_shape(i8_path)
+        if not _shape_fits(i8_shape, s_shape):
+            raise _shape_error(str(i8_path), i8_shape, s_shape)
+    with contextlib.ExitStack() as stack:
+        i8_info: dict[str, Any] | None = None
+        if local and i8_path is None and int8_teacher and t_onnx is not None:
+            i8_path, i8_info = _quantized_teacher(t_onnx, Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="bvit-edge-bench-"))))
+        elif i8_path is not None:
+            i8_info = {"path": str(i8_path), "bytes": i8_path.stat().st_size, "made_by": "given"}
+        if not local and i8_path is not None:
+            notes.append("The int8 teacher runs in onnxruntime on this host: over RPC it was not measured.")
+
+        loaded: list[_Loaded] = []
+        with _restored_affinity():
+            loaded.append(_load_tvm(s_folder, s_man, "student", x, session, n_threads))
+        with _restored_affinity():
+            if local and t_onnx is not None:
+                loaded.append(_load_ort(t_onnx, "teacher", x, n_threads))
+                if t_folder is not None:
+                    notes.append("Locally the teacher runs in onnxruntime from its .onnx; the teacher artifact was "
+                                 "not run.")
+            elif t_folder is not None and t_man is not None:
+                loaded.append(_load_tvm(t_folder, t_man, "teacher", x, session, n_threads))
+            if local and i8_path is not None:
+                loaded.append(_load_ort(i8_path, "teacher_int8", x, n_threads))
+        if local:
+            timings = measure_alternating([m.call for m in loaded if m.call is not None], warmup, runs, rounds,
+                                          around=_restored_affinity)
+            sides = {m.role: m.result(t, "time.perf_counter_ns") for m, t in zip(loaded, timings)}
+        else:
+            sides = {m.role: m.result(m.evaluate(warmup, runs), "tvm.time_evaluator")
+                     for m in loaded if m.evaluate is not None}
+    student = sides["student"]
+    teacher, teacher_i8 = sides.get("teacher"), sides.get("teacher_int8")
     if teacher is not None and teacher.output_shape != student.output_shape:
         notes.append(f"Teacher output {teacher.output_shape} and student output {student.output_shape} differ in "
                      "shape: check that they are the same task.")
@@ -731,13 +845,34 @@ def bench(
         notes.append("The artifact manifest records no compile time (compile_s is null).")
 
     sizes = _sizes(s_folder, s_man, s_onnx, t_onnx, t_folder, t_man, teacher)
+    if i8_info is not None and teacher_i8 is not None:
+        i8 = {"onnx_bytes": int(i8_info["bytes"]), "weights": i8_info.pop("weights", None)}
+        if i8["weights"] is None and i8_path is not None and i8_path.is_file():
+            i8["weights"] = _weight_counts(i8_path)
+        sizes["teacher_int8"] = i8
+        s_bytes = sizes["student_measured_bytes"]
+        sizes["teacher_int8_over_student_bytes"] = i8["onnx_bytes"] / s_bytes if s_bytes else None
     spec_d = {k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")}
     return BenchResult(
         date_utc=_now_utc(), git_revision=git_revision(), versions=_versions(), seed=int(seed), batch_size=1,
         target=spec_d, timing_kind=kind, emulated=kind == "emulated", rpc=None if local else (address or "session"),
         threads=n_threads, affinity=affinity, host=_host_facts(), input=input_info,
-        student=student, teacher=teacher, sizes=sizes, notes=notes,
+        student=student, teacher=teacher, sizes=sizes, notes=notes, teacher_int8=teacher_i8,
+        int8_teacher_info=i8_info if teacher_i8 is not None else None,
+        rounds=len(_blocks(runs, rounds)) if local else 1,
     )
+
+
+def _quantized_teacher(t_onnx: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The teacher quantized by onnxruntime into ``folder`` (bvit_edge.export.int8_teacher), with what it took."""
+    from bvit_edge.export.int8_teacher import quantize_teacher  # noqa: PLC0415
+
+    path = folder / f"{t_onnx.stem}.int8.onnx"
+    ms, made = time_once(lambda: quantize_teacher(t_onnx, path))
+    info = made.to_dict()
+    info.update({"made_by": "bench", "quantize_s": ms / 1e3, "weights": _weight_counts(path),
+                 "path": f"(temporary) {path.name}"})
+    return path, info
 
 
 def _weight_counts(path: Path) -> dict[str, int]:

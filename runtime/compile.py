@@ -143,17 +143,20 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
+    from bvit_edge.runtime.compact_params import keep_compact_pass  # noqa: PLC0415
     from bvit_edge.runtime.params import lift_params_pass  # noqa: PLC0415
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
 
     target = spec.tvm()
     lift = [lift_params_pass(params)] if params is not None else []
+    keep = [keep_compact_pass(params)] if params is not None else []  # int8/float16 weights stay so in params.npz
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(m: Any, _ctx: Any) -> Any:
         with target:
             seq = tvm.transform.Sequential(
-                ([relax.transform.FastMathTransform()] if fast_math else [])
+                keep
+                + ([relax.transform.FastMathTransform()] if fast_math else [])
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [float_schedule_pass(family)]

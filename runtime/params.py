@@ -31,6 +31,8 @@ class LiftedParams:
 
     names: list[str] = field(default_factory=list)
     arrays: list[np.ndarray] = field(default_factory=list)
+    #: entries an earlier pass of the same pipeline added (bvit_edge.runtime.compact_params); kept by this one
+    kept: int = 0
 
     def __len__(self) -> int:
         return len(self.names)
@@ -85,7 +87,7 @@ def lift_params_pass(holder: LiftedParams, min_elements: int = MIN_ELEMENTS, ent
             key = int(op.__chandle__())
             var = self.by_handle.get(key)
             if var is None:
-                name = f"p{len(self.new_params)}"
+                name = f"p{len(holder)}"
                 var = relax.Var(name, op.ty)
                 self.by_handle[key] = var
                 self.new_params.append(var)
@@ -96,7 +98,7 @@ def lift_params_pass(holder: LiftedParams, min_elements: int = MIN_ELEMENTS, ent
 
     @tvm.transform.module_pass(opt_level=0, name="BvitEdgeLiftParams")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        holder.clear()
+        del holder.names[holder.kept:], holder.arrays[holder.kept:]
         gv = next((g for g in mod.get_global_vars() if g.name_hint == entry), None)
         func = mod[gv] if gv is not None else None
         if not isinstance(func, relax.Function):

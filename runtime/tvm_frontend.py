@@ -299,6 +299,11 @@ def _converter_classes(base: type, stock: dict) -> dict[str, type]:
             return out if out is not None else conv.get_converter(11)(bb, inputs, attr, params)
 
         table["Conv"] = type("PatchifyConv", (base,), {"_impl_v11": classmethod(conv_impl)})
+    from bvit_edge.runtime.compact_params import cast_converter  # noqa: PLC0415
+
+    cast = cast_converter(stock.get("Cast"), base)  # float16-stored weights stay float16 in params.npz
+    if cast is not None:
+        table["Cast"] = cast
     return table
 
 

@@ -363,18 +363,27 @@ def _check_side(side: dict, warmup: int, runs: int) -> None:
 def test_local_bench_of_a_compiled_student_against_an_onnx_teacher(tiny, tmp_path):
     before = os.sched_getaffinity(0)
     r = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], threads=1, warmup=2, runs=7, seed=3,
-              student_onnx=tiny["student_onnx"])
+              student_onnx=tiny["student_onnx"], rounds=3)
     d = json.loads(json.dumps(r.to_dict()))
     assert os.sched_getaffinity(0) == before  # TVM's pinning of this thread was undone
     assert d["timing_kind"] == "host" and d["emulated"] is False and d["rpc"] is None
     assert d["threads"] == 1 and d["affinity"] == sorted(before) and d["seed"] == 3 and d["batch_size"] == 1
     assert d["target"]["name"] == "host"
+    assert d["protocol"] == {"order": "alternating_blocks", "rounds": 3}
     assert d["student"]["runtime"] == "tvm" and d["teacher"]["runtime"] == "onnxruntime"
-    _check_side(d["student"], 2, 7)
-    _check_side(d["teacher"], 2, 7)
-    assert d["student"]["output_shape"] == d["teacher"]["output_shape"] == [1, 10]
+    for side in ("student", "teacher", "teacher_int8"):
+        _check_side(d[side], 2 * 3, 7)  # 2 warm-up calls before each of the 3 blocks
+    assert d["student"]["output_shape"] == d["teacher"]["output_shape"] == d["teacher_int8"]["output_shape"] == [1, 10]
     assert d["ratio_teacher_over_student_median"] == pytest.approx(
         d["teacher"]["steady"]["median_ms"] / d["student"]["steady"]["median_ms"])
+    # the int8 teacher: onnxruntime's quantize_dynamic of the teacher, made for the run, measured beside it
+    assert d["teacher_int8"]["runtime"] == "onnxruntime"
+    assert d["int8_teacher"]["method"] == "onnxruntime.quantization.quantize_dynamic"
+    assert d["int8_teacher"]["integer_nodes"] >= 1 and d["int8_teacher"]["quantize_s"] > 0
+    assert d["ratio_teacher_int8_over_student_median"] == pytest.approx(
+        d["teacher_int8"]["steady"]["median_ms"] / d["student"]["steady"]["median_ms"])
+    assert d["sizes"]["teacher_int8"]["weights"]["weights_8bit"] >= 768 * 10
+    assert d["sizes"]["teacher_int8"]["onnx_bytes"] < d["sizes"]["teacher"]["onnx_bytes"]
     sizes = d["sizes"]
     lib = Path(tiny["student"]) / "lib.so"
     assert sizes["student"]["artifact"]["lib_bytes"] == lib.stat().st_size
@@ -389,6 +398,33 @@ def test_local_bench_of_a_compiled_student_against_an_onnx_teacher(tiny, tmp_pat
         assert d["versions"][key]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", d["date_utc"])
     assert d["student"]["compile_s"] is None or d["student"]["compile_s"] > 0
+
+
+def test_alternating_blocks_interleave_the_models_and_split_the_runs():
+    from bvit_edge.runtime.bench import measure_alternating
+
+    order: list[str] = []
+    t = measure_alternating([lambda: order.append("s"), lambda: order.append("t")], warmup=1, runs=5, rounds=2)
+    # round 1: s warm-up + 3 timed, t warm-up + 3 timed; round 2: s warm-up + 2, t warm-up + 2
+    assert "".join(order) == "ssss" + "tttt" + "sss" + "ttt"
+    assert [x.runs for x in t] == [5, 5] and [x.warmup for x in t] == [2, 2]
+    one = measure_alternating([lambda: None], warmup=0, runs=2, rounds=9)
+    assert one[0].runs == 2 and one[0].warmup == 0
+
+
+def test_a_given_int8_teacher_is_measured_and_none_without_a_teacher(tiny, tmp_path):
+    from bvit_edge.export.int8_teacher import quantize_teacher
+
+    i8 = quantize_teacher(tiny["teacher_onnx"], tmp_path / "t.int8.onnx")
+    assert i8.bytes == (tmp_path / "t.int8.onnx").stat().st_size < Path(tiny["teacher_onnx"]).stat().st_size
+    d = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], teacher_int8_onnx=i8.path, threads=1, warmup=0,
+              runs=2).to_dict()
+    assert d["int8_teacher"]["made_by"] == "given" and d["teacher_int8"]["path"] == i8.path
+    off = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], int8_teacher=False, threads=1, warmup=0,
+                runs=1).to_dict()
+    assert off["teacher_int8"] is None and off["ratio_teacher_int8_over_student_median"] is None
+    alone = bench(tiny["student"], threads=1, warmup=0, runs=1).to_dict()
+    assert alone["teacher_int8"] is None and alone["int8_teacher"] is None
 
 
 def test_the_same_seed_gives_the_same_input_and_data_replaces_it(tiny):
@@ -527,11 +563,12 @@ def test_the_result_converts_to_a_valid_report_document(tiny):
     r = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], threads=1, warmup=1, runs=4,
               student_onnx=tiny["student_onnx"])
     doc = validate_report(json.loads(json.dumps(r.to_report(title="tiny"))))
-    assert [m["role"] for m in doc["models"]] == ["student", "teacher"]
+    assert [m["role"] for m in doc["models"]] == ["student", "teacher", "baseline"]
+    assert doc["models"][2]["size"]["weights_8bit_count"] >= 768 * 10
     assert doc["models"][0]["size"]["weights_1bit_count"] == 10 * 768
     assert doc["models"][0]["size"]["weights_1bit_bytes"] == 10 * 768 // 8
     assert doc["models"][1]["size"]["artifact_bytes"] == Path(tiny["teacher_onnx"]).stat().st_size
     lat = {e["model"]: e for e in doc["latency"]}
     student = lat[doc["models"][0]["name"]]
-    assert student["median_ms"] == r.student.steady.median_ms and student["warmup_runs"] == 1
+    assert student["median_ms"] == r.student.steady.median_ms and student["warmup_runs"] == 1 * 4  # 4 blocks
     assert student["runs"] == 4 and student["threads"] == 1 and student["emulated"] is False

@@ -11,7 +11,8 @@ draws from (nothing else is read). Units are in the field names::
       "environment": {"git_revision": "...", "seed": 0, "tvm": "0.27.0", ...},   # optional, flat
       "models": [{
           "name": "deit-demo-fp",                      # unique
-          "role": "teacher" | "student",
+          "role": "teacher" | "student" | "baseline",  # baseline: what a user would pick instead of the
+                                                       # student (the teacher quantized by onnxruntime)
           "method": "fp" | "gsb" | "bit" | ...,        # optional
           "accuracy": {"split": "val", "n_images": 360, "top1_pct": 97.2, "top5_pct": 99.7},  # optional
           "size": {"weights_1bit_bytes": 0, "weights_8bit_bytes": 0, "weights_32bit_bytes": 1234,
@@ -39,7 +40,7 @@ from bvit_edge.errors import DataError
 
 SCHEMA = "bvit-edge/report"
 SCHEMA_VERSION = 1
-ROLES = ("teacher", "student")
+ROLES = ("teacher", "student", "baseline")
 LATENCY_STATS = ("median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms")
 SIZE_BYTES = ("weights_1bit_bytes", "weights_8bit_bytes", "weights_32bit_bytes")
 

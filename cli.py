@@ -230,6 +230,17 @@ class Ops(str, Enum):
     both = "both"
 
 
+class AttBias(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    int8 = "int8"
+
+
+class FloatParams(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder or run folder (uses best/).")],
@@ -241,6 +252,8 @@ def export(
     validate: Annotated[bool, typer.Option(help="Validate against the frozen torch model on the val split.")] = True,
     limit: Annotated[Optional[int], typer.Option(help="Validate on the first N val images only.")] = None,
     max_outliers: Annotated[int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")] = 0,
+    att_bias: Annotated[Optional[AttBias], typer.Option(help="Storage of GSB's attention bias B: float32, float16 or int8 (per-row scales). Default: int8, chosen by measured fidelity.")] = None,
+    float_params: Annotated[Optional[FloatParams], typer.Option(help="Storage of the other float parameters (position embedding, LayerNorm, biases, shifts): float32 or float16.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Export a trained model to ONNX (frozen, bit-packed), validate it and report sizes (exit 3 beyond tolerance)."""
@@ -248,7 +261,8 @@ def export(
 
     flavours = ("packed", "standard") if ops == Ops.both else (ops.value,)
     res = export_checkpoint(checkpoint, out, ops=flavours, teacher=teacher, validate=validate, rtol=rtol, atol=atol, limit=limit,
-                            max_outliers=max_outliers)
+                            max_outliers=max_outliers, att_bias=att_bias.value if att_bias else None,
+                            float_params=float_params.value if float_params else None)
     if as_json:
         _emit(res, True)
         return
@@ -267,6 +281,31 @@ def export(
         val = res.validation.get("teacher", {})
         table.add_row(Path(res.teacher["path"]).name, f"{res.teacher['bytes']:,}", "", "", "", "1.0x",
                       f"{val['max_rel_diff']:.2e}" if val else "-", f"{val['top1_agreement'] * 100:.2f}%" if val else "-")
+    _console().print(table)
+    _storage_table(res.storage)
+
+
+def _storage_table(storage: dict) -> None:
+    """Bytes of each exported file under every storage choice, and each choice's fidelity."""
+    from rich.table import Table
+
+    if not storage or not storage.get("bytes"):
+        return
+    fid = storage.get("fidelity") or {}
+    keys = list(next(iter(storage["bytes"].values())).keys())
+    table = Table(title=f"storage of the float parameters (this export: att_bias={storage['att_bias']}, "
+                        f"float_params={storage['float_params']})")
+    table.add_column("att_bias, float_params")
+    for flavour in storage["bytes"]:
+        table.add_column(f"{flavour} bytes", justify="right")
+    table.add_column("max |d logit| vs float32", justify="right")
+    table.add_column("top-1 agree", justify="right")
+    for key in keys:
+        f = fid.get(key) or {}
+        table.add_row(key.replace("att_bias=", "").replace("float_params=", ""),
+                      *(f"{storage['bytes'][fl][key]:,}" for fl in storage["bytes"]),
+                      f"{f['max_abs_logit_diff']:.3g}" if f else "-",
+                      f"{f['top1_agreement'] * f['n_images']:.0f}/{f['n_images']}" if f else "-")
     _console().print(table)
 
 
@@ -461,6 +500,9 @@ def bench(
     teacher_onnx: Annotated[Optional[Path], typer.Option(help="Teacher .onnx (run in onnxruntime locally).")] = None,
     teacher_artifact: Annotated[Optional[Path], typer.Option(help="Teacher compiled for the same target (needed over RPC).")] = None,
     student_onnx: Annotated[Optional[Path], typer.Option(help="The student's .onnx, for its 1/8/32-bit weight counts.")] = None,
+    teacher_int8_onnx: Annotated[Optional[Path], typer.Option(help="The teacher quantized by onnxruntime (default: made from --teacher-onnx with quantize_dynamic for this run).")] = None,
+    int8_teacher: Annotated[bool, typer.Option("--int8-teacher/--no-int8-teacher", help="Also measure the teacher quantized to int8 by onnxruntime (locally).")] = True,
+    rounds: Annotated[int, typer.Option(help="Alternating blocks: the models take turns, each block after its own warm-up.")] = 5,
     target: Annotated[Optional[str], typer.Option(help="Target the artifacts must be built for (default: the student's).")] = None,
     rpc: Annotated[Optional[str], typer.Option(help="Board RPC server HOST:PORT (an emulated board is labelled emulated).")] = None,
     tracker: Annotated[Optional[str], typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
@@ -482,14 +524,16 @@ def bench(
     session = _tracker_session(tracker, key)
     res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target, threads=threads,
                     rpc=session if session is not None else rpc, warmup=warmup, runs=runs, seed=seed, student_onnx=student_onnx,
-                    emulated=False if session is not None else None)
+                    emulated=False if session is not None else None, teacher_int8_onnx=teacher_int8_onnx,
+                    int8_teacher=int8_teacher, rounds=rounds)
     if out is not None:
         res.save(out)
     if report_dir is not None:
         from bvit_edge.pipeline import bench_report
 
         bench_report(res, report_dir, student, teacher_onnx=teacher_onnx, student_onnx=student_onnx, data=data,
-                     data_root=str(data_root) if data_root else None, limit=limit, rpc=rpc, session=session)
+                     data_root=str(data_root) if data_root else None, limit=limit, rpc=rpc, session=session,
+                     teacher_int8_onnx=teacher_int8_onnx)
     d = res.to_dict()
     if as_json:
         _emit(d, True)
@@ -499,13 +543,15 @@ def bench(
     table = Table(title=f"bench on {(d.get('target') or {}).get('name', '?')} ({d.get('timing_kind', '?')}, {d.get('threads')} threads)")
     for col in ("model", "median ms", "p90 ms", "min ms", "runs"):
         table.add_column(col)
-    for role in ("student", "teacher"):
+    for role, label in (("student", "student"), ("teacher", "teacher"), ("teacher_int8", "teacher int8 (onnxruntime)")):
         t = (d.get(role) or {}).get("steady") or {}
         if t:
-            table.add_row(role, f"{t['median_ms']:.3f}", f"{t['p90_ms']:.3f}", f"{t['min_ms']:.3f}", str(t["runs"]))
+            table.add_row(label, f"{t['median_ms']:.3f}", f"{t['p90_ms']:.3f}", f"{t['min_ms']:.3f}", str(t["runs"]))
     _console().print(table)
     if d.get("ratio_teacher_over_student_median") is not None:
         _console().print(f"teacher / student median: {d['ratio_teacher_over_student_median']:.2f}x")
+    if d.get("ratio_teacher_int8_over_student_median") is not None:
+        _console().print(f"int8 teacher / student median: {d['ratio_teacher_int8_over_student_median']:.2f}x")
 
 # ----------------------------------------------------------------------------------------------- report
 @app.command()

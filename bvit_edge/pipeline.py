@@ -30,6 +30,9 @@ class ExportSummary:
     teacher: dict[str, Any] | None = None
     validation: dict[str, Any] = field(default_factory=dict)  # flavour -> ValidationReport dict
     size: dict[str, Any] = field(default_factory=dict)  # flavour -> SizeReport dict
+    #: how the float parameters are stored: the choice, per flavour the file bytes of every choice, and (with
+    #: validation) the fidelity of every choice against float32 storage on the val images
+    storage: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,14 +91,31 @@ def export_checkpoint(
     atol: float = 0.0,
     limit: int | None = None,
     max_outliers: int = 0,
+    att_bias: str | None = None,
+    float_params: str | None = None,
 ) -> ExportSummary:
     """Export a checkpoint to OUT/student.<ops>.onnx (binary models are frozen first) and its teacher to
     OUT/teacher.onnx (plain ONNX), validate each against torch on the val split, report sizes.
 
     ``teacher`` defaults to the teacher recorded in the checkpoint's training config (if any).
     ``max_outliers``: how many images may differ beyond the tolerance (top-1 must still agree on all): a
-    binarizer input within float rounding of its threshold can flip one bit between runtimes."""
+    binarizer input within float rounding of its threshold can flip one bit between runtimes.
+    ``att_bias`` / ``float_params``: the storage of GSB's attention bias and of the other float parameters
+    (bvit_edge.export.storage; defaults DEFAULT_ATT_BIAS / DEFAULT_FLOAT_PARAMS). Each file is validated
+    against the model it computes (its tensors decoded from their storage), and ``storage["fidelity"]``
+    gives, for every storage choice, max |logit difference| and top-1 agreement against float32 storage."""
     from bvit_edge.export import export_onnx, export_teacher_onnx, size_report, validate_onnx
+    from bvit_edge.export.storage import (
+        DEFAULT_ATT_BIAS,
+        DEFAULT_FLOAT_PARAMS,
+        apply_to_model,
+        check_choice,
+        state_names,
+    )
+
+    att_bias = att_bias or DEFAULT_ATT_BIAS
+    float_params = float_params or DEFAULT_FLOAT_PARAMS
+    check_choice(att_bias, float_params)
 
     out = Path(out_dir)
     model, cfg = _load_frozen(checkpoint)
@@ -118,21 +138,64 @@ def export_checkpoint(
         add_metadata(teacher_path, tcfg)
         summary.teacher = res.to_dict()
         if validate:
-            summary.validation["teacher"] = validate_onnx(tmodel, teacher_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers).to_dict()
+            summary.validation["teacher"] = validate_onnx(tmodel, teacher_path, x, rtol=rtol, atol=atol,
+                                                          max_outliers=max_outliers).to_dict()
 
     flavours = ("standard",) if is_fp else ops
     for flavour in flavours:
         if flavour not in ("packed", "standard"):
             raise UsageError(f"Unknown --ops {flavour!r}: use packed or standard.")
-        path = out / (f"model.onnx" if is_fp else f"student.{flavour}.onnx")
-        res = export_onnx(model, path, ops=flavour, input_shape=shape)
+        path = out / ("model.onnx" if is_fp else f"student.{flavour}.onnx")
+        res = export_onnx(model, path, ops=flavour, input_shape=shape, att_bias=att_bias, float_params=float_params)
         add_metadata(path, cfg)
         summary.student[flavour] = res.to_dict()
         if validate:
-            summary.validation[flavour] = validate_onnx(model, path, x, rtol=rtol, atol=atol, max_outliers=max_outliers).to_dict()
-        summary.size[flavour] = size_report(path, teacher_path).to_dict()
+            stored = apply_to_model(model, res.encoded)  # the model as the file stores it
+            summary.validation[flavour] = validate_onnx(stored, path, x, rtol=rtol, atol=atol,
+                                                        max_outliers=max_outliers).to_dict()
+        summary.size[flavour] = size_report(path, teacher_path, state_names(model)).to_dict()
+    summary.storage = _storage_summary(model, out, summary, att_bias, float_params, x if validate else None, is_fp)
     write_json(out / "export.json", summary.to_dict())
     return summary
+
+
+def storage_fidelity(model: Any, x: np.ndarray, choices: list[tuple[str, str]] | None = None,
+                     batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """For each (att_bias, float_params) storage choice: max |logit difference| and top-1 agreement of the
+    model computed with its tensors decoded from that storage, against float32 storage, on images ``x``."""
+    from bvit_edge.export.storage import ATT_BIAS_CHOICES, FLOAT_PARAMS_CHOICES, apply_to_model, encode_model
+    from bvit_edge.export.validate import torch_outputs
+
+    if choices is None:
+        choices = [(a, f) for f in FLOAT_PARAMS_CHOICES for a in ATT_BIAS_CHOICES]
+    ref = torch_outputs(model, x, batch_size)[0]
+    out: dict[str, dict[str, Any]] = {}
+    for att_bias, float_params in choices:
+        encoded = encode_model(model, att_bias, float_params)
+        got = torch_outputs(apply_to_model(model, encoded), x, batch_size)[0] if encoded else ref
+        diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+        agree = got.argmax(1) == ref.argmax(1)
+        out[f"att_bias={att_bias},float_params={float_params}"] = {
+            "att_bias": att_bias, "float_params": float_params, "n_images": int(x.shape[0]),
+            "max_abs_logit_diff": float(diff.max()) if diff.size else 0.0,
+            "top1_agreement": float(agree.mean()), "top1_mismatches": int((~agree).sum()),
+            "stored_bytes": int(sum(e.nbytes for e in encoded.values())),
+            "float32_bytes": int(sum(4 * int(np.prod(e.shape)) for e in encoded.values())),
+        }
+    return out
+
+
+def _storage_summary(model: Any, out: Path, summary: ExportSummary, att_bias: str, float_params: str,
+                     x: np.ndarray | None, is_fp: bool) -> dict[str, Any]:
+    """The storage section of export.json: the choice, bytes of each file under every choice, fidelity."""
+    doc: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params, "bytes": {}}
+    for flavour in summary.student:
+        if summary.size.get(flavour, {}).get("storage_bytes"):
+            doc["bytes"][flavour] = summary.size[flavour]["storage_bytes"]
+    if x is not None and not is_fp:
+        doc["fidelity"] = storage_fidelity(model, x)
+        doc["fidelity_reference"] = "the same model with every tensor stored as float32 (torch, val images)"
+    return doc
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -161,9 +224,11 @@ def bench_report(
     limit: int | None = None,
     rpc: str | None = None,
     session: Any = None,
+    teacher_int8_onnx: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Render a bench result as a report (JSON + Markdown + PNG) in ``out_dir``; with ``data``, add each
-    model's accuracy on the val split and the fidelity ONNX reference -> compiled artifact."""
+    model's accuracy on the val split (the int8 teacher's too, from ``teacher_int8_onnx``, else quantized
+    again from ``teacher_onnx`` as the bench did) and the fidelity ONNX reference -> compiled artifact."""
     from bvit_edge.report import render_report, write_report
     from bvit_edge.runtime.run import predict
 
@@ -174,8 +239,11 @@ def bench_report(
         student = predict(student_artifact, rpc=rpc, session=session, **kw)
         teacher = predict(teacher_onnx, **kw) if teacher_onnx else None
         reference = predict(student_onnx, **kw) if student_onnx else None
+        baseline = None
+        if any(m["role"] == "baseline" for m in doc["models"]):
+            baseline = _int8_teacher_predictions(teacher_int8_onnx, teacher_onnx, kw)
         for m in doc["models"]:
-            res = student if m["role"] == "student" else teacher
+            res = {"student": student, "teacher": teacher, "baseline": baseline}[m["role"]]
             if res is None:
                 continue
             m["accuracy"] = {"split": "val", "n_images": res["num_images"], "top1_pct": res["accuracy"]["top1"] * 100,
@@ -187,3 +255,19 @@ def bench_report(
     write_report(out / "report.json", doc)
     render_report(out / "report.json", out)
     return doc
+
+
+def _int8_teacher_predictions(int8_onnx: Any, teacher_onnx: Any, kw: dict[str, Any]) -> dict[str, Any] | None:
+    """predict() of the int8 teacher: the given file, else ``teacher_onnx`` quantized again (deterministic)."""
+    import tempfile
+
+    from bvit_edge.export.int8_teacher import quantize_teacher
+    from bvit_edge.runtime.run import predict
+
+    if int8_onnx:
+        return predict(int8_onnx, **kw)
+    if not teacher_onnx:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bvit-edge-report-") as tmp:
+        path = quantize_teacher(teacher_onnx, Path(tmp) / "teacher.int8.onnx").path
+        return predict(path, **kw)

@@ -22,6 +22,11 @@ Counting rules
 - Compression ratio = (parameters of the full-precision teacher of the same geometry * 4 bytes) / packed
   bytes. The teacher is ``VisionTransformer(model.cfg)`` when the model has a ViT config, else the model's
   own parameter count at 32 bits (e.g. the BinaryViT pyramid), or the ``teacher`` passed in.
+- Storage choices (bvit_edge.export.storage, ``bvit-edge export --att-bias / --float-params``): the packed
+  bytes when GSB's attention bias B (E_B elements in R_B rows of N) is stored as float32 (4 E_B), float16
+  (2 E_B) or int8 with a float32 scale per row (E_B + 4 R_B), and when the other 32-bit tensors of 16
+  elements or more (E_F) are stored as float16 (2 bytes an element saved). These are the weight bytes an
+  export or an artifact's params.npz holds, before the file's own framing (and lib.so's code).
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ class ModelSummary:
     input_size: tuple[int, int, int]
     layers: list[LayerSummary] = field(default_factory=list)
     teacher_params: int = 0
+    #: (E_B, R_B, E_F) of the storage rules (module docstring); None when not computed
+    storage_counts: tuple[int, int, int] | None = None
 
     def total(self, attr: str) -> int:
         return sum(getattr(r, attr) for r in self.layers)
@@ -93,6 +100,24 @@ class ModelSummary:
     def compression_ratio(self) -> float:
         return self.teacher_bytes / self.packed_bytes if self.packed_bytes else float("nan")
 
+    def storage(self) -> dict[str, dict[str, Any]]:
+        """Packed bytes under every storage choice, key "att_bias=X,float_params=Y" (module docstring)."""
+        from bvit_edge.export.storage import ATT_BIAS_CHOICES, FLOAT_PARAMS_CHOICES  # noqa: PLC0415
+
+        if self.storage_counts is None:
+            return {}
+        e_b, r_b, e_f = self.storage_counts
+        bias_bytes = {"float32": 4 * e_b, "float16": 2 * e_b, "int8": e_b + 4 * r_b}
+        out: dict[str, dict[str, Any]] = {}
+        for fp in FLOAT_PARAMS_CHOICES:
+            for ab in ATT_BIAS_CHOICES:
+                packed = self.packed_bytes - 4 * e_b + bias_bytes[ab] - (2 * e_f if fp == "float16" else 0)
+                out[f"att_bias={ab},float_params={fp}"] = {
+                    "att_bias": ab, "float_params": fp, "att_bias_bytes": bias_bytes[ab],
+                    "float_params_bytes": (2 if fp == "float16" else 4) * e_f, "packed_bytes": packed,
+                    "compression_ratio": self.teacher_bytes / packed if packed else float("nan")}
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: units in the field names."""
         return {
@@ -113,6 +138,7 @@ class ModelSummary:
             "teacher_params": self.teacher_params,
             "teacher_fp32_bytes": self.teacher_bytes,
             "compression_ratio": self.compression_ratio,
+            "storage": self.storage(),
         }
 
     def table(self, max_rows: int | None = None) -> Any:
@@ -138,8 +164,36 @@ class ModelSummary:
         )
         return t
 
+    def storage_table(self) -> Any:
+        """A rich Table of the packed bytes under every storage choice (None without attention bias or
+        float tensors to re-encode)."""
+        from rich.table import Table
+
+        rows = self.storage()
+        if not rows or self.storage_counts is None or not any(self.storage_counts):
+            return None
+        from bvit_edge.export.storage import DEFAULT_ATT_BIAS, DEFAULT_FLOAT_PARAMS  # noqa: PLC0415
+
+        e_b, r_b, e_f = self.storage_counts
+        t = Table(title=f"storage of the float parameters: attention bias B {e_b:,} values in {r_b:,} rows, other "
+                        f"float tensors {e_f:,} values")
+        for col in ("--att-bias", "--float-params", "B bytes", "other float bytes", "packed MB", "vs float teacher"):
+            t.add_column(col, justify="left" if col.startswith("--") else "right")
+        default = f"att_bias={DEFAULT_ATT_BIAS},float_params={DEFAULT_FLOAT_PARAMS}"
+        for key, r in rows.items():
+            t.add_row(r["att_bias"], r["float_params"], f"{r['att_bias_bytes']:,}", f"{r['float_params_bytes']:,}",
+                      f"{r['packed_bytes'] / 1e6:.2f}", f"x{r['compression_ratio']:.1f}",
+                      style="bold" if key == default else None)
+        t.caption = "bold: the export default. Weight bytes of the .onnx file / the artifact's params.npz."
+        return t
+
     def __rich__(self) -> Any:
-        return self.table()
+        storage = self.storage_table()
+        if storage is None:
+            return self.table()
+        from rich.console import Group
+
+        return Group(self.table(), storage)
 
     def to_text(self, width: int = 160, max_rows: int | None = None) -> str:
         """The table as plain text."""
@@ -147,6 +201,9 @@ class ModelSummary:
 
         console = Console(width=width, record=True, file=_Null())
         console.print(self.table(max_rows))
+        storage = self.storage_table()
+        if storage is not None:
+            console.print(storage)
         return console.export_text()
 
 
@@ -334,7 +391,37 @@ def summary(model: nn.Module, input_size: tuple[int, int, int] | None = None, te
                 setattr(row, f"{kind}_macs", getattr(row, f"{kind}_macs") + int(v))
         if row.params_1bit or row.params_8bit or row.params_32bit or row.binary_macs or row.int8_macs or row.float_macs:
             result.layers.append(row)
+    result.storage_counts = _storage_counts(work, result)
     return result
+
+
+def _is_att_bias(name: str) -> bool:
+    return name.endswith(".att_bias") or name == "att_bias" or name.endswith("move_att.bias")
+
+
+def _storage_counts(model: nn.Module, result: ModelSummary) -> tuple[int, int, int]:
+    """(E_B, R_B, E_F): attention-bias values and rows, other 32-bit tensors of >= MIN_ELEMENTS values."""
+    from bvit_edge.export.storage import MIN_ELEMENTS  # noqa: PLC0415
+
+    e_b = r_b = e_f = 0
+    tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b is not None]
+    for name, t in tensors:
+        if not t.is_floating_point():
+            continue
+        if _is_att_bias(name):
+            e_b += t.numel()
+            r_b += t.numel() // int(t.shape[-1]) if t.dim() else 1
+        elif t.numel() >= MIN_ELEMENTS and _counted_as_32bit(model, name):
+            e_f += t.numel()
+    return e_b, r_b, e_f
+
+
+def _counted_as_32bit(model: nn.Module, name: str) -> bool:
+    """True when the summary counted tensor ``name`` at 32 bits (not a 1-bit or 8-bit weight)."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    widths = _known_bit_widths(owner)
+    return (widths or {}).get(leaf, 32) == 32 and leaf not in ("w_bits",)
 
 
 __all__ = ["LayerSummary", "ModelSummary", "summary"]

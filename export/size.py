@@ -3,7 +3,9 @@
 * 1-bit: bit-packed uint8 matrices [N, Kp/8]. Fed to a BinaryLinear node (input W_bits): N x in_features
   true weights; any other one (a standard export, where the decomposition unpacks it in the graph):
   8 bits a byte, pad bits included (none when K is a multiple of 64).
-* 8-bit: int8 initializers (DequantizeLinear weights; zero points count as "other").
+* 8-bit: int8 initializers (DequantizeLinear weights, GSB's attention bias stored as int8; zero points
+  count as "other").
+* 16-bit: float16 initializers (parameters stored as float16, bvit_edge.export.storage).
 * 32-bit: float32 initializers (LayerNorm, biases, scales, float weights).
 * other: any other element type (int64 shape constants, ...), counted apart.
 
@@ -32,6 +34,9 @@ class SizeReport:
     weights_8bit: int
     weights_32bit: int
     weights_other: int
+    weights_16bit: int = 0
+    #: serialized bytes of this file under every storage choice (bvit_edge.export.storage.storage_bytes)
+    storage_bytes: dict[str, int] | None = None
     largest_32bit: list[tuple[str, int]] | None = None
     teacher_path: str | None = None
     teacher_bytes: int | None = None
@@ -42,7 +47,8 @@ class SizeReport:
 
 
 def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    """{"weights_1bit", "weights_8bit", "weights_32bit", "weights_other"} counted from the initializers."""
+    """{"weights_1bit", "weights_8bit", "weights_16bit", "weights_32bit", "weights_other"} counted from the
+    initializers."""
     binary_k: dict[str, int] = {}
     zero_points: set[str] = set()
     for node in proto.graph.node:
@@ -51,7 +57,7 @@ def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
         if node.op_type == "BinaryLinear" and len(node.input) > 3:
             k = next((a.i for a in node.attribute if a.name == "in_features"), 0)
             binary_k[node.input[3]] = int(k)
-    counts = {"weights_1bit": 0, "weights_8bit": 0, "weights_32bit": 0, "weights_other": 0}
+    counts = {"weights_1bit": 0, "weights_8bit": 0, "weights_16bit": 0, "weights_32bit": 0, "weights_other": 0}
     for init in proto.graph.initializer:
         n = int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
         if init.data_type == _T.UINT8 and len(init.dims) != 2:
@@ -65,6 +71,8 @@ def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
             counts["weights_8bit"] += n
         elif init.data_type == _T.FLOAT:
             counts["weights_32bit"] += n
+        elif init.data_type == _T.FLOAT16:
+            counts["weights_16bit"] += n
         else:
             counts["weights_other"] += n
     return counts
@@ -80,11 +88,18 @@ def largest_float32(proto: onnx.ModelProto, top: int = 5) -> list[tuple[str, int
     return sorted(sizes, key=lambda t: -t[1])[:top]
 
 
-def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None) -> SizeReport:
-    """Bytes on disk and weight counts of ``onnx_path``; compression ratio vs ``teacher_path`` if given."""
+def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None,
+                state_names: list[str] | None = None) -> SizeReport:
+    """Bytes on disk and weight counts of ``onnx_path``; compression ratio vs ``teacher_path`` if given;
+    the file's bytes under every storage choice of B (and, given the model's ``state_names``, of its other
+    float parameters) in ``storage_bytes``."""
+    from bvit_edge.export.storage import att_bias_names, decompacted, storage_bytes  # noqa: PLC0415
+
     proto = load_model(onnx_path)
     size = Path(onnx_path).stat().st_size
     rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, **weight_counts(proto), largest_32bit=largest_float32(proto))
+    if att_bias_names(decompacted(proto)) or state_names:
+        rep.storage_bytes = storage_bytes(proto, state_names or [])
     if teacher_path is not None:
         load_model(teacher_path)
         tb = Path(teacher_path).stat().st_size

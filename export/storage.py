@@ -275,7 +275,7 @@ def storage_bytes(proto: onnx.ModelProto, state_names: Iterable[str] = (),
     base = decompacted(proto)
     names = list(state_names)
     out: dict[str, int] = {}
-    for ab, fp in (choices or [(a, "float32") for a in ATT_BIAS_CHOICES] + [(DEFAULT_ATT_BIAS, "float16")]):
+    for ab, fp in (choices or [(a, f) for f in FLOAT_PARAMS_CHOICES for a in ATT_BIAS_CHOICES]):
         work = onnx.ModelProto()
         work.CopyFrom(base)
         compact_proto(work, ab, fp, names)

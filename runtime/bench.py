@@ -251,7 +251,7 @@ def _report_size(sizes: dict[str, Any], side: SideResult) -> dict[str, Any]:
     else:
         on_disk = int(sizes["artifact"]["total_bytes"]) if "artifact" in sizes else None
     return size_entry(int(counts["weights_1bit"]), int(counts["weights_8bit"]), int(counts["weights_32bit"]),
-                      artifact_bytes=on_disk)
+                      artifact_bytes=on_disk, weights_16bit=int(counts.get("weights_16bit", 0)))
 
 
 # ----------------------------------------------------------------------------------------------------

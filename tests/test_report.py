@@ -89,6 +89,24 @@ def test_render_report_writes_markdown_and_three_pngs(tmp_path):
     assert "onnx → tvm" in md
 
 
+def test_a_baseline_gets_its_own_speed_up_and_compression_columns(tmp_path):
+    doc = _doc()
+    doc["models"].append({"name": "teacher-int8", "role": "baseline", "method": "fp, int8 by onnxruntime",
+                          "accuracy": {"split": "val", "n_images": 360, "top1_pct": 97.0},
+                          "size": size_entry(0, 1_000_000, 2_000, artifact_bytes=1_100_000)})
+    doc["latency"].append({"model": "teacher-int8", "target": "host", "threads": 1, "batch": 1, "runs": 50,
+                           "median_ms": 5.0, "p10_ms": 4.5, "p90_ms": 6.0})
+    out = render_report(write_report(tmp_path / "r.json", doc), tmp_path / "out")
+    md = out["markdown"].read_text()
+    assert "speed-up vs teacher-int8 (int8)" in md and "vs teacher-int8 (int8)" in md
+    gsb_host = next(line for line in md.splitlines() if line.startswith("| gsb | host |"))
+    assert gsb_host.endswith("| 4.00× | 2.50× |")  # teacher 8.0 / 2.0 ms, int8 teacher 5.0 / 2.0 ms
+    gsb_size = next(line for line in md.splitlines() if line.startswith("| gsb |") and "400,000" in line)
+    assert gsb_size.endswith(f"| {4_000_000 / 318_750:.1f}× | {1_008_000 / 318_750:.1f}× |")
+    base_row = next(line for line in md.splitlines() if line.startswith("| teacher-int8 | host |"))
+    assert base_row.endswith("| 1.60× | 1.00× |")
+
+
 def test_latency_plot_draws_medians_with_p10_p90_whiskers():
     from bvit_edge.report.plots import latency_figure
 

@@ -1,9 +1,11 @@
 """The report as Markdown: tables of accuracy, latency (with the speed-up against the teacher), size by
 precision (with the compression against the teacher) and fidelity, drawn from the document only.
 
-Derived columns, both "teacher over model" so that > 1 means the model is better:
+Derived columns, all "reference over model" so that > 1 means the model is better:
 - speed-up = teacher median_ms / model median_ms, for the same target, threads and batch;
-- compression = teacher weight bytes / model weight bytes (all precisions summed).
+- compression = teacher weight bytes / model weight bytes (all precisions summed);
+- when the report has a baseline (the teacher quantized to int8 by onnxruntime: what a user would pick
+  instead), the same two ratios against it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from bvit_edge.report.schema import SIZE_BYTES
 __all__ = ["render_markdown", "speedups", "compressions"]
 
 
-def _teacher(doc: dict[str, Any]) -> str | None:
-    return next((m["name"] for m in doc["models"] if m["role"] == "teacher"), None)
+def _reference(doc: dict[str, Any], role: str) -> str | None:
+    return next((m["name"] for m in doc["models"] if m["role"] == role), None)
 
 
-def speedups(doc: dict[str, Any]) -> list[float | None]:
-    """For each latency record: the teacher's median over its median on the same target/threads/batch."""
-    teacher = _teacher(doc)
+def speedups(doc: dict[str, Any], role: str = "teacher") -> list[float | None]:
+    """For each latency record: the median of the first model of ``role`` ("teacher" or "baseline") over its
+    median on the same target/threads/batch."""
+    teacher = _reference(doc, role)
     base = {(e["target"], e["threads"], e.get("batch", 1)): e["median_ms"]
             for e in doc.get("latency", []) if e["model"] == teacher}
     out: list[float | None] = []
@@ -33,12 +36,14 @@ def speedups(doc: dict[str, Any]) -> list[float | None]:
 
 
 def _weight_bytes(m: dict[str, Any]) -> int | None:
-    return sum(m["size"][k] for k in SIZE_BYTES) if m.get("size") else None
+    if not m.get("size"):
+        return None
+    return sum(m["size"][k] for k in SIZE_BYTES) + m["size"].get("weights_16bit_bytes", 0)
 
 
-def compressions(doc: dict[str, Any]) -> dict[str, float | None]:
-    """model name -> teacher weight bytes / model weight bytes (None without sizes)."""
-    teacher = next((m for m in doc["models"] if m["role"] == "teacher"), None)
+def compressions(doc: dict[str, Any], role: str = "teacher") -> dict[str, float | None]:
+    """model name -> weight bytes of the first model of ``role`` / model weight bytes (None without sizes)."""
+    teacher = next((m for m in doc["models"] if m["role"] == role), None)
     tb = _weight_bytes(teacher) if teacher else None
     return {m["name"]: (tb / b if tb and (b := _weight_bytes(m)) else None) for m in doc["models"]}
 
@@ -74,19 +79,26 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
              f"{m['accuracy']['top5_pct']:.2f}" if m["accuracy"].get("top5_pct") is not None else "–"]
             for m in accs])
 
+    has_base = _reference(doc, "baseline") is not None
+    base_name = _reference(doc, "baseline")
     lat = doc.get("latency", [])
     if lat:
         lines += ["## Latency", ""]
         rows = []
-        for e, s in zip(lat, speedups(doc)):
+        base_speed = speedups(doc, "baseline")
+        for e, s, b in zip(lat, speedups(doc), base_speed):
             target = e["target"] + (" (emulated)" if e.get("emulated") else "")
             spread = f"{_fmt(e['p10_ms'])}–{_fmt(e['p90_ms'])}"
             mean = f"{_fmt(e['mean_ms'])} ± {_fmt(e.get('std_ms'))}" if e.get("mean_ms") is not None else "–"
             runs = f"{e['runs']}" + (f" (+{e['warmup_runs']} warm-up)" if e.get("warmup_runs") else "")
-            rows.append([e["model"], target, str(e["threads"]), str(e.get("batch", 1)), _fmt(e["median_ms"]),
-                         spread, mean, _fmt(e.get("min_ms")), runs, f"{s:.2f}×" if s is not None else "–"])
+            row = [e["model"], target, str(e["threads"]), str(e.get("batch", 1)), _fmt(e["median_ms"]),
+                   spread, mean, _fmt(e.get("min_ms")), runs, f"{s:.2f}×" if s is not None else "–"]
+            if has_base:
+                row.append(f"{b:.2f}×" if b is not None else "–")
+            rows.append(row)
         lines += _table(["model", "target", "threads", "batch", "median ms", "p10–p90 ms", "mean ± std ms",
-                         "min ms", "runs", "speed-up vs teacher"], rows)
+                         "min ms", "runs", "speed-up vs teacher"]
+                        + ([f"speed-up vs {base_name} (int8)"] if has_base else []), rows)
         if any(e.get("emulated") for e in lat):
             lines += ["Emulated targets run under qemu user mode: their times show that the code runs and "
                       "matches, not how fast a real board is.", ""]
@@ -95,15 +107,22 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
     if sized:
         unit, div = byte_unit(max(_weight_bytes(m) or 0 for m in sized))
         comp = compressions(doc)
+        comp_base = compressions(doc, "baseline")
         lines += ["## Size", ""]
         rows = []
         for m in sized:
             sz = m["size"]
-            rows.append([m["name"], *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES), f"{_weight_bytes(m) / div:,.2f}",
-                         f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
-                         f"{comp[m['name']]:.1f}×" if comp[m["name"]] is not None else "–"])
-        lines += _table(["model", f"1-bit {unit}", f"8-bit {unit}", f"32-bit {unit}", f"weights {unit}",
-                         "artifact bytes", "compression vs teacher"], rows)
+            row = [m["name"], *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES[:2]),
+                   f"{sz.get('weights_16bit_bytes', 0) / div:,.2f}", f"{sz['weights_32bit_bytes'] / div:,.2f}",
+                   f"{_weight_bytes(m) / div:,.2f}",
+                   f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
+                   f"{comp[m['name']]:.1f}×" if comp[m["name"]] is not None else "–"]
+            if has_base:
+                row.append(f"{comp_base[m['name']]:.1f}×" if comp_base[m["name"]] is not None else "–")
+            rows.append(row)
+        lines += _table(["model", f"1-bit {unit}", f"8-bit {unit}", f"16-bit {unit}", f"32-bit {unit}", f"weights {unit}",
+                         "bytes on disk", "compression vs teacher"]
+                        + ([f"vs {base_name} (int8)"] if has_base else []), rows)
 
     fids = [m for m in doc["models"] if m.get("fidelity")]
     if fids:

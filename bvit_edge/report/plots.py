@@ -2,9 +2,11 @@
 
 - :func:`latency_figure`: per model (rows) and target (colours), a bar at the median latency with a
   whisker from p10 to p90; emulated targets hatched.
-- :func:`size_figure`: per model a stacked bar of weight bytes by precision (1-bit, 8-bit, 32-bit).
+- :func:`size_figure`: per model a stacked bar of weight bytes by precision (1-bit, 8-bit, 16-bit when any,
+  32-bit).
 - :func:`accuracy_latency_figure`: top-1 accuracy against median latency, one point per model and
-  target; the teacher a star, students circles, emulated targets hollow; log latency axis.
+  target; the teacher a star, the baseline (int8 teacher) a diamond, students circles, emulated targets
+  hollow; log latency axis.
 
 Each returns the ``matplotlib.figure.Figure`` (tests read the drawn values back from it).
 """
@@ -72,14 +74,17 @@ def latency_figure(doc: dict[str, Any]) -> Figure:
 def size_figure(doc: dict[str, Any]) -> Figure:
     """Stacked weight bytes by precision per model (models without a size record are left out)."""
     models = [m for m in doc["models"] if m.get("size")]
-    top = max([sum(m["size"][k] for k in ("weights_1bit_bytes", "weights_8bit_bytes", "weights_32bit_bytes"))
-               for m in models] + [1])
+    keys = ("weights_1bit_bytes", "weights_8bit_bytes", "weights_16bit_bytes", "weights_32bit_bytes")
+    top = max([sum(m["size"].get(k, 0) for k in keys) for m in models] + [1])
     unit, div = byte_unit(top)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(1, len(models))))
     left = [0.0] * len(models)
-    for j, (key, label) in enumerate((("weights_1bit_bytes", "1-bit"), ("weights_8bit_bytes", "8-bit"),
-                                      ("weights_32bit_bytes", "32-bit"))):
-        widths = [m["size"][key] / div for m in models]
+    layers = [("weights_1bit_bytes", "1-bit"), ("weights_8bit_bytes", "8-bit"), ("weights_16bit_bytes", "16-bit"),
+              ("weights_32bit_bytes", "32-bit")]
+    if not any(m["size"].get("weights_16bit_bytes") for m in models):
+        layers.pop(2)
+    for j, (key, label) in enumerate(layers):
+        widths = [m["size"].get(key, 0) / div for m in models]
         ax.barh(range(len(models)), widths, left=left, color=_COLORS[j], label=label)
         left = [a + b for a, b in zip(left, widths)]
     ax.set_yticks(range(len(models)), [m["name"] for m in models])
@@ -101,7 +106,7 @@ def accuracy_latency_figure(doc: dict[str, Any]) -> Figure:
         if m is None:
             continue
         color = _COLORS[targets.index(e["target"]) % len(_COLORS)]
-        marker = "*" if m["role"] == "teacher" else "o"
+        marker = {"teacher": "*", "baseline": "D"}.get(m["role"], "o")
         face = "none" if e.get("emulated") else color
         ax.scatter([e["median_ms"]], [m["accuracy"]["top1_pct"]], marker=marker, s=140 if marker == "*" else 60,
                    facecolors=face, edgecolors=color, label=f"{e['target']}{' (emulated)' if e.get('emulated') else ''}")
@@ -110,7 +115,7 @@ def accuracy_latency_figure(doc: dict[str, Any]) -> Figure:
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     if uniq:
-        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize="small", title="star: teacher")
+        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize="small", title="star: teacher, diamond: int8 teacher")
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 2, 5, 10, 40 rather than 2x10^0
     ax.xaxis.set_major_formatter(plain)

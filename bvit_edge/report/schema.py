@@ -16,6 +16,7 @@ draws from (nothing else is read). Units are in the field names::
           "method": "fp" | "gsb" | "bit" | ...,        # optional
           "accuracy": {"split": "val", "n_images": 360, "top1_pct": 97.2, "top5_pct": 99.7},  # optional
           "size": {"weights_1bit_bytes": 0, "weights_8bit_bytes": 0, "weights_32bit_bytes": 1234,
+                   "weights_16bit_bytes": 0,                # optional: parameters stored as float16
                    "artifact_bytes": 5678,             # optional: bytes on disk of the artifact
                    "weights_1bit_count": 0, ...},      # optional counts
           "fidelity": {"reference": "onnx", "compared": "tvm", "max_abs_diff": 1e-6,
@@ -125,6 +126,7 @@ def validate_report(doc: Any, source: str = "(in memory)") -> dict[str, Any]:
             else:
                 for key in SIZE_BYTES:
                     _number(errs, size, key, f"{p}.size")
+                _number(errs, size, "weights_16bit_bytes", f"{p}.size", required=False)
                 _number(errs, size, "artifact_bytes", f"{p}.size", required=False)
         fid = m.get("fidelity")
         if fid is not None:

@@ -77,7 +77,14 @@ def read_params(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> lis
             if missing or ("count" in info and int(info["count"]) != len(names)):
                 raise UsageError(f"{pfile} does not hold the parameters the manifest names ({len(npz.files)} arrays, "
                                  f"expected {info.get('count', len(names))}); recompile the artifact.")
-            return [np.ascontiguousarray(npz[n]) for n in names]
+            arrays = [np.ascontiguousarray(npz[n]) for n in names]
+            decode = info.get("decode") or {}
+            if decode:  # compactly stored weights (int8 / float16), rebuilt in float32 once, here
+                from bvit_edge.runtime.compact_params import decode_params, extra_names  # noqa: PLC0415
+
+                extra = {k: npz[k] for k in extra_names(decode)}
+                arrays = decode_params(names, arrays, decode, extra)
+            return arrays
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - zipfile / numpy raise several types for a damaged file

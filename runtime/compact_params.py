@@ -1,19 +1,25 @@
-"""Keep compactly stored weights compact in an artifact: decode them in lib.so at run time, not at compile time.
+"""Keep compactly stored weights compact in an artifact's params.npz, decoded once when the artifact is loaded.
 
 An export may store a large float tensor in fewer bytes (bvit_edge.export.storage: GSB's attention bias B
-as int8 + per-row scales decoded by ``DequantizeLinear``, or float16 decoded by ``Cast``). Relax's
-FoldConstant would evaluate ``dequantize(int8 constant)`` / ``astype(float16 constant)`` at compile time and
-the parameter lifting (bvit_edge.runtime.params) would then save the float32 result: params.npz would hold
-a float32 copy of B again.
+as int8 + per-row scales decoded by ``DequantizeLinear``, or float16 decoded by ``Cast``; the 8-bit layers'
+int8 weights decoded by ``DequantizeLinear``). Relax's FoldConstant would evaluate the decoding at compile
+time and params.npz would hold a float32 copy again; decoding it inside lib.so at every inference would
+cost a kernel call per tensor (FuseOps cannot merge it into the attention's softmax + add group).
 
-:func:`keep_compact_pass` runs before legalization: in ``main`` every int8 / uint8 / float16 constant with at
-least :data:`MIN_COMPACT_ELEMENTS` elements that is the data operand of ``relax.dequantize`` or
-``relax.astype`` becomes a parameter of ``main`` in its stored dtype (appended after the image, numbered
-``p0``, ``p1``, ... in the same :class:`~bvit_edge.runtime.params.LiftedParams` the later lifting
-continues). Its decoding is then an ordinary elementwise op that FuseOps merges into its consumer (for B:
-the add of the attention probabilities), so it costs no extra kernel call. Smaller compact constants
-(a LayerNorm weight stored as float16) are still decoded at compile time: their float32 copies are a few
-hundred bytes, and a run-time decode of each would be one more kernel call per inference.
+:func:`keep_compact_pass` runs first in the pipeline. In ``main`` it replaces every decoding of a large
+compact constant, ``dequantize(C, scale, zero_point)`` / ``astype(C, float32)`` with C int8, uint8 or float16
+of at least :data:`MIN_COMPACT_ELEMENTS` elements (scale and zero point constants), optionally followed by
+``reshape``s, by a float32 parameter of ``main`` (appended after the image, named ``p0``, ``p1``, ... in the
+same :class:`~bvit_edge.runtime.params.LiftedParams` the later lifting continues). params.npz stores C in
+its own dtype, plus the scale and zero point; the manifest's ``params.decode`` says how to rebuild the
+float32 tensor, and :func:`decode_params` does it when the artifact is loaded (numpy only):
+
+    dequantize  x = (float32(C) - float32(zero_point)) * scale   (scale per index of ``axis``, or scalar)
+    cast        x = float32(C)                                    (float16 -> float32 is exact)
+    then        x.reshape(shape)
+
+The same float32 products as ONNX DequantizeLinear and TVM's dequantize (q - zp is exact in float32), so the
+artifact computes what the ONNX file does, bit for bit, with no decoding at run time.
 
 :func:`cast_converter` gives TVM's ONNX importer a ``Cast`` that leaves ``Cast(float16 initializer)`` to
 float32 as a ``relax.astype`` call (the stock converter evaluates it at import time, before any pass).
@@ -25,10 +31,55 @@ from typing import Any
 
 import numpy as np
 
-#: Compact constants with fewer elements than this are decoded at compile time.
+#: Compact constants with fewer elements than this are decoded at compile time (their float32 copies are
+#: small); larger ones stay compact in params.npz.
 MIN_COMPACT_ELEMENTS = 4096
 COMPACT_DTYPES = ("int8", "uint8", "float16")
+DECODE_KINDS = ("dequantize", "cast")
 ENTRY = "main"
+
+
+# --------------------------------------------------------------------------------------------------------
+# load time (numpy only)
+# --------------------------------------------------------------------------------------------------------
+
+
+def decode_param(stored: np.ndarray, spec: dict[str, Any], extra: dict[str, np.ndarray]) -> np.ndarray:
+    """The float32 tensor ``spec`` (a manifest ``params.decode`` entry) rebuilds from ``stored``; ``extra``
+    holds the arrays it names (scale, zero point). ValueError for a spec this runtime does not know."""
+    kind = spec.get("kind")
+    if kind == "dequantize":
+        scale = np.asarray(extra[spec["scale"]], np.float32)
+        zero = np.asarray(extra[spec["zero_point"]]).astype(np.float32)
+        axis = int(spec.get("axis", -1)) % max(stored.ndim, 1)
+        view = [1] * stored.ndim
+        if scale.size > 1 or zero.size > 1:
+            view[axis] = -1
+        x = (stored.astype(np.float32) - zero.reshape(view if zero.size > 1 else ())) * \
+            scale.reshape(view if scale.size > 1 else ())
+    elif kind == "cast":
+        x = stored.astype(np.float32)
+    else:
+        raise ValueError(f"unknown parameter decoding {kind!r} (this runtime knows {', '.join(DECODE_KINDS)})")
+    return np.ascontiguousarray(x.astype(np.float32).reshape([int(d) for d in spec["shape"]]))
+
+
+def decode_params(names: list[str], arrays: list[np.ndarray], decode: dict[str, dict[str, Any]],
+                  extra: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` (params.npz, in ``names`` order) with the entries ``decode`` names rebuilt in float32."""
+    if not decode:
+        return arrays
+    return [decode_param(a, decode[n], extra) if n in decode else a for n, a in zip(names, arrays)]
+
+
+def extra_names(decode: dict[str, dict[str, Any]]) -> list[str]:
+    """The params.npz keys the decodings read besides the parameters themselves."""
+    return sorted({spec[k] for spec in decode.values() for k in ("scale", "zero_point") if k in spec})
+
+
+# --------------------------------------------------------------------------------------------------------
+# compile time
+# --------------------------------------------------------------------------------------------------------
 
 
 def _compact_const(expr: Any, min_elements: int) -> bool:
@@ -42,64 +93,120 @@ def _compact_const(expr: Any, min_elements: int) -> bool:
     return int(np.prod([int(d) for d in value.shape])) >= min_elements
 
 
-def keep_compact_pass(holder: Any, min_elements: int = MIN_COMPACT_ELEMENTS, entry: str = ENTRY) -> Any:
-    """A module pass turning the large compact constants that ``main`` decodes into parameters (see the
-    module docstring); fills ``holder`` (a LiftedParams) from empty and marks them kept for the later
-    lifting pass."""
+def _const_value(expr: Any) -> np.ndarray | None:
+    from tvm.ir import GenericConst  # noqa: PLC0415
+
+    return expr.value.numpy() if isinstance(expr, GenericConst) else None
+
+
+def _static_shape(expr: Any) -> list[int] | None:
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    values = getattr(shape, "values", None)
+    if values is None:
+        return None
+    try:
+        return [int(v.value) for v in values]
+    except AttributeError:
+        return None
+
+
+def keep_compact_pass(holder: Any, min_elements: int | None = None, entry: str = ENTRY) -> Any:
+    """A module pass turning the large compact constants ``main`` decodes into float32 parameters decoded at
+    load time (module docstring); fills ``holder`` (a LiftedParams) from empty and marks them kept for the
+    later lifting pass. ``min_elements`` defaults to :data:`MIN_COMPACT_ELEMENTS` (read when the pass runs)."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
 
-    decoders = {tvm.ir.Op.get("relax.dequantize"), tvm.ir.Op.get("relax.astype")}
+    dequantize, astype = tvm.ir.Op.get("relax.dequantize"), tvm.ir.Op.get("relax.astype")
+    reshape = tvm.ir.Op.get("relax.reshape")
+
+    def decoding(call: Any) -> dict[str, Any] | None:
+        """The decode spec of ``call`` when it decodes a large compact constant into float32, else None."""
+        least = MIN_COMPACT_ELEMENTS if min_elements is None else min_elements
+        if not isinstance(call, relax.Call) or not call.args or not _compact_const(call.args[0], least):
+            return None
+        if call.op == astype and str(call.attrs.dtype) == "float32" and str(call.args[0].value.dtype) == "float16":
+            return {"kind": "cast"}
+        if call.op == dequantize and str(call.attrs.out_dtype) == "float32" and len(call.args) >= 3:
+            scale, zero = _const_value(call.args[1]), _const_value(call.args[2])
+            if scale is None or zero is None or scale.dtype != np.float32:
+                return None
+            return {"kind": "dequantize", "axis": int(call.attrs.axis), "scale_value": scale, "zero_value": zero}
+        return None
+
+    def chains(func: Any) -> list[tuple[Any, Any, dict[str, Any]]]:
+        """(decoding call, last value of the chain, spec) for each decoding of a compact constant; the chain
+        runs through ``reshape``s that are the only use of the value before them."""
+        var2val = relax.analysis.get_var2val(func)
+        uses: dict[Any, list[Any]] = {}
+        for var, value in var2val.items():
+            for used in relax.analysis.free_vars(value):
+                uses.setdefault(used, []).append(var)
+        for used in relax.analysis.free_vars(func.body.body):
+            uses.setdefault(used, []).append(None)
+        found = []
+        for var, value in var2val.items():
+            spec = decoding(value)
+            if spec is None:
+                continue
+            last_var, last = var, value
+            while len(uses.get(last_var, [])) == 1 and uses[last_var][0] is not None:
+                nxt = uses[last_var][0]
+                nval = var2val.get(nxt)
+                if not (isinstance(nval, relax.Call) and nval.op == reshape):
+                    break
+                last_var, last = nxt, nval
+            found.append((value, last, spec))
+        return found
 
     @mutator
     class _Keep(PyExprMutator):
-        def __init__(self, mod: Any) -> None:
+        def __init__(self, mod: Any, plan: list[tuple[Any, Any, dict[str, Any]]]) -> None:
             super().__init__(mod)
-            self.by_handle: dict[int, Any] = {}
+            self.plan = plan
             self.new_params: list[Any] = []
-            self.keep: list[Any] = []
-
-        def _param(self, const: Any) -> Any:
-            key = int(const.__chandle__())
-            var = self.by_handle.get(key)
-            if var is None:
-                name = f"p{len(holder)}"
-                var = relax.Var(name, const.ty)
-                self.by_handle[key] = var
-                self.new_params.append(var)
-                self.keep.append(const)
-                holder.names.append(name)
-                holder.arrays.append(np.ascontiguousarray(const.value.numpy()))
-            return var
 
         def visit_call_(self, op: Any) -> Any:  # noqa: N802 - TVM's name
-            call = super().visit_call_(op)
-            if call.op in decoders and call.args and _compact_const(call.args[0], min_elements):
-                args = [self._param(call.args[0])] + list(call.args[1:])
-                return relax.Call(call.op, args, call.attrs, call.ty_args, call.span)
-            return call
+            for call, last, spec in self.plan:
+                if op.same_as(last):
+                    return self._param(call, spec, _static_shape(last))
+            return super().visit_call_(op)
+
+        def _param(self, call: Any, spec: dict[str, Any], shape: list[int]) -> Any:
+            name = f"p{len(holder)}"
+            var = relax.Var(name, relax.TensorType(shape, "float32"))
+            self.new_params.append(var)
+            entry_spec: dict[str, Any] = {"kind": spec["kind"], "shape": list(shape)}
+            if spec["kind"] == "dequantize":
+                entry_spec.update({"axis": spec["axis"], "scale": f"{name}.scale", "zero_point": f"{name}.zero_point"})
+                holder.extras[f"{name}.scale"] = np.ascontiguousarray(spec["scale_value"])
+                holder.extras[f"{name}.zero_point"] = np.ascontiguousarray(spec["zero_value"])
+            holder.names.append(name)
+            holder.arrays.append(np.ascontiguousarray(call.args[0].value.numpy()))
+            holder.decode[name] = entry_spec
+            return var
 
     @tvm.transform.module_pass(opt_level=0, name="BvitEdgeKeepCompactParams")
     def _pass(mod: Any, _ctx: Any) -> Any:
         holder.clear()
-        holder.kept = 0
         gv = next((g for g in mod.get_global_vars() if g.name_hint == entry), None)
         func = mod[gv] if gv is not None else None
         if not isinstance(func, relax.Function):
             return mod
-        keep = _Keep(mod)
+        plan = [c for c in chains(func) if _static_shape(c[1]) is not None]
+        if not plan:
+            return mod
+        keep = _Keep(mod, plan)
         body = keep.visit_expr(func.body)
         holder.kept = len(holder)
-        if not keep.new_params:
-            return mod
         new_func = relax.Function(list(func.params) + keep.new_params, body, func.ret_ty, func.is_pure,
                                   func.attrs, func.span)
         if func.attrs is None or "num_input" not in func.attrs:  # the image input(s) first, then the weights
             new_func = new_func.with_attr("num_input", len(func.params))
         mod = mod.clone()
         mod[gv] = new_func
-        return mod
+        return relax.transform.DeadCodeElimination([entry])(mod)  # the decodings replaced are now unused
 
     return _pass
 

@@ -16,7 +16,9 @@
 Parameters (``params_storage``): with ``"file"`` (the default) every weight tensor of 16 elements or more
 (bvit_edge.runtime.params.MIN_ELEMENTS) becomes a parameter of ``main``, appended after the image input,
 and is saved in ``params.npz`` (numpy ``np.savez``, keys ``p0``, ``p1``, ... in parameter order) in its
-final form: int8 weights dequantized, binary weights repacked for the target's word size. Scalars and tiny
+final form (binary weights repacked for the target's word size), except that large weights the export stores
+compactly (int8 + scales, float16; bvit_edge.runtime.compact_params) stay so, with their scales beside them,
+and are rebuilt in float32 when the artifact is loaded, as the manifest's ``params.decode`` says. Scalars and tiny
 constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
 (bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
 records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
@@ -297,5 +299,7 @@ def compile_model(
             manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
                                   "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
                                   "names": list(lifted.names)}
+            if lifted.decode:  # compactly stored weights, rebuilt at load (bvit_edge.runtime.compact_params)
+                manifest["params"]["decode"] = lifted.decode
         write_json(tmp / MANIFEST_NAME, manifest)
     return Path(out_dir)

@@ -33,6 +33,10 @@ class LiftedParams:
     arrays: list[np.ndarray] = field(default_factory=list)
     #: entries an earlier pass of the same pipeline added (bvit_edge.runtime.compact_params); kept by this one
     kept: int = 0
+    #: name -> how to rebuild a compactly stored parameter at load time (bvit_edge.runtime.compact_params)
+    decode: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: further arrays the decodings read (scales, zero points), saved beside the parameters
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -49,11 +53,14 @@ class LiftedParams:
     def save_npz(self, path: Any) -> None:
         """Write the arrays to ``path`` with ``np.savez`` (uncompressed; keys in parameter order)."""
         with open(path, "wb") as f:
-            np.savez(f, **self.as_dict())
+            np.savez(f, **self.as_dict(), **self.extras)
 
     def clear(self) -> None:
         self.names.clear()
         self.arrays.clear()
+        self.decode.clear()
+        self.extras.clear()
+        self.kept = 0
 
 
 def _liftable(const: Any, min_elements: int) -> bool:

@@ -575,11 +575,12 @@ def demo(
     per_class: Annotated[int, typer.Option(help="Training images per class for the GSB student (limited samples).")] = 30,
     board: Annotated[bool, typer.Option(help="Run the aarch64 artifact on the emulated board (builds it once).")] = True,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    deit_s: Annotated[bool, typer.Option("--deit-s/--no-deit-s", help="Add the DeiT-S-geometry row (random non-zero weights: compile, bench and size vs DeiT-S fp32/int8 in onnxruntime; a few minutes).")] = True,
 ) -> None:
     """The whole pipeline on the built-in digits data (what `make demo` runs); re-running resumes."""
     from bvit_edge.demo import run_demo
 
-    run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board)
+    run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board, deit_s=deit_s)
 
 
 def _tracker_session(tracker: Optional[str], key: Optional[str]) -> Any:

@@ -64,9 +64,10 @@ def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:
 
 
 def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: int | None = None,
-             per_class: int = 30, board: bool = True) -> dict[str, Any]:
+             per_class: int = 30, board: bool = True, deit_s: bool = True) -> dict[str, Any]:
     """The demo pipeline on digits (see the module docstring). ``quick`` trains far fewer epochs;
-    ``board=False`` skips the emulated aarch64 board (its first build downloads a Debian root file system)."""
+    ``board=False`` skips the emulated aarch64 board (its first build downloads a Debian root file system);
+    ``deit_s=False`` skips the DeiT-S-geometry row (random weights: compile, bench and size only)."""
     import numpy as np
     import torch
 
@@ -98,13 +99,21 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
                 "val_top1": ev.top1, "val_top5": ev.top5, "train_seconds": res.seconds}
 
     def export_step() -> dict[str, Any]:
+        from bvit_edge.export.int8_teacher import quantize_teacher
+
         summ = export_checkpoint(gsb_dir / "stage2", export_dir, teacher=teacher_dir / "best", max_outliers=3)
+        int8 = quantize_teacher(export_dir / "teacher.onnx", export_dir / "teacher.int8.onnx")
         v = summ.validation
+        st = summ.storage
         return {"packed_bytes": summ.student["packed"]["bytes"], "standard_bytes": summ.student["standard"]["bytes"],
-                "teacher_bytes": summ.teacher["bytes"] if summ.teacher else None,
+                "teacher_bytes": summ.teacher["bytes"] if summ.teacher else None, "teacher_int8_bytes": int8.bytes,
                 "packed_max_rel_diff": v["packed"]["max_rel_diff"], "packed_top1_agreement": v["packed"]["top1_agreement"],
                 "standard_max_rel_diff": v["standard"]["max_rel_diff"], "standard_top1_agreement": v["standard"]["top1_agreement"],
-                "images_beyond_1e-5": v["packed"]["inputs_beyond_tolerance"]}
+                "images_beyond_1e-5": v["packed"]["inputs_beyond_tolerance"],
+                "storage": {"att_bias": st["att_bias"], "float_params": st["float_params"],
+                            "packed_bytes": st["bytes"].get("packed", {}),
+                            "fidelity": {k: {"max_abs_logit_diff": f["max_abs_logit_diff"], "top1_agreement": f["top1_agreement"],
+                                             "n_images": f["n_images"]} for k, f in (st.get("fidelity") or {}).items()}}}
 
     def compile_step() -> dict[str, Any]:
         from bvit_edge.runtime.compile import compile_model
@@ -134,8 +143,10 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         ort_logits = run_session(ort_session(export_dir / "student.packed.onnx"), x, batch_size=64)[0]
         tvm_logits = run_artifact(art_host, x, normalize=False)
         teacher_logits = run_session(ort_session(export_dir / "teacher.onnx"), x, batch_size=64)[0]
+        int8_logits = run_session(ort_session(export_dir / "teacher.int8.onnx"), x, batch_size=64)[0]
         np.save(out / "artifacts" / "host_logits.npy", tvm_logits)
-        return {"n_images": int(len(y)), "teacher_onnx": accuracy(teacher_logits, y), "student_torch": accuracy(torch_logits, y),
+        return {"n_images": int(len(y)), "teacher_onnx": accuracy(teacher_logits, y),
+                "teacher_int8_onnx": accuracy(int8_logits, y), "student_torch": accuracy(torch_logits, y),
                 "student_onnx": accuracy(ort_logits, y), "student_tvm_host": accuracy(tvm_logits, y),
                 "torch_vs_onnx": fidelity(torch_logits, ort_logits), "onnx_vs_tvm": fidelity(ort_logits, tvm_logits)}
 
@@ -164,15 +175,34 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
 
     def bench_step() -> dict[str, Any]:
         from bvit_edge.runtime.bench import bench
+        from bvit_edge.runtime.threadpool import physical_cores
 
-        res = bench(art_host, teacher_onnx=export_dir / "teacher.onnx", student_onnx=export_dir / "student.packed.onnx",
-                    threads=threads, warmup=10, runs=30 if quick else 100)
-        res.save(out / "bench.json")
-        write_json(out / "bench_report.json", res.to_report(student_name="gsb-demo (compiled, TVM)",
-                                                           teacher_name="deit-demo fp (onnxruntime)", title="bvit-edge demo on digits"))
-        d = res.to_dict()
-        return {"student_median_ms": d["student"]["steady"]["median_ms"], "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
-                "teacher_over_student": d["ratio_teacher_over_student_median"], "threads": d["threads"]}
+        rows: dict[str, Any] = {}
+        docs = []
+        for th in sorted({1, threads or physical_cores()}):
+            res = bench(art_host, teacher_onnx=export_dir / "teacher.onnx", student_onnx=export_dir / "student.packed.onnx",
+                        teacher_int8_onnx=export_dir / "teacher.int8.onnx", threads=th, warmup=10,
+                        runs=30 if quick else 100, rounds=5)
+            res.save(out / f"bench_{th}t.json")
+            docs.append(res.to_report(student_name="gsb-demo (compiled, TVM)", teacher_name="deit-demo fp32 (onnxruntime)",
+                                      teacher_int8_name="deit-demo int8 (onnxruntime quantize_dynamic)",
+                                      title="bvit-edge demo on digits"))
+            d = res.to_dict()
+            rows[str(th)] = {"student_median_ms": d["student"]["steady"]["median_ms"],
+                             "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
+                             "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
+                             "teacher_over_student": d["ratio_teacher_over_student_median"],
+                             "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"], "threads": th}
+        doc = docs[0]
+        for extra in docs[1:]:
+            doc["latency"] += extra["latency"]
+        doc["environment"].pop("ratio_teacher_over_student_median", None)
+        doc["environment"].pop("ratio_teacher_int8_over_student_median", None)
+        write_json(out / "bench_report.json", doc)
+        return {"by_threads": rows}
+
+    def deit_s_step() -> dict[str, Any]:
+        return deit_s_row(out / "deit_s", quick=quick)
 
     def report_step() -> dict[str, Any]:
         from bvit_edge.report import render_report, write_report
@@ -194,8 +224,12 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
     ]
     if board:
         steps.append(Step("board", "run the aarch64 artifact on the emulated board (qemu + TVM RPC) and compare", board_step))
-    steps += [Step("bench", "bench on the host: compiled student vs the teacher in onnxruntime (batch 1)", bench_step),
-              Step("report", "write the report (JSON, Markdown, PNG plots)", report_step)]
+    steps += [Step("bench", "bench on the host, 1 thread and all cores: compiled student vs the teacher in onnxruntime, "
+                            "fp32 and int8 (batch 1)", bench_step)]
+    if deit_s:
+        steps.append(Step("deit_s", "DeiT-S geometry (random non-zero weights): compile, bench at 1 thread vs DeiT-S "
+                                    "fp32 and int8 in onnxruntime, sizes", deit_s_step))
+    steps.append(Step("report", "write the report (JSON, Markdown, PNG plots)", report_step))
     state = run_steps(out, steps)
     _summary(state)
     return state
@@ -217,12 +251,82 @@ def _report_doc(bench_doc: dict[str, Any], fid: dict[str, Any], state: dict[str,
             m["method"] = "gsb"
             m["fidelity"] = {"reference": "onnx", "compared": "tvm", "max_abs_diff": fid["onnx_vs_tvm"]["max_abs_diff"],
                              "top1_agreement_pct": fid["onnx_vs_tvm"]["top1_agreement"] * 100}
+        elif m["role"] == "baseline":
+            a = fid.get("teacher_int8_onnx")
+            m["method"] = "fp, int8 by onnxruntime quantize_dynamic"
         else:
             a = fid["teacher_onnx"]
             m["method"] = "fp"
-        m["accuracy"] = {"split": "val", "n_images": n, "top1_pct": a["top1"] * 100, "top5_pct": a["top5"] * 100}
+        if a:
+            m["accuracy"] = {"split": "val", "n_images": n, "top1_pct": a["top1"] * 100, "top5_pct": a["top5"] * 100}
     doc.setdefault("environment", {})["student_train_images_per_class"] = state["gsb"]["result"]["per_class"]
     return doc
+
+
+# --------------------------------------------------------------------------------------------------------
+# the DeiT-S-geometry row
+# --------------------------------------------------------------------------------------------------------
+
+DEIT_S_STUDENT = "gsb_deit_small_patch16_224"
+DEIT_S_TEACHER = "deit_small_distilled_patch16_224"
+
+
+def deit_s_row(folder: Path, quick: bool = False, threads: int = 1) -> dict[str, Any]:
+    """GSB DeiT-S with random non-zero frozen weights (bvit_edge.bench_models), exported (default storage),
+    compiled for the host and benched at ``threads`` against DeiT-S fp32 and int8 (quantize_dynamic) in
+    onnxruntime, same process, alternating blocks; sizes of the ONNX files and of the artifact. No accuracy:
+    the weights are random."""
+    import torch
+
+    from bvit_edge.bench_models import random_frozen_student, random_teacher
+    from bvit_edge.export.int8_teacher import quantize_teacher
+    from bvit_edge.export.onnx_export import export_onnx, export_teacher_onnx
+    from bvit_edge.runtime.bench import bench
+    from bvit_edge.runtime.compile import compile_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.time()
+    sp, tp, ip = folder / "gsb_deit_s.packed.onnx", folder / "deit_s.onnx", folder / "deit_s.int8.onnx"
+    res = export_onnx(random_frozen_student(DEIT_S_STUDENT), sp)
+    export_teacher_onnx(random_teacher(DEIT_S_TEACHER), tp)
+    quantize_teacher(tp, ip)
+    export_s = time.time() - t0
+    t0 = time.time()
+    art = compile_model(sp, "host", folder / "artifact")
+    compile_s = time.time() - t0
+    b = bench(art, teacher_onnx=tp, teacher_int8_onnx=ip, student_onnx=sp, threads=threads, warmup=2,
+              runs=6 if quick else 20, rounds=2 if quick else 4)
+    b.save(folder / "bench.json")
+    d = b.to_dict()
+    art_bytes = d["sizes"]["student"]["artifact"]
+    return {"label": "random non-zero frozen weights: compile + bench + size only", "student": DEIT_S_STUDENT,
+            "teacher": DEIT_S_TEACHER, "threads": threads, "export_s": round(export_s, 1),
+            "compile_s": round(compile_s, 1), "att_bias": res.storage["att_bias"],
+            "student_onnx_bytes": sp.stat().st_size, "student_artifact_bytes": art_bytes["total_bytes"],
+            "student_lib_bytes": art_bytes["lib_bytes"], "student_params_bytes": art_bytes["params_bytes"],
+            "teacher_onnx_bytes": tp.stat().st_size, "teacher_int8_onnx_bytes": ip.stat().st_size,
+            "student_median_ms": d["student"]["steady"]["median_ms"],
+            "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
+            "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
+            "teacher_over_student": d["ratio_teacher_over_student_median"],
+            "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"]}
+
+
+# --------------------------------------------------------------------------------------------------------
+# the summary
+# --------------------------------------------------------------------------------------------------------
+
+
+def _ms(b: dict[str, Any], key: str) -> str:
+    """'1.23 / 0.80 ms' for the 1-thread and all-core medians of ``key`` in the bench step's result."""
+    rows = (b or {}).get("by_threads") or {}
+    vals = [f"{rows[t][key]:.2f}" for t in sorted(rows, key=int) if rows[t].get(key) is not None]
+    return f"{' / '.join(vals)} ms" if vals else ""
+
+
+def _x(a: float | None, b: float | None) -> str:
+    return f"{a / b:.1f}x" if a and b else "-"
 
 
 def _summary(state: dict[str, Any]) -> None:
@@ -231,35 +335,62 @@ def _summary(state: dict[str, Any]) -> None:
 
     r = {k: v.get("result", {}) for k, v in state.items()}
     pct = lambda v: f"{v * 100:.2f}%" if isinstance(v, (int, float)) else "-"  # noqa: E731
+    t, g, e, f, b, bo, ds = (r.get(k, {}) for k in ("teacher", "gsb", "export", "fidelity", "bench", "board", "deit_s"))
+    threads = sorted((b.get("by_threads") or {}), key=int)
+    lat_head = "latency, batch 1 (" + " / ".join(f"{t_} thread{'s' if t_ != '1' else ''}" for t_ in threads) + ")" \
+        if threads else "latency (batch 1)"
     table = Table(title="bvit-edge demo on digits (360 val images)")
-    for col in ("stage of the pipeline", "val top-1", "size / fidelity", "latency (batch 1)"):
+    for col in ("stage of the pipeline", "val top-1", "size / fidelity", lat_head):
         table.add_column(col)
-    t, g, e, f, b, bo = (r.get(k, {}) for k in ("teacher", "gsb", "export", "fidelity", "bench", "board"))
     if t:
         table.add_row("FP teacher (torch, all 1,437 train images)", pct(t.get("val_top1")), "", "")
     if g:
         table.add_row(f"GSB stage 1 (torch, {g.get('per_class')} images/class)", pct(g.get("stage1_val_top1")), "", "")
         table.add_row("GSB stage 2 (torch, frozen)", pct(f.get("student_torch", {}).get("top1", g.get("val_top1"))), "", "")
     if e:
-        ratio = e["teacher_bytes"] / e["packed_bytes"] if e.get("teacher_bytes") else None
-        table.add_row("GSB stage 2 -> ONNX, packed bvit_edge ops (onnxruntime)", pct(f.get("student_onnx", {}).get("top1")),
-                      f"{e['packed_bytes']:,} B ({ratio:.1f}x smaller than the teacher's {e['teacher_bytes']:,} B)" if ratio else f"{e['packed_bytes']:,} B",
-                      "")
+        st = e.get("storage") or {}
+        table.add_row(f"GSB stage 2 -> ONNX, packed bvit_edge ops, B as {st.get('att_bias', 'float32')} (onnxruntime)",
+                      pct(f.get("student_onnx", {}).get("top1")),
+                      f"{e['packed_bytes']:,} B ({_x(e.get('teacher_bytes'), e['packed_bytes'])} smaller than fp32, "
+                      f"{_x(e.get('teacher_int8_bytes'), e['packed_bytes'])} than int8)", "")
     if f:
         n = f.get("n_images", 0)
         table.add_row("GSB stage 2 -> TVM artifact on the host", pct(f.get("student_tvm_host", {}).get("top1")),
                       f"top-1 agrees with ONNX on {f['onnx_vs_tvm']['top1_agreement'] * n:.0f}/{n}",
-                      f"{b['student_median_ms']:.2f} ms" if b else "")
-        table.add_row("FP teacher -> ONNX (onnxruntime)", pct(f.get("teacher_onnx", {}).get("top1")), "",
-                      f"{b['teacher_median_ms']:.2f} ms" if b else "")
+                      _ms(b, "student_median_ms"))
+        table.add_row("FP teacher -> ONNX fp32 (onnxruntime)", pct(f.get("teacher_onnx", {}).get("top1")),
+                      f"{e.get('teacher_bytes', 0):,} B" if e else "", _ms(b, "teacher_median_ms"))
+        table.add_row("FP teacher -> int8 by onnxruntime quantize_dynamic (onnxruntime)",
+                      pct(f.get("teacher_int8_onnx", {}).get("top1")),
+                      f"{e.get('teacher_int8_bytes', 0):,} B" if e.get("teacher_int8_bytes") else "",
+                      _ms(b, "teacher_int8_median_ms"))
     if bo:
         fid = bo["aarch64_vs_host"]
         table.add_row("GSB stage 2 -> rpi4-aarch64 artifact on the emulated board (RPC)", "",
                       f"max |diff| vs host {fid['max_abs_diff']:.1e} on {bo['n_images']} images, top-1 agreement {pct(fid['top1_agreement'])}",
                       "emulated: not timed")
-    _console().print(table)
-    if b:
-        _console().print(f"teacher / student latency on this host ({b.get('threads')} threads): {b['teacher_over_student']:.2f}x. "
-                         "The demo geometry is tiny (65 tokens, width 96), so per-op overheads weigh heavily; on "
-                         "DeiT-S layers the compiled GSB student measured 4.8x faster than the float teacher at "
-                         "1 thread (benches/bench_e2e.py).")
+    if ds:
+        table.add_row(f"GSB DeiT-S geometry, {ds['label']} (TVM artifact)", "n/a (random weights)",
+                      f"ONNX {ds['student_onnx_bytes'] / 1e6:.2f} MB, artifact {ds['student_artifact_bytes'] / 1e6:.2f} MB",
+                      f"{ds['student_median_ms']:.1f} ms (1 thread)")
+        table.add_row("DeiT-S fp32, random weights (onnxruntime)", "n/a",
+                      f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_onnx_bytes'], ds['student_onnx_bytes'])} / "
+                      f"{_x(ds['teacher_onnx_bytes'], ds['student_artifact_bytes'])} the GSB ONNX / artifact)",
+                      f"{ds['teacher_median_ms']:.1f} ms ({ds['teacher_over_student']:.1f}x GSB)")
+        table.add_row("DeiT-S int8 by quantize_dynamic (onnxruntime)", "n/a",
+                      f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_int8_onnx_bytes'], ds['student_onnx_bytes'])} / "
+                      f"{_x(ds['teacher_int8_onnx_bytes'], ds['student_artifact_bytes'])})",
+                      f"{ds['teacher_int8_median_ms']:.1f} ms ({ds['teacher_int8_over_student']:.1f}x GSB)")
+    con = _console()
+    con.print(table)
+    for th in threads:
+        row = b["by_threads"][th]
+        con.print(f"student vs teacher on this host at {th} thread{'s' if th != '1' else ''}: "
+                  f"{row['teacher_over_student']:.2f}x faster than fp32, {row['teacher_int8_over_student']:.2f}x than int8 "
+                  "(onnxruntime; same process, alternating blocks)")
+    st = (e or {}).get("storage") or {}
+    if st.get("fidelity"):
+        parts = [f"{k.split(',')[0].split('=')[1]}{'+fp16' if 'float_params=float16' in k else ''}: max |d logit| "
+                 f"{v['max_abs_logit_diff']:.2g}, top-1 {v['top1_agreement'] * v['n_images']:.0f}/{v['n_images']}"
+                 for k, v in st["fidelity"].items()]
+        con.print(f"storage of B (attention bias) vs float32, on the val images: {'; '.join(parts)}.")

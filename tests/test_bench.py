@@ -524,6 +524,24 @@ def test_bench_on_the_emulated_board_is_labelled_emulated(tmp_path):
           f"{d['teacher']['steady']['median_ms']:.3f} ms (emulated, not a board timing)")
 
 
+# ====================================================================================== benchmark models
+def test_benchmark_models_have_every_parameter_non_zero():
+    torch = pytest.importorskip("torch")
+    from bvit_edge.bench_models import fill_zero_parameters, random_frozen_student, zero_parameters
+    from bvit_edge.models.registry import create_model
+
+    fresh = create_model("gsb_test_patch4_16")
+    assert "blocks.0.attn.move_att.bias" in zero_parameters(fresh)  # B starts at exactly zero
+    m = random_frozen_student("gsb_test_patch4_16", seed=1)
+    assert zero_parameters(m) == []
+    b = dict(m.named_buffers())["blocks.0.attn.att_bias"]
+    assert 0 < float(b.abs().max()) < 0.1  # small: a fraction of an attention probability
+    t = torch.zeros(3, 4)
+    holder = torch.nn.Module()
+    holder.register_buffer("x", t)
+    assert fill_zero_parameters(holder) == 12 and not bool((holder.x == 0).any())
+
+
 # ====================================================================================== real models (slow)
 @pytest.mark.slow
 def test_bench_of_a_frozen_gsb_student_against_its_deit_teacher(tmp_path):

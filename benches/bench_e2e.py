@@ -71,14 +71,13 @@ def export_models(tmp: Path, student: str, teacher: str, seed: int = 0) -> dict[
 
 
 def check_att_bias_kept(art: Path, shape: list[int]) -> list[str]:
-    """The params.npz arrays that are GSB's attention biases (int8 [H*N, N] or float [H, N, N]); an
-    AssertionError when there are none (the compiler folded B away: the benchmark would be optimistic)."""
-    heads, n, _ = shape
-    with np.load(art / "params.npz", allow_pickle=False) as z:
-        found = [k for k in z.files if tuple(z[k].shape) in ((heads * n, n), (heads, n, n), (1, heads, n, n))]
-        dtypes = sorted({str(z[k].dtype) for k in found})
+    """How params.npz holds GSB's attention biases; an AssertionError when there are none (the compiler
+    folded B away: the benchmark would be optimistic)."""
+    from bvit_edge.bench_models import att_bias_in_artifact
+
+    found = att_bias_in_artifact(art, shape[0], shape[1])
     assert found, f"params.npz of {art} holds no attention bias {shape}: B was folded away"
-    return [f"{len(found)} x {dtypes}"]
+    return [f"{len(found)} x {sorted(set(found))}"]
 
 
 def profile_ops(vm: Any, x: Any, params: list[Any], repeats: int = 5) -> list[dict]:

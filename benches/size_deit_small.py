@@ -18,23 +18,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 PAIRS = {
     "deit_s": ("gsb_deit_small_patch16_224", "deit_small_distilled_patch16_224"),
     "deit_t": ("gsb_deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"),
 }
-CHOICES = [("float32", "float32"), ("float16", "float32"), ("int8", "float32"), ("int8", "float16")]
-
-
-def _b_dtypes(art: Path, heads: int, n: int) -> list[str]:
-    with np.load(art / "params.npz", allow_pickle=False) as z:
-        return sorted({str(z[k].dtype) for k in z.files if tuple(z[k].shape) in ((heads * n, n), (heads, n, n))})
+CHOICES = [("float32", "float32"), ("float16", "float32"), ("int8", "float32"), ("int8", "float16"),
+           ("int4", "float32"), ("int4", "float16")]
 
 
 def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
-    from bvit_edge.bench_models import random_frozen_student, random_teacher
+    from bvit_edge.bench_models import att_bias_in_artifact, random_frozen_student, random_teacher
     from bvit_edge.export.int8_teacher import quantize_teacher
     from bvit_edge.export.onnx_export import export_onnx, export_teacher_onnx
     from bvit_edge.export.size import weight_counts
@@ -52,7 +46,8 @@ def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
     for att_bias, float_params in CHOICES:
         sp = tmp / f"{student}.{att_bias}.{float_params}.onnx"
         res = export_onnx(model, sp, att_bias=att_bias, float_params=float_params)
-        row: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params, "onnx_bytes": res.bytes,
+        row: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params,
+                               "onnx_bytes": res.bytes,
                                "weights": weight_counts(load_model(sp)), "storage": res.storage["by_kind"],
                                "fp32_over_onnx": fp32 / res.bytes, "int8_over_onnx": int8 / res.bytes}
         if artifacts:
@@ -62,7 +57,8 @@ def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
 
             art = compile_model(sp, "host", tmp / f"art.{att_bias}.{float_params}")
             a = artifact_sizes(art, read_manifest(art))
-            row.update({"artifact": a, "att_bias_dtype_in_params_npz": _b_dtypes(art, heads, n),
+            b_dtypes = sorted(set(att_bias_in_artifact(art, heads, n)))
+            row.update({"artifact": a, "att_bias_dtype_in_params_npz": b_dtypes,
                         "fp32_over_artifact": fp32 / a["total_bytes"], "int8_over_artifact": int8 / a["total_bytes"]})
         rows.append(row)
         art_txt = (f", artifact {row['artifact']['total_bytes'] / 1e6:.2f} MB (lib.so "

@@ -97,5 +97,29 @@ def random_teacher(name: str, seed: int = 0, **kw: Any) -> Any:
     return model
 
 
-__all__ = ["ATT_BIAS_STD_TOKENS", "FILL_STD", "assert_no_zero_parameters", "fill_zero_parameters",
-           "random_frozen_student", "random_teacher", "zero_parameters"]
+def att_bias_in_artifact(folder: Any, heads: int, tokens: int) -> list[str]:
+    """How the artifact's params.npz holds GSB's attention biases [heads, N, N]: one "dtype[, packing]" entry
+    per B found (float32 arrays of that shape, or compact ones the manifest decodes to it). An empty list
+    means the compiler folded B away."""
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    info = manifest.get("params") or {}
+    decode = info.get("decode") or {}
+    shapes = ([heads, tokens, tokens], [1, heads, tokens, tokens], [heads * tokens, tokens])
+    found = []
+    with np.load(folder / "params.npz", allow_pickle=False) as z:
+        for name in info.get("names") or []:
+            spec = decode.get(name)
+            shape = spec["shape"] if spec else list(z[name].shape)
+            if list(shape) in [list(s) for s in shapes]:
+                found.append(str(z[name].dtype) + (f" ({spec['packing']})" if spec and spec.get("packing") else ""))
+    return found
+
+
+__all__ = ["ATT_BIAS_STD_TOKENS", "FILL_STD", "assert_no_zero_parameters", "att_bias_in_artifact",
+           "fill_zero_parameters", "random_frozen_student", "random_teacher", "zero_parameters"]

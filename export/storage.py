@@ -15,6 +15,10 @@ module stores it, and optionally the other float parameters, in fewer bytes. Eac
              multiply, as ONNX DequantizeLinear and TVM's dequantize compute it); |x~ - x| <= s_r / 2.
              In the graph: an INT8 initializer [R, K], a FLOAT scale [R], ``DequantizeLinear(axis=0)``,
              then ``Reshape`` to x's shape.
+``int4``     the same with 7 instead of 127 (q in [-7, 7]; half a byte an element, packed two a byte by ONNX's
+             INT4 type, plus the float32 scale a row); |x~ - x| <= s_r / 2. DequantizeLinear of INT4 needs
+             opset 21: the file's default-domain opset becomes 21 (every op the exporter writes has the same
+             meaning there).
 
 Which tensors: ``att_bias`` applies to B (an initializer named ``*.att_bias``, or the a_shift input of a
 ``gsb_unsigned`` BinaryMatMul); ``float_params`` to every other float32 initializer that is a parameter or
@@ -41,7 +45,7 @@ from onnx import numpy_helper
 
 from bvit_edge.errors import UsageError
 
-ATT_BIAS_CHOICES = ("float32", "float16", "int8")
+ATT_BIAS_CHOICES = ("float32", "float16", "int8", "int4")
 FLOAT_PARAMS_CHOICES = ("float32", "float16")
 #: Default storage of B, chosen by measured fidelity on the trained demo student (README, "Size").
 DEFAULT_ATT_BIAS = "int8"
@@ -51,6 +55,11 @@ DEFAULT_FLOAT_PARAMS = "float32"
 MIN_ELEMENTS = 16
 ATT_BIAS_SUFFIX = "att_bias"
 INT8_MAX = 127
+INT4_MAX = 7
+#: the default-domain opset an INT4 DequantizeLinear needs
+INT4_OPSET = 21
+#: storage dtype -> (largest integer code, bits an element)
+_INT_CODES = {"int8": (INT8_MAX, 8), "int4": (INT4_MAX, 4)}
 
 _T = onnx.TensorProto
 
@@ -80,15 +89,16 @@ class Encoded:
 
     def decoded(self) -> np.ndarray:
         """The float32 values a runtime computes with (see the module docstring)."""
-        if self.dtype == "int8":
+        if self.dtype in _INT_CODES:
             assert self.scale is not None
             return (self.data.astype(np.float32) * self.scale[:, None]).reshape(self.shape)
         return self.data.astype(np.float32).reshape(self.shape)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the stored tensors (data, plus the scales for int8)."""
-        return int(self.data.nbytes + (self.scale.nbytes if self.scale is not None else 0))
+        """Bytes of the stored tensors (data, plus the scales for int8 / int4; int4 packs two a byte)."""
+        data = -(-self.data.size // 2) if self.dtype == "int4" else self.data.nbytes
+        return int(data + (self.scale.nbytes if self.scale is not None else 0))
 
 
 def encode(x: np.ndarray, dtype: str) -> Encoded:
@@ -102,13 +112,14 @@ def encode(x: np.ndarray, dtype: str) -> Encoded:
         return Encoded(dtype, shape, x.copy())
     if dtype == "float16":
         return Encoded(dtype, shape, x.astype(np.float16))
-    if dtype == "int8":
+    if dtype in _INT_CODES:
+        top = _INT_CODES[dtype][0]
         rows = x.reshape(-1, shape[-1] if shape else 1)
         peak = np.max(np.abs(rows), axis=1)
-        scale = np.where(peak > 0, peak / np.float32(INT8_MAX), np.float32(1.0)).astype(np.float32)
-        q = np.clip(np.rint(rows / scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
+        scale = np.where(peak > 0, peak / np.float32(top), np.float32(1.0)).astype(np.float32)
+        q = np.clip(np.rint(rows / scale[:, None]), -top, top).astype(np.int8)
         return Encoded(dtype, shape, q, scale)
-    raise UsageError(f"Unknown storage dtype {dtype!r}; use float32, float16 or int8.")
+    raise UsageError(f"Unknown storage dtype {dtype!r}; use float32, float16, int8 or int4.")
 
 
 def rounding_error(x: np.ndarray, dtype: str) -> float:
@@ -217,8 +228,8 @@ def _replace(proto: onnx.ModelProto, init: onnx.TensorProto, enc: Encoded) -> li
         stored = _unique(proto, f"{name}.float16")
         graph.initializer.append(numpy_helper.from_array(enc.data, stored))
         return [onnx.helper.make_node("Cast", [stored], [name], name=f"{name}.decode", to=_T.FLOAT)]
-    stored, scale = _unique(proto, f"{name}.int8"), _unique(proto, f"{name}.scale")
-    graph.initializer.append(numpy_helper.from_array(enc.data, stored))
+    stored, scale = _unique(proto, f"{name}.{enc.dtype}"), _unique(proto, f"{name}.scale")
+    graph.initializer.append(numpy_helper.from_array(_int4(enc.data) if enc.dtype == "int4" else enc.data, stored))
     assert enc.scale is not None
     graph.initializer.append(numpy_helper.from_array(enc.scale, scale))
     if len(enc.shape) == 2:
@@ -228,6 +239,21 @@ def _replace(proto: onnx.ModelProto, init: onnx.TensorProto, enc: Encoded) -> li
     graph.initializer.append(numpy_helper.from_array(np.asarray(enc.shape, np.int64), shape))
     return [onnx.helper.make_node("DequantizeLinear", [stored, scale], [rows], name=f"{name}.decode", axis=0),
             onnx.helper.make_node("Reshape", [rows, shape], [name], name=f"{name}.reshape")]
+
+
+def _int4(q: np.ndarray) -> np.ndarray:
+    import ml_dtypes  # noqa: PLC0415 - onnx's own dependency for its 4-bit types
+
+    return q.astype(ml_dtypes.int4)
+
+
+def _use_opset(proto: onnx.ModelProto, version: int) -> None:
+    """Raise the default-domain opset import to at least ``version``."""
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = max(int(imp.version), version)
+            return
+    proto.opset_import.append(onnx.helper.make_opsetid("", version))
 
 
 def compact_proto(proto: onnx.ModelProto, att_bias: str = DEFAULT_ATT_BIAS,
@@ -251,7 +277,7 @@ def compact_proto(proto: onnx.ModelProto, att_bias: str = DEFAULT_ATT_BIAS,
         if dtype is None:
             continue
         x = numpy_helper.to_array(init).astype(np.float32)
-        if dtype == "int8" and x.ndim < 2:
+        if dtype in _INT_CODES and x.ndim < 2:
             dtype = "float16"  # per-row scales of a vector would cost more than the vector
         enc = encode(x, dtype)
         encoded[init.name] = enc
@@ -265,6 +291,8 @@ def compact_proto(proto: onnx.ModelProto, att_bias: str = DEFAULT_ATT_BIAS,
     nodes = list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(decoders + nodes)
+    if any(e.dtype == "int4" for e in encoded.values()):
+        _use_opset(proto, INT4_OPSET)
     return report, encoded
 
 
@@ -364,7 +392,7 @@ def encode_model(model: Any, att_bias: str, float_params: str = "float32") -> di
         x = t.detach().cpu().float().numpy()
         if name.rsplit(".", 1)[-1] == ATT_BIAS_SUFFIX:
             if att_bias != "float32":
-                out[name] = encode(x, att_bias if (att_bias != "int8" or x.ndim >= 2) else "float16")
+                out[name] = encode(x, att_bias if (att_bias not in _INT_CODES or x.ndim >= 2) else "float16")
         elif float_params != "float32" and x.size >= MIN_ELEMENTS:
             out[name] = encode(x, float_params)
     return out

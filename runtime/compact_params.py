@@ -19,7 +19,10 @@ float32 tensor, and :func:`decode_params` does it when the artifact is loaded (n
     then        x.reshape(shape)
 
 The same float32 products as ONNX DequantizeLinear and TVM's dequantize (q - zp is exact in float32), so the
-artifact computes what the ONNX file does, bit for bit, with no decoding at run time.
+artifact computes what the ONNX file does, bit for bit, with no decoding at run time. Integer codes that all
+lie in [-8, 7] (an int4 export: TVM cannot read 4-bit initializers, so :func:`widen_int4` gives it int8
+ones) are stored two a byte (``"packing": "int4"``: element i is the low nibble of byte i // 2 when i is
+even, the high nibble when odd, two's complement), as the ONNX file stores them.
 
 :func:`cast_converter` gives TVM's ONNX importer a ``Cast`` that leaves ``Cast(float16 initializer)`` to
 float32 as a ``relax.astype`` call (the stock converter evaluates it at import time, before any pass).
@@ -44,10 +47,32 @@ ENTRY = "main"
 # --------------------------------------------------------------------------------------------------------
 
 
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """int8 codes in [-8, 7] -> uint8 [ceil(n / 2)], two a byte, low nibble first (the flattened order)."""
+    flat = np.asarray(q, np.int8).reshape(-1).astype(np.uint8) & 0x0F
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    return np.ascontiguousarray(flat[0::2] | (flat[1::2] << 4))
+
+
+def unpack_int4(packed: np.ndarray, shape: list[int]) -> np.ndarray:
+    """The int8 codes :func:`pack_int4` packed, in ``shape``."""
+    b = np.asarray(packed, np.uint8).reshape(-1)
+    nib = np.empty(b.size * 2, np.uint8)
+    nib[0::2], nib[1::2] = b & 0x0F, b >> 4
+    n = int(np.prod(shape)) if shape else 1
+    return ((nib[:n].astype(np.int16) ^ 8) - 8).astype(np.int8).reshape(shape)
+
+
 def decode_param(stored: np.ndarray, spec: dict[str, Any], extra: dict[str, np.ndarray]) -> np.ndarray:
     """The float32 tensor ``spec`` (a manifest ``params.decode`` entry) rebuilds from ``stored``; ``extra``
     holds the arrays it names (scale, zero point). ValueError for a spec this runtime does not know."""
     kind = spec.get("kind")
+    packing = spec.get("packing")
+    if packing == "int4":
+        stored = unpack_int4(stored, [int(d) for d in spec["stored_shape"]])
+    elif packing is not None:
+        raise ValueError(f"unknown parameter packing {packing!r} (this runtime knows int4)")
     if kind == "dequantize":
         scale = np.asarray(extra[spec["scale"]], np.float32)
         zero = np.asarray(extra[spec["zero_point"]]).astype(np.float32)
@@ -182,8 +207,12 @@ def keep_compact_pass(holder: Any, min_elements: int | None = None, entry: str =
                 entry_spec.update({"axis": spec["axis"], "scale": f"{name}.scale", "zero_point": f"{name}.zero_point"})
                 holder.extras[f"{name}.scale"] = np.ascontiguousarray(spec["scale_value"])
                 holder.extras[f"{name}.zero_point"] = np.ascontiguousarray(spec["zero_value"])
+            data = np.ascontiguousarray(call.args[0].value.numpy())
+            if data.dtype == np.int8 and data.size and int(data.min()) >= -8 and int(data.max()) <= 7:
+                entry_spec.update({"packing": "int4", "stored_shape": list(data.shape)})
+                data = pack_int4(data)
             holder.names.append(name)
-            holder.arrays.append(np.ascontiguousarray(call.args[0].value.numpy()))
+            holder.arrays.append(data)
             holder.decode[name] = entry_spec
             return var
 
@@ -209,6 +238,24 @@ def keep_compact_pass(holder: Any, min_elements: int | None = None, entry: str =
         return relax.transform.DeadCodeElimination([entry])(mod)  # the decodings replaced are now unused
 
     return _pass
+
+
+def widen_int4(model: Any) -> Any:
+    """``model`` (an onnx ModelProto) with its INT4 / UINT4 initializers as INT8 / UINT8 of the same values
+    (a copy; the model itself when it has none)."""
+    import onnx  # noqa: PLC0415
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    four = {onnx.TensorProto.INT4: np.int8, onnx.TensorProto.UINT4: np.uint8}
+    if not any(i.data_type in four for i in model.graph.initializer):
+        return model
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    for i, init in enumerate(work.graph.initializer):
+        if init.data_type in four:
+            values = numpy_helper.to_array(init).astype(four[init.data_type])
+            work.graph.initializer[i].CopyFrom(numpy_helper.from_array(values, init.name))
+    return work
 
 
 def cast_converter(stock: Any, base: type) -> type | None:

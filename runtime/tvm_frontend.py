@@ -333,6 +333,9 @@ def import_onnx(model: Any, shape_dict: dict[str, list[int]], family_params: Any
     from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415
 
     check_domains(model)
+    from bvit_edge.runtime.compact_params import widen_int4  # noqa: PLC0415
+
+    model = widen_int4(model)  # TVM cannot read 4-bit initializers; int8 holds the same values
     with bvit_converters(family_params):
         try:
             return from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)

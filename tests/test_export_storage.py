@@ -51,6 +51,23 @@ def test_int8_storage_is_symmetric_per_row_written_out():
     assert not np.any(enc.decoded()[1, 2])
 
 
+def test_int4_storage_uses_seven_levels_a_side_and_packs_two_a_byte():
+    from bvit_edge.runtime.compact_params import pack_int4, unpack_int4
+
+    x = np.random.default_rng(4).standard_normal((5, 9)).astype(np.float32)
+    enc = encode(x, "int4")
+    s = (np.abs(x).max(axis=1) / np.float32(7)).astype(np.float32)
+    assert np.array_equal(enc.scale, s)
+    assert np.array_equal(enc.data, np.clip(np.rint(x / s[:, None]), -7, 7).astype(np.int8))
+    assert np.abs(enc.decoded() - x).max() <= s.max() / 2 * (1 + 1e-6)
+    assert enc.nbytes == -(-45 // 2) + 4 * 5
+    codes = np.array([[-8, 7, 0], [1, -1, 5]], np.int8)
+    packed = pack_int4(codes)
+    # element i: low nibble of byte i // 2 when i is even, high nibble when odd (two's complement)
+    assert packed.tolist() == [0x08 | 0x70, 0x00 | 0x10, 0x0F | 0x50]
+    assert np.array_equal(unpack_int4(packed, [2, 3]), codes)
+
+
 def test_float16_storage_rounds_to_nearest_within_half_an_ulp():
     x = np.random.default_rng(1).standard_normal(1000).astype(np.float32) * 0.05
     enc = encode(x, "float16")
@@ -61,7 +78,7 @@ def test_float16_storage_rounds_to_nearest_within_half_an_ulp():
     with pytest.raises(UsageError):
         encode(np.array([np.nan], np.float32), "int8")
     with pytest.raises(UsageError):
-        encode(x, "int4")
+        encode(x, "int2")
 
 
 def test_load_time_decoding_is_the_dequantize_formula():
@@ -87,7 +104,7 @@ def exports(student, tmp_path_factory):
     d = tmp_path_factory.mktemp("storage")
     out = {}
     for ops, ab, fp in (("packed", "int8", "float16"), ("packed", "float16", "float32"), ("standard", "int8", "float32"),
-                        ("packed", "float32", "float32")):
+                        ("packed", "float32", "float32"), ("packed", "int4", "float32")):
         path = d / f"{ops}_{ab}_{fp}.onnx"
         out[(ops, ab, fp)] = (path, export_onnx(student, path, ops=ops, att_bias=ab, float_params=fp))
     return out
@@ -104,8 +121,10 @@ def test_compact_exports_are_standard_onnx_computing_the_decoded_model(student, 
         assert biases, (ops, ab)
         dtypes = {onnx.TensorProto.DataType.Name(inits[k].data_type) for k in biases if not k.endswith(".scale")
                   and not k.endswith(".shape")}
-        assert dtypes == {{"int8": "INT8", "float16": "FLOAT16", "float32": "FLOAT"}[ab]}, (ops, ab, dtypes)
-        if ab == "int8":
+        assert dtypes == {{"int8": "INT8", "int4": "INT4", "float16": "FLOAT16", "float32": "FLOAT"}[ab]}, (ops, ab, dtypes)
+        opset = {o.domain: o.version for o in proto.opset_import}[""]
+        assert opset == (21 if ab == "int4" else 18)  # DequantizeLinear of INT4 is opset 21
+        if ab in ("int8", "int4"):
             assert any(list(inits[k].dims) == [heads * n, n] for k in biases)
             assert any(nd.op_type == "DequantizeLinear" and ".att_bias" in nd.output[0] for nd in proto.graph.node)
         if fp == "float16":
@@ -167,3 +186,12 @@ def test_the_artifact_keeps_b_int8_decodes_it_at_load_and_matches_onnxruntime(ex
     got = run_artifact(art, x, normalize=False)
     want = run_session(ort_session(path), x, 4)[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    # int4: TVM reads the 4-bit codes as int8; params.npz packs them two a byte again
+    path4, _ = exports[("packed", "int4", "float32")]
+    art4 = compile_model(path4, "host", tmp_path / "art4")
+    from bvit_edge.bench_models import att_bias_in_artifact
+
+    assert att_bias_in_artifact(art4, 2, 18) == ["uint8 (int4)", "uint8 (int4)"]
+    got4 = run_artifact(art4, x, normalize=False)
+    want4 = run_session(ort_session(path4), x, 4)[0]
+    assert np.abs(got4 - want4).max() <= 1e-5 * np.abs(want4).max()

@@ -77,7 +77,7 @@ def test_the_summary_shows_the_int8_teacher_the_1_thread_ratio_and_the_deit_s_ro
     assert "int8 by onnxruntime quantize_dynamic" in text and "97.20%" in text
     assert "0.80 / 0.60 ms" in text  # the int8 teacher at 1 / 2 threads
     assert "at 1 thread: 2.20x faster than fp32, 1.60x than int8" in text
-    assert "GSB DeiT-S geometry, random non-zero frozen weights" in text
+    assert "GSB DeiT-S geometry, random non-zero frozen weights (compile + bench + size only" in text
     assert "10.0x GSB" in text and "4.4x GSB" in text
     assert "9.0x smaller than fp32, 2.5x than int8" in text  # 1.8 MB / 200 kB, 500 kB / 200 kB
     assert "int8: max |d logit| 0.01, top-1 360/360" in text

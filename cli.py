@@ -232,6 +232,7 @@ class Ops(str, Enum):
 
 class AttBias(str, Enum):
     float32 = "float32"
+    int16 = "int16"
     float16 = "float16"
     int8 = "int8"
     int4 = "int4"
@@ -253,7 +254,7 @@ def export(
     validate: Annotated[bool, typer.Option(help="Validate against the frozen torch model on the val split.")] = True,
     limit: Annotated[Optional[int], typer.Option(help="Validate on the first N val images only.")] = None,
     max_outliers: Annotated[int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")] = 0,
-    att_bias: Annotated[Optional[AttBias], typer.Option(help="Storage of GSB's attention bias B: float32, float16, int8 or int4 (per-row scales). Default: int8, chosen by measured fidelity.")] = None,
+    att_bias: Annotated[Optional[AttBias], typer.Option(help="Storage of GSB's attention bias B: float32, int16, float16, int8 or int4 (integer codes with per-row scales). Default: int16, chosen by measured fidelity.")] = None,
     float_params: Annotated[Optional[FloatParams], typer.Option(help="Storage of the other float parameters (position embedding, LayerNorm, biases, shifts): float32 or float16.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:

@@ -167,22 +167,24 @@ def storage_choices() -> list[tuple[str, str]]:
     return [(a, f) for f in FLOAT_PARAMS_CHOICES for a in ATT_BIAS_CHOICES]
 
 
-def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, state_names: list[str],
+def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, tensors: dict[str, np.ndarray],
                      choices: list[tuple[str, str]] | None = None, threads: int | None = None,
                      batch_size: int = 120) -> dict[str, dict[str, Any]]:
     """For each (att_bias, float_params) storage choice: the exported file re-encoded that way, run by
-    onnxruntime on images ``x``, against the same file with every tensor stored as float32: max |logit
-    difference|, top-1 agreement, and the file's bytes. (A standard export runs in onnxruntime at full speed;
-    a packed one through the numpy reference ops.)"""
+    onnxruntime on images ``x``, against the same file with every tensor in float32 (its compact tensors
+    decoded and replaced by the model's own float32 values, ``tensors``: name -> array, the model's state):
+    max |logit difference|, top-1 agreement, and the file's bytes. (A standard export runs in onnxruntime at
+    full speed; a packed one through the numpy reference ops.)"""
     import tempfile
 
     import onnx
 
-    from bvit_edge.export.storage import compact_proto, decompacted
+    from bvit_edge.export.storage import compact_proto, decompacted, restore_float32
     from bvit_edge.runtime.ort import load_model as load_onnx
     from bvit_edge.runtime.ort import ort_session, run_session
 
-    base = decompacted(load_onnx(onnx_path))
+    base = restore_float32(decompacted(load_onnx(onnx_path)), tensors)
+    state_names = list(tensors)
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bvit-edge-storage-") as tmp:
         def logits(proto: onnx.ModelProto, name: str) -> tuple[np.ndarray, int]:
@@ -210,15 +212,15 @@ def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, state_nam
 def _storage_summary(model: Any, out: Path, summary: ExportSummary, att_bias: str, float_params: str,
                      x: np.ndarray | None, is_fp: bool) -> dict[str, Any]:
     """The storage section of export.json: the choice, bytes of each file under every choice, fidelity."""
-    from bvit_edge.export.storage import state_names
-
     doc: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params, "bytes": {}}
     for flavour in summary.student:
         if summary.size.get(flavour, {}).get("storage_bytes"):
             doc["bytes"][flavour] = summary.size[flavour]["storage_bytes"]
     if x is not None and not is_fp and summary.student:
         flavour = "standard" if "standard" in summary.student else next(iter(summary.student))
-        doc["fidelity"] = storage_fidelity(summary.student[flavour]["path"], x, state_names(model))
+        tensors = {n: t.detach().cpu().numpy() for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                   if t is not None and t.is_floating_point()}
+        doc["fidelity"] = storage_fidelity(summary.student[flavour]["path"], x, tensors)
         doc["fidelity_reference"] = (f"the {flavour} export with every tensor stored as float32, in onnxruntime, "
                                      "on the val images")
     return doc

@@ -24,7 +24,8 @@ Counting rules
   own parameter count at 32 bits (e.g. the BinaryViT pyramid), or the ``teacher`` passed in.
 - Storage choices (bvit_edge.export.storage, ``bvit-edge export --att-bias / --float-params``): the packed
   bytes when GSB's attention bias B (E_B elements in R_B rows of N) is stored as float32 (4 E_B), float16
-  (2 E_B), int8 with a float32 scale per row (E_B + 4 R_B) or int4 (ceil(E_B / 2) + 4 R_B), and when the
+  (2 E_B), int16 / int8 with a float32 scale per row (2 E_B + 4 R_B, E_B + 4 R_B) or int4 (ceil(E_B / 2)
+  + 4 R_B), and when the
   other 32-bit tensors of 16
   elements or more (E_F) are stored as float16 (2 bytes an element saved). These are the weight bytes an
   export or an artifact's params.npz holds, before the file's own framing (and lib.so's code).
@@ -108,7 +109,8 @@ class ModelSummary:
         if self.storage_counts is None:
             return {}
         e_b, r_b, e_f = self.storage_counts
-        bias_bytes = {"float32": 4 * e_b, "float16": 2 * e_b, "int8": e_b + 4 * r_b, "int4": -(-e_b // 2) + 4 * r_b}
+        bias_bytes = {"float32": 4 * e_b, "int16": 2 * e_b + 4 * r_b, "float16": 2 * e_b, "int8": e_b + 4 * r_b,
+                      "int4": -(-e_b // 2) + 4 * r_b}
         out: dict[str, dict[str, Any]] = {}
         for fp in FLOAT_PARAMS_CHOICES:
             for ab in ATT_BIAS_CHOICES:

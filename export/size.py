@@ -5,7 +5,7 @@
   8 bits a byte, pad bits included (none when K is a multiple of 64).
 * 8-bit: int8 initializers (DequantizeLinear weights, GSB's attention bias stored as int8; zero points
   count as "other").
-* 16-bit: float16 initializers (parameters stored as float16, bvit_edge.export.storage).
+* 16-bit: float16 and int16 initializers (parameters stored compactly, bvit_edge.export.storage).
 * 32-bit: float32 initializers (LayerNorm, biases, scales, float weights).
 * other: any other element type (int64 shape constants, ...), counted apart.
 
@@ -71,7 +71,7 @@ def weight_counts(proto: onnx.ModelProto) -> dict[str, int]:
             counts["weights_8bit"] += n
         elif init.data_type == _T.FLOAT:
             counts["weights_32bit"] += n
-        elif init.data_type == _T.FLOAT16:
+        elif init.data_type in (_T.FLOAT16, _T.INT16):
             counts["weights_16bit"] += n
         else:
             counts["weights_other"] += n

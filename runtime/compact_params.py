@@ -7,7 +7,7 @@ time and params.npz would hold a float32 copy again; decoding it inside lib.so a
 cost a kernel call per tensor (FuseOps cannot merge it into the attention's softmax + add group).
 
 :func:`keep_compact_pass` runs first in the pipeline. In ``main`` it replaces every decoding of a large
-compact constant, ``dequantize(C, scale, zero_point)`` / ``astype(C, float32)`` with C int8, uint8 or float16
+compact constant, ``dequantize(C, scale, zero_point)`` / ``astype(C, float32)`` with C int16, int8, uint8 or float16
 of at least :data:`MIN_COMPACT_ELEMENTS` elements (scale and zero point constants), optionally followed by
 ``reshape``s, by a float32 parameter of ``main`` (appended after the image, named ``p0``, ``p1``, ... in the
 same :class:`~bvit_edge.runtime.params.LiftedParams` the later lifting continues). params.npz stores C in
@@ -37,7 +37,7 @@ import numpy as np
 #: Compact constants with fewer elements than this are decoded at compile time (their float32 copies are
 #: small); larger ones stay compact in params.npz.
 MIN_COMPACT_ELEMENTS = 4096
-COMPACT_DTYPES = ("int8", "uint8", "float16")
+COMPACT_DTYPES = ("int16", "int8", "uint8", "float16")
 DECODE_KINDS = ("dequantize", "cast")
 ENTRY = "main"
 

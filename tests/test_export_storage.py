@@ -51,6 +51,16 @@ def test_int8_storage_is_symmetric_per_row_written_out():
     assert not np.any(enc.decoded()[1, 2])
 
 
+def test_int16_storage_has_32767_levels_a_side():
+    x = np.random.default_rng(5).standard_normal((4, 11)).astype(np.float32) * 0.05
+    enc = encode(x, "int16")
+    s = (np.abs(x).max(axis=1) / np.float32(32767)).astype(np.float32)
+    assert enc.data.dtype == np.int16 and np.array_equal(enc.scale, s)
+    assert np.array_equal(enc.data, np.clip(np.rint(x / s[:, None]), -32767, 32767).astype(np.int16))
+    assert np.abs(enc.decoded() - x).max() <= s.max() / 2 * (1 + 1e-6)
+    assert enc.nbytes == 2 * 44 + 4 * 4
+
+
 def test_int4_storage_uses_seven_levels_a_side_and_packs_two_a_byte():
     from bvit_edge.runtime.compact_params import pack_int4, unpack_int4
 
@@ -103,8 +113,8 @@ def student():
 def exports(student, tmp_path_factory):
     d = tmp_path_factory.mktemp("storage")
     out = {}
-    for ops, ab, fp in (("packed", "int8", "float16"), ("packed", "float16", "float32"), ("standard", "int8", "float32"),
-                        ("packed", "float32", "float32"), ("packed", "int4", "float32")):
+    for ops, ab, fp in (("packed", "int8", "float16"), ("packed", "float16", "float32"), ("standard", "int16", "float32"),
+                        ("packed", "float32", "float32"), ("packed", "int4", "float32"), ("packed", "int16", "float32")):
         path = d / f"{ops}_{ab}_{fp}.onnx"
         out[(ops, ab, fp)] = (path, export_onnx(student, path, ops=ops, att_bias=ab, float_params=fp))
     return out
@@ -121,10 +131,11 @@ def test_compact_exports_are_standard_onnx_computing_the_decoded_model(student, 
         assert biases, (ops, ab)
         dtypes = {onnx.TensorProto.DataType.Name(inits[k].data_type) for k in biases if not k.endswith(".scale")
                   and not k.endswith(".shape")}
-        assert dtypes == {{"int8": "INT8", "int4": "INT4", "float16": "FLOAT16", "float32": "FLOAT"}[ab]}, (ops, ab, dtypes)
+        want = {"int16": "INT16", "int8": "INT8", "int4": "INT4", "float16": "FLOAT16", "float32": "FLOAT"}[ab]
+        assert dtypes == {want}, (ops, ab, dtypes)
         opset = {o.domain: o.version for o in proto.opset_import}[""]
-        assert opset == (21 if ab == "int4" else 18)  # DequantizeLinear of INT4 is opset 21
-        if ab in ("int8", "int4"):
+        assert opset == (21 if ab in ("int16", "int4") else 18)  # DequantizeLinear of INT16 / INT4 is opset 21
+        if ab in ("int16", "int8", "int4"):
             assert any(list(inits[k].dims) == [heads * n, n] for k in biases)
             assert any(nd.op_type == "DequantizeLinear" and ".att_bias" in nd.output[0] for nd in proto.graph.node)
         if fp == "float16":
@@ -195,3 +206,10 @@ def test_the_artifact_keeps_b_int8_decodes_it_at_load_and_matches_onnxruntime(ex
     got4 = run_artifact(art4, x, normalize=False)
     want4 = run_session(ort_session(path4), x, 4)[0]
     assert np.abs(got4 - want4).max() <= 1e-5 * np.abs(want4).max()
+    # int16, the default
+    path16, _ = exports[("packed", "int16", "float32")]
+    art16 = compile_model(path16, "host", tmp_path / "art16")
+    assert att_bias_in_artifact(art16, 2, 18) == ["int16", "int16"]
+    got16 = run_artifact(art16, x, normalize=False)
+    want16 = run_session(ort_session(path16), x, 4)[0]
+    assert np.abs(got16 - want16).max() <= 1e-5 * np.abs(want16).max()

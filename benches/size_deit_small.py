@@ -62,7 +62,8 @@ def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
                         "fp32_over_artifact": fp32 / a["total_bytes"], "int8_over_artifact": int8 / a["total_bytes"]})
         rows.append(row)
         art_txt = (f", artifact {row['artifact']['total_bytes'] / 1e6:.2f} MB (lib.so "
-                   f"{row['artifact']['lib_bytes'] / 1e6:.2f} + params.npz {row['artifact']['params_bytes'] / 1e6:.2f}, "
+                   f"{row['artifact']['lib_bytes'] / 1e6:.2f} + params.npz "
+                   f"{row['artifact']['params_bytes'] / 1e6:.2f}, "
                    f"B {row['att_bias_dtype_in_params_npz']}): {row['fp32_over_artifact']:.1f}x / "
                    f"{row['int8_over_artifact']:.2f}x" if artifacts else "")
         print(f"  {student} --att-bias {att_bias:7s} --float-params {float_params:7s}: ONNX {res.bytes / 1e6:.2f} MB: "

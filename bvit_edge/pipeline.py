@@ -20,7 +20,8 @@ from bvit_edge.atomic import write_bytes, write_json
 from bvit_edge.errors import CheckpointError, UsageError
 
 #: ONNX metadata keys the compiler copies into the artifact manifest (runtime/compile.py META_KEYS).
-META = {"mean": "bvit_edge.mean", "std": "bvit_edge.std", "classes": "bvit_edge.classes", "image_size": "bvit_edge.image_size"}
+META = {"mean": "bvit_edge.mean", "std": "bvit_edge.std", "classes": "bvit_edge.classes",
+        "image_size": "bvit_edge.image_size"}
 
 
 @dataclass
@@ -53,7 +54,8 @@ def add_metadata(onnx_path: str | os.PathLike[str], cfg: dict[str, Any]) -> None
     write_bytes(onnx_path, proto.SerializeToString())
 
 
-def val_inputs(cfg: dict[str, Any], limit: int | None = None, data: str | None = None, data_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def val_inputs(cfg: dict[str, Any], limit: int | None = None, data: str | None = None,
+               data_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Normalised val images [N, 3, S, S] float32 and labels of the data set a checkpoint was trained on."""
     import torch
 

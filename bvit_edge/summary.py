@@ -149,7 +149,8 @@ class ModelSummary:
         from rich.table import Table
 
         t = Table(title=f"{self.model_name} — input {'x'.join(map(str, self.input_size))}, batch 1")
-        for col in ("Layer", "Type", "1-bit", "8-bit", "32-bit", "Packed KiB", "BOPs (bin MACs)", "int8 MACs", "FP MACs"):
+        for col in ("Layer", "Type", "1-bit", "8-bit", "32-bit", "Packed KiB", "BOPs (bin MACs)", "int8 MACs",
+                    "FP MACs"):
             t.add_column(col, justify="left" if col in ("Layer", "Type") else "right")
         rows = self.layers if max_rows is None else self.layers[:max_rows]
         for r in rows:
@@ -338,7 +339,8 @@ def _teacher_params(model: nn.Module, teacher: nn.Module | None) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def summary(model: nn.Module, input_size: tuple[int, int, int] | None = None, teacher: nn.Module | None = None) -> ModelSummary:
+def summary(model: nn.Module, input_size: tuple[int, int, int] | None = None,
+            teacher: nn.Module | None = None) -> ModelSummary:
     """Summarise ``model`` (any registered bvit-edge model, trained, fresh or frozen) for one image.
 
     ``input_size`` (C, H, W) defaults to ``model.default_cfg["input_size"]``. The model itself is not run:

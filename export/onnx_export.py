@@ -193,7 +193,8 @@ def _finalize(proto: onnx.ModelProto, ops: str, model: Any) -> onnx.ModelProto:
         )
     unknown = sorted(d for d in domains if d not in ("", "ai.onnx", DOMAIN))
     if unknown:
-        raise ConfigError(f"The export produced nodes in unsupported ONNX domains {unknown}; only standard ops and {DOMAIN!r} are allowed.")
+        raise ConfigError(f"The export produced nodes in unsupported ONNX domains {unknown}; only standard ops and "
+                          f"{DOMAIN!r} are allowed.")
     if ops == "standard" and DOMAIN in domains:
         raise ConfigError(f"A standard export still holds {DOMAIN!r} nodes: a translation was bypassed. This is a bug.")
     imports = {o.domain: o for o in proto.opset_import}
@@ -208,7 +209,8 @@ def _finalize(proto: onnx.ModelProto, ops: str, model: Any) -> onnx.ModelProto:
         "bvit_edge.ops": ops if DOMAIN in domains else "standard",
         "bvit_edge.op_domain": f"{DOMAIN}:{VERSION}",
         "bvit_edge.model_name": str(getattr(model, "model_name", type(model).__name__)),
-        "bvit_edge.default_cfg": json.dumps({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, tuple, list))}),
+        "bvit_edge.default_cfg": json.dumps({k: v for k, v in cfg.items()
+                                             if isinstance(v, (int, float, str, tuple, list))}),
     }
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -234,7 +236,8 @@ def check_exported(proto: onnx.ModelProto) -> list[list[Any]]:
     for out in inferred.graph.output:
         tt = out.type.tensor_type
         if not tt.HasField("shape"):
-            raise ValidationError(f"ONNX shape inference gives no shape for output {out.name!r}; the export is incomplete.")
+            raise ValidationError(f"ONNX shape inference gives no shape for output {out.name!r}; the export is "
+                                  "incomplete.")
         shapes.append([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim])
     return shapes
 
@@ -322,4 +325,5 @@ def export_teacher_onnx(model: Any, path: str | Path, **kwargs: Any) -> ExportRe
     return export_onnx(model, path, ops="standard", **kwargs)
 
 
-__all__ = ["ExportResult", "export_onnx", "export_teacher_onnx", "check_frozen", "check_exported", "IR_VERSION", "OPSET"]
+__all__ = ["ExportResult", "export_onnx", "export_teacher_onnx", "check_frozen", "check_exported", "IR_VERSION",
+           "OPSET"]

@@ -97,7 +97,8 @@ def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None,
 
     proto = load_model(onnx_path)
     size = Path(onnx_path).stat().st_size
-    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, **weight_counts(proto), largest_32bit=largest_float32(proto))
+    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, **weight_counts(proto),
+                     largest_32bit=largest_float32(proto))
     if att_bias_names(decompacted(proto)) or state_names:
         rep.storage_bytes = storage_bytes(proto, state_names or [])
     if teacher_path is not None:

@@ -84,7 +84,8 @@ def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.nd
 
 def per_input_max_diff(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> np.ndarray:
     """max |got - ref| per input (axis 0), over every output: float64 [B]."""
-    diffs = [np.abs(g.astype(np.float64) - r.astype(np.float64)).reshape(g.shape[0], -1).max(axis=1) for g, r in zip(got, ref)]
+    diffs = [np.abs(g.astype(np.float64) - r.astype(np.float64)).reshape(g.shape[0], -1).max(axis=1)
+             for g, r in zip(got, ref)]
     return np.max(np.stack(diffs), axis=0)
 
 
@@ -146,7 +147,8 @@ def validate_onnx(
         )
     ref = torch_outputs(model, x, batch_size)
     if len(ref) != len(names):
-        raise OutputNameMismatch(f"{str(onnx_path)!r} has {len(names)} outputs {names}; the torch model gives {len(ref)}.")
+        raise OutputNameMismatch(f"{str(onnx_path)!r} has {len(names)} outputs {names}; the torch model gives "
+                                 f"{len(ref)}.")
     got = run_session(session, x, batch_size)
     max_abs, max_rel, top1, mism = compare_outputs(got, ref, names, rtol, atol)
     scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)

@@ -36,7 +36,8 @@ def test_failed_step_is_named_finished_steps_are_kept_and_a_rerun_resumes(tmp_pa
 
 
 def _state() -> dict:
-    fid = {"n_images": 360, "teacher_onnx": {"top1": 0.975, "top5": 1.0}, "teacher_int8_onnx": {"top1": 0.972, "top5": 1.0},
+    fid = {"n_images": 360, "teacher_onnx": {"top1": 0.975, "top5": 1.0},
+           "teacher_int8_onnx": {"top1": 0.972, "top5": 1.0},
            "student_torch": {"top1": 0.9, "top5": 0.99}, "student_onnx": {"top1": 0.9, "top5": 0.99},
            "student_tvm_host": {"top1": 0.9, "top5": 0.99},
            "torch_vs_onnx": {"max_abs_diff": 1e-6, "max_rel_diff": 1e-7, "top1_agreement": 1.0},

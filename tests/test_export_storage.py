@@ -113,8 +113,9 @@ def student():
 def exports(student, tmp_path_factory):
     d = tmp_path_factory.mktemp("storage")
     out = {}
-    for ops, ab, fp in (("packed", "int8", "float16"), ("packed", "float16", "float32"), ("standard", "int16", "float32"),
-                        ("packed", "float32", "float32"), ("packed", "int4", "float32"), ("packed", "int16", "float32")):
+    for ops, ab, fp in (("packed", "int8", "float16"), ("packed", "float16", "float32"),
+                        ("standard", "int16", "float32"), ("packed", "float32", "float32"),
+                        ("packed", "int4", "float32"), ("packed", "int16", "float32")):
         path = d / f"{ops}_{ab}_{fp}.onnx"
         out[(ops, ab, fp)] = (path, export_onnx(student, path, ops=ops, att_bias=ab, float_params=fp))
     return out

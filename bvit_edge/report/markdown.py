@@ -120,7 +120,8 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
             if has_base:
                 row.append(f"{comp_base[m['name']]:.1f}×" if comp_base[m["name"]] is not None else "–")
             rows.append(row)
-        lines += _table(["model", f"1-bit {unit}", f"8-bit {unit}", f"16-bit {unit}", f"32-bit {unit}", f"weights {unit}",
+        lines += _table(["model", f"1-bit {unit}", f"8-bit {unit}", f"16-bit {unit}", f"32-bit {unit}",
+                         f"weights {unit}",
                          "bytes on disk", "compression vs teacher"]
                         + ([f"vs {base_name} (int8)"] if has_base else []), rows)
 
@@ -130,7 +131,8 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
         lines += _table(["model", "reference → compared", "max abs diff", "top-1 agreement %"], [
             [m["name"], f"{m['fidelity'].get('reference', '?')} → {m['fidelity'].get('compared', '?')}",
              f"{m['fidelity']['max_abs_diff']:.3g}",
-             f"{m['fidelity']['top1_agreement_pct']:.2f}" if m["fidelity"].get("top1_agreement_pct") is not None else "–"]
+             f"{m['fidelity']['top1_agreement_pct']:.2f}"
+             if m["fidelity"].get("top1_agreement_pct") is not None else "–"]
             for m in fids])
 
     if plots:

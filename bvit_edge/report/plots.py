@@ -109,13 +109,15 @@ def accuracy_latency_figure(doc: dict[str, Any]) -> Figure:
         marker = {"teacher": "*", "baseline": "D"}.get(m["role"], "o")
         face = "none" if e.get("emulated") else color
         ax.scatter([e["median_ms"]], [m["accuracy"]["top1_pct"]], marker=marker, s=140 if marker == "*" else 60,
-                   facecolors=face, edgecolors=color, label=f"{e['target']}{' (emulated)' if e.get('emulated') else ''}")
+                   facecolors=face, edgecolors=color,
+                   label=f"{e['target']}{' (emulated)' if e.get('emulated') else ''}")
         ax.annotate(e["model"], (e["median_ms"], m["accuracy"]["top1_pct"]), textcoords="offset points",
                     xytext=(5, 4), fontsize="small")
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     if uniq:
-        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize="small", title="star: teacher, diamond: int8 teacher")
+        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize="small",
+                  title="star: teacher, diamond: int8 teacher")
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 2, 5, 10, 40 rather than 2x10^0
     ax.xaxis.set_major_formatter(plain)

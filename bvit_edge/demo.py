@@ -107,13 +107,16 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         st = summ.storage
         return {"packed_bytes": summ.student["packed"]["bytes"], "standard_bytes": summ.student["standard"]["bytes"],
                 "teacher_bytes": summ.teacher["bytes"] if summ.teacher else None, "teacher_int8_bytes": int8.bytes,
-                "packed_max_rel_diff": v["packed"]["max_rel_diff"], "packed_top1_agreement": v["packed"]["top1_agreement"],
-                "standard_max_rel_diff": v["standard"]["max_rel_diff"], "standard_top1_agreement": v["standard"]["top1_agreement"],
+                "packed_max_rel_diff": v["packed"]["max_rel_diff"],
+                "packed_top1_agreement": v["packed"]["top1_agreement"],
+                "standard_max_rel_diff": v["standard"]["max_rel_diff"],
+                "standard_top1_agreement": v["standard"]["top1_agreement"],
                 "images_beyond_1e-5": v["packed"]["inputs_beyond_tolerance"],
                 "storage": {"att_bias": st["att_bias"], "float_params": st["float_params"],
                             "packed_bytes": st["bytes"].get("packed", {}),
-                            "fidelity": {k: {"max_abs_logit_diff": f["max_abs_logit_diff"], "top1_agreement": f["top1_agreement"],
-                                             "n_images": f["n_images"]} for k, f in (st.get("fidelity") or {}).items()}}}
+                            "fidelity": {k: {"max_abs_logit_diff": f["max_abs_logit_diff"],
+                                             "top1_agreement": f["top1_agreement"], "n_images": f["n_images"]}
+                                         for k, f in (st.get("fidelity") or {}).items()}}}
 
     def compile_step() -> dict[str, Any]:
         from bvit_edge.runtime.compile import compile_model
@@ -180,11 +183,13 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         rows: dict[str, Any] = {}
         docs = []
         for th in sorted({1, threads or physical_cores()}):
-            res = bench(art_host, teacher_onnx=export_dir / "teacher.onnx", student_onnx=export_dir / "student.packed.onnx",
+            res = bench(art_host, teacher_onnx=export_dir / "teacher.onnx",
+                        student_onnx=export_dir / "student.packed.onnx",
                         teacher_int8_onnx=export_dir / "teacher.int8.onnx", threads=th, warmup=10,
                         runs=30 if quick else 100, rounds=5)
             res.save(out / f"bench_{th}t.json")
-            docs.append(res.to_report(student_name="gsb-demo (compiled, TVM)", teacher_name="deit-demo fp32 (onnxruntime)",
+            docs.append(res.to_report(student_name="gsb-demo (compiled, TVM)",
+                                      teacher_name="deit-demo fp32 (onnxruntime)",
                                       teacher_int8_name="deit-demo int8 (onnxruntime quantize_dynamic)",
                                       title="bvit-edge demo on digits"))
             d = res.to_dict()
@@ -224,7 +229,8 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
     ]
     if board:
         steps.append(Step("board", "run the aarch64 artifact on the emulated board (qemu + TVM RPC) and compare", board_step))
-    steps += [Step("bench", "bench on the host, 1 thread and all cores: compiled student vs the teacher in onnxruntime, "
+    steps += [Step("bench", "bench on the host, 1 thread and all cores: compiled student vs the teacher in "
+                            "onnxruntime, "
                             "fp32 and int8 (batch 1)", bench_step)]
     if deit_s:
         steps.append(Step("deit_s", "DeiT-S geometry (random non-zero weights): compile, bench at 1 thread vs DeiT-S "
@@ -371,14 +377,17 @@ def _summary(state: dict[str, Any]) -> None:
                       "emulated: not timed")
     if ds:
         table.add_row("GSB DeiT-S geometry, random non-zero frozen weights (compile + bench + size only; TVM)", "-",
-                      f"ONNX {ds['student_onnx_bytes'] / 1e6:.2f} MB, artifact {ds['student_artifact_bytes'] / 1e6:.2f} MB",
+                      f"ONNX {ds['student_onnx_bytes'] / 1e6:.2f} MB, "
+                      f"artifact {ds['student_artifact_bytes'] / 1e6:.2f} MB",
                       f"{ds['student_median_ms']:.1f} ms (1 thread)")
         table.add_row("DeiT-S fp32, random weights (onnxruntime)", "-",
-                      f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_onnx_bytes'], ds['student_onnx_bytes'])} / "
+                      f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB "
+                      f"({_x(ds['teacher_onnx_bytes'], ds['student_onnx_bytes'])} / "
                       f"{_x(ds['teacher_onnx_bytes'], ds['student_artifact_bytes'])} the GSB ONNX / artifact)",
                       f"{ds['teacher_median_ms']:.1f} ms ({ds['teacher_over_student']:.1f}x GSB)")
         table.add_row("DeiT-S int8 by quantize_dynamic (onnxruntime)", "-",
-                      f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_int8_onnx_bytes'], ds['student_onnx_bytes'])} / "
+                      f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB "
+                      f"({_x(ds['teacher_int8_onnx_bytes'], ds['student_onnx_bytes'])} / "
                       f"{_x(ds['teacher_int8_onnx_bytes'], ds['student_artifact_bytes'])})",
                       f"{ds['teacher_int8_median_ms']:.1f} ms ({ds['teacher_int8_over_student']:.1f}x GSB)")
     con = _console()
@@ -386,7 +395,8 @@ def _summary(state: dict[str, Any]) -> None:
     for th in threads:
         row = b["by_threads"][th]
         con.print(f"student vs teacher on this host at {th} thread{'s' if th != '1' else ''}: "
-                  f"{row['teacher_over_student']:.2f}x faster than fp32, {row['teacher_int8_over_student']:.2f}x than int8 "
+                  f"{row['teacher_over_student']:.2f}x faster than fp32, "
+                  f"{row['teacher_int8_over_student']:.2f}x than int8 "
                   "(onnxruntime; same process, alternating blocks)")
     st = (e or {}).get("storage") or {}
     if st.get("fidelity"):

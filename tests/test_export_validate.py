@@ -120,3 +120,27 @@ def test_size_report_counts_weights_by_precision(setup):
     # file's float count is close to, not equal to, the parameter count
     assert size_report(t.path).weights_32bit == pytest.approx(t_floats, rel=0.05)
     assert rep.compression_ratio == pytest.approx(t.bytes / packed.bytes)
+
+
+class _Step(torch.nn.Module):
+    """logits = [1, 0] when sum(x) > 0 else [0, 1]: a discontinuity at sum(x) = 0, like a binarizer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).sum(dim=1, keepdim=True)
+        return torch.cat([(s > 0).float(), (s <= 0).float()], dim=1)
+
+
+def test_tie_probe_recognises_an_input_on_a_discontinuity():
+    from bvit_edge.export.validate import tie_probe
+
+    rng = np.random.default_rng(0)
+    on_edge = rng.standard_normal((1, 4, 4)).astype(np.float32)
+    on_edge[0, 0, 0] -= on_edge.sum(dtype=np.float64)  # sum within rounding of 0
+    stable = np.abs(rng.standard_normal((1, 4, 4))).astype(np.float32)  # sum far above 0
+    model = _Step()
+    with torch.no_grad():
+        here = model(torch.from_numpy(on_edge[None])).numpy()[0]
+    other = here[::-1].copy()  # the other side of the edge: what another runtime may legitimately give
+    assert tie_probe(model, on_edge, [other], tol=1e-5)
+    assert not tie_probe(model, stable, [np.array([0.0, 1.0], np.float32)], tol=1e-5)  # stable: must match
+    assert not tie_probe(model, on_edge, [np.array([7.0, 7.0], np.float32)], tol=1e-5)  # not a torch outcome

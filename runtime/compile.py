@@ -20,7 +20,10 @@ final form: int8 weights dequantized, binary weights repacked for the target's w
 constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
 (bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
 records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
-"names": [...]}`` (``bytes`` and ``sha256`` of the file). With ``"embedded"`` the weights stay
+"names": [...], "arrays": [{"name", "shape", "dtype"}, ...]}`` (``bytes`` and ``sha256`` of the file; one
+shape and dtype per weight as stored). ``lib_sha256`` is the digest of ``lib.so`` and
+``required_cpu_features`` the CPU features its code may use (bvit_edge.runtime.cpu_features); the runtime
+checks all three before loading (bvit_edge.runtime.artifact). With ``"embedded"`` the weights stay
 compile-time constants inside ``lib.so`` and the manifest says ``"params": {"storage": "embedded"}`` (as
 every schema 1 artifact did; those still load).
 """
@@ -128,6 +131,17 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
         pass
     versions["cc"] = compiler_version(compiler)
     return versions
+
+
+def _required_cpu_features(spec: Any) -> list[str]:
+    """The CPU features (Linux /proc/cpuinfo / HWCAP names) the generated code may use: the instruction-set
+    extensions LLVM enables for the target's mtriple/mcpu/mattr (bvit_edge.runtime.cpu_features), which the
+    runtime checks before loading so a CPU without them gets a clear error instead of SIGILL."""
+    from tvm.target import codegen  # noqa: PLC0415
+
+    from bvit_edge.runtime.cpu_features import required_features  # noqa: PLC0415
+
+    return required_features(spec.arch, [str(f) for f in codegen.llvm_get_cpu_features(spec.tvm())])
 
 
 def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
@@ -273,6 +287,7 @@ def compile_model(
             "trials_per_kernel": int(tune),
         },
         "tool_versions": _tool_versions(compiler),
+        "required_cpu_features": _required_cpu_features(spec),
     }
     with atomic_dir(out_dir) as tmp:
         lib_path = tmp / LIB_NAME
@@ -286,6 +301,7 @@ def compile_model(
             raise ToolchainError(f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} "
                                  f"failed: {last}") from exc
         manifest["lib_bytes"] = lib_path.stat().st_size
+        manifest["lib_sha256"] = _sha256(lib_path)
         if tuned is not None:
             tuned.save(tmp / "tuning.json")
         if lifted is not None:
@@ -293,6 +309,8 @@ def compile_model(
             lifted.save_npz(params_path)
             manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
                                   "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
-                                  "names": list(lifted.names)}
+                                  "names": list(lifted.names),
+                                  "arrays": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+                                             for n, a in lifted.as_dict().items()]}
         write_json(tmp / MANIFEST_NAME, manifest)
     return Path(out_dir)

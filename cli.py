@@ -340,7 +340,7 @@ def compile_cmd(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
-    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) to classify (PNG/JPEG).")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
@@ -370,6 +370,15 @@ def run(
     if res.get("accuracy"):
         a = res["accuracy"]
         _console().print(f"top-1 {a['top1'] * 100:.2f}%  top-5 {a['top5'] * 100:.2f}% on {res['num_images']} images")
+
+@app.command("device", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def device(ctx: typer.Context) -> None:
+    """Run an artifact on this machine with the board-side runtime: run | bench | check | info (= bvit-edge-device)."""
+    from bvit_edge.runtime.device_cli import main as device_main
+
+    device_main(ctx.args)
+
 
 # ---------------------------------------------------------------------------------------------- targets
 targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)

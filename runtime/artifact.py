@@ -392,7 +392,8 @@ class LoadedArtifact:
         return np.concatenate(outs, axis=0)
 
 
-def _load_local(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray], threads: int | None) -> LoadedArtifact:
+def _load_local(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray],
+                threads: int | None) -> LoadedArtifact:
     from bvit_edge.runtime.tvm_runtime import runtime  # noqa: PLC0415
 
     rt = runtime()

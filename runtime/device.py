@@ -212,5 +212,6 @@ def check(artifact: str | os.PathLike[str], threads: int | None = None) -> dict[
         "verified": {"manifest_schema": m["schema_version"], "lib_sha256": bool(m.get("lib_sha256")),
                      "params_sha256": params.get("storage") == "file",
                      "params_shapes_dtypes": bool(params.get("arrays"))},
-        "input": m["input"], "classes": m.get("classes"), "params": len(art.params), "runtime": art.extra.get("runtime"),
+        "input": m["input"], "classes": m.get("classes"), "params": len(art.params),
+        "runtime": art.extra.get("runtime"),
     }

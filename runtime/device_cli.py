@@ -162,7 +162,8 @@ def _check(args: argparse.Namespace) -> None:
     _say(f"{res['artifact']}: OK for this machine ({res['machine']['arch']}): target {res['target']}, manifest "
          f"schema {v['manifest_schema']}, lib.so sha256 {'checked' if v['lib_sha256'] else 'not recorded'}, "
          f"params sha256 {'checked' if v['params_sha256'] else 'embedded weights'}, CPU features "
-         f"{', '.join(res['required_cpu_features']) or 'none recorded'} present; {res['params']} weight tensors loaded.")
+         f"{', '.join(res['required_cpu_features']) or 'none recorded'} present; {res['params']} weight tensors "
+         "loaded.")
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -20,6 +20,12 @@ Build (once, into ``cache_dir/<arch>``; ``rebuild=True`` starts over):
    ``bvit-edge board emulate --rebuild``. The build happens in a temporary folder renamed into place
    at the end, so an interrupted build never looks finished.
 
+5. The wheelhouse ``cache_dir/<arch>-wheels`` (:data:`WHEELHOUSES`): the aarch64 wheels a board-side
+   install of bvit-edge-runtime needs (the TVM runtime, tvm_ffi, numpy, Pillow), downloaded once with ``pip
+   download``. :func:`install_site` pip-installs a wheel into a *fresh* site folder resolving its dependencies
+   from it offline, and :func:`run_python` runs the board's Python natively under qemu with that folder alone
+   on ``PYTHONPATH``: a real board-side install and run, no RPC, the shared image left untouched.
+
 Run: ``qemu-aarch64 -L ROOTFS ROOTFS/usr/bin/python3.11 -m tvm.exec.rpc_server --host 127.0.0.1
 --port P --port-end P+1`` with ``PYTHONPATH=SITE``, in its own session (process group), its PID in
 ``server.pid``; ``start`` returns once the port accepts connections. ``stop`` signals that process
@@ -220,7 +226,8 @@ def _run(cmd: list[str], what: str, timeout_s: float, env: dict[str, str] | None
 
 def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None, rebuild: bool = False,
           mirror: str | None = None, log=None) -> BoardInfo:
-    """Build the board image into ``cache_dir/<arch>`` unless a complete one is there.
+    """Build the board image into ``cache_dir/<arch>`` unless a complete one is there, and its wheelhouse
+    (:func:`wheelhouse`, for board-side installs) unless that is there too.
 
     An existing incomplete or stale image raises ToolchainError unless ``rebuild`` is set.
     ``log`` is an optional ``callable(str)`` for progress lines. Needs root (debootstrap) and the
@@ -231,6 +238,7 @@ def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
     root = _paths(arch, cache_dir)
     ok, reason = _check_image(root, arch)
     if ok and not rebuild:
+        wheelhouse(arch, cache_dir, log=log)
         return status(arch, cache_dir)
     if root.exists() and not rebuild:
         raise _stale_error(root, reason)
@@ -273,6 +281,7 @@ def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
             "build_s": round(time.monotonic() - t0, 1),
             "packages_unpacked": len(debs),
         })
+    wheelhouse(arch, cache_dir, log=log)
     say(f"board image ready in {time.monotonic() - t0:.0f} s: {root}")
     return status(arch, cache_dir)
 
@@ -535,5 +544,6 @@ def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str =
         return subprocess.run(cmd, input=stdin, capture_output=True, env=full_env, timeout=timeout_s,
                               cwd=str(cwd) if cwd else None)
     except subprocess.TimeoutExpired:
-        raise ToolchainError(f"The board's Python did not finish in {timeout_s:.0f} s: {' '.join(args[:4])} ...") from None
+        raise ToolchainError(f"The board's Python did not finish in {timeout_s:.0f} s: "
+                             f"{' '.join(args[:4])} ...") from None
 

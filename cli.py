@@ -519,12 +519,22 @@ def bench(
 # ----------------------------------------------------------------------------------------------- report
 @app.command()
 def report(
-    json_path: Annotated[Path, typer.Argument(help="A bench/report JSON document.", exists=True, dir_okay=False)],
+    json_paths: Annotated[list[Path], typer.Argument(help="Report JSON document(s), and/or bench JSON files (e.g. "
+                                                     "from bvit-edge-device bench on a board) to merge into it.",
+                                                     exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
 ) -> None:
-    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency)."""
+    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency); several
+    files (the host's report and boards' bench JSONs) are merged into one report first (OUT/report.json)."""
     from bvit_edge.report import render_report
 
+    from bvit_edge.report.merge import is_bench_file, load_any, merge_reports
+
+    json_path = json_paths[0]
+    if len(json_paths) > 1 or is_bench_file(json_path):
+        from bvit_edge.report import write_report
+
+        json_path = write_report(out / "report.json", merge_reports([load_any(p) for p in json_paths]))
     written = render_report(json_path, out)
     for kind, path in written.items():
         _console().print(f"{kind}: {path}")

@@ -273,3 +273,21 @@ def test_board_side_wheel_is_built_from_the_trees_own_files(tmp_path):
     assert f"Version: {bvit_edge.__version__}" in meta
     full = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert full["project"]["scripts"]["bvit-edge-device"] == "bvit_edge.runtime.device_cli:main"
+
+
+def test_report_merges_a_boards_bench_into_the_hosts(tiny, tmp_path):
+    """`bvit-edge report HOST.json BOARD.json`: the board's bench JSON (bvit-edge-device bench) joins the host's
+    bench result in one report: one latency row per machine, labelled with where it ran."""
+    from bvit_edge.runtime.bench import bench
+
+    art, _ = tiny
+    host_json = bench(art, warmup=0, runs=2, threads=1).save(tmp_path / "host.json")
+    board_json = device.bench_on_device(art, warmup=0, runs=2, threads=1, emulated=True).save(tmp_path / "pi.json")
+    r = subprocess.run([sys.executable, "-m", "bvit_edge", "report", str(host_json), str(board_json), "--out",
+                        str(tmp_path / "rep")], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [m["name"] for m in doc["models"]] == ["art"]
+    assert sorted(e["timing_kind"] for e in doc["latency"]) == ["emulated", "host"]
+    assert (tmp_path / "rep" / "report.md").is_file()

@@ -211,8 +211,8 @@ def params_file(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Pat
 
 def _digest_mismatch(path: Path, what: str) -> UsageError:
     return UsageError(f"{path} does not match the artifact's manifest (its sha256 differs from the one recorded at "
-                      f"compile time): the {what} changed after compiling. Recompile the artifact with `bvit-edge "
-                      "compile` (or copy the whole artifact folder again); running it would give wrong results.")
+                      f"compile time): the {what} changed after compiling, and running it would give wrong results; "
+                      f"{_RECOMPILE}.")
 
 
 def verify_files(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> None:

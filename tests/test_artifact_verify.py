@@ -149,7 +149,7 @@ def test_tampered_weights_are_refused_naming_the_file_and_recompile(art, built, 
     with np.load(art / "params.npz") as npz:
         arrays = {k: npz[k] * np.float32(-3) if npz[k].dtype.kind == "f" else npz[k] for k in npz.files}
     np.savez(art / "params.npz", **arrays)
-    _assert_refused(art, built["png"], tmp_path, "params.npz", "sha256", "Recompile")
+    _assert_refused(art, built["png"], tmp_path, "params.npz", "sha256", "recompile")
 
 
 def test_a_tampered_library_is_refused(art, built, tmp_path):

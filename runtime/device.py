@@ -30,7 +30,7 @@ from bvit_edge.errors import UsageError
 from bvit_edge.runtime.artifact import LoadedArtifact, load_artifact, required_features, topk
 from bvit_edge.runtime.cpu_features import cpu_features, machine_arch
 from bvit_edge.runtime.image_input import expand_inputs, frame_to_input, load_image, read_frames
-from bvit_edge.runtime.timing import measure, time_once
+from bvit_edge.runtime.timing import time_once, time_protocol
 
 __all__ = ["bench_on_device", "check", "classify", "classify_frames", "is_emulated", "versions"]
 
@@ -120,14 +120,14 @@ def _time_side(folder: Path, role: str, x_norm: np.ndarray, threads: int | None,
     """Load, first run and steady state of one artifact here (bench.py's local TVM protocol)."""
     from bvit_edge.runtime.bench import SideResult, _output_shape, compile_seconds  # noqa: PLC0415
 
-    load_ms, art = time_once(lambda: load_artifact(folder, threads=threads))
-    arg = art.tensor(x_norm)
-    main, params = art.vm["main"], art.params
-    first_ms, y = time_once(lambda: main(arg, *params))
-    steady = measure(lambda: main(arg, *params), warmup=warmup, runs=runs)
+    def call_of(art: LoadedArtifact) -> Any:
+        arg, main, params = art.tensor(x_norm), art.vm["main"], art.params
+        return lambda: main(arg, *params)
+
+    times, art, y = time_protocol(lambda: load_artifact(folder, threads=threads), call_of, warmup, runs)
     return SideResult(role=role, runtime="tvm", path=str(folder), input_shape=art.input_shape,
-                      output_shape=_output_shape(y), compile_s=compile_seconds(art.manifest), load_ms=load_ms,
-                      first_run_ms=first_ms, steady=steady, timer="time.perf_counter_ns",
+                      output_shape=_output_shape(y), compile_s=compile_seconds(art.manifest), load_ms=times.load_ms,
+                      first_run_ms=times.first_run_ms, steady=times.steady, timer="time.perf_counter_ns",
                       model_sha256=(art.manifest.get("model") or {}).get("sha256"))
 
 

@@ -291,3 +291,17 @@ def test_report_merges_a_boards_bench_into_the_hosts(tiny, tmp_path):
     assert [m["name"] for m in doc["models"]] == ["art"]
     assert sorted(e["timing_kind"] for e in doc["latency"]) == ["emulated", "host"]
     assert (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_time_protocol_times_load_and_first_run_apart_from_the_steady_state():
+    """On a fake clock advancing 1 ms per reading: load and first run are one interval each, the warm-up calls
+    are made but not timed, then `runs` timed calls."""
+    from bvit_edge.runtime.timing import time_protocol
+
+    ticks = iter(range(0, 10**12, 1_000_000))
+    calls: list[str] = []
+    times, loaded, first = time_protocol(lambda: "model", lambda m: (lambda: calls.append(m) or len(calls)),
+                                         warmup=2, runs=3, clock=lambda: next(ticks))
+    assert loaded == "model" and first == 1 and len(calls) == 1 + 2 + 3
+    assert times.load_ms == times.first_run_ms == 1.0
+    assert times.steady.runs == 3 and times.steady.warmup == 2 and times.steady.samples_ms == (1.0, 1.0, 1.0)

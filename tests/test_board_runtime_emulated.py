@@ -100,8 +100,10 @@ def test_the_board_install_has_no_torch_and_no_training_stack(board_site):
     found = json.loads(r.stdout.decode().strip().splitlines()[-1])
     assert found == {"torch": False, "onnx": False, "onnxruntime": False, "matplotlib": False, "sklearn": False,
                      "typer": False, "numpy": True, "PIL": True, "tvm_ffi": True, "bvit_edge.runtime.device": True}
-    r = _board(board_site, "-c", "import torch")
+    r = _board(board_site, "-c", "import bvit_edge\ntry:\n    bvit_edge.train\nexcept Exception as e:\n    "
+               "print(type(e).__name__, e)\nimport torch")
     assert r.returncode != 0 and b"No module named 'torch'" in r.stderr
+    assert r.stdout.decode().startswith("MissingDependencyError") and "full toolkit" in r.stdout.decode()
 
 
 def test_the_rpi4_artifact_runs_on_the_board_like_the_host_artifact(board_site, student):

@@ -524,7 +524,7 @@ def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str =
                env: dict[str, str] | None = None, stdin: bytes | None = None,
                cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess:
     """Run the board's Python natively under qemu user mode (no RPC): ``python3.X ARGS`` with ``PYTHONPATH=site``
-    only (not the image's own site folder, unless ``site`` is it). Returns the finished process (bytes output);
+    only (not the image's own site folder, unless ``site`` is it; nor the working folder). Returns the finished process (bytes output);
     ToolchainError when the image is not built or the run exceeds ``timeout_s``."""
     recipe = _recipe(arch)
     root = _paths(arch, cache_dir)
@@ -535,7 +535,9 @@ def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str =
     qemu = require_tool(recipe["qemu"], purpose="to run the emulated board")
     rootfs = root / "rootfs"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "LD_", "BVIT_EDGE"))}
-    full_env.update({"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    # PYTHONSAFEPATH: no current folder / script folder first on sys.path, so a checkout in the working folder
+    # never shadows what is installed in ``site``.
+    full_env.update({"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1"})
     if site is not None:
         full_env["PYTHONPATH"] = str(site)
     full_env.update(env or {})

@@ -524,7 +524,8 @@ def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str =
                env: dict[str, str] | None = None, stdin: bytes | None = None,
                cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess:
     """Run the board's Python natively under qemu user mode (no RPC): ``python3.X ARGS`` with ``PYTHONPATH=site``
-    only (not the image's own site folder, unless ``site`` is it; nor the working folder). Returns the finished process (bytes output);
+    only (not the image's own site folder, unless ``site`` is it; nor the working folder). Returns the finished
+    process (bytes output);
     ToolchainError when the image is not built or the run exceeds ``timeout_s``."""
     recipe = _recipe(arch)
     root = _paths(arch, cache_dir)

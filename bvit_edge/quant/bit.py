@@ -56,6 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bvit_edge.contract import LINEAR_MODES
 from bvit_edge.errors import ConfigError
 
 ALPHA_MIN = 1e-5
@@ -173,7 +174,7 @@ class ElasticBinarizer(nn.Module):
     ) -> None:
         super().__init__()
         self.alpha_grad_scale = alpha_grad_scale
-        if mode not in ("signed", "unsigned"):
+        if mode not in LINEAR_MODES:
             raise ConfigError(f"Unknown binarizer mode {mode!r}; use 'signed' or 'unsigned'.")
         if bits not in (1, 2):
             raise ConfigError(f"BiT activations are 1 or 2 bits (the W1A1 student or the W1A2 step of its "

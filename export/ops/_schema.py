@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 import onnx
 from onnx import defs
 
-DOMAIN = "bvit_edge"
-VERSION = 1
+from bvit_edge.contract import DOMAIN
+from bvit_edge.contract import DOMAIN_VERSION as VERSION
 
 Param = defs.OpSchema.FormalParameter
 Attr = defs.OpSchema.Attribute

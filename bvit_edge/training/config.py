@@ -12,12 +12,17 @@ warm-up), then ``cooldown_epochs`` at ``min_lr``; total epochs = epochs + cooldo
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from bvit_edge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI (a dependency with a python_version marker)
+    import tomli as tomllib
 
 METHODS = ("fp", "gsb", "bit", "binaryvit", "acdbit")
 

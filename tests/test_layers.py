@@ -1,7 +1,8 @@
 """Layer rules of the package (docs/architecture.md, "Layers"), checked on the import statements of every
 module, lazy imports inside functions included:
 
-- foundation (errors, atomic, digest, packing, contract) imports no other bvit_edge layer;
+- foundation (errors, atomic, digest, packing, contract, provenance, terminal, native_log) imports no other
+  bvit_edge layer;
 - the model side (models, quant, data, training, evaluation, summary) imports none of export, runtime,
   targets, orchestration, cli;
 - export imports no runtime, targets, orchestration, cli;
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "foundation": ("bvit_edge.errors", "bvit_edge.atomic", "bvit_edge.digest", "bvit_edge.packing",
-                   "bvit_edge.contract"),
+                   "bvit_edge.contract", "bvit_edge.provenance", "bvit_edge.terminal", "bvit_edge.native_log"),
     "model": ("bvit_edge.models", "bvit_edge.quant", "bvit_edge.data", "bvit_edge.training", "bvit_edge.evaluation",
               "bvit_edge.summary"),
     "report": ("bvit_edge.report",),

@@ -111,8 +111,9 @@ def check_mode(mode: object, allowed: Sequence[str], what: str, fix: str = "Re-e
 def n_planes(mode: str) -> int:
     """Bit planes (and scales) an operand of ``mode`` has: 1, or 3 for the gsb modes."""
     if mode not in PLANES:
-        raise ContractError(f"Unknown binarization mode {mode!r}; the {DOMAIN} v{DOMAIN_VERSION} modes are "
-                            f"{', '.join(PLANES)}.")
+        raise ContractError(
+            f"Unknown binarization mode {mode!r}; the {DOMAIN} v{DOMAIN_VERSION} modes are {', '.join(PLANES)}."
+        )
     return PLANES[mode]
 
 

@@ -57,8 +57,9 @@ def _count_lines(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def native_stderr_to_log(path: str | os.PathLike[str] | None = None, command: str = "bvit-edge",
-                         note: Callable[[str], None] | None = None) -> Iterator[Path | None]:
+def native_stderr_to_log(
+    path: str | os.PathLike[str] | None = None, command: str = "bvit-edge", note: Callable[[str], None] | None = None
+) -> Iterator[Path | None]:
     """Within the block, what native code writes to descriptor 2 goes to ``path`` (default:
     :func:`default_log_path`); Python's ``sys.stderr`` still reaches the original stderr. Yields the log path,
     or None when no log file can be opened (then nothing is redirected). On exit an empty log is removed and
@@ -102,8 +103,10 @@ def native_stderr_to_log(path: str | os.PathLike[str] | None = None, command: st
             if not lines and not log.stat().st_size:
                 log.unlink()
             elif note is not None:
-                note(f"{lines} line{'s' if lines != 1 else ''} of native (TVM) log went to {log}; "
-                     "`bvit-edge --verbose ...` shows them instead.")
+                note(
+                    f"{lines} line{'s' if lines != 1 else ''} of native (TVM) log went to {log}; "
+                    "`bvit-edge --verbose ...` shows them instead."
+                )
         except OSError:
             pass
 

@@ -36,7 +36,7 @@ def _git_dir(top: Path) -> Path | None:
         return None
     if not text.startswith("gitdir:"):
         return None
-    path = Path(text[len("gitdir:"):].strip())
+    path = Path(text[len("gitdir:") :].strip())
     return path if path.is_absolute() else (top / path).resolve()
 
 
@@ -72,7 +72,7 @@ def read_head(top: Path) -> str | None:
         if _HASH.fullmatch(head):
             return head
         if head.startswith("ref:"):
-            return _read_ref(git_dir, head[len("ref:"):].strip())
+            return _read_ref(git_dir, head[len("ref:") :].strip())
     except OSError:
         return None
     return None
@@ -82,15 +82,20 @@ def git_revision(pkg: Path | None = None) -> str:
     """HEAD's commit hash of the checkout the package ``pkg`` (default: the imported bvit_edge) lives in, or
     "unknown" outside a bvit-edge checkout."""
     if pkg is None:
-        import bvit_edge  # noqa: PLC0415
+        import bvit_edge
 
         pkg = Path(bvit_edge.__file__).resolve().parent
     top = _checkout_root(Path(pkg).resolve())
     if top is None:
         return UNKNOWN
     try:
-        rev = subprocess.run(["git", "-c", f"safe.directory={top}", "-C", str(top), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-c", f"safe.directory={top}", "-C", str(top), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         if _HASH.fullmatch(rev):
             return rev
     except (OSError, subprocess.SubprocessError):

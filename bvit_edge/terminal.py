@@ -52,7 +52,7 @@ def _console_class() -> type:
             else:
                 super().__init__(stderr=stderr, file=file, width=PIPE_WIDTH, soft_wrap=True)
 
-        def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        def print(self, *objects: Any, **kwargs: Any) -> None:
             natural = 0
             if not self.is_terminal and "width" not in kwargs and len(objects) == 1 and not isinstance(objects[0], str):
                 try:
@@ -77,8 +77,9 @@ def _tsv_cell(value: Any) -> str:
     return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
-def print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None,
-               file: IO[str] | None = None) -> None:
+def print_rows(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None, file: IO[str] | None = None
+) -> None:
     """A listing on stdout (or ``file``): a rich table titled ``title`` on a terminal, else a header line and
     one tab-separated line per row (tabs and newlines inside a cell become spaces; no title)."""
     out = file if file is not None else sys.stdout

@@ -23,8 +23,14 @@ TVM_WARNING = "Fast mode segfaults when there are out-of-bounds indices"
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bvit_edge", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bvit_edge", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- listings
@@ -85,8 +91,9 @@ print("after", file=sys.stderr)
 def test_tvm_cpp_warnings_go_to_the_log_and_python_stderr_still_reaches_the_terminal(tmp_path):
     pytest.importorskip("tvm")
     log = tmp_path / "native.log"
-    r = subprocess.run([sys.executable, "-c", _NATIVE_SNIPPET, str(log)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _NATIVE_SNIPPET, str(log)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert TVM_WARNING not in r.stderr
     assert TVM_WARNING in log.read_text()
@@ -140,15 +147,21 @@ def test_compile_keeps_tvm_warnings_in_a_log_file(tmp_path, gather_onnx):
 def test_compile_verbose_shows_tvm_warnings_and_writes_no_log(tmp_path, gather_onnx):
     pytest.importorskip("tvm")
     logs = tmp_path / "logs"
-    r = _cli("--verbose", "compile", str(gather_onnx), "--out", str(tmp_path / "art"),
-             env={"BVIT_EDGE_LOG_DIR": str(logs)})
+    r = _cli(
+        "--verbose", "compile", str(gather_onnx), "--out", str(tmp_path / "art"), env={"BVIT_EDGE_LOG_DIR": str(logs)}
+    )
     assert r.returncode == 0, r.stderr
     assert TVM_WARNING in r.stderr
     assert not logs.exists() or not list(logs.iterdir())
 
 
 def test_an_error_still_reaches_stderr_with_its_exit_code_while_native_output_is_logged(tmp_path):
-    r = _cli("compile", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "art"),
-             env={"BVIT_EDGE_LOG_DIR": str(tmp_path / "logs")})
+    r = _cli(
+        "compile",
+        str(tmp_path / "missing.onnx"),
+        "--out",
+        str(tmp_path / "art"),
+        env={"BVIT_EDGE_LOG_DIR": str(tmp_path / "logs")},
+    )
     assert r.returncode == 2
     assert "missing.onnx" in r.stderr

@@ -28,7 +28,9 @@ def _spec_page(op: str) -> str:
 def _table_rows(page: str, section: str) -> list[list[str]]:
     """Cells of the Markdown table under ``## section`` (header and separator rows left out)."""
     body = page.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in body.splitlines() if line.startswith("|")]
+    rows = [
+        [c.strip() for c in line.strip().strip("|").split("|")] for line in body.splitlines() if line.startswith("|")
+    ]
     return rows[2:]
 
 
@@ -40,7 +42,9 @@ def _quoted(cell: str) -> list[str]:
 def test_the_contract_constants_are_consistent():
     assert contract.DOMAIN == "bvit_edge" and contract.DOMAIN_VERSION == 1
     assert contract.op_domain_tag() == "bvit_edge:1"
-    assert set(contract.PLANES) == set(contract.LINEAR_MODES) | set(contract.MATMUL_A_MODES) | set(contract.MATMUL_B_MODES)
+    assert set(contract.PLANES) == set(contract.LINEAR_MODES) | set(contract.MATMUL_A_MODES) | set(
+        contract.MATMUL_B_MODES
+    )
     assert [contract.n_planes(m) for m in ("signed", "unsigned", "gsb_unsigned", "gsb_signed")] == [1, 1, 3, 3]
     assert contract.DEFAULT_GSB_RATIOS == (0.7, 0.9)  # the GSB paper's r1, r2
     assert all(k.startswith(contract.METADATA_PREFIX) for k in contract.EXPORT_METADATA_KEYS)
@@ -166,15 +170,32 @@ def test_every_layer_refuses_a_bad_mode_with_a_contract_error():
 
     x, w_bits = np.zeros((1, 8), np.float32), np.zeros((2, 8), np.uint8)
     with pytest.raises(ContractError, match="mode"):
-        binary_linear_reference(x, np.zeros(8, np.float32), np.float32(1), w_bits, np.ones(2, np.float32), mode="ternary",
-                                in_features=8)
+        binary_linear_reference(
+            x, np.zeros(8, np.float32), np.float32(1), w_bits, np.ones(2, np.float32), mode="ternary", in_features=8
+        )
     a = np.zeros((1, 1, 2, 3), np.float32)
     with pytest.raises(ContractError, match="a_mode"):
-        binary_matmul_reference(a, a.swapaxes(-1, -2), 0, np.ones(1, np.float32), 0, np.ones(1, np.float32),
-                                a_mode="gsb_signed", b_mode="signed")
+        binary_matmul_reference(
+            a,
+            a.swapaxes(-1, -2),
+            0,
+            np.ones(1, np.float32),
+            0,
+            np.ones(1, np.float32),
+            a_mode="gsb_signed",
+            b_mode="signed",
+        )
     with pytest.raises(ContractError, match="mode"):
-        torch.ops.bvit.binary_linear(torch.zeros(1, 8), torch.zeros(8), torch.ones(()), torch.from_numpy(w_bits),
-                                     torch.ones(2), None, "ternary", 8)
+        torch.ops.bvit.binary_linear(
+            torch.zeros(1, 8),
+            torch.zeros(8),
+            torch.ones(()),
+            torch.from_numpy(w_bits),
+            torch.ones(2),
+            None,
+            "ternary",
+            8,
+        )
     with pytest.raises(ContractError, match="mode"):
         deploy.FrozenBinaryLinear(torch.from_numpy(w_bits), torch.ones(2), torch.zeros(8), torch.ones(()), None, "x", 8)
     with pytest.raises(ContractError, match="gsb_ratios"):
@@ -193,8 +214,9 @@ def test_the_tvm_kernels_and_lowering_refuse_a_contract_violation_with_the_same_
     with pytest.raises(ContractError, match="a_mode"):
         binary_matmul_kernel(1, 1, 2, 3, 2, "gsb_signed", "signed")
     graph = onnx.helper.make_graph([], "g", [], [])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
-                                                         onnx.helper.make_opsetid(contract.DOMAIN, 2)])
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(contract.DOMAIN, 2)]
+    )
     with pytest.raises(ContractError, match="version 2"):
         check_domains(model)
 
@@ -224,7 +246,11 @@ def test_no_module_but_the_contract_spells_the_domain_or_the_metadata_keys():
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value == contract.DOMAIN:
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant)
+                and node.value.value == contract.DOMAIN
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} assigns the domain name")
         for s in _string_constants(tree) & keys:
             offenders.append(f"{path.relative_to(ROOT)} spells the metadata key {s!r}")

@@ -24,8 +24,9 @@ def test_the_revision_of_this_checkout_is_its_head():
         pytest.skip("not running from a git checkout")
     if Path(bvit_edge.__file__).resolve().parent != ROOT / "bvit_edge":
         pytest.skip("bvit_edge is imported from elsewhere (an installed wheel)")
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert git_revision() == head == bench_git_revision()
     assert read_head(ROOT) == head  # the same without git
 

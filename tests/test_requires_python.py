@@ -30,15 +30,32 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # standard-library additions after 3.9, with the version that added them
 NEW_MODULES = {"tomllib": (3, 11), "wsgiref.types": (3, 11)}
 NEW_NAMES = {
-    ("typing", "Self"): (3, 11), ("typing", "LiteralString"): (3, 11), ("typing", "Never"): (3, 11),
-    ("typing", "assert_never"): (3, 11), ("typing", "assert_type"): (3, 11), ("typing", "reveal_type"): (3, 11),
-    ("typing", "Required"): (3, 11), ("typing", "NotRequired"): (3, 11), ("typing", "TypeVarTuple"): (3, 11),
-    ("typing", "Unpack"): (3, 11), ("typing", "dataclass_transform"): (3, 11), ("typing", "override"): (3, 12),
-    ("typing", "TypeAliasType"): (3, 12), ("enum", "StrEnum"): (3, 11), ("enum", "verify"): (3, 11),
-    ("datetime", "UTC"): (3, 11), ("hashlib", "file_digest"): (3, 11), ("asyncio", "TaskGroup"): (3, 11),
-    ("asyncio", "timeout"): (3, 11), ("contextlib", "chdir"): (3, 11), ("operator", "call"): (3, 11),
-    ("itertools", "batched"): (3, 12), ("math", "exp2"): (3, 11), ("math", "cbrt"): (3, 11),
-    ("typing", "TypeAlias"): (3, 10), ("itertools", "pairwise"): (3, 10),
+    ("typing", "Self"): (3, 11),
+    ("typing", "LiteralString"): (3, 11),
+    ("typing", "Never"): (3, 11),
+    ("typing", "assert_never"): (3, 11),
+    ("typing", "assert_type"): (3, 11),
+    ("typing", "reveal_type"): (3, 11),
+    ("typing", "Required"): (3, 11),
+    ("typing", "NotRequired"): (3, 11),
+    ("typing", "TypeVarTuple"): (3, 11),
+    ("typing", "Unpack"): (3, 11),
+    ("typing", "dataclass_transform"): (3, 11),
+    ("typing", "override"): (3, 12),
+    ("typing", "TypeAliasType"): (3, 12),
+    ("enum", "StrEnum"): (3, 11),
+    ("enum", "verify"): (3, 11),
+    ("datetime", "UTC"): (3, 11),
+    ("hashlib", "file_digest"): (3, 11),
+    ("asyncio", "TaskGroup"): (3, 11),
+    ("asyncio", "timeout"): (3, 11),
+    ("contextlib", "chdir"): (3, 11),
+    ("operator", "call"): (3, 11),
+    ("itertools", "batched"): (3, 12),
+    ("math", "exp2"): (3, 11),
+    ("math", "cbrt"): (3, 11),
+    ("typing", "TypeAlias"): (3, 10),
+    ("itertools", "pairwise"): (3, 10),
 }
 NEW_BUILTINS = {"ExceptionGroup": (3, 11), "BaseExceptionGroup": (3, 11), "aiter": (3, 10), "anext": (3, 10)}
 BACKPORTS = {"tomllib": "tomli"}
@@ -60,8 +77,13 @@ def _sources() -> list[Path]:
 
 def _is_version_guard(test: ast.expr) -> tuple[int, int] | None:
     """(3, N) for a test ``sys.version_info >= (3, N)``, else None."""
-    if (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.GtE)
-            and ast.unparse(test.left) == "sys.version_info" and isinstance(test.comparators[0], ast.Tuple)):
+    if (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.GtE)
+        and ast.unparse(test.left) == "sys.version_info"
+        and isinstance(test.comparators[0], ast.Tuple)
+    ):
         return tuple(int(e.value) for e in test.comparators[0].elts[:2])  # type: ignore[attr-defined,return-value]
     return None
 
@@ -94,8 +116,11 @@ def _unguarded_uses(tree: ast.AST, minimum: tuple[int, int]) -> list[tuple[int, 
         elif isinstance(node, ast.ImportFrom) and node.module:
             if node.module in NEW_MODULES:
                 uses.append((node.module, NEW_MODULES[node.module]))
-            uses += [(f"{node.module}.{a.name}", NEW_NAMES[(node.module, a.name)])
-                     for a in node.names if (node.module, a.name) in NEW_NAMES]
+            uses += [
+                (f"{node.module}.{a.name}", NEW_NAMES[(node.module, a.name)])
+                for a in node.names
+                if (node.module, a.name) in NEW_NAMES
+            ]
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if (node.value.id, node.attr) in NEW_NAMES:
                 uses.append((f"{node.value.id}.{node.attr}", NEW_NAMES[(node.value.id, node.attr)]))
@@ -118,11 +143,13 @@ def test_requires_python_is_a_lower_bound_this_interpreter_meets():
 def _interpreter(version: tuple[int, int]) -> str | None:
     """A working ``python3.N`` of exactly ``version`` on this machine (PATH, then pyenv's versions), or None."""
     name = f"python{version[0]}.{version[1]}"
-    candidates = [shutil.which(name)] + sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version[0]}.{version[1]}.*/bin/{name}"))
+    pyenv = sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version[0]}.{version[1]}.*/bin/{name}"))
+    candidates = [shutil.which(name), *pyenv]
     for exe in filter(None, candidates):
         try:
-            out = subprocess.run([exe, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True,
-                                 text=True, timeout=30)
+            out = subprocess.run(
+                [exe, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.SubprocessError):
             continue
         if out.returncode == 0 and out.stdout.split() == [str(v) for v in version]:
@@ -165,16 +192,20 @@ def test_each_guarded_module_has_its_backport_declared_with_a_version_marker():
             continue
         marker = f"python_version < '{needed[0]}.{needed[1]}'"
         assert any(d.startswith(BACKPORTS[module]) and marker in d.replace('"', "'") for d in deps), (
-            f"{module} is new in {needed}: declare {BACKPORTS[module]!r} with the marker {marker!r}")
+            f"{module} is new in {needed}: declare {BACKPORTS[module]!r} with the marker {marker!r}"
+        )
 
 
-@pytest.mark.parametrize("snippet, expected", [
-    ("import tomllib", ["tomllib"]),
-    ("from typing import Self", ["typing.Self"]),
-    ("import datetime\nx = datetime.UTC", ["datetime.UTC"]),
-    ("import sys\nif sys.version_info >= (3, 11):\n    import tomllib\nelse:\n    import tomli as tomllib", []),
-    ("try:\n    import tomllib\nexcept ImportError:\n    tomllib = None", []),
-    ("raise ExceptionGroup('x', [])", ["ExceptionGroup"]),
-])
+@pytest.mark.parametrize(
+    "snippet, expected",
+    [
+        ("import tomllib", ["tomllib"]),
+        ("from typing import Self", ["typing.Self"]),
+        ("import datetime\nx = datetime.UTC", ["datetime.UTC"]),
+        ("import sys\nif sys.version_info >= (3, 11):\n    import tomllib\nelse:\n    import tomli as tomllib", []),
+        ("try:\n    import tomllib\nexcept ImportError:\n    tomllib = None", []),
+        ("raise ExceptionGroup('x', [])", ["ExceptionGroup"]),
+    ],
+)
 def test_the_checker_finds_new_features_and_respects_guards(snippet, expected):
     assert [what for _, what, _ in _unguarded_uses(ast.parse(snippet), (3, 10))] == expected

@@ -3,7 +3,7 @@
 ``bench(student_artifact, teacher_onnx=..., target=..., rpc=...)`` measures both models in the same process
 run, on the same target, at batch 1, and returns a :class:`BenchResult` (``to_dict()`` is the JSON report,
 ``save(path)`` writes it atomically, ``to_report()`` gives the bvit_edge.report document that
-``render_report`` draws). The protocol (DESIGN.md "Benchmark protocol"):
+``render_report`` draws). The protocol (docs/benchmarks.md):
 
 * Where things run. Locally (``rpc=None``) the student runs as a TVM artifact (bvit_edge.runtime.artifact)
   and the teacher in onnxruntime from its .onnx (bvit_edge.runtime.ort); a teacher given only as an artifact

@@ -1,6 +1,6 @@
 """BiT's elastic binarizers (Liu et al., "BiT: Robustly Binarized Multi-distilled Transformer", NeurIPS 2022).
 
-ALGORITHMS.md §2. With x' = x - beta (beta a learnable per-channel shift, init 0) and a learnable scale
+docs/methods.md "BiT". With x' = x - beta (beta a learnable per-channel shift, init 0) and a learnable scale
 alpha > 0 (one scalar per tensor):
 
 Signed (inputs of Q, K, V, O, FFN1; Q, K, V after the projection)::
@@ -43,7 +43,7 @@ Initialisation: lazily from the first batch (as GSB): alpha = 2 mean|x'| (signed
 clamped to >= 1e-5; the ``initialized`` flag is a buffer, so it is saved with the checkpoint.
 
 Gradient scale: :class:`ElasticBinarizer` multiplies alpha's gradient by 1/sqrt(numel(x)) (LSQ's step-size
-gradient scale with Qp = 1, which BiT's LSQ-derived binarizers use and GSB keeps; ALGORITHMS.md §1);
+gradient scale with Qp = 1, which BiT's LSQ-derived binarizers use and GSB keeps; docs/methods.md, "Shared pieces");
 ``alpha_grad_scale=False`` turns it off. The functional :func:`elastic_binarize` is the unscaled rule of §2.
 """
 

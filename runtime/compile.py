@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bvit_edge.atomic import atomic_dir, write_json
-from bvit_edge.contract import DATA_METADATA, META_DEFAULT_CFG
+from bvit_edge.contract import DATA_METADATA, DOMAIN, DOMAIN_VERSION, META_DEFAULT_CFG
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
 
@@ -211,7 +211,6 @@ def compile_model(
         raise MissingDependencyError("compiling needs apache-tvm: pip install 'apache-tvm==0.27.*'.") from None
     from bvit_edge.runtime.params import LiftedParams  # noqa: PLC0415
     from bvit_edge.runtime.schedules import family_params  # noqa: PLC0415
-    from bvit_edge.contract import DOMAIN, DOMAIN_VERSION  # noqa: PLC0415
     from bvit_edge.runtime.tvm_frontend import import_onnx  # noqa: PLC0415
     from bvit_edge.targets import load_target  # noqa: PLC0415
     from bvit_edge.targets.toolchain import find_compiler  # noqa: PLC0415

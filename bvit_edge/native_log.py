@@ -14,7 +14,8 @@ non-empty one is named in one line. ``bvit-edge --verbose COMMAND`` (or ``BVIT_E
 this and shows the lines as they come.
 
 Log folder: ``$BVIT_EDGE_LOG_DIR``, else ``$XDG_STATE_HOME/bvit-edge/logs``, else
-``~/.local/state/bvit-edge/logs``.
+``~/.local/state/bvit-edge/logs``. The newest :data:`KEEP_LOGS` logs bvit-edge wrote there are kept; older
+ones of its own naming (``<command>-<UTC time>-<pid>.log``) are removed, nothing else.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ import contextlib
 import faulthandler
 import io
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+#: How many native logs to keep in the log folder (the newest).
+KEEP_LOGS = 50
+_OUR_LOG = re.compile(r"[A-Za-z0-9_-]+-\d{8}T\d{6}Z-\d+\.log")
 
 
 def log_dir() -> Path:
@@ -42,6 +48,16 @@ def default_log_path(command: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in command) or "bvit-edge"
     return log_dir() / f"{safe}-{stamp}-{os.getpid()}.log"
+
+
+def prune_logs(folder: Path, keep: int = KEEP_LOGS) -> None:
+    """Remove all but the ``keep`` newest logs of bvit-edge's naming in ``folder`` (other files untouched)."""
+    try:
+        ours = [p for p in folder.iterdir() if p.is_file() and _OUR_LOG.fullmatch(p.name)]
+        for old in sorted(ours, key=lambda p: p.stat().st_mtime, reverse=True)[keep:]:
+            old.unlink()
+    except OSError:
+        pass
 
 
 def _writes_to_fd2(stream: object) -> bool:
@@ -101,12 +117,15 @@ def native_stderr_to_log(
         try:
             lines = _count_lines(log) if log.stat().st_size else 0
             if not lines and not log.stat().st_size:
-                log.unlink()
-            elif note is not None:
-                note(
-                    f"{lines} line{'s' if lines != 1 else ''} of native (TVM) log went to {log}; "
-                    "`bvit-edge --verbose ...` shows them instead."
-                )
+                log.unlink()  # (no return here: it would swallow an exception of the block)
+            else:
+                if path is None:
+                    prune_logs(log.parent, KEEP_LOGS)
+                if note is not None:
+                    note(
+                        f"{lines} line{'s' if lines != 1 else ''} of native (TVM) log went to {log}; "
+                        "`bvit-edge --verbose ...` shows them instead."
+                    )
         except OSError:
             pass
 
@@ -116,4 +135,4 @@ def verbose_from_env() -> bool:
     return os.environ.get("BVIT_EDGE_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-__all__ = ["default_log_path", "log_dir", "native_stderr_to_log", "verbose_from_env"]
+__all__ = ["KEEP_LOGS", "default_log_path", "log_dir", "native_stderr_to_log", "prune_logs", "verbose_from_env"]

@@ -165,3 +165,28 @@ def test_an_error_still_reaches_stderr_with_its_exit_code_while_native_output_is
     )
     assert r.returncode == 2
     assert "missing.onnx" in r.stderr
+
+
+def test_an_exception_in_the_block_propagates_and_restores_descriptor_2(tmp_path):
+    before = os.fstat(2)
+    with pytest.raises(RuntimeError, match="boom"), native_stderr_to_log(tmp_path / "e.log"):
+        raise RuntimeError("boom")
+    after = os.fstat(2)
+    assert (before.st_ino, before.st_dev) == (after.st_ino, after.st_dev)
+
+
+def test_old_native_logs_are_pruned_and_other_files_kept(tmp_path, monkeypatch):
+    from bvit_edge import native_log
+
+    monkeypatch.setenv("BVIT_EDGE_LOG_DIR", str(tmp_path))
+    for i in range(5):
+        old = tmp_path / f"compile-2026010{i}T000000Z-{i}.log"
+        old.write_text("x\n")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / "notes.log").write_text("mine\n")
+    monkeypatch.setattr(native_log, "KEEP_LOGS", 3)
+    with native_stderr_to_log(command="compile"):
+        os.write(2, b"native\n")
+    ours = sorted(p.name for p in tmp_path.glob("compile-*.log"))
+    assert len(ours) == 3 and "compile-20260104T000000Z-4.log" in ours
+    assert (tmp_path / "notes.log").read_text() == "mine\n"

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     delta = np.abs(on_board - on_host)
     result = {
         "demo": str(args.demo), "n_images": len(files), "torch_absent_on_board": bool(torch_absent),
-        "board_command": "qemu-aarch64 python3.11 " + " ".join(command[:1] + ["run", "ART", "PNGS", *command[4:]]),
+        "board_command": "qemu-aarch64 python3.11 " + " ".join([*command[:1], "run", "ART", "PNGS", *command[4:]]),
         "max_abs_delta_logit": float(delta.max()), "logit_scale": float(np.abs(on_host).max()),
         "images_beyond_1e-5_relative": int((delta.max(1) > 1e-5 * np.abs(on_host).max()).sum()),
         "top1_agreement": float((on_board.argmax(1) == on_host.argmax(1)).mean()),

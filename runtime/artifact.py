@@ -280,7 +280,7 @@ def read_params(folder: str | os.PathLike[str], manifest: dict[str, Any], verify
     except Exception as exc:  # noqa: BLE001 - zipfile / numpy raise several types for a damaged file
         raise UsageError(f"{pfile} is not a readable parameter file ({type(exc).__name__}: {exc}); "
                          f"{_RECOMPILE}.") from None
-    for name, a in zip(names, arrays):
+    for name, a in zip(names, arrays, strict=True):
         want = expected.get(name)
         if want is None:
             continue
@@ -296,7 +296,7 @@ def read_params(folder: str | os.PathLike[str], manifest: dict[str, Any], verify
 
 def params_to_device(arrays: list[np.ndarray], device: Any) -> list[Any]:
     """TVM tensors of ``arrays`` on ``device`` (an RPC session's remote device: copied there; needs ``tvm``)."""
-    import tvm  # noqa: PLC0415
+    import tvm
 
     return [tvm.runtime.tensor(a, device=device) for a in arrays]
 
@@ -307,7 +307,7 @@ def set_threads(n: int | None) -> None:
     (bvit_edge.runtime.threadpool)."""
     if not n:
         return
-    from bvit_edge.runtime.tvm_runtime import runtime  # noqa: PLC0415
+    from bvit_edge.runtime.tvm_runtime import runtime
 
     runtime().set_threads(int(n))
 
@@ -347,10 +347,10 @@ class LoadedArtifact:
     def tensor(self, array: np.ndarray) -> Any:
         """A device tensor holding ``array`` (local: TVM-allocated and aligned; remote: copied to the board)."""
         if self.remote:
-            import tvm  # noqa: PLC0415
+            import tvm
 
             return tvm.runtime.tensor(np.ascontiguousarray(array), device=self.device)
-        from bvit_edge.runtime.tvm_runtime import runtime  # noqa: PLC0415
+        from bvit_edge.runtime.tvm_runtime import runtime
 
         return runtime().tensor(array, self.device)
 
@@ -394,7 +394,7 @@ class LoadedArtifact:
 
 def _load_local(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray],
                 threads: int | None) -> LoadedArtifact:
-    from bvit_edge.runtime.tvm_runtime import runtime  # noqa: PLC0415
+    from bvit_edge.runtime.tvm_runtime import runtime
 
     rt = runtime()
     if threads:
@@ -414,9 +414,9 @@ def _load_local(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray]
 
 def _load_remote(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray], session: Any) -> LoadedArtifact:
     try:
-        from tvm import relax  # noqa: PLC0415
+        from tvm import relax
     except ImportError:
-        from bvit_edge.errors import MissingDependencyError  # noqa: PLC0415
+        from bvit_edge.errors import MissingDependencyError
 
         raise MissingDependencyError("running an artifact over RPC needs the tvm package on this host: "
                                      "pip install bvit-edge (the full toolkit).") from None
@@ -425,7 +425,7 @@ def _load_remote(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray
         session.upload(str(lib_path))
         lib = session.load_module(lib_path.name)
         device = session.cpu()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         text = str(exc).strip()
         last = text.splitlines()[-1] if text else type(exc).__name__
         raise ToolchainError(f"Loading {lib_path} on the board failed ({last}); was it compiled for the board's "

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import ctypes
 import platform
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 __all__ = ["ARCHES", "LLVM_TO_KERNEL", "arch_of", "cpu_features", "machine_arch", "missing_features",
            "required_features"]
@@ -114,7 +114,7 @@ def _hwcap_features(arch: str) -> set[str] | None:
         return None
     getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
     found: set[str] = set()
-    for at, table in zip((_AT_HWCAP, _AT_HWCAP2), bits):
+    for at, table in zip((_AT_HWCAP, _AT_HWCAP2), bits, strict=True):
         word = int(getauxval(at))
         found |= {name for bit, name in table.items() if word >> bit & 1}
     return found or None

@@ -8,11 +8,12 @@ and params.npz), so a bad artifact fails before any input is read or anything is
 * :func:`classify`: image files and folders -> top-k classes (softmax probabilities, class names from the
   manifest) per image, the same preprocessing as ``bvit-edge run`` on the host (bvit_edge.runtime.image_input).
 * :func:`classify_frames`: raw frames from a stream (a camera pipe) -> one result per frame, as they come.
-* :func:`bench_on_device`: the benchmark protocol of ``bvit-edge bench`` (bvit_edge.runtime.bench: same input,
-  same thread resolution, load / first run / warm-up / timed runs with bvit_edge.runtime.timing) for the
+* :func:`bench_on_device`: the benchmark protocol of ``bvit-edge bench`` (bvit_edge.runtime.bench_record: same
+  input, same thread resolution; load / first run / warm-up / timed runs with bvit_edge.runtime.timing) for the
   artifact and optionally a teacher artifact compiled for the same target, run here; the result is a
-  :class:`~bvit_edge.runtime.bench.BenchResult` (same JSON schema) labelled ``board`` (``emulated`` under
-  qemu user mode, ``host`` on x86), which ``bvit-edge report`` reads like the host's.
+  :class:`~bvit_edge.runtime.bench_record.BenchResult` (the JSON schema of ``bvit-edge bench``) labelled
+  ``board`` (``emulated`` under qemu user mode, ``host`` on x86), which ``bvit-edge report`` merges with the
+  host's.
 * :func:`check`: the checks alone, and what this machine is.
 """
 
@@ -21,8 +22,10 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -69,8 +72,8 @@ def classify(artifact: str | os.PathLike[str], inputs: Sequence[str | os.PathLik
     size = _image_size(art)
     images = [load_image(f, size) for f in files]
     preds = []
-    for f, img in zip(files, images):
-        ms, logits = time_once(lambda img=img: art.run(img))
+    for f, img in zip(files, images, strict=True):
+        ms, logits = time_once(partial(art.run, img))
         preds.append(_prediction(str(f), logits[0], art, top_k, ms, with_logits))
     return {"artifact": str(art.folder), "target": art.manifest["target"].get("name"), "threads": threads,
             "load_ms": load_ms, "num_images": len(preds), "predictions": preds}
@@ -85,7 +88,7 @@ def classify_frames(artifact: str | os.PathLike[str], stream: IO[bytes], width: 
     size = _image_size(art)
     for i, frame in enumerate(read_frames(stream, width, height, pixel_format, limit=limit), 1):
         x = frame_to_input(frame, size)
-        ms, logits = time_once(lambda x=x: art.run(x))
+        ms, logits = time_once(partial(art.run, x))
         yield _prediction(f"frame:{i}", logits[0], art, top_k, ms, with_logits)
 
 
@@ -104,8 +107,8 @@ def is_emulated() -> bool:
 def versions() -> dict[str, str]:
     """Versions for run records: bvit-edge, numpy, Python, tvm_ffi, the apache-tvm distribution (read from its
     metadata, never imported: "runtime-only" when it is absent) and the runtime library in use."""
-    import bvit_edge  # noqa: PLC0415
-    from bvit_edge.runtime.tvm_runtime import runtime  # noqa: PLC0415
+    import bvit_edge
+    from bvit_edge.runtime.tvm_runtime import runtime
 
     rt = runtime()
     try:
@@ -117,8 +120,8 @@ def versions() -> dict[str, str]:
 
 
 def _time_side(folder: Path, role: str, x_norm: np.ndarray, threads: int | None, warmup: int, runs: int) -> Any:
-    """Load, first run and steady state of one artifact here (bench.py's local TVM protocol)."""
-    from bvit_edge.runtime.bench import SideResult, _output_shape, compile_seconds  # noqa: PLC0415
+    """Load, first run and steady state of one artifact here (the host bench's local TVM protocol)."""
+    from bvit_edge.runtime.bench_record import SideResult, compile_seconds, output_shape
 
     def call_of(art: LoadedArtifact) -> Any:
         arg, main, params = art.tensor(x_norm), art.vm["main"], art.params
@@ -126,7 +129,7 @@ def _time_side(folder: Path, role: str, x_norm: np.ndarray, threads: int | None,
 
     times, art, y = time_protocol(lambda: load_artifact(folder, threads=threads), call_of, warmup, runs)
     return SideResult(role=role, runtime="tvm", path=str(folder), input_shape=art.input_shape,
-                      output_shape=_output_shape(y), compile_s=compile_seconds(art.manifest), load_ms=times.load_ms,
+                      output_shape=output_shape(y), compile_s=compile_seconds(art.manifest), load_ms=times.load_ms,
                       first_run_ms=times.first_run_ms, steady=times.steady, timer="time.perf_counter_ns",
                       model_sha256=(art.manifest.get("model") or {}).get("sha256"))
 
@@ -139,8 +142,9 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
     The input is seeded uniform noise of the artifact's input shape (``seed``), or ``image`` (a file,
     preprocessed like :func:`classify`, or a .npy of images [N, C, H, W] whose first is used), normalised with
     the artifact's mean/std; a teacher artifact gets the same tensor. ``emulated`` overrides the qemu detection."""
-    from bvit_edge.runtime import bench as protocol  # noqa: PLC0415
-    from bvit_edge.runtime.artifact import check_machine, read_manifest  # noqa: PLC0415
+    from bvit_edge.provenance import git_revision
+    from bvit_edge.runtime import bench_record as protocol
+    from bvit_edge.runtime.artifact import check_machine, read_manifest
 
     if int(warmup) < 0 or int(runs) < 1:
         raise UsageError(f"warmup must be >= 0 and runs >= 1 (got warmup={warmup}, runs={runs}).")
@@ -155,7 +159,7 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
         t_folder = Path(teacher_artifact)
         t_man = read_manifest(t_folder)
         check_machine(t_folder, t_man)
-        if not protocol._same_target(t_man["target"], s_man["target"]):
+        if not protocol.same_target(t_man["target"], s_man["target"]):
             raise UsageError(f"The teacher artifact {t_folder} was compiled for {t_man['target'].get('name')!r}, "
                              f"the student for {s_man['target'].get('name')!r}: compile both for the same target.")
         if [int(d) for d in t_man["input"]["shape"]] != shape:
@@ -165,12 +169,12 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
     if image is not None:
         p = Path(image)
         data = p if p.suffix == ".npy" else load_image(p, shape[-1])
-    affinity = protocol._affinity()  # before TVM's pool pins this thread
-    n_threads = protocol._resolve_threads(threads, s_man, True)
-    x_raw, input_info = protocol._input_image(data, shape, seed)
+    affinity = protocol.affinity()  # before TVM's pool pins this thread
+    n_threads = protocol.resolve_threads(threads, s_man, True)
+    x_raw, input_info = protocol.input_image(data, shape, seed)
     if image is not None and Path(image).suffix != ".npy":
         input_info["source"] = str(image)
-    x = protocol._normalized(x_raw, s_man, input_info)
+    x = protocol.normalized(x_raw, s_man, input_info)
     kind = "host" if machine_arch() == "x86_64" else "board"
     if (is_emulated() if emulated is None else emulated):
         kind = "emulated"
@@ -179,24 +183,24 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
     if kind == "emulated":
         notes.append("Emulated timings (qemu user mode): they prove the code runs, not how fast a board is; "
                      "never compare them with board timings.")
-    with protocol._restored_affinity():
+    with protocol.restored_affinity():
         student = _time_side(s_folder, "student", x, n_threads, warmup, runs)
     teacher = None
     if t_folder is not None:
-        with protocol._restored_affinity():
+        with protocol.restored_affinity():
             teacher = _time_side(t_folder, "teacher", x, n_threads, warmup, runs)
         if teacher.output_shape != student.output_shape:
             notes.append(f"Teacher output {teacher.output_shape} and student output {student.output_shape} differ "
                          "in shape: check that they are the same task.")
     if protocol.compile_seconds(s_man) is None:
         notes.append("The artifact manifest records no compile time (compile_s is null).")
-    sizes = protocol._sizes(s_folder, s_man, None, None, t_folder, t_man, teacher)
+    sizes = protocol.measured_sizes(s_folder, s_man, None, None, t_folder, t_man, teacher)
     built = s_man["target"]
     return protocol.BenchResult(
-        date_utc=protocol._now_utc(), git_revision=protocol.git_revision(), versions=versions(), seed=int(seed),
+        date_utc=protocol.now_utc(), git_revision=git_revision(), versions=versions(), seed=int(seed),
         batch_size=1, target={k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")},
         timing_kind=kind, emulated=kind == "emulated", rpc=None, threads=n_threads, affinity=affinity,
-        host=protocol._host_facts(), input=input_info, student=student, teacher=teacher, sizes=sizes, notes=notes)
+        host=protocol.host_facts(), input=input_info, student=student, teacher=teacher, sizes=sizes, notes=notes)
 
 
 def check(artifact: str | os.PathLike[str], threads: int | None = None) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from bvit_edge.errors import BvitEdgeError
 
@@ -55,7 +56,7 @@ def _non_negative(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from bvit_edge.runtime.image_input import PIXEL_FORMATS  # noqa: PLC0415
+    from bvit_edge.runtime.image_input import PIXEL_FORMATS
 
     ap = argparse.ArgumentParser(prog=PROG, description="Run a compiled bvit-edge artifact on this machine (a "
                                  "Raspberry Pi or any board with the TVM runtime): classify images, folders or "
@@ -98,11 +99,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from bvit_edge.errors import UsageError  # noqa: PLC0415
-    from bvit_edge.runtime import device  # noqa: PLC0415
+    from bvit_edge.errors import UsageError
+    from bvit_edge.runtime import device
 
     if args.stdin_frames is not None:
-        from bvit_edge.runtime.image_input import parse_frame_size  # noqa: PLC0415
+        from bvit_edge.runtime.image_input import parse_frame_size
 
         if args.inputs:
             raise UsageError("Give image files/folders or --stdin-frames, not both.")
@@ -128,7 +129,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from bvit_edge.runtime.device import bench_on_device  # noqa: PLC0415
+    from bvit_edge.runtime.device import bench_on_device
 
     res = bench_on_device(args.artifact, teacher_artifact=args.teacher, threads=args.threads, warmup=args.warmup,
                           runs=args.runs, seed=args.seed, image=args.image, emulated=args.emulated)
@@ -152,7 +153,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from bvit_edge.runtime.device import check  # noqa: PLC0415
+    from bvit_edge.runtime.device import check
 
     res = check(args.artifact)
     if args.as_json:
@@ -167,17 +168,16 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from bvit_edge.runtime.cpu_features import cpu_features, machine_arch  # noqa: PLC0415
-    from bvit_edge.runtime.device import is_emulated, versions  # noqa: PLC0415
+    from bvit_edge.runtime.cpu_features import cpu_features, machine_arch
+    from bvit_edge.runtime.device import is_emulated, versions
 
-    res = {"arch": machine_arch(), "emulated": is_emulated(), "cpu_features": sorted(cpu_features()),
-           "versions": versions()}
+    features, found = sorted(cpu_features()), versions()
+    arch, emulated = machine_arch(), is_emulated()
     if args.as_json:
-        _out_json(res)
+        _out_json({"arch": arch, "emulated": emulated, "cpu_features": features, "versions": found})
         return
-    _say(f"arch {res['arch']}{' (emulated)' if res['emulated'] else ''}; CPU features: "
-         f"{' '.join(res['cpu_features'])}")
-    _say("; ".join(f"{k} {v}" for k, v in res["versions"].items()))
+    _say(f"arch {arch}{' (emulated)' if emulated else ''}; CPU features: {' '.join(features)}")
+    _say("; ".join(f"{k} {v}" for k, v in found.items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,9 @@ Normalisation is left to the artifact (its manifest holds mean/std).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -32,10 +33,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 PIXEL_FORMATS = ("rgb24", "bgr24", "gray8", "yuv420")
 
 
-def _preprocess(im: "object", image_size: int, crop_pct: float) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
+def _preprocess(im: Any, image_size: int, crop_pct: float) -> np.ndarray:
+    from PIL import Image
 
-    im = im.convert("RGB")  # type: ignore[attr-defined]
+    im = im.convert("RGB")
     w, h = im.size
     short = round(image_size / crop_pct)
     scale = short / min(w, h)
@@ -49,7 +50,7 @@ def _preprocess(im: "object", image_size: int, crop_pct: float) -> np.ndarray:
 
 def load_image(path: str | os.PathLike[str], image_size: int, crop_pct: float = 1.0) -> np.ndarray:
     """float32 [3, S, S] in [0, 1]; a DataError naming the file when it is missing or not an image."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
@@ -146,6 +147,6 @@ def read_frames(stream: IO[bytes], width: int, height: int, pixel_format: str = 
 
 def frame_to_input(frame: np.ndarray, image_size: int, crop_pct: float = 1.0) -> np.ndarray:
     """One H x W x 3 uint8 RGB frame preprocessed like an image file: float32 [3, S, S] in [0, 1]."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     return _preprocess(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)), image_size, crop_pct)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from bvit_edge.contract import DATA_METADATA
 from bvit_edge.errors import UsageError
 
 
@@ -28,8 +30,8 @@ def _onnx_meta(path: Path) -> dict[str, Any]:
     proto = load_model(path)
     props = {p.key: p.value for p in proto.metadata_props}
     meta = {}
-    for k in ("mean", "std", "classes", "image_size"):
-        v = props.get(f"bvit_edge.{k}")
+    for k, key in DATA_METADATA.items():
+        v = props.get(key)
         meta[k] = json.loads(v) if v is not None else None
     return meta
 

@@ -25,8 +25,9 @@ state.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Timing:
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_samples_ms(cls, samples_ms: Sequence[float], warmup: int = 0) -> "Timing":
+    def from_samples_ms(cls, samples_ms: Sequence[float], warmup: int = 0) -> Timing:
         """Statistics of ``samples_ms`` (one duration per timed call, in ms); see the module docstring."""
         t = np.asarray(samples_ms, dtype=np.float64).reshape(-1)
         if t.size == 0:
@@ -80,7 +81,7 @@ class Timing:
         )
 
     @classmethod
-    def from_samples_ns(cls, samples_ns: Sequence[int], warmup: int = 0) -> "Timing":
+    def from_samples_ns(cls, samples_ns: Sequence[int], warmup: int = 0) -> Timing:
         """Same as :meth:`from_samples_ms` from integer nanoseconds."""
         return cls.from_samples_ms([int(v) / _NS_PER_MS for v in samples_ns], warmup)
 

@@ -119,11 +119,11 @@ class TVMRuntime:
 def runtime() -> TVMRuntime:
     """Load the TVM runtime once per process (see the module docstring); MissingDependencyError when absent."""
     try:
-        import tvm_ffi  # noqa: PLC0415
+        import tvm_ffi
     except ImportError:
         raise MissingDependencyError(f"Running an artifact needs apache-tvm-ffi, which is not installed. "
                                      f"{_INSTALL_HINT}") from None
-    from bvit_edge.runtime.threadpool import ensure_thread_limit  # noqa: PLC0415
+    from bvit_edge.runtime.threadpool import ensure_thread_limit
 
     ensure_thread_limit()  # before the runtime's thread pool starts
     path = find_runtime_library()

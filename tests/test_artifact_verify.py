@@ -17,14 +17,14 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("tvm")
-from onnx import TensorProto  # noqa: E402
-from onnx import helper as oh  # noqa: E402
-from onnx import numpy_helper as nh  # noqa: E402
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
 
-from bvit_edge.errors import UsageError  # noqa: E402
-from bvit_edge.packing import pack_bits  # noqa: E402
-from bvit_edge.runtime.artifact import check_machine, load_artifact, read_manifest, run_artifact  # noqa: E402
-from bvit_edge.runtime.compile import compile_model  # noqa: E402
+from bvit_edge.errors import UsageError
+from bvit_edge.packing import pack_bits
+from bvit_edge.runtime.artifact import check_machine, load_artifact, read_manifest, run_artifact
+from bvit_edge.runtime.compile import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 K, N, C = 48, 32, 5
@@ -224,7 +224,7 @@ def test_missing_and_unreadable_inputs(built, tmp_path):
     work.mkdir()
     for inputs, needle in (([str(bad)], "is not a readable image"), ([str(empty)], "holds no images"),
                            ([str(tmp_path / "nope.png")], "does not exist")):
-        for args in (["-m", "bvit_edge", "run", str(built["host"]), *sum((["--image", i] for i in inputs), [])],
+        for args in (["-m", "bvit_edge", "run", str(built["host"]), *[a for i in inputs for a in ("--image", i)]],
                      ["-m", "bvit_edge.runtime.device_cli", "run", str(built["host"]), *inputs]):
             r = _cli(args, work)
             text = " ".join(r.stderr.split())

@@ -8,24 +8,24 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("tvm")
-from onnx import TensorProto  # noqa: E402
-from onnx import helper as oh  # noqa: E402
-from onnx import numpy_helper as nh  # noqa: E402
-from PIL import Image  # noqa: E402
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+from PIL import Image
 
-from bvit_edge.errors import DataError  # noqa: E402
-from bvit_edge.packing import pack_bits  # noqa: E402
-from bvit_edge.runtime import device  # noqa: E402
-from bvit_edge.runtime.compile import compile_model  # noqa: E402
+from bvit_edge.errors import DataError
+from bvit_edge.packing import pack_bits
+from bvit_edge.runtime import device
+from bvit_edge.runtime.compile import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_DIST = ROOT / "packaging" / "bvit-edge-runtime"
@@ -91,7 +91,7 @@ def test_classify_files_and_folders_matches_the_numpy_reference(tiny, tmp_path):
     (tmp_path / "imgs" / "notes.txt").write_text("not an image: skipped in a folder")
     res = device.classify(art, [tmp_path / "imgs"], top_k=2, with_logits=True)
     assert [r["input"] for r in res["predictions"]] == [str(f) for f in files]
-    for f, pred in zip(files, res["predictions"]):
+    for f, pred in zip(files, res["predictions"], strict=True):
         ref = reference_logits(_pixels_of_png(f), p)
         np.testing.assert_allclose(pred["logits"], ref, rtol=1e-5, atol=1e-4)
         prob = np.exp(ref - ref.max()) / np.exp(ref - ref.max()).sum()

@@ -3,7 +3,7 @@
 
 Each input is a report document (schema "bvit-edge/report") or a bench JSON (kind "bvit_edge.bench", from
 ``bvit-edge bench --out`` or ``bvit-edge-device bench --out``), which becomes a report with
-:meth:`bvit_edge.runtime.bench.BenchResult.to_report` (one model and one latency entry per side, labelled with
+:meth:`bvit_edge.runtime.bench_record.BenchResult.to_report` (one model and one latency entry per side, labelled with
 the bench's target and timing kind: host, board or emulated).
 
 Merging: models are united by name (the first document's entry wins, fields it lacks are taken from later ones);
@@ -36,8 +36,8 @@ def _build(cls: type, data: dict[str, Any], **override: Any) -> Any:
 
 def bench_to_report(doc: dict[str, Any], source: str = "(in memory)") -> dict[str, Any]:
     """A bench JSON (``BenchResult.to_dict()``) as a report document."""
-    from bvit_edge.runtime.bench import BenchResult, SideResult  # noqa: PLC0415
-    from bvit_edge.runtime.timing import Timing  # noqa: PLC0415
+    from bvit_edge.runtime.bench_record import BenchResult, SideResult
+    from bvit_edge.runtime.timing import Timing
 
     def side(d: dict[str, Any] | None) -> Any:
         if d is None:

@@ -549,13 +549,14 @@ def report(
     """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency); several
     files (the host's report and boards' bench JSONs) are merged into one report first (OUT/report.json)."""
     from bvit_edge.report import render_report
-    from bvit_edge.report.merge import is_bench_file, load_any, merge_reports
+    from bvit_edge.report.merge import merge_reports
+    from bvit_edge.runtime.bench import is_bench_file, report_of
 
     json_path = json_paths[0]
     if len(json_paths) > 1 or is_bench_file(json_path):
         from bvit_edge.report import write_report
 
-        json_path = write_report(out / "report.json", merge_reports([load_any(p) for p in json_paths]))
+        json_path = write_report(out / "report.json", merge_reports([report_of(p) for p in json_paths]))
     written = render_report(json_path, out)
     if as_json:
         _emit({kind: str(path) for kind, path in written.items()}, True)

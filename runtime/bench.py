@@ -58,7 +58,7 @@ from bvit_edge.runtime.bench_record import (  # noqa: F401 - the shared record, 
     KIND,
     SCHEMA_VERSION,
     TIMING_KINDS,
-    BenchResult,
+    BenchRecord,
     SideResult,
     artifact_sizes,
     compile_seconds,
@@ -94,7 +94,113 @@ from bvit_edge.runtime.bench_record import (
 from bvit_edge.runtime.timing import Timing, measure, time_once
 
 __all__ = ["BenchResult", "SideResult", "SCHEMA_VERSION", "artifact_sizes", "bench", "compile_seconds",
-           "git_revision", "is_emulated_board"]
+           "git_revision", "is_bench_file", "is_emulated_board", "report_of"]
+
+# ----------------------------------------------------------------------------------------------------
+# the result as a report
+
+
+class BenchResult(BenchRecord):
+    """One benchmark (:class:`~bvit_edge.runtime.bench_record.BenchRecord`: the JSON a board writes too), plus its
+    report document."""
+
+    def to_report(self, student_name: str | None = None, teacher_name: str | None = None,
+                  title: str | None = None) -> dict[str, Any]:
+        """This benchmark as a report document (bvit_edge.report schema "bvit-edge/report" v1) that
+        ``bvit_edge.report.render_report`` draws: one model entry per side (with its size when the weight
+        counts are known: 1-bit bytes = ceil(n/8), 8-bit = n, 32-bit = 4n) and one latency entry per side.
+        Names default to the models' file stems."""
+        sides = [("student", self.student, student_name), ("teacher", self.teacher, teacher_name)]
+        models: list[dict[str, Any]] = []
+        latency: list[dict[str, Any]] = []
+        for role, side, name in sides:
+            if side is None:
+                continue
+            name = name or _model_name(side, role)
+            if any(m["name"] == name for m in models):
+                name = f"{name}-{role}"
+            entry: dict[str, Any] = {"name": name, "role": role}
+            size = _report_size((self.sizes or {}).get(role) or {}, side)
+            if size:
+                entry["size"] = size
+            models.append(entry)
+            st = side.steady
+            latency.append({
+                "model": name, "target": str(self.target.get("name")), "emulated": self.emulated,
+                "threads": self.threads if self.threads is not None else 0, "batch": self.batch_size,
+                "warmup_runs": st.warmup, "runs": st.runs, "median_ms": st.median_ms, "p10_ms": st.p10_ms,
+                "p90_ms": st.p90_ms, "mean_ms": st.mean_ms, "std_ms": st.std_ms, "min_ms": st.min_ms,
+                "timing_kind": self.timing_kind, "runtime": side.runtime, "load_ms": side.load_ms,
+                "first_run_ms": side.first_run_ms, "compile_s": side.compile_s,
+            })
+        env: dict[str, Any] = {"git_revision": self.git_revision, "seed": self.seed, "timing_kind": self.timing_kind,
+                               "date_utc": self.date_utc, **self.versions}
+        if self.ratio is not None:
+            env["ratio_teacher_over_student_median"] = self.ratio
+        doc: dict[str, Any] = {"schema": "bvit-edge/report", "schema_version": 1, "created_utc": self.date_utc,
+                               "environment": env, "models": models, "latency": latency}
+        if title:
+            doc["title"] = title
+        return doc
+
+
+def _model_name(side: SideResult, role: str) -> str:
+    stem = Path(side.path).stem if side.runtime == "onnxruntime" else Path(side.path).name
+    return stem or role
+
+
+def _report_size(sizes: dict[str, Any], side: SideResult) -> dict[str, Any]:
+    """The report's size record of one side (bvit_edge.report.size_entry), empty when the weight counts are
+    unknown; artifact_bytes is the file that was run (the .onnx in onnxruntime, else the artifact)."""
+    counts = sizes.get("weights")
+    if not counts:
+        return {}
+    from bvit_edge.report.size import size_entry
+
+    on_disk: int | None
+    if side.runtime == "onnxruntime" and "onnx_bytes" in sizes:
+        on_disk = int(sizes["onnx_bytes"])
+    else:
+        on_disk = int(sizes["artifact"]["total_bytes"]) if "artifact" in sizes else None
+    return size_entry(int(counts["weights_1bit"]), int(counts["weights_8bit"]), int(counts["weights_32bit"]),
+                      artifact_bytes=on_disk)
+
+
+def report_of(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A report document from a file: a report (validated) or a bench JSON (``BenchResult.to_report()``, labelled
+    with where it ran). DataError naming the file otherwise."""
+    import json
+
+    from bvit_edge.errors import DataError
+    from bvit_edge.report.schema import validate_report
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{p} does not exist; give a report or bench JSON file.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{p} is not readable JSON ({exc}). Re-create it.") from None
+    if not (isinstance(doc, dict) and doc.get("kind") == KIND):
+        return validate_report(doc, source=str(p))
+    try:
+        result = BenchResult.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{p} is not a complete bench result ({type(exc).__name__}: {exc}); re-run the bench that "
+                        "wrote it.") from None
+    return validate_report(result.to_report(), source=str(p))
+
+
+def is_bench_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` holds a bench JSON (False for anything else, unreadable files included)."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == KIND
+
 
 # ----------------------------------------------------------------------------------------------------
 # facts about the run (the result and the shared parts of the protocol: bvit_edge.runtime.bench_record)

@@ -1,8 +1,10 @@
 """The record of a benchmark (board side: numpy and the standard library only): what ``bvit-edge bench`` on the
 host and ``bvit-edge-device bench`` on a board both measure and write, so their JSON is one schema.
 
-* :class:`SideResult` / :class:`BenchResult`: one model's times / one benchmark (``to_dict()`` is the JSON,
-  ``save()`` writes it atomically, ``to_report()`` the bvit_edge.report document);
+* :class:`SideResult` / :class:`BenchRecord`: one model's times / one benchmark (``to_dict()`` is the JSON,
+  ``save()`` writes it atomically, ``from_dict()`` reads it back); the host's
+  ``bvit_edge.runtime.bench.BenchResult`` adds ``to_report()`` (the bvit_edge.report document, drawn on the
+  host: the report package needs matplotlib);
 * the protocol's shared parts: the input image (seeded uniform noise or given data) and its normalisation, the
   thread count, facts about the run (host, CPU affinity, date), artifact sizes, compile time;
 * the timing itself is bvit_edge.runtime.timing (``time_protocol``, ``measure``).
@@ -14,6 +16,7 @@ The protocol is described in bvit_edge.runtime.bench (the host's bench, which ad
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -33,7 +36,7 @@ __all__ = [
     "KIND",
     "SCHEMA_VERSION",
     "TIMING_KINDS",
-    "BenchResult",
+    "BenchRecord",
     "SideResult",
     "affinity",
     "artifact_sizes",
@@ -89,7 +92,7 @@ class SideResult:
 
 
 @dataclass
-class BenchResult:
+class BenchRecord:
     """One benchmark: student vs teacher on one target (JSON via :meth:`to_dict`, units in field names)."""
 
     date_utc: str
@@ -141,70 +144,20 @@ class BenchResult:
             "notes": list(self.notes),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """The result :meth:`to_dict` wrote (fields a later schema adds with defaults are ignored)."""
+        def side(x: dict[str, Any] | None) -> SideResult | None:
+            if x is None:
+                return None
+            steady = {**x["steady"], "samples_ms": tuple(x["steady"].get("samples_ms") or ())}
+            return _build(SideResult, x, steady=_build(Timing, steady))
+
+        return _build(cls, d, student=side(d["student"]), teacher=side(d.get("teacher")))
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON to ``path`` atomically."""
         return write_json(path, self.to_dict())
-
-    def to_report(self, student_name: str | None = None, teacher_name: str | None = None,
-                  title: str | None = None) -> dict[str, Any]:
-        """This benchmark as a report document (bvit_edge.report schema "bvit-edge/report" v1) that
-        ``bvit_edge.report.render_report`` draws: one model entry per side (with its size when the weight
-        counts are known: 1-bit bytes = ceil(n/8), 8-bit = n, 32-bit = 4n) and one latency entry per side.
-        Names default to the models' file stems."""
-        sides = [("student", self.student, student_name), ("teacher", self.teacher, teacher_name)]
-        models: list[dict[str, Any]] = []
-        latency: list[dict[str, Any]] = []
-        for role, side, name in sides:
-            if side is None:
-                continue
-            name = name or _model_name(side, role)
-            if any(m["name"] == name for m in models):
-                name = f"{name}-{role}"
-            entry: dict[str, Any] = {"name": name, "role": role}
-            size = _report_size((self.sizes or {}).get(role) or {}, side)
-            if size:
-                entry["size"] = size
-            models.append(entry)
-            st = side.steady
-            latency.append({
-                "model": name, "target": str(self.target.get("name")), "emulated": self.emulated,
-                "threads": self.threads if self.threads is not None else 0, "batch": self.batch_size,
-                "warmup_runs": st.warmup, "runs": st.runs, "median_ms": st.median_ms, "p10_ms": st.p10_ms,
-                "p90_ms": st.p90_ms, "mean_ms": st.mean_ms, "std_ms": st.std_ms, "min_ms": st.min_ms,
-                "timing_kind": self.timing_kind, "runtime": side.runtime, "load_ms": side.load_ms,
-                "first_run_ms": side.first_run_ms, "compile_s": side.compile_s,
-            })
-        env: dict[str, Any] = {"git_revision": self.git_revision, "seed": self.seed, "timing_kind": self.timing_kind,
-                               "date_utc": self.date_utc, **self.versions}
-        if self.ratio is not None:
-            env["ratio_teacher_over_student_median"] = self.ratio
-        doc: dict[str, Any] = {"schema": "bvit-edge/report", "schema_version": 1, "created_utc": self.date_utc,
-                               "environment": env, "models": models, "latency": latency}
-        if title:
-            doc["title"] = title
-        return doc
-
-
-def _model_name(side: SideResult, role: str) -> str:
-    stem = Path(side.path).stem if side.runtime == "onnxruntime" else Path(side.path).name
-    return stem or role
-
-
-def _report_size(sizes: dict[str, Any], side: SideResult) -> dict[str, Any]:
-    """The report's size record of one side (bvit_edge.report.size_entry), empty when the weight counts are
-    unknown; artifact_bytes is the file that was run (the .onnx in onnxruntime, else the artifact)."""
-    counts = sizes.get("weights")
-    if not counts:
-        return {}
-    from bvit_edge.report.size import size_entry
-
-    on_disk: int | None
-    if side.runtime == "onnxruntime" and "onnx_bytes" in sizes:
-        on_disk = int(sizes["onnx_bytes"])
-    else:
-        on_disk = int(sizes["artifact"]["total_bytes"]) if "artifact" in sizes else None
-    return size_entry(int(counts["weights_1bit"]), int(counts["weights_8bit"]), int(counts["weights_32bit"]),
-                      artifact_bytes=on_disk)
 
 
 def affinity() -> list[int] | None:
@@ -366,3 +319,9 @@ def measured_sizes(s_folder: Path, s_man: dict[str, Any], s_onnx: Path | None, t
         "student_measured_bytes": s_bytes,
         "teacher_over_student_bytes": (t_bytes / s_bytes) if t_bytes and s_bytes else None,
     }
+
+
+def _build(cls: Any, data: dict[str, Any], **override: Any) -> Any:
+    """``cls(**data)`` with the dataclass's own fields only."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in {**data, **override}.items() if k in names})

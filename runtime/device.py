@@ -11,7 +11,7 @@ and params.npz), so a bad artifact fails before any input is read or anything is
 * :func:`bench_on_device`: the benchmark protocol of ``bvit-edge bench`` (bvit_edge.runtime.bench_record: same
   input, same thread resolution; load / first run / warm-up / timed runs with bvit_edge.runtime.timing) for the
   artifact and optionally a teacher artifact compiled for the same target, run here; the result is a
-  :class:`~bvit_edge.runtime.bench_record.BenchResult` (the JSON schema of ``bvit-edge bench``) labelled
+  :class:`~bvit_edge.runtime.bench_record.BenchRecord` (the JSON schema of ``bvit-edge bench``) labelled
   ``board`` (``emulated`` under qemu user mode, ``host`` on x86), which ``bvit-edge report`` merges with the
   host's.
 * :func:`check`: the checks alone, and what this machine is.
@@ -104,10 +104,19 @@ def is_emulated() -> bool:
     return any(line.split(":")[0].strip() == "flags" for line in text.splitlines()) and "vendor_id" in text
 
 
+def _own_version() -> str:
+    """This package's version from its distribution's metadata: the full toolkit's or the board runtime's."""
+    for dist in ("bvit-edge", "bvit-edge-runtime"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 def versions() -> dict[str, str]:
     """Versions for run records: bvit-edge, numpy, Python, tvm_ffi, the apache-tvm distribution (read from its
     metadata, never imported: "runtime-only" when it is absent) and the runtime library in use."""
-    import bvit_edge
     from bvit_edge.runtime.tvm_runtime import runtime
 
     rt = runtime()
@@ -115,7 +124,7 @@ def versions() -> dict[str, str]:
         tvm_version = importlib.metadata.version("apache-tvm")
     except importlib.metadata.PackageNotFoundError:
         tvm_version = "runtime-only"
-    return {"bvit_edge": getattr(bvit_edge, "__version__", "unknown"), "numpy": np.__version__,
+    return {"bvit_edge": _own_version(), "numpy": np.__version__,
             "python": platform.python_version(), "tvm": tvm_version, **rt.versions, "onnxruntime": "not used"}
 
 
@@ -137,12 +146,11 @@ def _time_side(folder: Path, role: str, x_norm: np.ndarray, threads: int | None,
 def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os.PathLike[str] | None = None,
                     threads: int | None = None, warmup: int = 5, runs: int = 50, seed: int = 0,
                     image: str | os.PathLike[str] | None = None, emulated: bool | None = None) -> Any:
-    """``bvit-edge bench``'s protocol run on this machine (see the module docstring): a BenchResult.
+    """``bvit-edge bench``'s protocol run on this machine (see the module docstring): a BenchRecord.
 
     The input is seeded uniform noise of the artifact's input shape (``seed``), or ``image`` (a file,
     preprocessed like :func:`classify`, or a .npy of images [N, C, H, W] whose first is used), normalised with
     the artifact's mean/std; a teacher artifact gets the same tensor. ``emulated`` overrides the qemu detection."""
-    from bvit_edge.provenance import git_revision
     from bvit_edge.runtime import bench_record as protocol
     from bvit_edge.runtime.artifact import check_machine, read_manifest
 
@@ -196,8 +204,8 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
         notes.append("The artifact manifest records no compile time (compile_s is null).")
     sizes = protocol.measured_sizes(s_folder, s_man, None, None, t_folder, t_man, teacher)
     built = s_man["target"]
-    return protocol.BenchResult(
-        date_utc=protocol.now_utc(), git_revision=git_revision(), versions=versions(), seed=int(seed),
+    return protocol.BenchRecord(
+        date_utc=protocol.now_utc(), git_revision="unknown", versions=versions(), seed=int(seed),
         batch_size=1, target={k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")},
         timing_kind=kind, emulated=kind == "emulated", rpc=None, threads=n_threads, affinity=affinity,
         host=protocol.host_facts(), input=input_info, student=student, teacher=teacher, sizes=sizes, notes=notes)

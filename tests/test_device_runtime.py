@@ -190,11 +190,12 @@ def test_device_bench_writes_bvit_edge_bench_json_that_the_report_reads(tiny, tm
         assert doc[side]["timer"] == "time.perf_counter_ns" and doc[side]["output_shape"] == [1, C]
     # The same input as the host protocol (seeded noise, seed 0) and the same size record.
     assert doc["input"] == host["input"] and doc["sizes"] == host["sizes"]
-    # What bvit-edge report draws: the result's report document, labelled with where it ran.
-    from bvit_edge.runtime.bench import BenchResult, SideResult  # noqa: F401 - the schema's home
+    # What bvit-edge report draws from it on the host: the report document, labelled with where it ran.
+    from bvit_edge.runtime.bench import BenchResult
 
     res = device.bench_on_device(art, warmup=0, runs=2, threads=1, emulated=True)
-    rep = validate_report(res.to_report(student_name="tiny (board)"))
+    assert BenchResult.from_dict(res.to_dict()).to_dict() == res.to_dict()
+    rep = validate_report(BenchResult.from_dict(res.to_dict()).to_report(student_name="tiny (board)"))
     assert rep["latency"][0]["emulated"] is True and rep["latency"][0]["timing_kind"] == "emulated"
 
 

@@ -1,6 +1,9 @@
 """The ``bvit-edge`` command line: thin Typer wrappers over the library (bvit_edge.*).
 
-Human output (tables, progress) goes to stderr; ``--json`` prints only the machine result on stdout.
+Human output (tables, progress) goes to stderr, never cut when it is not a terminal (bvit_edge.terminal);
+``--json`` prints only the machine result on stdout. Listings (``models``, ``targets list``) print their rows
+on stdout: a table on a terminal, tab-separated lines in a pipe. TVM's C++ log lines go to a log file
+(bvit_edge.native_log) unless ``bvit-edge --verbose``.
 Exit codes: 0 ok, 2 usage / bad input, 3 validation failure, 4 toolchain / RPC error, 5 missing dependency.
 Heavy imports (torch, onnx, tvm) happen inside the commands so ``--help`` is instant.
 """
@@ -43,9 +46,25 @@ class Stage(str, Enum):
 
 
 def _console():
-    from rich.console import Console
+    from bvit_edge.terminal import console
 
-    return Console(stderr=True)
+    return console()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the native libraries' log lines (TVM's C++ "
+                                          "warnings) on stderr; without it they go to a log file "
+                                          "(~/.local/state/bvit-edge/logs). Also BVIT_EDGE_VERBOSE=1.")] = False,
+) -> None:
+    """Options for every command (before the command's name: `bvit-edge --verbose compile ...`)."""
+    from bvit_edge.native_log import native_stderr_to_log, verbose_from_env
+
+    if ctx.invoked_subcommand is None or verbose or verbose_from_env():
+        return
+    note = lambda msg: _console().print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
+    ctx.with_resource(native_stderr_to_log(command=ctx.invoked_subcommand, note=note))
 
 
 def _emit(result: Any, as_json: bool, human: Any = None) -> None:
@@ -381,7 +400,7 @@ def compile_cmd(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
-    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) to classify (PNG/JPEG).")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
@@ -412,6 +431,15 @@ def run(
         a = res["accuracy"]
         _console().print(f"top-1 {a['top1'] * 100:.2f}%  top-5 {a['top5'] * 100:.2f}% on {res['num_images']} images")
 
+@app.command("device", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def device(ctx: typer.Context) -> None:
+    """Run an artifact on this machine with the board-side runtime: run | bench | check | info (= bvit-edge-device)."""
+    from bvit_edge.runtime.device_cli import main as device_main
+
+    device_main(ctx.args)
+
+
 # ---------------------------------------------------------------------------------------------- targets
 targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)
 app.add_typer(targets_app, name="targets")
@@ -419,9 +447,9 @@ app.add_typer(targets_app, name="targets")
 
 @targets_app.command("list")
 def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
-    """The target presets and what this machine can do with each (compiler found, runs natively)."""
-    from rich.table import Table
+    """The target presets and what this machine can do with each (compiler found, runs natively).
 
+    On a terminal a table; in a pipe one tab-separated line per preset after a header line."""
     from bvit_edge.targets import list_targets, load_target
     from bvit_edge.targets.toolchain import availability
 
@@ -429,13 +457,15 @@ def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     for name in list_targets():
         spec = load_target(name)
         rows.append({**{k: v for k, v in spec.to_dict().items() if k in ("name", "arch", "family", "word_bits", "threads", "cross_compiler")}, **availability(spec)})
-    table = Table(title="bvit-edge targets")
-    for col in ("name", "arch", "family", "word bits", "threads", "compiler", "runs natively"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["arch"], r["family"], str(r["word_bits"]), str(r["threads"]),
-                      (r.get("cross_compiler") or "host") + ("" if r["compiler_found"] else " (missing)"), "yes" if r["runs_natively"] else "no")
-    _emit(rows, as_json, table)
+    if as_json:
+        _emit(rows, True)
+        return
+    from bvit_edge.terminal import print_rows
+
+    print_rows(("name", "arch", "family", "word bits", "threads", "compiler", "runs natively"),
+               [(r["name"], r["arch"], r["family"], r["word_bits"], r["threads"],
+                 (r.get("cross_compiler") or "host") + ("" if r["compiler_found"] else " (missing)"),
+                 "yes" if r["runs_natively"] else "no") for r in rows], title="bvit-edge targets")
 
 
 @targets_app.command("show")
@@ -558,15 +588,29 @@ def bench(
 # ----------------------------------------------------------------------------------------------- report
 @app.command()
 def report(
-    json_path: Annotated[Path, typer.Argument(help="A bench/report JSON document.", exists=True, dir_okay=False)],
+    json_paths: Annotated[list[Path], typer.Argument(help="Report JSON document(s), and/or bench JSON files (e.g. "
+                                                     "from bvit-edge-device bench on a board) to merge into it.",
+                                                     exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print {kind: path} of the written files as JSON on stdout.")] = False,
 ) -> None:
-    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency)."""
+    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency); several
+    files (the host's report and boards' bench JSONs) are merged into one report first (OUT/report.json)."""
     from bvit_edge.report import render_report
+    from bvit_edge.report.merge import merge_reports
+    from bvit_edge.runtime.bench import is_bench_file, report_of
 
+    json_path = json_paths[0]
+    if len(json_paths) > 1 or is_bench_file(json_path):
+        from bvit_edge.report import write_report
+
+        json_path = write_report(out / "report.json", merge_reports([report_of(p) for p in json_paths]))
     written = render_report(json_path, out)
+    if as_json:
+        _emit({kind: str(path) for kind, path in written.items()}, True)
+        return
     for kind, path in written.items():
-        _console().print(f"{kind}: {path}")
+        _console().print(f"{kind}: {path}", highlight=False)
 
 
 # -------------------------------------------------------------------------------------------------- demo

@@ -87,7 +87,7 @@ def profile_ops(vm: Any, x: Any, params: list[Any], repeats: int = 5) -> list[di
     acc: dict[str, float] = {}
     calls: dict[str, int] = {}
 
-    def instrument(func, name, before, ret, *args):  # noqa: ANN001 - TVM's instrument signature
+    def instrument(func, name, before, ret, *args):
         if before:
             current[name] = time.perf_counter()
         else:

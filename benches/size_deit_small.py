@@ -51,8 +51,8 @@ def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
                                "weights": weight_counts(load_model(sp)), "storage": res.storage["by_kind"],
                                "fp32_over_onnx": fp32 / res.bytes, "int8_over_onnx": int8 / res.bytes}
         if artifacts:
-            from bvit_edge.runtime.bench import artifact_sizes
             from bvit_edge.runtime.artifact import read_manifest
+            from bvit_edge.runtime.bench import artifact_sizes
             from bvit_edge.runtime.compile import compile_model
 
             art = compile_model(sp, "host", tmp / f"art.{att_bias}.{float_params}")

@@ -22,13 +22,13 @@ ATT_BIAS_STD_TOKENS = 0.1
 
 
 def _is_att_bias(name: str) -> bool:
-    return name.endswith("move_att.bias") or name.endswith(".att_bias")
+    return name.endswith(("move_att.bias", ".att_bias"))
 
 
 def fill_zero_parameters(model: Any, seed: int = 0) -> int:
     """Replace every exactly-zero element of the model's float parameters and buffers by small random values
     (module docstring); returns how many were filled."""
-    import torch  # noqa: PLC0415
+    import torch
 
     gen = torch.Generator().manual_seed(seed)
     filled = 0
@@ -67,17 +67,18 @@ def assert_no_zero_parameters(model: Any) -> None:
 def random_frozen_student(name: str, seed: int = 0, **kw: Any) -> Any:
     """The registered binary student ``name`` with random weights, every parameter non-zero, its activation
     scales initialised from one random batch, frozen for deployment (checked to hold no exact zero)."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from bvit_edge.models.registry import create_model  # noqa: PLC0415
-    from bvit_edge.quant.freeze import freeze  # noqa: PLC0415
+    from bvit_edge.models.registry import create_model
+    from bvit_edge.quant.freeze import freeze
 
     torch.manual_seed(seed)
     model = create_model(name, **kw)
     fill_zero_parameters(model, seed)
     model.train()
+    cfg: dict[str, Any] = getattr(model, "default_cfg", None) or {}
     with torch.no_grad():  # the lazily initialised activation scales, from one batch
-        model(torch.randn(2, *model.default_cfg["input_size"]))
+        model(torch.randn(2, *cfg["input_size"]))
     freeze(model)
     fill_zero_parameters(model, seed + 1)  # deployment buffers derived from zero-free parameters stay so; belt
     assert_no_zero_parameters(model)
@@ -86,9 +87,9 @@ def random_frozen_student(name: str, seed: int = 0, **kw: Any) -> Any:
 
 def random_teacher(name: str, seed: int = 0, **kw: Any) -> Any:
     """The registered float teacher ``name`` with random weights, every parameter non-zero, in eval mode."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from bvit_edge.models.registry import create_model  # noqa: PLC0415
+    from bvit_edge.models.registry import create_model
 
     torch.manual_seed(seed)
     model = create_model(name, **kw).eval()
@@ -101,10 +102,10 @@ def att_bias_in_artifact(folder: Any, heads: int, tokens: int) -> list[str]:
     """How the artifact's params.npz holds GSB's attention biases [heads, N, N]: one "dtype[, packing]" entry
     per B found (float32 arrays of that shape, or compact ones the manifest decodes to it). An empty list
     means the compiler folded B away."""
-    import json  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
+    import json
+    from pathlib import Path
 
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     folder = Path(folder)
     manifest = json.loads((folder / "manifest.json").read_text())

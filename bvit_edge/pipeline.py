@@ -17,11 +17,8 @@ from typing import Any
 import numpy as np
 
 from bvit_edge.atomic import write_bytes, write_json
+from bvit_edge.contract import DATA_METADATA as META  # ONNX metadata keys the compiler copies into the manifest
 from bvit_edge.errors import CheckpointError, UsageError
-
-#: ONNX metadata keys the compiler copies into the artifact manifest (runtime/compile.py META_KEYS).
-META = {"mean": "bvit_edge.mean", "std": "bvit_edge.std", "classes": "bvit_edge.classes",
-        "image_size": "bvit_edge.image_size"}
 
 
 @dataclass
@@ -185,7 +182,7 @@ def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, tensors: 
     from bvit_edge.runtime.ort import load_model as load_onnx
     from bvit_edge.runtime.ort import ort_session, run_session
 
-    base = restore_float32(decompacted(load_onnx(onnx_path)), tensors)
+    base = restore_float32(decompacted(load_onnx(Path(onnx_path))), tensors)
     state_names = list(tensors)
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bvit-edge-storage-") as tmp:

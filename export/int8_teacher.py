@@ -55,7 +55,7 @@ def quantize_teacher(teacher_onnx: str | os.PathLike[str], out_onnx: str | os.Pa
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:  # pragma: no cover - a declared dependency
         raise MissingDependencyError("The int8 teacher needs onnxruntime: pip install onnxruntime.") from None
-    from bvit_edge.runtime.ort import load_model  # noqa: PLC0415
+    from bvit_edge.runtime.ort import load_model
 
     src = Path(teacher_onnx)
     source = load_model(src)  # DataError for a missing or corrupt file
@@ -88,4 +88,4 @@ def quantize_teacher(teacher_onnx: str | os.PathLike[str], out_onnx: str | os.Pa
                        integer_nodes=quantized)
 
 
-__all__ = ["Int8Teacher", "METHOD", "WEIGHT_TYPE", "quantize_teacher"]
+__all__ = ["METHOD", "WEIGHT_TYPE", "Int8Teacher", "quantize_teacher"]

@@ -26,6 +26,14 @@ from typing import Any, Sequence
 import onnx
 
 from bvit_edge.atomic import write_bytes
+from bvit_edge.contract import (
+    META_DEFAULT_CFG,
+    META_MODEL_NAME,
+    META_OP_DOMAIN,
+    META_OPS,
+    META_STORAGE,
+    op_domain_tag,
+)
 from bvit_edge.errors import BvitEdgeError, ConfigError, UsageError, ValidationError
 from bvit_edge.export.ops import DOMAIN, OPS_CHOICES, VERSION, translation_table
 from bvit_edge.export.storage import (
@@ -206,11 +214,11 @@ def _finalize(proto: onnx.ModelProto, ops: str, model: Any) -> onnx.ModelProto:
         proto.opset_import.extend(keep)
     cfg = dict(getattr(model, "default_cfg", None) or {})
     meta = {
-        "bvit_edge.ops": ops if DOMAIN in domains else "standard",
-        "bvit_edge.op_domain": f"{DOMAIN}:{VERSION}",
-        "bvit_edge.model_name": str(getattr(model, "model_name", type(model).__name__)),
-        "bvit_edge.default_cfg": json.dumps({k: v for k, v in cfg.items()
-                                             if isinstance(v, (int, float, str, tuple, list))}),
+        META_OPS: ops if DOMAIN in domains else "standard",
+        META_OP_DOMAIN: op_domain_tag(),
+        META_MODEL_NAME: str(getattr(model, "model_name", type(model).__name__)),
+        META_DEFAULT_CFG: json.dumps({k: v for k, v in cfg.items()
+                                      if isinstance(v, (int, float, str, tuple, list))}),
     }
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -293,7 +301,7 @@ def export_onnx(
         )
     proto = _finalize(proto, ops, model)
     storage, encoded = compact_proto(proto, att_bias, float_params, state_names(model))
-    proto.metadata_props.add(key="bvit_edge.storage",
+    proto.metadata_props.add(key=META_STORAGE,
                              value=json.dumps({"att_bias": att_bias, "float_params": float_params}))
     out_shapes = check_exported(proto)
     data = proto.SerializeToString()

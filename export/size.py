@@ -97,7 +97,10 @@ def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None,
 
     proto = load_model(onnx_path)
     size = Path(onnx_path).stat().st_size
-    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, **weight_counts(proto),
+    counts = weight_counts(proto)
+    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, weights_1bit=counts["weights_1bit"],
+                     weights_8bit=counts["weights_8bit"], weights_32bit=counts["weights_32bit"],
+                     weights_other=counts["weights_other"], weights_16bit=counts["weights_16bit"],
                      largest_32bit=largest_float32(proto))
     if att_bias_names(decompacted(proto)) or state_names:
         rep.storage_bytes = storage_bytes(proto, state_names or [])

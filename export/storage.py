@@ -38,8 +38,9 @@ what each choice would weigh without writing anything.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -152,9 +153,9 @@ def att_bias_names(proto: onnx.ModelProto) -> set[str]:
     inits = {i.name for i in proto.graph.initializer if i.data_type == _T.FLOAT}
     names = {n for n in inits if n.rsplit(".", 1)[-1] == ATT_BIAS_SUFFIX}
     for node in proto.graph.node:
-        if node.op_type == "BinaryMatMul" and _attr_s(node, "a_mode") == "gsb_unsigned" and len(node.input) > 2:
-            if node.input[2] in inits:
-                names.add(node.input[2])
+        if (node.op_type == "BinaryMatMul" and _attr_s(node, "a_mode") == "gsb_unsigned" and len(node.input) > 2
+                and node.input[2] in inits):
+            names.add(node.input[2])
     return names
 
 
@@ -249,7 +250,7 @@ def _replace(proto: onnx.ModelProto, init: onnx.TensorProto, enc: Encoded) -> li
 
 
 def _int4(q: np.ndarray) -> np.ndarray:
-    import ml_dtypes  # noqa: PLC0415 - onnx's own dependency for its 4-bit types
+    import ml_dtypes
 
     return q.astype(ml_dtypes.int4)
 
@@ -273,7 +274,7 @@ def compact_proto(proto: onnx.ModelProto, att_bias: str = DEFAULT_ATT_BIAS,
     bias = att_bias_names(proto)
     plan: dict[str, str] = {n: att_bias for n in bias if att_bias != "float32"}
     if float_params != "float32":
-        plan.update({n: float_params for n in float_param_names(proto, state_names)})
+        plan.update(dict.fromkeys(float_param_names(proto, state_names), float_params))
     report = StorageReport(att_bias, float_params, _bias=bias)
     encoded: dict[str, Encoded] = {}
     if not plan:
@@ -380,7 +381,7 @@ def state_names(model: Any) -> list[str]:
 def apply_to_model(model: Any, encoded: dict[str, Encoded]) -> Any:
     """A deep copy of ``model`` whose tensors named in ``encoded`` hold the decoded values (the model as
     the compact export computes it). ``model`` itself is not touched."""
-    import torch  # noqa: PLC0415
+    import torch
 
     if not encoded:
         return model
@@ -418,8 +419,24 @@ def encode_model(model: Any, att_bias: str, float_params: str = "float32") -> di
 
 
 __all__ = [
-    "ATT_BIAS_CHOICES", "DEFAULT_ATT_BIAS", "DEFAULT_FLOAT_PARAMS", "Encoded", "FLOAT_PARAMS_CHOICES",
-    "MIN_ELEMENTS", "StorageReport", "StoredTensor", "apply_to_model", "att_bias_names", "check_choice",
-    "compact_proto", "decompacted", "encode", "encode_model", "float_param_names", "restore_float32", "rounding_error",
-    "state_names", "storage_bytes",
+    "ATT_BIAS_CHOICES",
+    "DEFAULT_ATT_BIAS",
+    "DEFAULT_FLOAT_PARAMS",
+    "FLOAT_PARAMS_CHOICES",
+    "MIN_ELEMENTS",
+    "Encoded",
+    "StorageReport",
+    "StoredTensor",
+    "apply_to_model",
+    "att_bias_names",
+    "check_choice",
+    "compact_proto",
+    "decompacted",
+    "encode",
+    "encode_model",
+    "float_param_names",
+    "restore_float32",
+    "rounding_error",
+    "state_names",
+    "storage_bytes",
 ]

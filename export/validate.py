@@ -175,7 +175,8 @@ def validate_onnx(
     ties: list[int] = []
     if 0 < beyond <= max_outliers:
         ties = [int(i) for i in outliers if tie_probe(model, x[i], [g[i] for g in got], tol)]
-    flipped = np.flatnonzero(got[0].argmax(axis=1) != ref[0].argmax(axis=1)) if got[0].ndim == 2 else []
+    flipped: list[int] = (np.flatnonzero(got[0].argmax(axis=1) != ref[0].argmax(axis=1)).tolist()
+                          if got[0].ndim == 2 else [])
     on_ties = int(sum(1 for i in flipped if int(i) in ties))
     passed = beyond <= max_outliers and mism == on_ties
     report = ValidationReport(

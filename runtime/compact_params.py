@@ -94,7 +94,7 @@ def decode_params(names: list[str], arrays: list[np.ndarray], decode: dict[str, 
     """``arrays`` (params.npz, in ``names`` order) with the entries ``decode`` names rebuilt in float32."""
     if not decode:
         return arrays
-    return [decode_param(a, decode[n], extra) if n in decode else a for n, a in zip(names, arrays)]
+    return [decode_param(a, decode[n], extra) if n in decode else a for n, a in zip(names, arrays, strict=True)]
 
 
 def extra_names(decode: dict[str, dict[str, Any]]) -> list[str]:
@@ -108,7 +108,7 @@ def extra_names(decode: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _compact_const(expr: Any, min_elements: int) -> bool:
-    from tvm.ir import GenericConst  # noqa: PLC0415
+    from tvm.ir import GenericConst
 
     if not isinstance(expr, GenericConst):
         return False
@@ -119,7 +119,7 @@ def _compact_const(expr: Any, min_elements: int) -> bool:
 
 
 def _const_value(expr: Any) -> np.ndarray | None:
-    from tvm.ir import GenericConst  # noqa: PLC0415
+    from tvm.ir import GenericConst
 
     return expr.value.numpy() if isinstance(expr, GenericConst) else None
 
@@ -139,9 +139,9 @@ def keep_compact_pass(holder: Any, min_elements: int | None = None, entry: str =
     """A module pass turning the large compact constants ``main`` decodes into float32 parameters decoded at
     load time (module docstring); fills ``holder`` (a LiftedParams) from empty and marks them kept for the
     later lifting pass. ``min_elements`` defaults to :data:`MIN_COMPACT_ELEMENTS` (read when the pass runs)."""
-    import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
-    from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     dequantize, astype = tvm.ir.Op.get("relax.dequantize"), tvm.ir.Op.get("relax.astype")
     reshape = tvm.ir.Op.get("relax.reshape")
@@ -192,10 +192,11 @@ def keep_compact_pass(holder: Any, min_elements: int | None = None, entry: str =
             self.plan = plan
             self.new_params: list[Any] = []
 
-        def visit_call_(self, op: Any) -> Any:  # noqa: N802 - TVM's name
+        def visit_call_(self, op: Any) -> Any:
             for call, last, spec in self.plan:
-                if op.same_as(last):
-                    return self._param(call, spec, _static_shape(last))
+                shape = _static_shape(last)
+                if op.same_as(last) and shape is not None:
+                    return self._param(call, spec, shape)
             return super().visit_call_(op)
 
         def _param(self, call: Any, spec: dict[str, Any], shape: list[int]) -> Any:
@@ -243,8 +244,8 @@ def keep_compact_pass(holder: Any, min_elements: int | None = None, entry: str =
 def widen_int4(model: Any) -> Any:
     """``model`` (an onnx ModelProto) with its INT4 / UINT4 initializers as INT8 / UINT8 of the same values
     (a copy; the model itself when it has none)."""
-    import onnx  # noqa: PLC0415
-    from onnx import numpy_helper  # noqa: PLC0415
+    import onnx
+    from onnx import numpy_helper
 
     four = {onnx.TensorProto.INT4: np.int8, onnx.TensorProto.UINT4: np.uint8}
     if not any(i.data_type in four for i in model.graph.initializer):
@@ -266,10 +267,10 @@ def cast_converter(stock: Any, base: type) -> type | None:
         return None
 
     def impl(cls: type, bb: Any, inputs: list, attr: dict, params: Any) -> Any:
-        from tvm import relax  # noqa: PLC0415
-        from tvm.relax.frontend.onnx.onnx_frontend import get_type  # noqa: PLC0415
+        from tvm import relax
+        from tvm.relax.frontend.onnx.onnx_frontend import get_type
 
-        x = inputs[0] if inputs else None
+        x: Any = inputs[0] if inputs else None
         if _compact_const(x, MIN_COMPACT_ELEMENTS) and str(x.value.dtype) == "float16" \
                 and str(get_type(attr["to"])) == "float32":
             return relax.op.astype(x, "float32")

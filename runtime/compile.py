@@ -22,7 +22,10 @@ and are rebuilt in float32 when the artifact is loaded, as the manifest's ``para
 constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
 (bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
 records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
-"names": [...]}`` (``bytes`` and ``sha256`` of the file). With ``"embedded"`` the weights stay
+"names": [...], "arrays": [{"name", "shape", "dtype"}, ...]}`` (``bytes`` and ``sha256`` of the file; one
+shape and dtype per weight as stored). ``lib_sha256`` is the digest of ``lib.so`` and
+``required_cpu_features`` the CPU features its code may use (bvit_edge.runtime.cpu_features); the runtime
+checks all three before loading (bvit_edge.runtime.artifact). With ``"embedded"`` the weights stay
 compile-time constants inside ``lib.so`` and the manifest says ``"params": {"storage": "embedded"}`` (as
 every schema 1 artifact did; those still load).
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bvit_edge.atomic import atomic_dir, write_json
+from bvit_edge.contract import DATA_METADATA, DOMAIN, DOMAIN_VERSION, META_DEFAULT_CFG
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
 
@@ -43,12 +47,7 @@ LIB_NAME = "lib.so"
 PARAMS_NAME = "params.npz"
 MANIFEST_NAME = "manifest.json"
 PARAMS_STORAGES = ("file", "embedded")
-META_KEYS = {
-    "mean": "bvit_edge.mean",
-    "std": "bvit_edge.std",
-    "classes": "bvit_edge.classes",
-    "image_size": "bvit_edge.image_size",
-}
+META_KEYS = DATA_METADATA
 
 
 
@@ -74,9 +73,9 @@ def _metadata(model: Any) -> dict[str, Any]:
             except json.JSONDecodeError:
                 meta[field] = props[key]
     # fallback: the exporter's "bvit_edge.default_cfg" (timm-style cfg: mean, std, input_size)
-    if "bvit_edge.default_cfg" in props:
+    if META_DEFAULT_CFG in props:
         try:
-            cfg = json.loads(props["bvit_edge.default_cfg"])
+            cfg = json.loads(props[META_DEFAULT_CFG])
         except json.JSONDecodeError:
             cfg = {}
         meta.setdefault("mean", cfg.get("mean"))
@@ -130,6 +129,17 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
         pass
     versions["cc"] = compiler_version(compiler)
     return versions
+
+
+def _required_cpu_features(spec: Any) -> list[str]:
+    """The CPU features (Linux /proc/cpuinfo / HWCAP names) the generated code may use: the instruction-set
+    extensions LLVM enables for the target's mtriple/mcpu/mattr (bvit_edge.runtime.cpu_features), which the
+    runtime checks before loading so a CPU without them gets a clear error instead of SIGILL."""
+    from tvm.target import codegen
+
+    from bvit_edge.runtime.cpu_features import required_features
+
+    return required_features(spec.arch, [str(f) for f in codegen.llvm_get_cpu_features(spec.tvm())])
 
 
 def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
@@ -220,7 +230,7 @@ def compile_model(
         raise MissingDependencyError("compiling needs apache-tvm: pip install 'apache-tvm==0.27.*'.") from None
     from bvit_edge.runtime.params import LiftedParams  # noqa: PLC0415
     from bvit_edge.runtime.schedules import family_params  # noqa: PLC0415
-    from bvit_edge.runtime.tvm_frontend import DOMAIN, DOMAIN_VERSION, import_onnx  # noqa: PLC0415
+    from bvit_edge.runtime.tvm_frontend import import_onnx  # noqa: PLC0415
     from bvit_edge.targets import load_target  # noqa: PLC0415
     from bvit_edge.targets.toolchain import find_compiler  # noqa: PLC0415
 
@@ -278,6 +288,7 @@ def compile_model(
             "trials_per_kernel": int(tune),
         },
         "tool_versions": _tool_versions(compiler),
+        "required_cpu_features": _required_cpu_features(spec),
     }
     with atomic_dir(out_dir) as tmp:
         lib_path = tmp / LIB_NAME
@@ -291,6 +302,7 @@ def compile_model(
             raise ToolchainError(f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} "
                                  f"failed: {last}") from exc
         manifest["lib_bytes"] = lib_path.stat().st_size
+        manifest["lib_sha256"] = _sha256(lib_path)
         if tuned is not None:
             tuned.save(tmp / "tuning.json")
         if lifted is not None:
@@ -298,7 +310,9 @@ def compile_model(
             lifted.save_npz(params_path)
             manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
                                   "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
-                                  "names": list(lifted.names)}
+                                  "names": list(lifted.names),
+                                  "arrays": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+                                             for n, a in lifted.as_dict().items()]}
             if lifted.decode:  # compactly stored weights, rebuilt at load (bvit_edge.runtime.compact_params)
                 manifest["params"]["decode"] = lifted.decode
         write_json(tmp / MANIFEST_NAME, manifest)

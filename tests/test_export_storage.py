@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bvit_edge.bench_models import random_frozen_student
+from bvit_edge.contract import META_STORAGE
 from bvit_edge.errors import UsageError
 from bvit_edge.export import export_onnx
 from bvit_edge.export.storage import (
@@ -141,7 +142,7 @@ def test_compact_exports_are_standard_onnx_computing_the_decoded_model(student, 
             assert any(nd.op_type == "DequantizeLinear" and ".att_bias" in nd.output[0] for nd in proto.graph.node)
         if fp == "float16":
             assert inits["pos_embed.float16"].data_type == onnx.TensorProto.FLOAT16
-        assert json.loads({p.key: p.value for p in proto.metadata_props}["bvit_edge.storage"]) == \
+        assert json.loads({p.key: p.value for p in proto.metadata_props}[META_STORAGE]) == \
             {"att_bias": ab, "float_params": fp}
         with torch.no_grad():
             want = apply_to_model(student, res.encoded)(torch.from_numpy(x)).numpy()

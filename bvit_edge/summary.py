@@ -104,7 +104,8 @@ class ModelSummary:
 
     def storage(self) -> dict[str, dict[str, Any]]:
         """Packed bytes under every storage choice, key "att_bias=X,float_params=Y" (module docstring)."""
-        from bvit_edge.export.storage import ATT_BIAS_CHOICES, FLOAT_PARAMS_CHOICES  # noqa: PLC0415
+        from bvit_edge.contract import ATT_BIAS_STORAGES as ATT_BIAS_CHOICES  # noqa: PLC0415
+        from bvit_edge.contract import FLOAT_PARAMS_STORAGES as FLOAT_PARAMS_CHOICES  # noqa: PLC0415
 
         if self.storage_counts is None:
             return {}
@@ -176,7 +177,7 @@ class ModelSummary:
         rows = self.storage()
         if not rows or self.storage_counts is None or not any(self.storage_counts):
             return None
-        from bvit_edge.export.storage import DEFAULT_ATT_BIAS, DEFAULT_FLOAT_PARAMS  # noqa: PLC0415
+        from bvit_edge.contract import DEFAULT_ATT_BIAS, DEFAULT_FLOAT_PARAMS  # noqa: PLC0415
 
         e_b, r_b, e_f = self.storage_counts
         t = Table(title=f"storage of the float parameters: attention bias B {e_b:,} values in {r_b:,} rows, other "
@@ -406,7 +407,7 @@ def _is_att_bias(name: str) -> bool:
 
 def _storage_counts(model: nn.Module, result: ModelSummary) -> tuple[int, int, int]:
     """(E_B, R_B, E_F): attention-bias values and rows, other 32-bit tensors of >= MIN_ELEMENTS values."""
-    from bvit_edge.export.storage import MIN_ELEMENTS  # noqa: PLC0415
+    from bvit_edge.contract import STORAGE_MIN_ELEMENTS as MIN_ELEMENTS  # noqa: PLC0415
 
     e_b = r_b = e_f = 0
     tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b is not None]

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from bvit_edge.atomic import write_bytes
 from bvit_edge.errors import DataError, MissingDependencyError
 
@@ -47,6 +49,19 @@ class Int8Teacher:
         return asdict(self)
 
 
+def _load(path: Path) -> onnx.ModelProto:
+    """The ONNX model at ``path``; DataError for a missing or unreadable file."""
+    if not path.is_file():
+        raise DataError(f"The teacher {path} does not exist; export it first (`bvit-edge export` writes teacher.onnx).")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise DataError(f"{path} is not a readable ONNX model ({first}); export the teacher again.") from None
+    return proto
+
+
 def quantize_teacher(teacher_onnx: str | os.PathLike[str], out_onnx: str | os.PathLike[str]) -> Int8Teacher:
     """Quantize the float ``teacher_onnx`` with onnxruntime's ``quantize_dynamic`` (int8 weights) into
     ``out_onnx`` (see the module docstring)."""
@@ -55,10 +70,8 @@ def quantize_teacher(teacher_onnx: str | os.PathLike[str], out_onnx: str | os.Pa
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:  # pragma: no cover - a declared dependency
         raise MissingDependencyError("The int8 teacher needs onnxruntime: pip install onnxruntime.") from None
-    from bvit_edge.runtime.ort import load_model
-
     src = Path(teacher_onnx)
-    source = load_model(src)  # DataError for a missing or corrupt file
+    source = _load(src)
     tmpdir = Path(tempfile.mkdtemp(prefix="bvit-edge-int8-"))
     try:
         raw = tmpdir / "int8.onnx"
@@ -73,7 +86,7 @@ def quantize_teacher(teacher_onnx: str | os.PathLike[str], out_onnx: str | os.Pa
                             "float teacher exported by `bvit-edge export` (teacher.onnx).") from None
         finally:
             root.setLevel(level)
-        proto = load_model(raw)
+        proto = _load(raw)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     have = {p.key for p in proto.metadata_props}

@@ -46,17 +46,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from bvit_edge.contract import (
+    ATT_BIAS_STORAGES,
+    DEFAULT_ATT_BIAS,
+    DEFAULT_FLOAT_PARAMS,
+    FLOAT_PARAMS_STORAGES,
+    STORAGE_MIN_ELEMENTS,
+)
 from bvit_edge.errors import UsageError
 
-ATT_BIAS_CHOICES = ("float32", "int16", "float16", "int8", "int4")
-FLOAT_PARAMS_CHOICES = ("float32", "float16")
-#: Default storage of B, chosen by measured fidelity: the smallest that keeps top-1 identical to float32 storage
-#: on all 360 digits val images for the trained demo student (README, "Deliberate departures").
-DEFAULT_ATT_BIAS = "int16"
-#: Default storage of the other float parameters.
-DEFAULT_FLOAT_PARAMS = "float32"
+ATT_BIAS_CHOICES = ATT_BIAS_STORAGES
+FLOAT_PARAMS_CHOICES = FLOAT_PARAMS_STORAGES
 #: float_params leaves tensors with fewer elements than this in float32.
-MIN_ELEMENTS = 16
+MIN_ELEMENTS = STORAGE_MIN_ELEMENTS
 ATT_BIAS_SUFFIX = "att_bias"
 INT8_MAX = 127
 INT4_MAX = 7

@@ -269,7 +269,7 @@ def read_params(folder: str | os.PathLike[str], manifest: dict[str, Any], verify
     expected = {a["name"]: a for a in info.get("arrays") or []}
     decode = info.get("decode") or {}  # compactly stored weights (bvit_edge.runtime.compact_params)
     if decode:
-        from bvit_edge.runtime.compact_params import decode_params, extra_names  # noqa: PLC0415
+        from bvit_edge.runtime.param_decode import decode_params, extra_names
     extras = extra_names(decode) if decode else []
     try:
         with np.load(pfile, allow_pickle=False) as npz:

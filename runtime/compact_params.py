@@ -12,7 +12,8 @@ of at least :data:`MIN_COMPACT_ELEMENTS` elements (scale and zero point constant
 ``reshape``s, by a float32 parameter of ``main`` (appended after the image, named ``p0``, ``p1``, ... in the
 same :class:`~bvit_edge.runtime.params.LiftedParams` the later lifting continues). params.npz stores C in
 its own dtype, plus the scale and zero point; the manifest's ``params.decode`` says how to rebuild the
-float32 tensor, and :func:`decode_params` does it when the artifact is loaded (numpy only):
+float32 tensor, and :func:`bvit_edge.runtime.param_decode.decode_params` does it when the artifact is loaded
+(numpy only):
 
     dequantize  x = (float32(C) - float32(zero_point)) * scale   (scale per index of ``axis``, or scalar)
     cast        x = float32(C)                                    (float16 -> float32 is exact)
@@ -34,72 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from bvit_edge.runtime.param_decode import pack_int4
+
 #: Compact constants with fewer elements than this are decoded at compile time (their float32 copies are
 #: small); larger ones stay compact in params.npz.
 MIN_COMPACT_ELEMENTS = 4096
 COMPACT_DTYPES = ("int16", "int8", "uint8", "float16")
-DECODE_KINDS = ("dequantize", "cast")
 ENTRY = "main"
-
-
-# --------------------------------------------------------------------------------------------------------
-# load time (numpy only)
-# --------------------------------------------------------------------------------------------------------
-
-
-def pack_int4(q: np.ndarray) -> np.ndarray:
-    """int8 codes in [-8, 7] -> uint8 [ceil(n / 2)], two a byte, low nibble first (the flattened order)."""
-    flat = np.asarray(q, np.int8).reshape(-1).astype(np.uint8) & 0x0F
-    if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-    return np.ascontiguousarray(flat[0::2] | (flat[1::2] << 4))
-
-
-def unpack_int4(packed: np.ndarray, shape: list[int]) -> np.ndarray:
-    """The int8 codes :func:`pack_int4` packed, in ``shape``."""
-    b = np.asarray(packed, np.uint8).reshape(-1)
-    nib = np.empty(b.size * 2, np.uint8)
-    nib[0::2], nib[1::2] = b & 0x0F, b >> 4
-    n = int(np.prod(shape)) if shape else 1
-    return ((nib[:n].astype(np.int16) ^ 8) - 8).astype(np.int8).reshape(shape)
-
-
-def decode_param(stored: np.ndarray, spec: dict[str, Any], extra: dict[str, np.ndarray]) -> np.ndarray:
-    """The float32 tensor ``spec`` (a manifest ``params.decode`` entry) rebuilds from ``stored``; ``extra``
-    holds the arrays it names (scale, zero point). ValueError for a spec this runtime does not know."""
-    kind = spec.get("kind")
-    packing = spec.get("packing")
-    if packing == "int4":
-        stored = unpack_int4(stored, [int(d) for d in spec["stored_shape"]])
-    elif packing is not None:
-        raise ValueError(f"unknown parameter packing {packing!r} (this runtime knows int4)")
-    if kind == "dequantize":
-        scale = np.asarray(extra[spec["scale"]], np.float32)
-        zero = np.asarray(extra[spec["zero_point"]]).astype(np.float32)
-        axis = int(spec.get("axis", -1)) % max(stored.ndim, 1)
-        view = [1] * stored.ndim
-        if scale.size > 1 or zero.size > 1:
-            view[axis] = -1
-        x = (stored.astype(np.float32) - zero.reshape(view if zero.size > 1 else ())) * \
-            scale.reshape(view if scale.size > 1 else ())
-    elif kind == "cast":
-        x = stored.astype(np.float32)
-    else:
-        raise ValueError(f"unknown parameter decoding {kind!r} (this runtime knows {', '.join(DECODE_KINDS)})")
-    return np.ascontiguousarray(x.astype(np.float32).reshape([int(d) for d in spec["shape"]]))
-
-
-def decode_params(names: list[str], arrays: list[np.ndarray], decode: dict[str, dict[str, Any]],
-                  extra: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """``arrays`` (params.npz, in ``names`` order) with the entries ``decode`` names rebuilt in float32."""
-    if not decode:
-        return arrays
-    return [decode_param(a, decode[n], extra) if n in decode else a for n, a in zip(names, arrays, strict=True)]
-
-
-def extra_names(decode: dict[str, dict[str, Any]]) -> list[str]:
-    """The params.npz keys the decodings read besides the parameters themselves."""
-    return sorted({spec[k] for spec in decode.values() for k in ("scale", "zero_point") if k in spec})
 
 
 # --------------------------------------------------------------------------------------------------------

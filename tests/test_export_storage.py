@@ -27,8 +27,8 @@ from bvit_edge.export.storage import (
     rounding_error,
     storage_bytes,
 )
-from bvit_edge.runtime.compact_params import decode_param
 from bvit_edge.runtime.ort import ort_session, run_session
+from bvit_edge.runtime.param_decode import decode_param
 
 torch.set_num_threads(1)
 
@@ -63,7 +63,7 @@ def test_int16_storage_has_32767_levels_a_side():
 
 
 def test_int4_storage_uses_seven_levels_a_side_and_packs_two_a_byte():
-    from bvit_edge.runtime.compact_params import pack_int4, unpack_int4
+    from bvit_edge.runtime.param_decode import pack_int4, unpack_int4
 
     x = np.random.default_rng(4).standard_normal((5, 9)).astype(np.float32)
     enc = encode(x, "int4")

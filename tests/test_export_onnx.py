@@ -1,4 +1,5 @@
-"""export_onnx: a frozen GSB model exports through torch.onnx (dynamo) to IR 10 / opset 18 with bvit_edge v1
+"""export_onnx: a frozen GSB model exports through torch.onnx (dynamo) to IR 10 / opset 18 (21 with int16 / int4
+storage of its attention bias) with bvit_edge v1
 nodes on bit-packed uint8 weights (or standard ops only), passes onnx.checker's full check, and shape
 inference alone gives the output shape; the float teacher exports as plain ONNX; a model that is not frozen
 or holds an unsupported module is refused with a clear error and no file (partial or temporary) is left."""
@@ -43,7 +44,9 @@ def test_packed_export_has_bvit_edge_nodes_on_packed_weights(exports, frozen):
     res = exports["packed"]
     proto = onnx.load(res.path)
     assert proto.ir_version == 10
-    assert {(o.domain, o.version) for o in proto.opset_import} == {("", 18), ("bvit_edge", 1)}
+    # opset 18, or 21 when B is stored as int16 / int4 codes (the default is int16)
+    assert res.storage["att_bias"] == "int16" and res.storage["by_kind"]["att_bias"]["tensors"] >= 1
+    assert {(o.domain, o.version) for o in proto.opset_import} == {("", 21), ("bvit_edge", 1)}
     nodes = [n for n in proto.graph.node if n.domain == "bvit_edge"]
     depth = len(frozen.blocks)
     assert sum(n.op_type == "BinaryLinear" for n in nodes) == 4 * depth  # qkv, proj, fc1, fc2

@@ -37,9 +37,9 @@ import numpy as np
 
 from bvit_edge.runtime.param_decode import pack_int4
 
-#: Compact constants with fewer elements than this are decoded at compile time (their float32 copies are
-#: small); larger ones stay compact in params.npz.
-MIN_COMPACT_ELEMENTS = 4096
+#: Compact constants with fewer elements than this are decoded at compile time (a scale or two; the same
+#: threshold as the lifting of the weights into params.npz, bvit_edge.runtime.params.MIN_ELEMENTS).
+MIN_COMPACT_ELEMENTS = 16
 COMPACT_DTYPES = ("int16", "int8", "uint8", "float16")
 ENTRY = "main"
 

@@ -16,13 +16,15 @@
 Parameters (``params_storage``): with ``"file"`` (the default) every weight tensor of 16 elements or more
 (bvit_edge.runtime.params.MIN_ELEMENTS) becomes a parameter of ``main``, appended after the image input,
 and is saved in ``params.npz`` (numpy ``np.savez``, keys ``p0``, ``p1``, ... in parameter order) in its
-final form: int8 weights dequantized, binary weights repacked for the target's word size. Scalars and tiny
-constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
+final form and dtype: 8-bit weights as int8 (packed for the target's dot instructions), binary weights
+repacked for the target's word size, float tensors as float32 (each .npy entry carries its dtype). Scalars
+and tiny constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
 (bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
 records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
-"names": [...]}`` (``bytes`` and ``sha256`` of the file). With ``"embedded"`` the weights stay
-compile-time constants inside ``lib.so`` and the manifest says ``"params": {"storage": "embedded"}`` (as
-every schema 1 artifact did; those still load).
+"names": [...], "dtypes": [...]}`` (``bytes`` and ``sha256`` of the file; ``dtypes`` the numpy dtype name
+of each parameter in order, e.g. "float32", "int8", "uint64", "int32", for a loader to check). With
+``"embedded"`` the weights stay compile-time constants inside ``lib.so`` and the manifest says
+``"params": {"storage": "embedded"}`` (as every schema 1 artifact did; those still load).
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ def compile_model(
     if tune < 0:
         raise ConfigError(f"--tune {tune}: give the number of candidates per kernel (>= 1), or 0 for no tuning.")
     spec = load_target(target)
-    family = family_params(spec.family)
+    family = family_params(spec.family, spec.tvm())  # the int8 dot scheme from the target's CPU features
     compiler = find_compiler(spec)  # ToolchainError naming the apt package when missing
     onnx_path = Path(onnx_path)
     model = _load_onnx(onnx_path)
@@ -293,6 +295,6 @@ def compile_model(
             lifted.save_npz(params_path)
             manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
                                   "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
-                                  "names": list(lifted.names)}
+                                  "names": list(lifted.names), "dtypes": lifted.dtypes}
         write_json(tmp / MANIFEST_NAME, manifest)
     return Path(out_dir)

@@ -1,11 +1,12 @@
 """Lift an artifact's weights out of lib.so: large Relax constants of "main" become extra parameters.
 
 ``lift_params_pass(holder)`` is a Relax module pass for :func:`bvit_edge.runtime.compile.relax_pipeline`. It
-runs after legalize + constant folding + our float schedules, so the weights are final (int8 weights already
-dequantized, binary weights already repacked into the target's words). In the function ``main`` it replaces
-every tensor constant with at least one dimension and at least ``min_elements`` elements by a new parameter
-appended after the image input(s), numbered in order of first use: ``p0``, ``p1``, ... The same constant
-object used twice becomes one parameter. Scalars and tiny constants (shape helpers, a one-element scale)
+runs after legalize + constant folding + our float schedules, so the weights are final (8-bit weights int8,
+packed for the target's dot instructions; binary weights repacked into the target's words) and keep their
+dtype: params.npz holds float32, int8, int32 and word (uint64/uint32) arrays, each .npy entry with its
+dtype. In the function ``main`` it replaces every tensor constant with at least one dimension and at least
+``min_elements`` elements by a new parameter appended after the image input(s), numbered in order of first
+use: ``p0``, ``p1``, ... The same constant object used twice becomes one parameter. Scalars and tiny constants (shape helpers, a one-element scale)
 stay embedded in lib.so. The pass fills ``holder`` (a :class:`LiftedParams`): names and numpy arrays in
 parameter order, which the compiler writes to ``params.npz``.
 
@@ -39,6 +40,11 @@ class LiftedParams:
     def nbytes(self) -> int:
         """Bytes of the arrays (the data alone, without the .npz framing)."""
         return int(sum(a.nbytes for a in self.arrays))
+
+    @property
+    def dtypes(self) -> list[str]:
+        """The numpy dtype name of each array, in parameter order ("float32", "int8", "uint64", ...)."""
+        return [str(a.dtype) for a in self.arrays]
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """name -> array, in parameter order."""

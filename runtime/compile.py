@@ -133,7 +133,8 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
 
 
 def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
-    """The Relax pass pipeline: the CPU backend's, plus our float-op schedules after legalize + fuse.
+    """The Relax pass pipeline: the CPU backend's, plus our layout rewrites before it
+    (bvit_edge.runtime.graph_passes) and our float-op schedules after legalize + fuse.
 
     ``fast_math``: erf / exp / softmax become TVM's vectorizable approximations (topi.fast_erf, fast_exp,
     fast_softmax) instead of scalar libm calls (FastMathTransform).
@@ -145,6 +146,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
+    from bvit_edge.runtime.graph_passes import graph_passes  # noqa: PLC0415
     from bvit_edge.runtime.params import lift_params_pass  # noqa: PLC0415
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
 
@@ -156,6 +158,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
         with target:
             seq = tvm.transform.Sequential(
                 ([relax.transform.FastMathTransform()] if fast_math else [])
+                + graph_passes()
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [float_schedule_pass(family)]

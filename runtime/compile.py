@@ -157,8 +157,8 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     def _pipeline(m: Any, _ctx: Any) -> Any:
         with target:
             seq = tvm.transform.Sequential(
-                ([relax.transform.FastMathTransform()] if fast_math else [])
-                + graph_passes()
+                graph_passes(fast_math)
+                + ([relax.transform.FastMathTransform()] if fast_math else [])
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [float_schedule_pass(family)]

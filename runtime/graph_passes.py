@@ -11,9 +11,19 @@ An imported ViT graph carries layout glue that costs whole passes over activatio
   of qkv is a view, and each of q, k, v becomes one fused kernel (slice + permute + the next elementwise
   op) reading the projection's output directly. (A slice, not a take: FuseOps treats take as opaque.)
 
-Both rewrites are exact (they move or drop data movement only). :func:`graph_passes` returns them as a
-list for bvit_edge.runtime.compile.relax_pipeline, after a constant folding that turns the importer's
-index computations into constants.
+Two more change float rounding by at most an ulp, the way onnxruntime's own fused kernels do:
+
+* **division by a scalar constant** (GELU's x / sqrt(2), the logits / 2) becomes a multiplication by its
+  reciprocal: a vector division costs ~10x a multiplication (onnxruntime's Gelu kernel multiplies by
+  1/sqrt(2) too);
+* **softmax over the last axis, with the scale before it** (``softmax(x * c)``, attention's 1/sqrt(d))
+  becomes one kernel of our own (:func:`scaled_softmax_te`): the scale inside it (it was a separate pass
+  over the scores: FuseOps does not fuse a producer into softmax), and e / sum computed as e * (1 / sum)
+  (one division per row, as MLAS does). The elementwise op after it (GSB's + B) still fuses into it.
+
+The first two rewrites are exact (they move or drop data movement only). :func:`graph_passes` returns the
+passes for bvit_edge.runtime.compile.relax_pipeline, after a constant folding that turns the importer's
+index computations into constants; they run before FastMathTransform (``fast_math`` picks the exp).
 """
 
 from __future__ import annotations
@@ -41,8 +51,48 @@ def _scalar_index(expr: Any) -> int | None:
     return None
 
 
-def layout_glue_pass() -> Any:
-    """A function pass (on every Relax function) doing both rewrites of the module docstring."""
+def _scalar_float(expr: Any) -> float | None:
+    from tvm.ir.expr import Constant  # noqa: PLC0415
+
+    if isinstance(expr, Constant):
+        value = expr.value.numpy()
+        if value.size == 1 and np.issubdtype(value.dtype, np.floating):
+            return float(value.reshape(()))
+    return None
+
+
+def scaled_softmax_te(x: Any, scale: float | None, fast_exp: bool) -> Any:
+    """softmax(x * scale) over the last axis as a TE compute (the blocks topi's softmax has, the scale
+    inlined into their reads, and the normalisation e * (1 / sum)):
+
+        m = max_j x_j s;  e_j = exp(x_j s - m);  y_j = e_j * (1 / sum_j e_j)
+
+    ``fast_exp``: TVM's vectorizable exp approximation (topi.math.fast_exp), else the exact exp."""
+    import tvm  # noqa: PLC0415
+    from tvm import te, topi  # noqa: PLC0415
+
+    shape = list(x.shape)
+    rows, length = shape[:-1], shape[-1]
+    c = None if scale is None else tvm.tirx.const(scale, x.dtype)
+
+    def value(*idx: Any) -> Any:
+        return x[idx] if c is None else x[idx] * c
+
+    k1 = te.reduce_axis((0, length), name="k")
+    mx = te.compute(rows, lambda *r: te.max(value(*r, k1), axis=k1), name="T_softmax_maxelem")
+    if fast_exp:
+        delta = te.compute(shape, lambda *i: value(*i) - mx[i[:-1]], name="T_softmax_delta")
+        e = topi.math.fast_exp(delta)
+    else:
+        e = te.compute(shape, lambda *i: te.exp(value(*i) - mx[i[:-1]]), name="T_softmax_exp")
+    k2 = te.reduce_axis((0, length), name="k")
+    total = te.compute(rows, lambda *r: te.sum(e[(*r, k2)], axis=k2), name="T_softmax_expsum")
+    inv = te.compute(rows, lambda *r: tvm.tirx.const(1.0, x.dtype) / total[r], name="T_softmax_inv")
+    return te.compute(shape, lambda *i: e[i] * inv[i[:-1]], name="T_softmax_norm")
+
+
+def layout_glue_pass(fast_math: bool = True) -> Any:
+    """A module pass (every Relax function) doing the rewrites of the module docstring."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
@@ -50,6 +100,9 @@ def layout_glue_pass() -> Any:
     reshape_op = tvm.ir.Op.get("relax.reshape")
     permute_op = tvm.ir.Op.get("relax.permute_dims")
     take_op = tvm.ir.Op.get("relax.take")
+    divide_op = tvm.ir.Op.get("relax.divide")
+    multiply_op = tvm.ir.Op.get("relax.multiply")
+    softmax_op = tvm.ir.Op.get("relax.nn.softmax")
 
     @mutator
     class _Glue(PyExprMutator):
@@ -63,7 +116,31 @@ def layout_glue_pass() -> Any:
                     return call.args[0]
             elif call.op.same_as(take_op):
                 return self._take_through_permute(call)
+            elif call.op.same_as(divide_op):
+                return self._divide_by_constant(call)
+            elif call.op.same_as(softmax_op):
+                return self._softmax(call)
             return call
+
+        def _divide_by_constant(self, call: Any) -> Any:
+            c = _scalar_float(call.args[1])
+            dtype = getattr(call.ty, "dtype", None)
+            if c is None or c == 0.0 or not np.isfinite(c) or str(dtype) != "float32":
+                return call
+            return relax.op.multiply(call.args[0], relax.const(np.float32(1.0) / np.float32(c), "float32"))
+
+        def _softmax(self, call: Any) -> Any:
+            x = call.args[0]
+            dims = _static_dims(x.ty)
+            if not dims or int(call.attrs.axis) % len(dims) != len(dims) - 1 or str(x.ty.dtype) != "float32":
+                return call
+            scale = None
+            producer = self.lookup_binding(x) if isinstance(x, relax.Var) else x
+            if isinstance(producer, relax.Call) and producer.op.same_as(multiply_op):
+                c = _scalar_float(producer.args[1])
+                if c is not None and c > 0 and _static_dims(producer.args[0].ty) == dims:
+                    x, scale = producer.args[0], c
+            return self.builder_.call_te(scaled_softmax_te, x, scale, fast_math, primfunc_name_hint="scaled_softmax")
 
         def _take_through_permute(self, call: Any) -> Any:
             data, index = call.args[0], call.args[1]
@@ -94,19 +171,23 @@ def layout_glue_pass() -> Any:
                 return taken
             return relax.op.permute_dims(taken, new_axes)
 
-    @relax.transform.function_pass(opt_level=0, name="BvitEdgeLayoutGlue")
-    class _Pass:
-        def transform_function(self, func: Any, mod: Any, _ctx: Any) -> Any:
-            return _Glue(mod).visit_expr(func)
+    @tvm.transform.module_pass(opt_level=0, name="BvitEdgeLayoutGlue")
+    def _pass(mod: Any, _ctx: Any) -> Any:
+        glue = _Glue(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                glue.builder_.update_func(gv, glue.visit_expr(func))
+        return glue.builder_.get()
 
-    return _Pass()
+    return _pass
 
 
-def graph_passes() -> list[Any]:
-    """The rewrites to run on the imported module before legalize (constants folded first)."""
+def graph_passes(fast_math: bool = True) -> list[Any]:
+    """The rewrites to run on the imported module before FastMathTransform and legalize (constants folded
+    first, dead bindings removed after)."""
     from tvm import relax  # noqa: PLC0415
 
-    return [relax.transform.FoldConstant(), layout_glue_pass(), relax.transform.DeadCodeElimination()]
+    return [relax.transform.FoldConstant(), layout_glue_pass(fast_math), relax.transform.DeadCodeElimination()]
 
 
 __all__ = ["graph_passes", "layout_glue_pass"]

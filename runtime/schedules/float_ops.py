@@ -231,6 +231,8 @@ class TiledReductionRule(ScheduleRule):
         rows, cols = _extent(sch, outer_s[-1]), _extent(sch, inner_s)
         vectors = 0
         if self.vector_lanes and rows and cols and cols % self.vector_lanes == 0:
+            # (a column count that is no multiple of the vector width keeps the plain tile: an odd vector
+            # width such as 18 = 16 + 2 measured 40x slower in the register block)
             rt, vt = register_tile(rows, cols, self.vector_lanes, self.registers)
             if rt > 1 or rows == 1:
                 row_tile, tile, vectors = rt, vt * self.vector_lanes, vt

@@ -354,7 +354,8 @@ def test_int8_kernels_on_the_emulated_board_equal_numpy(tmp_path, board_session,
     panel = vectors * fam.float_lanes
     patch = schedule_int8_weight_linear(int8_weight_linear_kernel(geo.tokens, geo.k, 48, panel, geo), rows, vectors,
                                         fam.float_lanes)
-    mod = tvm.IRModule({"lin": lin.with_attr("global_symbol", "lin"), "patch": patch.with_attr("global_symbol", "patch")})
+    mod = tvm.IRModule({"lin": lin.with_attr("global_symbol", "lin"),
+                        "patch": patch.with_attr("global_symbol", "patch")})
     lib = tmp_path / f"int8-{preset}.so"
     tvm.compile(mod, target=spec.tvm()).export_library(str(lib), cc=find_compiler(spec))
     remote = rpc.upload_and_load(board_session, lib)

@@ -125,7 +125,8 @@ def bench_heads(dim: int, runs: int, rounds: int) -> dict:
     times = _time({"int8_kernel": lambda: kern(*iargs), "float_gemv_tvm": lambda: flt(xt),
                    "float_matmul_ort": lambda: sess.run(None, {"x": xq})}, runs, rounds)
     return {"shape_m_k_n": [1, dim, n], "scheme": scheme.name, "instructions": list(scheme.instructions),
-            "times": times, "weight_bytes": {"float32": int(wf_t.nbytes), "int8_params": int(packed.nbytes + corr.nbytes)}}
+            "times": times,
+            "weight_bytes": {"float32": int(wf_t.nbytes), "int8_params": int(packed.nbytes + corr.nbytes)}}
 
 
 def _node(op, ins, outs, **attrs):

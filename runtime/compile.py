@@ -157,7 +157,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     def _pipeline(m: Any, _ctx: Any) -> Any:
         with target:
             seq = tvm.transform.Sequential(
-                graph_passes(fast_math)
+                graph_passes(fast_math, family.float_lanes)
                 + ([relax.transform.FastMathTransform()] if fast_math else [])
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)

@@ -21,7 +21,12 @@ Two more change float rounding by at most an ulp, the way onnxruntime's own fuse
   over the scores: FuseOps does not fuse a producer into softmax), and e / sum computed as e * (1 / sum)
   (one division per row, as MLAS does). The elementwise op after it (GSB's + B) still fuses into it.
 
-The first two rewrites are exact (they move or drop data movement only). :func:`graph_passes` returns the
+And one for the float GEMMs: a **matmul whose column count is not a multiple of the vector width** (the
+float teacher's q k^T over 198 tokens) is split into a vector-aligned part and a narrow tail (two matmuls
+and a concatenation): the aligned part gets the register-blocked schedule, where an odd vector width
+(198 = 11 x 18) measured 40x slower.
+
+The first two rewrites and the split are exact (they move or drop data movement only). :func:`graph_passes` returns the
 passes for bvit_edge.runtime.compile.relax_pipeline, after a constant folding that turns the importer's
 index computations into constants; they run before FastMathTransform (``fast_math`` picks the exp).
 """
@@ -91,7 +96,7 @@ def scaled_softmax_te(x: Any, scale: float | None, fast_exp: bool) -> Any:
     return te.compute(shape, lambda *i: e[i] * inv[i[:-1]], name="T_softmax_norm")
 
 
-def layout_glue_pass(fast_math: bool = True) -> Any:
+def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
     """A module pass (every Relax function) doing the rewrites of the module docstring."""
     import tvm  # noqa: PLC0415
     from tvm import relax  # noqa: PLC0415
@@ -103,6 +108,7 @@ def layout_glue_pass(fast_math: bool = True) -> Any:
     divide_op = tvm.ir.Op.get("relax.divide")
     multiply_op = tvm.ir.Op.get("relax.multiply")
     softmax_op = tvm.ir.Op.get("relax.nn.softmax")
+    matmul_op = tvm.ir.Op.get("relax.matmul")
 
     @mutator
     class _Glue(PyExprMutator):
@@ -120,7 +126,26 @@ def layout_glue_pass(fast_math: bool = True) -> Any:
                 return self._divide_by_constant(call)
             elif call.op.same_as(softmax_op):
                 return self._softmax(call)
+            elif call.op.same_as(matmul_op):
+                return self._split_unaligned_matmul(call)
             return call
+
+        def _split_unaligned_matmul(self, call: Any) -> Any:
+            a, b = call.args[0], call.args[1]
+            da, db = _static_dims(a.ty), _static_dims(b.ty)
+            if (not vector_lanes or not da or not db or len(da) < 2 or len(db) < 2 or da[-2] < 2
+                    or str(call.ty.dtype) != "float32"):
+                return call
+            n = db[-1]
+            main = n // vector_lanes * vector_lanes
+            if main == 0 or main == n:
+                return call
+            axis = len(db) - 1
+            parts = []
+            for begin, end in ((0, main), (main, n)):
+                cols = self.builder_.normalize(relax.op.strided_slice(b, axes=[axis], begin=[begin], end=[end]))
+                parts.append(self.builder_.normalize(relax.op.matmul(a, cols, out_dtype=call.attrs.out_dtype)))
+            return relax.op.concat(parts, axis=len(_static_dims(call.ty)) - 1)
 
         def _divide_by_constant(self, call: Any) -> Any:
             c = _scalar_float(call.args[1])
@@ -182,12 +207,14 @@ def layout_glue_pass(fast_math: bool = True) -> Any:
     return _pass
 
 
-def graph_passes(fast_math: bool = True) -> list[Any]:
+def graph_passes(fast_math: bool = True, vector_lanes: int = 0) -> list[Any]:
     """The rewrites to run on the imported module before FastMathTransform and legalize (constants folded
-    first, dead bindings removed after)."""
+    first, dead bindings removed after). ``vector_lanes``: f32 lanes of the target's vectors (0: no matmul
+    split)."""
     from tvm import relax  # noqa: PLC0415
 
-    return [relax.transform.FoldConstant(), layout_glue_pass(fast_math), relax.transform.DeadCodeElimination()]
+    return [relax.transform.FoldConstant(), layout_glue_pass(fast_math, vector_lanes),
+            relax.transform.DeadCodeElimination()]
 
 
 __all__ = ["graph_passes", "layout_glue_pass"]

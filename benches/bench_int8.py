@@ -61,9 +61,13 @@ def _ort(nodes, inputs, inits, threads=1):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     so = ort.SessionOptions()
@@ -85,9 +89,16 @@ def _time(fns: dict, runs: int, rounds: int, warmup: int = 3) -> dict:
                 fn()
                 wall[k].append(time.perf_counter() - t)
                 cpu[k].append(time.thread_time() - c)
-    return {k: {"cpu_median_us": float(np.median(cpu[k]) * 1e6), "wall_median_us": float(np.median(wall[k]) * 1e6),
-                "wall_min_us": float(np.min(wall[k]) * 1e6), "runs": len(cpu[k]), "warmup_discarded": warmup * rounds}
-            for k in fns}
+    return {
+        k: {
+            "cpu_median_us": float(np.median(cpu[k]) * 1e6),
+            "wall_median_us": float(np.median(wall[k]) * 1e6),
+            "wall_min_us": float(np.min(wall[k]) * 1e6),
+            "runs": len(cpu[k]),
+            "warmup_discarded": warmup * rounds,
+        }
+        for k in fns
+    }
 
 
 def bench_heads(dim: int, runs: int, rounds: int) -> dict:
@@ -112,21 +123,35 @@ def bench_heads(dim: int, runs: int, rounds: int) -> dict:
     packed = pack_weights(w, scheme, 4)
     corr = offset_correction(w, scheme, packed.shape[0] * scheme.lanes)
     kern = _kernel(schedule_int8_linear(int8_linear_kernel(1, dim, n, scheme, 4), scheme, 4, fam.float_lanes))
-    iargs = [tvm.runtime.tensor(a) for a in (x, np.array([s_a], np.float32), packed, s_w, b, corr,
-                                             np.zeros((1, n), np.float32))]
+    iargs = [
+        tvm.runtime.tensor(a)
+        for a in (x, np.array([s_a], np.float32), packed, s_w, b, corr, np.zeros((1, n), np.float32))
+    ]
     wf_t = np.ascontiguousarray((w.astype(np.float32) * s_w[:, None]).T)  # the dequantized f32 weights [K, N]
     xq = (np.clip(np.rint(x / s_a), -128, 127) * s_a).astype(np.float32)
     flt = _float_module(lambda v: relax.op.add(relax.op.matmul(v, relax.const(wf_t)), relax.const(b)), [(1, dim)])
     xt = tvm.runtime.tensor(xq)
-    sess = _ort([_node("MatMul", ["x", "w"], ["m"]), _node("Add", ["m", "b"], ["y"])], [("x", [1, dim])],
-                {"w": wf_t, "b": b})
+    sess = _ort(
+        [_node("MatMul", ["x", "w"], ["m"]), _node("Add", ["m", "b"], ["y"])], [("x", [1, dim])], {"w": wf_t, "b": b}
+    )
     kern(*iargs)
     np.testing.assert_allclose(iargs[-1].numpy(), flt(xt).numpy(), rtol=1e-5, atol=1e-5)
-    times = _time({"int8_kernel": lambda: kern(*iargs), "float_gemv_tvm": lambda: flt(xt),
-                   "float_matmul_ort": lambda: sess.run(None, {"x": xq})}, runs, rounds)
-    return {"shape_m_k_n": [1, dim, n], "scheme": scheme.name, "instructions": list(scheme.instructions),
-            "times": times,
-            "weight_bytes": {"float32": int(wf_t.nbytes), "int8_params": int(packed.nbytes + corr.nbytes)}}
+    times = _time(
+        {
+            "int8_kernel": lambda: kern(*iargs),
+            "float_gemv_tvm": lambda: flt(xt),
+            "float_matmul_ort": lambda: sess.run(None, {"x": xq}),
+        },
+        runs,
+        rounds,
+    )
+    return {
+        "shape_m_k_n": [1, dim, n],
+        "scheme": scheme.name,
+        "instructions": list(scheme.instructions),
+        "times": times,
+        "weight_bytes": {"float32": int(wf_t.nbytes), "int8_params": int(packed.nbytes + corr.nbytes)},
+    }
 
 
 def _node(op, ins, outs, **attrs):
@@ -161,29 +186,48 @@ def bench_patch(dim: int, runs: int, rounds: int) -> dict:
     rows, vectors = register_tile(14, -(-dim // lanes) * lanes, lanes, fam.float_registers)
     panel = vectors * lanes
     pn = -(-dim // panel) * panel
-    kern = _kernel(schedule_int8_weight_linear(int8_weight_linear_kernel(196, 768, dim, panel, geo), rows, vectors,
-                                               lanes))
+    kern = _kernel(
+        schedule_int8_weight_linear(int8_weight_linear_kernel(196, 768, dim, panel, geo), rows, vectors, lanes)
+    )
     packed = pack_weight_panels(w.reshape(dim, -1), panel)
-    kargs = [tvm.runtime.tensor(a) for a in (img, packed, pad_vector(s, pn), pad_vector(b, pn),
-                                             np.zeros((14, 14, dim), np.float32))]
+    kargs = [
+        tvm.runtime.tensor(a)
+        for a in (img, packed, pad_vector(s, pn), pad_vector(b, pn), np.zeros((14, 14, dim), np.float32))
+    ]
     wf = (w.astype(np.float32) * s[:, None, None, None]).astype(np.float32)
 
     def im2col_gemm(v):  # the float path bvit-edge took before: patches copied, then a float GEMM
-        p = relax.op.reshape(relax.op.permute_dims(relax.op.reshape(v, (3, 14, 16, 14, 16)), [1, 3, 0, 2, 4]),
-                             (196, 768))
-        return relax.op.add(relax.op.matmul(p, relax.const(np.ascontiguousarray(wf.reshape(dim, -1).T))),
-                            relax.const(b))
+        p = relax.op.reshape(
+            relax.op.permute_dims(relax.op.reshape(v, (3, 14, 16, 14, 16)), [1, 3, 0, 2, 4]), (196, 768)
+        )
+        return relax.op.add(
+            relax.op.matmul(p, relax.const(np.ascontiguousarray(wf.reshape(dim, -1).T))), relax.const(b)
+        )
 
     flt = _float_module(im2col_gemm, [(1, 3, 224, 224)])
     it = tvm.runtime.tensor(img)
-    sess = _ort([_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[16, 16], strides=[16, 16])],
-                [("x", [1, 3, 224, 224])], {"w": wf, "b": b})
+    sess = _ort(
+        [_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[16, 16], strides=[16, 16])],
+        [("x", [1, 3, 224, 224])],
+        {"w": wf, "b": b},
+    )
     kern(*kargs)
     np.testing.assert_allclose(kargs[-1].numpy().reshape(196, dim), flt(it).numpy(), rtol=1e-4, atol=1e-4)
-    times = _time({"int8_patch_kernel": lambda: kern(*kargs), "float_im2col_gemm_tvm": lambda: flt(it),
-                   "float_conv_ort": lambda: sess.run(None, {"x": img})}, runs, rounds)
-    return {"tokens_k_n": [196, 768, dim], "register_tile": [rows, vectors], "times": times,
-            "weight_bytes": {"float32": int(wf.nbytes), "int8_params": int(packed.nbytes)}}
+    times = _time(
+        {
+            "int8_patch_kernel": lambda: kern(*kargs),
+            "float_im2col_gemm_tvm": lambda: flt(it),
+            "float_conv_ort": lambda: sess.run(None, {"x": img}),
+        },
+        runs,
+        rounds,
+    )
+    return {
+        "tokens_k_n": [196, 768, dim],
+        "register_tile": [rows, vectors],
+        "times": times,
+        "weight_bytes": {"float32": int(wf.nbytes), "int8_params": int(packed.nbytes)},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,23 +253,35 @@ def main(argv: list[str] | None = None) -> int:
         patch = bench_patch(dim, args.runs, args.rounds)
         results[name] = {"heads": heads, "patch_embed": patch}
         ht, pt = heads["times"], patch["times"]
-        print(f"{name}: head (1 x {dim} x 1000, {heads['scheme']}): int8 {ht['int8_kernel']['cpu_median_us']:.1f} us, "
-              f"float GEMV (TVM) {ht['float_gemv_tvm']['cpu_median_us']:.1f} us "
-              f"({ht['float_gemv_tvm']['cpu_median_us'] / ht['int8_kernel']['cpu_median_us']:.1f}x), "
-              f"ORT {ht['float_matmul_ort']['cpu_median_us']:.1f} us; weights "
-              f"{heads['weight_bytes']['float32']} -> {heads['weight_bytes']['int8_params']} bytes", flush=True)
-        print(f"{name}: patch embedding (196 x 768 x {dim}): int8-weight kernel "
-              f"{pt['int8_patch_kernel']['cpu_median_us']:.1f} us, im2col + float GEMM (TVM) "
-              f"{pt['float_im2col_gemm_tvm']['cpu_median_us']:.1f} us "
-              f"({pt['float_im2col_gemm_tvm']['cpu_median_us'] / pt['int8_patch_kernel']['cpu_median_us']:.2f}x), "
-              f"ORT Conv {pt['float_conv_ort']['cpu_median_us']:.1f} us; weights "
-              f"{patch['weight_bytes']['float32']} -> {patch['weight_bytes']['int8_params']} bytes", flush=True)
+        print(
+            f"{name}: head (1 x {dim} x 1000, {heads['scheme']}): int8 {ht['int8_kernel']['cpu_median_us']:.1f} us, "
+            f"float GEMV (TVM) {ht['float_gemv_tvm']['cpu_median_us']:.1f} us "
+            f"({ht['float_gemv_tvm']['cpu_median_us'] / ht['int8_kernel']['cpu_median_us']:.1f}x), "
+            f"ORT {ht['float_matmul_ort']['cpu_median_us']:.1f} us; weights "
+            f"{heads['weight_bytes']['float32']} -> {heads['weight_bytes']['int8_params']} bytes",
+            flush=True,
+        )
+        print(
+            f"{name}: patch embedding (196 x 768 x {dim}): int8-weight kernel "
+            f"{pt['int8_patch_kernel']['cpu_median_us']:.1f} us, im2col + float GEMM (TVM) "
+            f"{pt['float_im2col_gemm_tvm']['cpu_median_us']:.1f} us "
+            f"({pt['float_im2col_gemm_tvm']['cpu_median_us'] / pt['int8_patch_kernel']['cpu_median_us']:.2f}x), "
+            f"ORT Conv {pt['float_conv_ort']['cpu_median_us']:.1f} us; weights "
+            f"{patch['weight_bytes']['float32']} -> {patch['weight_bytes']['int8_params']} bytes",
+            flush=True,
+        )
     report = {
-        "schema_version": 1, "bench": "bench_int8",
+        "schema_version": 1,
+        "bench": "bench_int8",
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "threads": 1, "batch": 1,
-        "host": {"machine": platform.machine(), "cpu": spec.tvm_target.get("mcpu"), "family": spec.family,
-                 "int8_dot": fam.int8_dot},
+        "threads": 1,
+        "batch": 1,
+        "host": {
+            "machine": platform.machine(),
+            "cpu": spec.tvm_target.get("mcpu"),
+            "family": spec.family,
+            "int8_dot": fam.int8_dot,
+        },
         "versions": {"tvm": tvm.__version__, "onnxruntime": ort.__version__, "python": sys.version.split()[0]},
         "timing": "medians of thread CPU time and wall time, interleaved blocks in one process",
         "results": results,

@@ -142,7 +142,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
-    from bvit_edge.runtime.graph_passes import graph_passes  # noqa: PLC0415
+    from bvit_edge.runtime.graph_passes import graph_passes
     from bvit_edge.runtime.params import lift_params_pass  # noqa: PLC0415
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
 

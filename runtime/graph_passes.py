@@ -47,7 +47,7 @@ def _static_dims(ty: Any) -> list[int] | None:
 
 
 def _scalar_index(expr: Any) -> int | None:
-    from tvm.ir.expr import Constant  # noqa: PLC0415 - relax.Constant moved to tvm.ir in 0.27
+    from tvm.ir.expr import Constant
 
     if isinstance(expr, Constant):
         value = expr.value.numpy()
@@ -57,13 +57,18 @@ def _scalar_index(expr: Any) -> int | None:
 
 
 def _scalar_float(expr: Any) -> float | None:
-    from tvm.ir.expr import Constant  # noqa: PLC0415
+    from tvm.ir.expr import Constant
 
     if isinstance(expr, Constant):
         value = expr.value.numpy()
         if value.size == 1 and np.issubdtype(value.dtype, np.floating):
             return float(value.reshape(()))
     return None
+
+
+def _row_index(row: tuple, last: Any) -> tuple:
+    """The index (row..., last) of one element of a row."""
+    return (*row, last)
 
 
 def scaled_softmax_te(x: Any, scale: float | None, fast_exp: bool) -> Any:
@@ -73,8 +78,8 @@ def scaled_softmax_te(x: Any, scale: float | None, fast_exp: bool) -> Any:
         m = max_j x_j s;  e_j = exp(x_j s - m);  y_j = e_j * (1 / sum_j e_j)
 
     ``fast_exp``: TVM's vectorizable exp approximation (topi.math.fast_exp), else the exact exp."""
-    import tvm  # noqa: PLC0415
-    from tvm import te, topi  # noqa: PLC0415
+    import tvm
+    from tvm import te, topi
 
     shape = list(x.shape)
     rows, length = shape[:-1], shape[-1]
@@ -91,16 +96,16 @@ def scaled_softmax_te(x: Any, scale: float | None, fast_exp: bool) -> Any:
     else:
         e = te.compute(shape, lambda *i: te.exp(value(*i) - mx[i[:-1]]), name="T_softmax_exp")
     k2 = te.reduce_axis((0, length), name="k")
-    total = te.compute(rows, lambda *r: te.sum(e[(*r, k2)], axis=k2), name="T_softmax_expsum")
+    total = te.compute(rows, lambda *r: te.sum(e[_row_index(r, k2)], axis=k2), name="T_softmax_expsum")
     inv = te.compute(rows, lambda *r: tvm.tirx.const(1.0, x.dtype) / total[r], name="T_softmax_inv")
     return te.compute(shape, lambda *i: e[i] * inv[i[:-1]], name="T_softmax_norm")
 
 
 def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
     """A module pass (every Relax function) doing the rewrites of the module docstring."""
-    import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
-    from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     reshape_op = tvm.ir.Op.get("relax.reshape")
     permute_op = tvm.ir.Op.get("relax.permute_dims")
@@ -112,7 +117,7 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
 
     @mutator
     class _Glue(PyExprMutator):
-        def visit_call_(self, op: Any) -> Any:  # noqa: D102 - TVM's visitor name
+        def visit_call_(self, op: Any) -> Any:
             call = super().visit_call_(op)
             if not isinstance(call, relax.Call):
                 return call
@@ -133,8 +138,15 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
         def _split_unaligned_matmul(self, call: Any) -> Any:
             a, b = call.args[0], call.args[1]
             da, db = _static_dims(a.ty), _static_dims(b.ty)
-            if (not vector_lanes or not da or not db or len(da) < 2 or len(db) < 2 or da[-2] < 2
-                    or str(call.ty.dtype) != "float32"):
+            if (
+                not vector_lanes
+                or not da
+                or not db
+                or len(da) < 2
+                or len(db) < 2
+                or da[-2] < 2
+                or str(call.ty.dtype) != "float32"
+            ):
                 return call
             n = db[-1]
             main = n // vector_lanes * vector_lanes
@@ -145,7 +157,7 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
             for begin, end in ((0, main), (main, n)):
                 cols = self.builder_.normalize(relax.op.strided_slice(b, axes=[axis], begin=[begin], end=[end]))
                 parts.append(self.builder_.normalize(relax.op.matmul(a, cols, out_dtype=call.attrs.out_dtype)))
-            return relax.op.concat(parts, axis=len(_static_dims(call.ty)) - 1)
+            return relax.op.concat(parts, axis=len(_static_dims(call.ty) or db) - 1)
 
         def _divide_by_constant(self, call: Any) -> Any:
             c = _scalar_float(call.args[1])
@@ -185,7 +197,7 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
             src_axis = axes[axis]
             kept = [a for a in axes if a != src_axis]  # source axes in output order, the taken one gone
             new_axes = [a - (a > src_axis) for a in kept]
-            dims = _static_dims(src.ty)
+            dims = _static_dims(src.ty) or []
             if not 0 <= i < dims[src_axis]:
                 return call
             # a slice (injective, so FuseOps fuses it with its neighbours; take is opaque to it) + a reshape
@@ -211,10 +223,13 @@ def graph_passes(fast_math: bool = True, vector_lanes: int = 0) -> list[Any]:
     """The rewrites to run on the imported module before FastMathTransform and legalize (constants folded
     first, dead bindings removed after). ``vector_lanes``: f32 lanes of the target's vectors (0: no matmul
     split)."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
-    return [relax.transform.FoldConstant(), layout_glue_pass(fast_math, vector_lanes),
-            relax.transform.DeadCodeElimination()]
+    return [
+        relax.transform.FoldConstant(),
+        layout_glue_pass(fast_math, vector_lanes),
+        relax.transform.DeadCodeElimination(),
+    ]
 
 
 __all__ = ["graph_passes", "layout_glue_pass"]

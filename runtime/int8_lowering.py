@@ -34,7 +34,7 @@ class Int8Weight:
 
 def _resolve(bb: Any, expr: Any) -> Any:
     """``expr`` with variables replaced by the value they are bound to (as far as the builder knows)."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
     seen = 0
     while isinstance(expr, relax.Var) and seen < 16:
@@ -46,7 +46,7 @@ def _resolve(bb: Any, expr: Any) -> Any:
 
 
 def _call_of(bb: Any, expr: Any, op_name: str) -> Any | None:
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
     expr = _resolve(bb, expr)
     if isinstance(expr, relax.Call) and getattr(expr.op, "name", None) == op_name:
@@ -55,7 +55,7 @@ def _call_of(bb: Any, expr: Any, op_name: str) -> Any | None:
 
 
 def _const(bb: Any, expr: Any) -> np.ndarray | None:
-    from tvm.ir.expr import Constant  # noqa: PLC0415 - relax.Constant moved to tvm.ir in 0.27
+    from tvm.ir.expr import Constant
 
     expr = _resolve(bb, expr)
     return expr.value.numpy() if isinstance(expr, Constant) else None
@@ -90,12 +90,13 @@ def quantized_activation(bb: Any, expr: Any) -> tuple[Any, float] | None:
     q = _call_of(bb, deq.args[0], "relax.quantize")
     if q is None or str(q.attrs.out_dtype) != "int8":
         return None
-    s1, z1, s2, z2 = (_const(bb, a) for a in (q.args[1], q.args[2], deq.args[1], deq.args[2]))
-    if any(v is None or v.size != 1 for v in (s1, z1, s2, z2)):
+    consts = [_const(bb, a) for a in (q.args[1], q.args[2], deq.args[1], deq.args[2])]
+    if any(v is None or v.size != 1 for v in consts):
         return None
-    if float(z1.reshape(())) != 0 or float(z2.reshape(())) != 0 or float(s1.reshape(())) != float(s2.reshape(())):
+    s1, z1, s2, z2 = (float(np.asarray(v).reshape(())) for v in consts)
+    if z1 != 0 or z2 != 0 or s1 != s2:
         return None
-    scale = float(np.float32(s1.reshape(())))
+    scale = float(np.float32(s1))
     if not scale > 0:
         return None
     return q.args[0], scale
@@ -116,11 +117,11 @@ def _add_kernel(bb: Any, func: Any, name: str) -> Any:
 
 def _linear_w8a8(bb: Any, x: Any, a_scale: float, w_nk: Int8Weight, bias: np.ndarray | None, fam: Any) -> Any:
     """y[..., N] = int8_linear(x[..., K]) for W [N, K]."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
-    from bvit_edge.runtime.kernels.int8_dot import dot_scheme, offset_correction, pack_weights  # noqa: PLC0415
-    from bvit_edge.runtime.kernels.int8_linear import int8_linear_kernel  # noqa: PLC0415
-    from bvit_edge.runtime.schedules.int8 import schedule_int8_linear  # noqa: PLC0415
+    from bvit_edge.runtime.kernels.int8_dot import dot_scheme, offset_correction, pack_weights
+    from bvit_edge.runtime.kernels.int8_linear import int8_linear_kernel
+    from bvit_edge.runtime.schedules.int8 import schedule_int8_linear
 
     xs = _static_shape(x)
     n, k = w_nk.codes.shape
@@ -143,7 +144,7 @@ def _linear_w8a8(bb: Any, x: Any, a_scale: float, w_nk: Int8Weight, bias: np.nda
         relax.const(corr),
     ]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")))
-    return relax.op.reshape(y, tuple(xs[:-1]) + (n,)) if len(xs) != 2 else y
+    return relax.op.reshape(y, (*xs[:-1], n)) if len(xs) != 2 else y
 
 
 def _n_block(n: int, lanes: int) -> int:
@@ -155,14 +156,14 @@ def _n_block(n: int, lanes: int) -> int:
 
 def _linear_w8a32(bb: Any, x: Any, w_nk: Int8Weight, bias: np.ndarray | None, fam: Any) -> Any:
     """y[..., N] = int8_weight_linear(x[..., K]) for W [N, K] and float x."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
-    from bvit_edge.runtime.kernels.int8_weight_linear import (  # noqa: PLC0415
+    from bvit_edge.runtime.kernels.int8_weight_linear import (
         int8_weight_linear_kernel,
         pack_weight_panels,
         pad_vector,
     )
-    from bvit_edge.runtime.schedules.int8 import register_tile, schedule_int8_weight_linear  # noqa: PLC0415
+    from bvit_edge.runtime.schedules.int8 import register_tile, schedule_int8_weight_linear
 
     xs = _static_shape(x)
     n, k = w_nk.codes.shape
@@ -183,7 +184,7 @@ def _linear_w8a32(bb: Any, x: Any, w_nk: Int8Weight, bias: np.ndarray | None, fa
         relax.const(pad_vector(b, pn)),
     ]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")))
-    return relax.op.reshape(y, tuple(xs[:-1]) + (n,)) if len(xs) != 2 else y
+    return relax.op.reshape(y, (*xs[:-1], n)) if len(xs) != 2 else y
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -224,14 +225,14 @@ def matmul(bb: Any, inputs: list, fam: Any) -> Any | None:
 def patch_conv(bb: Any, inputs: list, geometry: Any, fam: Any) -> Any | None:
     """A patch-embedding Conv (``geometry``: bvit_edge.runtime.kernels.int8_weight_linear.PatchGeometry)
     with 8-bit weights [O, C, P, P]: the W8A32 kernel reading the image directly, NCHW output; or None."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
-    from bvit_edge.runtime.kernels.int8_weight_linear import (  # noqa: PLC0415
+    from bvit_edge.runtime.kernels.int8_weight_linear import (
         int8_weight_linear_kernel,
         pack_weight_panels,
         pad_vector,
     )
-    from bvit_edge.runtime.schedules.int8 import register_tile, schedule_int8_weight_linear  # noqa: PLC0415
+    from bvit_edge.runtime.schedules.int8 import register_tile, schedule_int8_weight_linear
 
     w = int8_weight(bb, inputs[1], 0)
     if w is None or w.codes.ndim != 4:

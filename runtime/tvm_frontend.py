@@ -270,8 +270,8 @@ def _patchify_conv(bb: Any, inputs: list, attr: dict) -> Any | None:
     hp, wp = xs[2] // ph, xs[3] // pw
     k = c * ph * pw
     if ph == pw:  # 8-bit weights: the W8A32 kernel reads the image itself (bvit_edge.runtime.int8_lowering)
-        from bvit_edge.runtime import int8_lowering  # noqa: PLC0415
-        from bvit_edge.runtime.kernels.int8_weight_linear import PatchGeometry  # noqa: PLC0415
+        from bvit_edge.runtime import int8_lowering
+        from bvit_edge.runtime.kernels.int8_weight_linear import PatchGeometry
 
         out = int8_lowering.patch_conv(bb, inputs, PatchGeometry(c, xs[2], xs[3], ph), _family())
         if out is not None:
@@ -307,7 +307,7 @@ def _converter_classes(base: type, stock: dict) -> dict[str, type]:
 def _int8_converters(base: type, stock: dict) -> dict[str, type]:
     """Gemm and MatMul with 8-bit weights become the integer kernels (bvit_edge.runtime.int8_lowering);
     any other Gemm/MatMul goes to the stock converter of the node's opset."""
-    from bvit_edge.runtime import int8_lowering  # noqa: PLC0415
+    from bvit_edge.runtime import int8_lowering
 
     table = {}
     for op, lower in (("Gemm", lambda bb, i, at: int8_lowering.gemm(bb, i, at, _family())),

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 tvm = pytest.importorskip("tvm")
-from tvm import relax  # noqa: E402
+from tvm import relax
 
-from bvit_edge.runtime.compile import build_relax  # noqa: E402
-from bvit_edge.runtime.graph_passes import graph_passes  # noqa: E402
-from bvit_edge.runtime.schedules import family_params  # noqa: E402
-from bvit_edge.targets import load_target  # noqa: E402
+from bvit_edge.runtime.compile import build_relax
+from bvit_edge.runtime.graph_passes import graph_passes
+from bvit_edge.runtime.schedules import family_params
+from bvit_edge.targets import load_target
 
 SPEC = load_target("host")
 FAM = family_params(SPEC.family, SPEC.tvm())
@@ -46,10 +46,12 @@ def _kernel_calls(mod, fast_math=False):
 
     target = SPEC.tvm()
     with target:
-        seq = tvm.transform.Sequential(graph_passes(fast_math)
-                                       + ([relax.transform.FastMathTransform()] if fast_math else [])
-                                       + cpu.legalize_passes(target)
-                                       + [float_schedule_pass(FAM), relax.transform.RewriteDataflowReshape()])
+        seq = tvm.transform.Sequential(
+            graph_passes(fast_math)
+            + ([relax.transform.FastMathTransform()] if fast_math else [])
+            + cpu.legalize_passes(target)
+            + [float_schedule_pass(FAM), relax.transform.RewriteDataflowReshape()]
+        )
         low = seq(mod)
     return re.findall(r"call_tir\((?:cls\.)?(\w+)", low["main"].script())
 
@@ -75,6 +77,7 @@ def _opaque_double(bb, x):
 def test_identity_reshape_is_dropped_and_a_reshape_before_an_opaque_kernel_is_a_view():
     """reshape to the same shape disappears; a reshape feeding an opaque kernel (as the binary kernels'
     inputs) costs no copy kernel: the float rules leave it unscheduled, so it becomes a view."""
+
     def build(bb, x):
         y = bb.emit(relax.op.add(x, x))
         y = bb.emit(relax.op.reshape(y, (2, 6, 10)))  # identity

@@ -17,20 +17,20 @@ from onnx import TensorProto, helper, numpy_helper
 
 tvm = pytest.importorskip("tvm")
 
-from bvit_edge.runtime.kernels.int8_dot import SCHEMES, dot_scheme_for, offset_correction, pack_weights  # noqa: E402
-from bvit_edge.runtime.kernels.int8_linear import int8_linear_kernel  # noqa: E402
-from bvit_edge.runtime.kernels.int8_weight_linear import (  # noqa: E402
+from bvit_edge.runtime.kernels.int8_dot import SCHEMES, dot_scheme_for, offset_correction, pack_weights
+from bvit_edge.runtime.kernels.int8_linear import int8_linear_kernel
+from bvit_edge.runtime.kernels.int8_weight_linear import (
     PatchGeometry,
     int8_weight_linear_kernel,
     pack_weight_panels,
     pad_vector,
 )
-from bvit_edge.runtime.schedules.int8 import (  # noqa: E402
+from bvit_edge.runtime.schedules.int8 import (
     register_tile,
     schedule_int8_linear,
     schedule_int8_weight_linear,
 )
-from bvit_edge.targets import load_target  # noqa: E402
+from bvit_edge.targets import load_target
 
 HOST = load_target("host")
 HOST_LANES = 16 if HOST.family == "x86-avx512" else 8 if HOST.family == "x86-avx2" else 4
@@ -73,21 +73,50 @@ def _run_int8_linear(x, a_scale, w, w_scale, bias, scheme):
     sch = SCHEMES[scheme]
     packed = pack_weights(w, sch, nb)
     corr = offset_correction(w, sch, packed.shape[0] * sch.lanes)
-    args = [tvm.runtime.tensor(a) for a in (x, np.array([a_scale], np.float32), packed, w_scale, bias, corr,
-                                            np.zeros((m, n), np.float32))]
+    args = [
+        tvm.runtime.tensor(a)
+        for a in (x, np.array([a_scale], np.float32), packed, w_scale, bias, corr, np.zeros((m, n), np.float32))
+    ]
     ex.mod["k"](*args)
     return args[-1].numpy()
 
 
 SHAPES = [(1, 1, 1), (1, 384, 1000), (3, 77, 50), (5, 3, 17), (2, 129, 33), (4, 64, 16)]
 # integer values beyond the int8 range (saturate), halves (round to even), and the extremes themselves
-VALUES = np.array([-1e6, -300, -129, -128.5, -128, -127.5, -2.5, -1.5, -0.5, 0, 0.5, 1.5, 2.5, 126.5, 127, 127.5,
-                   128, 300, 1e6] + list(range(-140, 141, 7)), np.float32)
+VALUES = np.array(
+    [
+        -1e6,
+        -300,
+        -129,
+        -128.5,
+        -128,
+        -127.5,
+        -2.5,
+        -1.5,
+        -0.5,
+        0,
+        0.5,
+        1.5,
+        2.5,
+        126.5,
+        127,
+        127.5,
+        128,
+        300,
+        1e6,
+        *range(-140, 141, 7),
+    ],
+    np.float32,
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(SHAPES), st.sampled_from(_host_schemes()), st.integers(0, 2**31), st.sampled_from(
-    ["random", "extremes", "zeros"]))
+@given(
+    st.sampled_from(SHAPES),
+    st.sampled_from(_host_schemes()),
+    st.integers(0, 2**31),
+    st.sampled_from(["random", "extremes", "zeros"]),
+)
 def test_int8_linear_accumulators_equal_numpy(shape, scheme, seed, kind):
     """With s_a = s_w = 1 and no bias, y is the int32 accumulator itself (exact in f32 below 2^24): it must
     equal numpy's sum of clamp(round_half_even(x)) * W over K, for every scheme the CPU runs."""
@@ -142,12 +171,13 @@ def test_int8_weight_linear_matches_numpy(m, k, n):
     s = (rng.random(n) * 0.01 + 1e-3).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
     pn = -(-n // panel) * panel
-    args = [tvm.runtime.tensor(a) for a in (x, pack_weight_panels(w, panel), pad_vector(s, pn), pad_vector(b, pn),
-                                            np.zeros((m, n), np.float32))]
+    args = [
+        tvm.runtime.tensor(a)
+        for a in (x, pack_weight_panels(w, panel), pad_vector(s, pn), pad_vector(b, pn), np.zeros((m, n), np.float32))
+    ]
     ex.mod["k"](*args)
     wf = (w.astype(np.float32) * s[:, None]).astype(np.float64)  # the same f32 products as DequantizeLinear
     np.testing.assert_allclose(args[-1].numpy(), x.astype(np.float64) @ wf.T + b, rtol=1e-5, atol=1e-5)
-
 
 
 @pytest.mark.parametrize("geo,o", [(PatchGeometry(3, 32, 32, 4), 40), (PatchGeometry(2, 28, 14, 7), 16)])
@@ -160,8 +190,16 @@ def test_int8_patch_embedding_reads_the_image_like_a_conv(geo, o):
     b = rng.standard_normal(o).astype(np.float32)
     pn = -(-o // panel) * panel
     hp, wp = geo.height // geo.patch, geo.width // geo.patch
-    args = [tvm.runtime.tensor(a) for a in (img, pack_weight_panels(w.reshape(o, -1), panel), pad_vector(s, pn),
-                                            pad_vector(b, pn), np.zeros((hp, wp, o), np.float32))]
+    args = [
+        tvm.runtime.tensor(a)
+        for a in (
+            img,
+            pack_weight_panels(w.reshape(o, -1), panel),
+            pad_vector(s, pn),
+            pad_vector(b, pn),
+            np.zeros((hp, wp, o), np.float32),
+        )
+    ]
     ex.mod["k"](*args)
     p = geo.patch
     patches = img[0].reshape(geo.channels, hp, p, wp, p).transpose(1, 3, 0, 2, 4).reshape(hp, wp, -1)
@@ -169,17 +207,29 @@ def test_int8_patch_embedding_reads_the_image_like_a_conv(geo, o):
     np.testing.assert_allclose(args[-1].numpy(), patches.astype(np.float64) @ wf.T + b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows,cols,lanes,regs,want", [(196, 384, 16, 32, (7, 3)), (198, 1152, 16, 32, (6, 4)),
-                                                       (14, 192, 16, 32, (7, 3)), (1, 1008, 16, 32, (1, 3)),
-                                                       (196, 384, 8, 16, (4, 3))])
+@pytest.mark.parametrize(
+    "rows,cols,lanes,regs,want",
+    [
+        (196, 384, 16, 32, (7, 3)),
+        (198, 1152, 16, 32, (6, 4)),
+        (14, 192, 16, 32, (7, 3)),
+        (1, 1008, 16, 32, (1, 3)),
+        (196, 384, 8, 16, (4, 3)),
+    ],
+)
 def test_register_tile_fits_the_register_file(rows, cols, lanes, regs, want):
     rt, vt = register_tile(rows, cols, lanes, regs)
     assert rows % rt == 0 and cols % (vt * lanes) == 0 and rt * vt <= regs * 3 // 4
     assert (rt, vt) == want
 
 
-PRESET_SCHEMES = {"x86-64-avx512": "vnni512", "x86-64-avx2": "avx2_madd", "rpi3-armv7": "vmull",
-                  "rpi4-aarch64": "smull", "rpi5-aarch64": "sdot"}
+PRESET_SCHEMES = {
+    "x86-64-avx512": "vnni512",
+    "x86-64-avx2": "avx2_madd",
+    "rpi3-armv7": "vmull",
+    "rpi4-aarch64": "smull",
+    "rpi5-aarch64": "sdot",
+}
 
 
 @pytest.mark.parametrize("preset,scheme", sorted(PRESET_SCHEMES.items()))
@@ -195,7 +245,8 @@ def test_each_target_gets_its_dot_instruction_in_the_assembly(preset, scheme):
     sch = SCHEMES[scheme]
     func = schedule_int8_linear(int8_linear_kernel(1, 96, 64, sch, 2), sch, 2, fam.float_lanes)
     asm = tvm.compile(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=spec.tvm()).mod.inspect_source(
-        "asm")
+        "asm"
+    )
     for mnemonic in sch.instructions:
         assert mnemonic in asm, f"{mnemonic} missing from the {preset} assembly"
     assert "vpmaddubsw" not in asm  # saturating: never used
@@ -212,14 +263,19 @@ def _int8_graph_model(path, rng):
     i8 = lambda *s: rng.integers(-128, 128, size=s, dtype=np.int8)  # noqa: E731
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     inits = [
-        numpy_helper.from_array(i8(8, 3, 4, 4), "wc"), numpy_helper.from_array((rng.random(8) * 0.01 + 1e-3).astype(
-            np.float32), "sc"), numpy_helper.from_array(f32(8), "bc"),
+        numpy_helper.from_array(i8(8, 3, 4, 4), "wc"),
+        numpy_helper.from_array((rng.random(8) * 0.01 + 1e-3).astype(np.float32), "sc"),
+        numpy_helper.from_array(f32(8), "bc"),
         numpy_helper.from_array(np.array([16, 8], np.int64), "shape2"),
-        numpy_helper.from_array(np.float32(0.05), "sa1"), numpy_helper.from_array(np.int8(0), "z8"),
-        numpy_helper.from_array(i8(24, 8), "w1"), numpy_helper.from_array(np.float32(0.02), "s1"),
+        numpy_helper.from_array(np.float32(0.05), "sa1"),
+        numpy_helper.from_array(np.int8(0), "z8"),
+        numpy_helper.from_array(i8(24, 8), "w1"),
+        numpy_helper.from_array(np.float32(0.02), "s1"),
         numpy_helper.from_array(f32(24), "b1"),
-        numpy_helper.from_array(i8(24, 20), "w2"), numpy_helper.from_array(np.float32(0.01), "s2"),
-        numpy_helper.from_array(np.float32(0.04), "sa3"), numpy_helper.from_array(i8(20, 5), "w3"),
+        numpy_helper.from_array(i8(24, 20), "w2"),
+        numpy_helper.from_array(np.float32(0.01), "s2"),
+        numpy_helper.from_array(np.float32(0.04), "sa3"),
+        numpy_helper.from_array(i8(20, 5), "w3"),
         numpy_helper.from_array((rng.random(5) * 0.02 + 1e-3).astype(np.float32), "s3"),
     ]
     nodes = [
@@ -237,8 +293,13 @@ def _int8_graph_model(path, rng):
         helper.make_node("DequantizeLinear", ["w3", "s3"], ["w3f"], axis=1),
         helper.make_node("Gemm", ["d3", "w3f"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 5])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "int8",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 5])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     onnx.checker.check_model(model)
@@ -352,10 +413,12 @@ def test_int8_kernels_on_the_emulated_board_equal_numpy(tmp_path, board_session,
     geo = PatchGeometry(3, 32, 32, 4)
     rows, vectors = register_tile(geo.width // geo.patch, 48, fam.float_lanes, fam.float_registers)
     panel = vectors * fam.float_lanes
-    patch = schedule_int8_weight_linear(int8_weight_linear_kernel(geo.tokens, geo.k, 48, panel, geo), rows, vectors,
-                                        fam.float_lanes)
-    mod = tvm.IRModule({"lin": lin.with_attr("global_symbol", "lin"),
-                        "patch": patch.with_attr("global_symbol", "patch")})
+    patch = schedule_int8_weight_linear(
+        int8_weight_linear_kernel(geo.tokens, geo.k, 48, panel, geo), rows, vectors, fam.float_lanes
+    )
+    mod = tvm.IRModule(
+        {"lin": lin.with_attr("global_symbol", "lin"), "patch": patch.with_attr("global_symbol", "patch")}
+    )
     lib = tmp_path / f"int8-{preset}.so"
     tvm.compile(mod, target=spec.tvm()).export_library(str(lib), cc=find_compiler(spec))
     remote = rpc.upload_and_load(board_session, lib)
@@ -368,8 +431,18 @@ def test_int8_kernels_on_the_emulated_board_equal_numpy(tmp_path, board_session,
     packed = pack_weights(w, sch, 2)
     corr = offset_correction(w, sch, packed.shape[0] * sch.lanes)
     t = lambda a: tvm.runtime.tensor(a, dev)  # noqa: E731
-    args = [t(a) for a in (x, np.ones(1, np.float32), packed, np.ones(n, np.float32), np.zeros(n, np.float32), corr,
-                           np.zeros((m, n), np.float32))]
+    args = [
+        t(a)
+        for a in (
+            x,
+            np.ones(1, np.float32),
+            packed,
+            np.ones(n, np.float32),
+            np.zeros(n, np.float32),
+            corr,
+            np.zeros((m, n), np.float32),
+        )
+    ]
     remote["lin"](*args)
     acc = np.clip(np.rint(x.astype(np.float64)), -128, 127).astype(np.int64) @ w.astype(np.int64).T
     np.testing.assert_array_equal(args[-1].numpy().astype(np.int64), acc)
@@ -378,8 +451,16 @@ def test_int8_kernels_on_the_emulated_board_equal_numpy(tmp_path, board_session,
     wc = rng.integers(-128, 128, size=(48, geo.k), dtype=np.int8)
     s = (rng.random(48) * 0.01 + 1e-3).astype(np.float32)
     b = rng.standard_normal(48).astype(np.float32)
-    pargs = [t(a) for a in (img, pack_weight_panels(wc, panel), pad_vector(s, 48), pad_vector(b, 48),
-                            np.zeros((8, 8, 48), np.float32))]
+    pargs = [
+        t(a)
+        for a in (
+            img,
+            pack_weight_panels(wc, panel),
+            pad_vector(s, 48),
+            pad_vector(b, 48),
+            np.zeros((8, 8, 48), np.float32),
+        )
+    ]
     remote["patch"](*pargs)
     patches = img[0].reshape(3, 8, 4, 8, 4).transpose(1, 3, 0, 2, 4).reshape(8, 8, -1).astype(np.float64)
     want = patches @ (wc.astype(np.float32) * s[:, None]).astype(np.float64).T + b

@@ -90,8 +90,8 @@ def dot_scheme_for(target: Any, family: str | None = None) -> DotScheme:
     x86-64: AVX-512 VNNI -> vnni512, AVX-VNNI -> vnni256, AVX2 -> avx2_madd; aarch64: dotprod -> sdot, else
     smull; 32-bit ARM with NEON: vmull; anything else: generic.
     """
-    import tvm  # noqa: PLC0415
-    from tvm.target import codegen  # noqa: PLC0415
+    import tvm
+    from tvm.target import codegen
 
     tgt = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
     triple = str(tgt.attrs.get("mtriple", "")) if tgt.kind.name == "llvm" else ""
@@ -156,7 +156,7 @@ def offset_correction(w: np.ndarray, scheme: DotScheme, n_padded: int) -> np.nda
 
 
 def _desc(scheme: DotScheme) -> Any:
-    from tvm.script import tirx as T  # noqa: PLC0415
+    from tvm.script import tirx as T
 
     lanes, group, adt = scheme.lanes, scheme.group, scheme.act_dtype
 
@@ -177,7 +177,7 @@ def _desc(scheme: DotScheme) -> Any:
 
 
 def _impl_vnni(lanes: int) -> Any:
-    from tvm.script import tirx as T  # noqa: PLC0415
+    from tvm.script import tirx as T
 
     # LLVM 22 declares the byte operands as <4*lanes x i8> (older LLVMs took <lanes x i32>)
     intrin = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
@@ -204,7 +204,7 @@ def _impl_vnni(lanes: int) -> Any:
 
 
 def _impl_avx2_madd() -> Any:
-    from tvm.script import tirx as T  # noqa: PLC0415
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -226,7 +226,7 @@ def _impl_avx2_madd() -> Any:
 
 
 def _impl_sdot() -> Any:
-    from tvm.script import tirx as T  # noqa: PLC0415
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -250,7 +250,7 @@ def _impl_sdot() -> Any:
 
 def _impl_widening_pairs(mull: str, pairwise: str, accumulate_in_intrinsic: bool) -> Any:
     """smull/sadalp (aarch64) or vmull/vpadal (armv7): 8 outputs x 2 k per call, two int32x4 halves."""
-    from tvm.script import tirx as T  # noqa: PLC0415
+    from tvm.script import tirx as T
 
     if accumulate_in_intrinsic:  # armv7: vpadal(acc, x) is an intrinsic of its own
 
@@ -266,11 +266,15 @@ def _impl_widening_pairs(mull: str, pairwise: str, accumulate_in_intrinsic: bool
                 a8 = T.reinterpret("int8x8", T.broadcast(pair, 4))
                 w = B.vload([0, 0], "int8x16")
                 C[T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
-                    "int32x4", pairwise, C.vload([0], "int32x4"),
+                    "int32x4",
+                    pairwise,
+                    C.vload([0], "int32x4"),
                     T.call_llvm_pure_intrin("int16x8", mull, a8, T.vectorlow("int8x8", w)),
                 )
                 C[T.ramp(4, 1, 4)] = T.call_llvm_pure_intrin(
-                    "int32x4", pairwise, C.vload([4], "int32x4"),
+                    "int32x4",
+                    pairwise,
+                    C.vload([4], "int32x4"),
                     T.call_llvm_pure_intrin("int16x8", mull, a8, T.vectorhigh("int8x8", w)),
                 )
 
@@ -317,7 +321,7 @@ def register_intrinsic(scheme: DotScheme) -> str | None:
     """Register ``scheme``'s tensor intrinsic with TVM once; its name, or None for ``generic``."""
     if scheme.name == "generic":
         return None
-    from tvm.s_tir import TensorIntrin  # noqa: PLC0415
+    from tvm.s_tir import TensorIntrin
 
     if TensorIntrin.get(scheme.intrin_name, allow_missing=True) is None:
         TensorIntrin.register(scheme.intrin_name, _desc(scheme), _impl(scheme))

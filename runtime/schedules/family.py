@@ -55,7 +55,7 @@ def family_params(family: str, target: Any = None) -> FamilyParams:
             "Pick a target preset of one of them (bvit-edge targets list)."
         ) from None
     if target is not None:
-        from bvit_edge.runtime.kernels.int8_dot import dot_scheme_for  # noqa: PLC0415
+        from bvit_edge.runtime.kernels.int8_dot import dot_scheme_for
 
         params = dataclasses.replace(params, int8_dot=dot_scheme_for(target, family).name)
     return params

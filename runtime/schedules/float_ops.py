@@ -56,8 +56,8 @@ def _extent(sch: s_tir.Schedule, loop) -> int | None:
 class ReshapeRule(ScheduleRule):
     """Keep pure reshapes unscheduled (see the module docstring, rule 0)."""
 
-    def apply(self, func, target, _tunable):  # noqa: D102
-        from tvm import relax  # noqa: PLC0415
+    def apply(self, func, target, _tunable):
+        from tvm import relax
 
         if not isinstance(func, tvm.tirx.PrimFunc) or not relax.analysis.has_reshape_pattern(func):
             return None
@@ -226,7 +226,7 @@ class TiledReductionRule(ScheduleRule):
         vectorized): the column panel outside the rows, so one panel of the right-hand side (K x panel)
         stays in cache while every row block uses it; the tiles in parallel. The sum over k keeps its
         order (identical results)."""
-        from bvit_edge.runtime.schedules.int8 import register_tile  # noqa: PLC0415
+        from bvit_edge.runtime.schedules.int8 import register_tile
 
         rows, cols = _extent(sch, outer_s[-1]), _extent(sch, inner_s)
         vectors = 0

@@ -70,8 +70,6 @@ def schedule_int8_linear(
     return _finish(sch)
 
 
-
-
 def register_tile(rows: int, cols: int, lanes: int, registers: int, max_vectors: int = 4) -> tuple[int, int]:
     """(row block, vectors per row) of a float GEMM's register tile: rows x vectors accumulators of
     ``lanes`` floats, at most three quarters of the ``registers`` (the rest hold the loaded vectors, the
@@ -92,9 +90,7 @@ def register_tile(rows: int, cols: int, lanes: int, registers: int, max_vectors:
     return best
 
 
-def schedule_int8_weight_linear(
-    func: tvm.tirx.PrimFunc, row_block: int, vectors: int, lanes: int
-) -> tvm.tirx.PrimFunc:
+def schedule_int8_weight_linear(func: tvm.tirx.PrimFunc, row_block: int, vectors: int, lanes: int) -> tvm.tirx.PrimFunc:
     """Schedule an :func:`~bvit_edge.runtime.kernels.int8_weight_linear.int8_weight_linear_kernel` prim func.
 
     Loops (panel | row block | k... | rows in the block (unrolled), vectors (unrolled), lanes (vectorized)):

@@ -7,9 +7,11 @@ binary kernels, are skipped), in this order:
    so the pipeline's RewriteDataflowReshape turns its call into a view (vm.builtin.reshape, no copy); a
    scheduled loop nest no longer has the pattern and would stay a copy kernel.
 1. :class:`InjectiveRule` - elementwise/injective funcs (adds, GELU + clip, reshapes/transposes, casts):
-   inline what can be inlined, then per remaining block: rows (all but the innermost loop, fused) in
-   parallel and the innermost loop vectorized in chunks of the vector width plus a vector tail; when the
-   innermost loop is short, all loops fused, split by the vector width, parallel outer, vectorized inner.
+   inline what can be inlined, then per remaining block: a transpose (the innermost output axis reads an
+   input with a stride, contiguous along another axis) in tiles staged through a local buffer
+   (:func:`_tile_transpose`); otherwise rows (all but the innermost loop, fused) in parallel and the
+   innermost loop vectorized in chunks of the vector width plus a vector tail; when the innermost loop is
+   short, all loops fused, split by the vector width, parallel outer, vectorized inner.
 2. :class:`TiledReductionRule` - one reduction block first (float matmuls of the patch embedding and the
    heads, convolutions, means) with its elementwise epilogue: the innermost output axis is split by the
    vector width and moved inside the reduction loops (the popcount GEMM recipe, for f32 FMAs), the outer
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import s_tir
+from tvm.sym.pattern import detect_linear_equation
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
@@ -92,6 +95,8 @@ class InjectiveRule(ScheduleRule):
             if not loops:
                 continue
             inner_ext = _extent(sch, loops[-1])
+            if _tile_transpose(sch, blk, max(2, self.lanes // 2)):
+                continue
             if len(loops) > 1 and inner_ext and inner_ext >= max(2, self.lanes // 2):
                 # rows in parallel, each row vectorized (chunks + a vector tail): no vector div/mod of a
                 # fused index when the row length is not a multiple of the width (K^T: 198 tokens,
@@ -110,6 +115,64 @@ class InjectiveRule(ScheduleRule):
             else:
                 sch.parallel(fused)
         return sch
+
+
+def _transposed_read(sch: s_tir.Schedule, blk) -> tuple[int, int] | None:
+    """(read index, loop index k) when the block reads an input buffer contiguously along its loop k but with
+    a stride along its innermost loop (a transpose: the innermost output axis walks the input's rows), else
+    None. Block variables are taken to follow the loop order (one loop each, as legalized ops have)."""
+    block = sch.get(blk)
+    loops = sch.get_loops(blk)
+    ivars = [iv.var for iv in block.iter_vars]
+    if len(ivars) != len(loops) or len(loops) < 2:
+        return None
+    for i, region in enumerate(block.reads):
+        if len(region.region) < 2:
+            continue
+        coeffs = detect_linear_equation(region.region[-1].min, ivars)
+        if not coeffs:
+            continue
+        c = [int(v.value) if isinstance(v, tvm.tirx.IntImm) else None for v in coeffs[:-1]]
+        if c[-1] != 0:
+            continue
+        unit = [k for k in range(len(c) - 1) if c[k] == 1]
+        if len(unit) == 1:
+            return i, unit[0]
+    return None
+
+
+def _tile_transpose(sch: s_tir.Schedule, blk, vec: int) -> bool:
+    """Schedule a transposing block as tiles (``vec`` input rows x ``vec`` output rows): each tile is read
+    into a local buffer along the input's contiguous axis (vector loads), then written along the output's
+    (vector stores gathering from the tile in L1), the tiles of a row band in parallel. Reading the input
+    with a stride per element instead (the row rule) measured 3.7x slower on DeiT-S's K^T. True when
+    applied."""
+    found = _transposed_read(sch, blk)
+    if found is None:
+        return False
+    idx, k = found
+    loops = sch.get_loops(blk)
+    ext_in, ext_out = _extent(sch, loops[k]), _extent(sch, loops[-1])
+    if not ext_in or not ext_out or ext_in < vec or ext_out < vec:
+        return False
+
+    def chunk(n: int) -> int | None:
+        return vec if n % vec == 0 else _lane_chunk(n, vec)
+
+    t_in, t_out = chunk(ext_in), chunk(ext_out)
+    if not t_in or not t_out or t_in < vec // 2 or t_out < vec // 2:
+        return False
+    outer = [lp for j, lp in enumerate(loops[:-1]) if j != k]
+    ko, ki = sch.split(loops[k], [None, t_in])
+    io, ii = sch.split(loops[-1], [None, t_out])
+    sch.reorder(*outer, ko, io, ki, ii)
+    par = sch.fuse(*outer, ko) if outer else ko
+    sch.parallel(par)
+    tile = sch.cache_read(blk, idx, "local")
+    sch.compute_at(tile, io)
+    sch.vectorize(sch.get_loops(tile)[-1])
+    sch.vectorize(ii)
+    return True
 
 
 class TiledReductionRule(ScheduleRule):

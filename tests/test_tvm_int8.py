@@ -329,6 +329,7 @@ def test_int8_graph_compiles_to_the_integer_kernels_and_matches_onnxruntime(tmp_
     assert not any(a.dtype == np.float32 and a.size in (8 * 48, 24 * 8, 24 * 20, 20 * 5) for a in arrays)
 
 
+@pytest.mark.slow
 def test_a_gsb_model_keeps_its_8bit_weights_int8_and_matches_onnxruntime(tmp_path):
     """The GSB patch embedding (8-bit weights, float image) and both heads (8-bit weights and activations)
     become the integer kernels; the logits match onnxruntime's."""

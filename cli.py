@@ -359,7 +359,7 @@ def compile_cmd(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
-    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) to classify (PNG/JPEG).")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
@@ -389,6 +389,15 @@ def run(
     if res.get("accuracy"):
         a = res["accuracy"]
         _console().print(f"top-1 {a['top1'] * 100:.2f}%  top-5 {a['top5'] * 100:.2f}% on {res['num_images']} images")
+
+@app.command("device", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def device(ctx: typer.Context) -> None:
+    """Run an artifact on this machine with the board-side runtime: run | bench | check | info (= bvit-edge-device)."""
+    from bvit_edge.runtime.device_cli import main as device_main
+
+    device_main(ctx.args)
+
 
 # ---------------------------------------------------------------------------------------------- targets
 targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)
@@ -531,13 +540,23 @@ def bench(
 # ----------------------------------------------------------------------------------------------- report
 @app.command()
 def report(
-    json_path: Annotated[Path, typer.Argument(help="A bench/report JSON document.", exists=True, dir_okay=False)],
+    json_paths: Annotated[list[Path], typer.Argument(help="Report JSON document(s), and/or bench JSON files (e.g. "
+                                                     "from bvit-edge-device bench on a board) to merge into it.",
+                                                     exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
     as_json: Annotated[bool, typer.Option("--json", help="Print {kind: path} of the written files as JSON on stdout.")] = False,
 ) -> None:
-    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency)."""
+    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency); several
+    files (the host's report and boards' bench JSONs) are merged into one report first (OUT/report.json)."""
     from bvit_edge.report import render_report
+    from bvit_edge.report.merge import merge_reports
+    from bvit_edge.runtime.bench import is_bench_file, report_of
 
+    json_path = json_paths[0]
+    if len(json_paths) > 1 or is_bench_file(json_path):
+        from bvit_edge.report import write_report
+
+        json_path = write_report(out / "report.json", merge_reports([report_of(p) for p in json_paths]))
     written = render_report(json_path, out)
     if as_json:
         _emit({kind: str(path) for kind, path in written.items()}, True)

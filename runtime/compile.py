@@ -21,10 +21,12 @@ repacked for the target's word size, float tensors as float32 (each .npy entry c
 and tiny constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
 (bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
 records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
-"names": [...], "dtypes": [...]}`` (``bytes`` and ``sha256`` of the file; ``dtypes`` the numpy dtype name
-of each parameter in order, e.g. "float32", "int8", "uint64", "int32", for a loader to check). With
-``"embedded"`` the weights stay compile-time constants inside ``lib.so`` and the manifest says
-``"params": {"storage": "embedded"}`` (as every schema 1 artifact did; those still load).
+"names": [...], "arrays": [{"name", "shape", "dtype"}, ...]}`` (``bytes`` and ``sha256`` of the file; one
+shape and dtype per weight as stored). ``lib_sha256`` is the digest of ``lib.so`` and
+``required_cpu_features`` the CPU features its code may use (bvit_edge.runtime.cpu_features); the runtime
+checks all three before loading (bvit_edge.runtime.artifact). With ``"embedded"`` the weights stay
+compile-time constants inside ``lib.so`` and the manifest says ``"params": {"storage": "embedded"}`` (as
+every schema 1 artifact did; those still load).
 """
 
 from __future__ import annotations
@@ -126,6 +128,17 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
         pass
     versions["cc"] = compiler_version(compiler)
     return versions
+
+
+def _required_cpu_features(spec: Any) -> list[str]:
+    """The CPU features (Linux /proc/cpuinfo / HWCAP names) the generated code may use: the instruction-set
+    extensions LLVM enables for the target's mtriple/mcpu/mattr (bvit_edge.runtime.cpu_features), which the
+    runtime checks before loading so a CPU without them gets a clear error instead of SIGILL."""
+    from tvm.target import codegen
+
+    from bvit_edge.runtime.cpu_features import required_features
+
+    return required_features(spec.arch, [str(f) for f in codegen.llvm_get_cpu_features(spec.tvm())])
 
 
 def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
@@ -274,6 +287,7 @@ def compile_model(
             "trials_per_kernel": int(tune),
         },
         "tool_versions": _tool_versions(compiler),
+        "required_cpu_features": _required_cpu_features(spec),
     }
     with atomic_dir(out_dir) as tmp:
         lib_path = tmp / LIB_NAME
@@ -287,6 +301,7 @@ def compile_model(
             raise ToolchainError(f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} "
                                  f"failed: {last}") from exc
         manifest["lib_bytes"] = lib_path.stat().st_size
+        manifest["lib_sha256"] = _sha256(lib_path)
         if tuned is not None:
             tuned.save(tmp / "tuning.json")
         if lifted is not None:
@@ -294,6 +309,8 @@ def compile_model(
             lifted.save_npz(params_path)
             manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
                                   "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
-                                  "names": list(lifted.names), "dtypes": lifted.dtypes}
+                                  "names": list(lifted.names),
+                                  "arrays": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+                                             for n, a in lifted.as_dict().items()]}
         write_json(tmp / MANIFEST_NAME, manifest)
     return Path(out_dir)

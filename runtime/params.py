@@ -42,11 +42,6 @@ class LiftedParams:
         """Bytes of the arrays (the data alone, without the .npz framing)."""
         return int(sum(a.nbytes for a in self.arrays))
 
-    @property
-    def dtypes(self) -> list[str]:
-        """The numpy dtype name of each array, in parameter order ("float32", "int8", "uint64", ...)."""
-        return [str(a.dtype) for a in self.arrays]
-
     def as_dict(self) -> dict[str, np.ndarray]:
         """name -> array, in parameter order."""
         return dict(zip(self.names, self.arrays))

@@ -322,7 +322,7 @@ def test_int8_graph_compiles_to_the_integer_kernels_and_matches_onnxruntime(tmp_
     manifest = json.loads((art / "manifest.json").read_text())
     params = np.load(art / "params.npz")
     arrays = [params[n] for n in manifest["params"]["names"]]
-    assert manifest["params"]["dtypes"] == [str(a.dtype) for a in arrays]
+    assert [a["dtype"] for a in manifest["params"]["arrays"]] == [str(a.dtype) for a in arrays]
     int8 = sorted(a.size for a in arrays if a.dtype == np.int8)
     # every weight int8 (padded to the kernels' tiles), no float copy of any of them
     assert len(int8) == 4 and int8[0] >= 20 * 5 and sum(int8) < 4 * (8 * 48 + 24 * 8 + 24 * 20 + 20 * 5)
@@ -356,7 +356,7 @@ def test_a_gsb_model_keeps_its_8bit_weights_int8_and_matches_onnxruntime(tmp_pat
     lib = (art / "lib.so").read_bytes()
     assert b"bvit_int8_patch_embed" in lib and b"bvit_int8_linear" in lib
     manifest = json.loads((art / "manifest.json").read_text())
-    assert "int8" in manifest["params"]["dtypes"]
+    assert "int8" in [a["dtype"] for a in manifest["params"]["arrays"]]
     proto = onnx.load(path)
     int8_inits = sum(int(np.prod(i.dims)) for i in proto.graph.initializer if i.data_type == TensorProto.INT8)
     params = np.load(art / "params.npz")

@@ -16,10 +16,12 @@
 Parameters (``params_storage``): with ``"file"`` (the default) every weight tensor of 16 elements or more
 (bvit_edge.runtime.params.MIN_ELEMENTS) becomes a parameter of ``main``, appended after the image input,
 and is saved in ``params.npz`` (numpy ``np.savez``, keys ``p0``, ``p1``, ... in parameter order) in its
-final form (binary weights repacked for the target's word size), except that large weights the export stores
-compactly (int8 + scales, float16; bvit_edge.runtime.compact_params) stay so, with their scales beside them,
-and are rebuilt in float32 when the artifact is loaded, as the manifest's ``params.decode`` says. Scalars and tiny
-constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
+final form and dtype: 8-bit weights as int8 (packed for the target's dot instructions), binary weights
+repacked for the target's word size, float tensors as float32 (each .npy entry carries its dtype), except that
+weights the export stores compactly (int16 / int8 / int4 codes + scales, float16;
+bvit_edge.runtime.compact_params) stay so, with their scales beside them, and are rebuilt in float32 when the
+artifact is loaded, as the manifest's ``params.decode`` says. Scalars and tiny constants stay in ``lib.so``.
+The entry is then called as ``main(image, *params)``
 (bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
 records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
 "names": [...], "arrays": [{"name", "shape", "dtype"}, ...]}`` (``bytes`` and ``sha256`` of the file; one
@@ -143,7 +145,8 @@ def _required_cpu_features(spec: Any) -> list[str]:
 
 
 def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
-    """The Relax pass pipeline: the CPU backend's, plus our float-op schedules after legalize + fuse.
+    """The Relax pass pipeline: the CPU backend's, plus our layout rewrites before it
+    (bvit_edge.runtime.graph_passes) and our float-op schedules after legalize + fuse.
 
     ``fast_math``: erf / exp / softmax become TVM's vectorizable approximations (topi.fast_erf, fast_exp,
     fast_softmax) instead of scalar libm calls (FastMathTransform).
@@ -156,6 +159,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
     from bvit_edge.runtime.compact_params import keep_compact_pass  # noqa: PLC0415
+    from bvit_edge.runtime.graph_passes import graph_passes
     from bvit_edge.runtime.params import lift_params_pass  # noqa: PLC0415
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
 
@@ -168,6 +172,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
         with target:
             seq = tvm.transform.Sequential(
                 keep
+                + graph_passes(fast_math, family.float_lanes)
                 + ([relax.transform.FastMathTransform()] if fast_math else [])
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
@@ -242,7 +247,7 @@ def compile_model(
     if tune < 0:
         raise ConfigError(f"--tune {tune}: give the number of candidates per kernel (>= 1), or 0 for no tuning.")
     spec = load_target(target)
-    family = family_params(spec.family)
+    family = family_params(spec.family, spec.tvm())  # the int8 dot scheme from the target's CPU features
     compiler = find_compiler(spec)  # ToolchainError naming the apt package when missing
     onnx_path = Path(onnx_path)
     model = _load_onnx(onnx_path)

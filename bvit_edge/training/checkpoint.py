@@ -184,8 +184,27 @@ def load_model(path: str | os.PathLike[str], strict: bool = True) -> tuple[torch
             f"Checkpoint {path} does not match model {cfg['model']}: missing {sorted(missing)[:10]}, "
             f"unexpected {sorted(unexpected)[:10]}{_saved_as(folder, cfg)}."
         )
+    _check_fits(model, cfg, folder)
     model.eval()
     return model, cfg
+
+
+def _check_fits(model: torch.nn.Module, cfg: dict[str, Any], folder: Path) -> None:
+    """CheckpointError when the config's image size or classes disagree with the model it builds (a config
+    edited by hand or copied from another checkpoint); later steps would fail or mislabel without it."""
+    mcfg = getattr(model, "default_cfg", None) or {}
+    size = (mcfg.get("input_size") or (None,))[-1]
+    classes = mcfg.get("num_classes")
+    problems = []
+    if size is not None and "image_size" in cfg and cfg["image_size"] != size:
+        problems.append(f"image_size {cfg['image_size']} but the model takes {size}x{size} images")
+    if classes is not None and "num_classes" in cfg and cfg["num_classes"] != classes:
+        problems.append(f"num_classes {cfg['num_classes']} but the model has {classes} outputs")
+    if classes is not None and "classes" in cfg and len(cfg["classes"]) != classes:
+        problems.append(f"{len(cfg['classes'])} class names but the model has {classes} outputs")
+    if problems:
+        raise CheckpointError(f"The config of {folder} does not fit its model {cfg['model']!r}: {'; '.join(problems)}. "
+                              f"Restore the checkpoint's own {CONFIG}.")
 
 
 def _saved_as(folder: Path, cfg: dict[str, Any]) -> str:

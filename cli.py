@@ -96,7 +96,8 @@ def _positive(value: Optional[int], option: str) -> None:
         raise UsageError(f"{option} must be at least 1, got {value}.")
 
 
-_OVERWRITE_HELP = "Replace --out when it holds anything but this command's earlier output (the whole folder, atomically)."
+_OVERWRITE_HELP = ("Replace --out when it holds anything but this command's earlier output (the whole folder, "
+                   "atomically).")
 _RPC_TIMEOUT_HELP = ("Seconds one RPC call to the board may take before the board counts as stalled (exit 4); "
                      "default: the target preset's rpc_timeout_s.")
 
@@ -106,7 +107,8 @@ _RPC_TIMEOUT_HELP = ("Seconds one RPC call to the board may take before the boar
 def train(
     method: Annotated[Optional[Method], typer.Option(help="Training method (default: fp).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(help="Registered model name (see `bvit-edge models`).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Data set: digits (built-in, the default), cifar100, imagefolder/flowers102, chaoyang.")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help="Data set: digits (built-in, the default), cifar100, imagefolder/flowers102, chaoyang.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of a local data set.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="Keep N training images per class (limited-sample regime).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Leave out corrupt files / bad labels instead of failing (counted).")] = False,
@@ -124,15 +126,19 @@ def train(
     amp: Annotated[Optional[bool], typer.Option(help="Mixed precision where the device supports it.")] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Defaults preset: gsb (paper) or digits (calibrated).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="Full-precision teacher checkpoint (distillation methods).")] = None,
-    stage: Annotated[Optional[Stage], typer.Option(help="GSB stage: 1, 2 or all (default).", show_default=False)] = None,
+    stage: Annotated[Optional[Stage], typer.Option(help="GSB stage: 1, 2 or all (default).",
+                                                   show_default=False)] = None,
     act_bits: Annotated[Optional[int], typer.Option(help="--method bit: activation bits, 2 for the W1A2 step of BiT's chain FP -> W1A2 -> W1A1 (then train the W1A1 student with --teacher on that run).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Initialise from this checkpoint (non-strict).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size (default: the model's).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (data order, init, augmentation; default 0).")] = None,
-    out: Annotated[Path, typer.Option(help="Run folder: last/ and best/ checkpoints, log.jsonl. New or empty, unless --resume or --overwrite.")] = Path("runs/run"),
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (data order, init, augmentation; 0).")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Run folder: last/, best/, log.jsonl. New or empty, unless --resume or --overwrite.")] = Path("runs/run"),
     config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (CLI flags win).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (with the options it was started with).")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out (a finished or unfinished run, or any other folder) with a new run.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --out from its last checkpoint (with the options it was started with).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace --out (a finished or unfinished run, or any other folder) with a new run.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
     save_every_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps inside an epoch.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N epochs.")] = None,
@@ -147,7 +153,8 @@ def train(
     from bvit_edge.training import train as run_train
 
     overrides = dict(
-        method=method.value if method else None, model=model, data=data, data_root=str(data_root) if data_root else None,
+        method=method.value if method else None, model=model, data=data,
+        data_root=str(data_root) if data_root else None,
         per_class=per_class, skip_bad=skip_bad or None, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_base=lr_base, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         cooldown_epochs=cooldown_epochs, drop_path=drop_path, label_smoothing=label_smoothing, augment=augment,
@@ -189,6 +196,8 @@ def eval_cmd(
 
     from bvit_edge.evaluation import evaluate
 
+    _positive(batch_size, "--batch-size")
+    _positive(threads, "--threads")
     res = evaluate(checkpoint, data=data, data_root=str(data_root) if data_root else None, split=split, batch_size=batch_size, threads=threads)
     table = Table(title=f"{res.model} on {res.data} ({res.split}, {res.num_images} images)")
     table.add_column("metric")
@@ -298,6 +307,8 @@ def export(
     from bvit_edge.pipeline import export_checkpoint
 
     _positive(limit, "--limit")
+    if max_outliers < 0:
+        raise UsageError(f"--max-outliers must be >= 0, got {max_outliers}.")
     flavours = ("packed", "standard") if ops == Ops.both else (ops.value,)
     res = export_checkpoint(checkpoint, out, ops=flavours, teacher=teacher, validate=validate, rtol=rtol, atol=atol, limit=limit,
                             max_outliers=max_outliers, overwrite=overwrite)
@@ -367,6 +378,8 @@ def compile_cmd(
     from bvit_edge.runtime.compile import compile_model
     from bvit_edge.runtime.artifact import read_manifest
 
+    _positive(threads, "--threads")
+
     tgt: Any = target
     if target.lstrip().startswith("{"):
         try:
@@ -404,7 +417,8 @@ def compile_cmd(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
-    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) to classify (PNG/JPEG), or folders of them.")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option(
+        help="Image file(s) to classify (PNG/JPEG), or folders of them.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
@@ -423,6 +437,7 @@ def run(
         raise UsageError("Give --image FILE (one or more) or --data NAME to run on.")
     _positive(limit, "--limit")
     _positive(top_k, "--top-k")
+    _positive(threads, "--threads")
     images = _image_files(image) if image else None
     with _rpc_call_timeout(rpc_timeout, model if (rpc or tracker) else None):
         res = predict(model, images=images, data=data, data_root=str(data_root) if data_root else None, limit=limit,
@@ -543,7 +558,8 @@ def bench(
     seed: Annotated[int, typer.Option(help="Seed of the input image.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here.")] = None,
     rpc_timeout: Annotated[Optional[float], typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the --report folder when it holds anything but an earlier report.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the --report folder when it holds anything but an earlier report.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Latency of a student artifact vs its teacher on one target (batch 1, same process run)."""
@@ -556,9 +572,9 @@ def bench(
         check_output_folder(report_dir, "report", overwrite, option="--report")  # at once, not after the runs
     with _rpc_call_timeout(rpc_timeout, student if (rpc or tracker) else None):
         session = _tracker_session(tracker, key)
-        res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target, threads=threads,
-                        rpc=session if session is not None else rpc, warmup=warmup, runs=runs, seed=seed, student_onnx=student_onnx,
-                        emulated=False if session is not None else None)
+        res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target,
+                        threads=threads, rpc=session if session is not None else rpc, warmup=warmup, runs=runs,
+                        seed=seed, student_onnx=student_onnx, emulated=False if session is not None else None)
         if out is not None:
             res.save(out)
         if report_dir is not None:
@@ -607,11 +623,14 @@ def demo(
     per_class: Annotated[int, typer.Option(help="Training images per class for the GSB student (limited samples).")] = 30,
     board: Annotated[bool, typer.Option(help="Run the aarch64 artifact on the emulated board (builds it once).")] = True,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out when it is not a demo folder (a demo folder is resumed).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace --out when it is not a demo folder (a demo folder is resumed).")] = False,
 ) -> None:
     """The whole pipeline on the built-in digits data (what `make demo` runs); re-running resumes."""
     from bvit_edge.demo import run_demo
 
+    _positive(per_class, "--per-class")
+    _positive(threads, "--threads")
     run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board, overwrite=overwrite)
 
 

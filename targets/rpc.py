@@ -7,8 +7,9 @@
 - Every call of a session is bounded as well: the session runs through a relay process
   (:mod:`bvit_edge.targets.rpc_relay`), so a board that stops answering after the handshake makes the
   blocked call fail after ``call_timeout_s`` (:class:`StalledBoard`, exit 4; :func:`stalled` gives the
-  message to whoever catches TVM's error) and its server is freed for the next session. The per-call timeout comes from the argument, else :func:`call_timeout`'s
-  context (the CLI's ``--rpc-timeout``), else the target preset's ``rpc_timeout_s``.
+  message to whoever catches TVM's error) and its server is freed for the next session. The per-call
+  timeout comes from the argument, else :func:`call_timeout`'s context (the CLI's ``--rpc-timeout``), else
+  the target preset's ``rpc_timeout_s``.
 - :func:`remote_arch` / :func:`check_arch`: ask the board what it is (the LLVM triple its TVM was
   built for, ``target.llvm_get_system_triple``, a global function every full TVM build registers) and
   refuse an artifact built for another architecture before uploading it.

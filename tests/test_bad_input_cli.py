@@ -217,7 +217,8 @@ def test_the_rpc_timeout_comes_from_the_target_preset(tmp_path):
     from bvit_edge.targets import load_target
     from bvit_edge.targets.rpc import artifact_call_timeout, preset_call_timeout
 
-    assert preset_call_timeout(load_target("rpi4-aarch64")) == 120 and preset_call_timeout(load_target("rpi3-armv7")) == 180
+    assert preset_call_timeout(load_target("rpi4-aarch64")) == 120
+    assert preset_call_timeout(load_target("rpi3-armv7")) == 180
     (tmp_path / "manifest.json").write_text(json.dumps({"target": load_target("rpi5-aarch64").to_dict()}))
     assert artifact_call_timeout(tmp_path) == 120
     preset = tmp_path / "slow.toml"
@@ -315,7 +316,8 @@ def test_bad_training_configs_name_the_key_and_what_it_must_be(cli, tmp_path, to
 
 
 def test_epochs_zero_is_refused(cli, tmp_path):
-    cli.refused(cli.run("train", "--epochs", "0", "--out", tmp_path / "run"), 2, "epochs must be at least 1", "--epochs")
+    proc = cli.run("train", "--epochs", "0", "--out", tmp_path / "run")
+    cli.refused(proc, 2, "epochs must be at least 1", "--epochs")
     assert not (tmp_path / "run").exists()
 
 
@@ -343,6 +345,16 @@ def test_ctrl_c_saves_the_run_and_exits_130(cli, tmp_path):
     assert (out / "last" / "trainer_state.safetensors").is_file() and cli.leftovers(out) == []
 
 
+def test_resume_needs_no_options_but_out(cli, tmp_path):
+    """--resume continues with the run's own options: the model and image size are not asked again."""
+    run = tmp_path / "run"
+    first = cli.run("train", *TINY_TRAIN, "--max-steps", "1", "--out", run)
+    assert first.returncode == 0, first.stderr
+    proc = cli.run("train", "--out", run, "--resume", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["steps"] == 2 and cli.leftovers(run) == []  # 20 images, batch 16: 2 steps
+
+
 def test_resume_with_another_model_names_the_difference(cli, tiny_pipeline, tmp_path):
     run = _copy(tiny_pipeline["teacher"], tmp_path / "run")
     before = cli.snapshot(run)
@@ -356,7 +368,8 @@ def test_a_checkpoint_config_naming_another_model_is_a_clear_error(cli, tiny_pip
     cfg = json.loads((ck / "config.json").read_text())
     cfg["model"] = "deit_tiny_patch16_224"
     (ck / "config.json").write_text(json.dumps(cfg))
-    cli.refused(cli.run("eval", ck), 2, "do not fit model 'deit_tiny_patch16_224'", "saved for model 'deit_test_patch4_16'")
+    cli.refused(cli.run("eval", ck), 2, "do not fit model 'deit_tiny_patch16_224'",
+                "saved for model 'deit_test_patch4_16'")
 
 
 @pytest.mark.parametrize("option", ["--limit", "--top-k"])

@@ -153,8 +153,9 @@ def _damage_checkpoint(folder: Path, damage: tuple) -> None:
     if kind == "config_field":
         cfg = json.loads(cfg_path.read_text())
         assume(cfg.get(damage[1]) != damage[2])
-        if damage[1] == "classes" and isinstance(damage[2], list) and damage[2] and all(isinstance(c, str) for c in damage[2]):
-            assume(len(damage[2]) != len(cfg["classes"]))  # another count of names: refused; renamed ones are fine
+        names = damage[2] if isinstance(damage[2], list) else None
+        if damage[1] == "classes" and names and all(isinstance(c, str) for c in names):
+            assume(len(names) != len(cfg["classes"]))  # another count of names: refused; renamed ones are fine
         cfg[damage[1]] = damage[2]
         cfg_path.write_text(json.dumps(cfg))
     elif kind == "config_text":
@@ -229,7 +230,8 @@ def _damage_state(last: Path, damage: tuple) -> None:
         state = doc["rng_python"]["$tuple"]
         internal = state[1]["$tuple"]
         assume(damage[1] != len(internal))
-        state[1]["$tuple"] = internal[: damage[1]] if damage[1] < len(internal) else internal + [0] * (damage[1] - len(internal))
+        n = damage[1]
+        state[1]["$tuple"] = internal[:n] if n < len(internal) else internal + [0] * (n - len(internal))
     else:
         doc["optimizer"]["param_groups"] = []
     meta[META_KEY] = json.dumps(doc)

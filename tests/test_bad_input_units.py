@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import socket
 import struct
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,7 +224,6 @@ def test_relay_never_times_out_an_idle_session_nor_a_slow_but_moving_reply():
 
 # ----------------------------------------------------------------------------------------------- ONNX checks
 def _binary_linear_model(w_dims, mode="signed", k=32, version=1):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     import bvit_edge.export.ops  # noqa: F401
@@ -238,9 +235,10 @@ def _binary_linear_model(w_dims, mode="signed", k=32, version=1):
     node = helper.make_node("BinaryLinear", ["x", "shift", "alpha", "w", "s"], ["y"], domain="bvit_edge", mode=mode,
                             in_features=k)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w_dims[0]])], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("bvit_edge", version)],
-                             ir_version=10)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w_dims[0]])],
+                              initializer=inits)
+    imports = [helper.make_opsetid("", 18), helper.make_opsetid("bvit_edge", version)]
+    return helper.make_model(graph, opset_imports=imports, ir_version=10)
 
 
 @pytest.mark.parametrize("w_dims, mode, version, words", [

@@ -41,7 +41,8 @@ def test_short_fp_run_writes_self_describing_checkpoints(tmp_path: Path) -> None
         assert "val_top1" in cfg["metrics"]
         with safe_open(str(out / sub / "model.safetensors"), framework="pt") as fh:
             assert json.loads(fh.metadata()["bvit_edge.config"])["model"] == "deit_test_patch4_16"
-    assert (out / "last" / "trainer_state.safetensors").is_file() and not (out / "best" / "trainer_state.safetensors").exists()
+    assert (out / "last" / "trainer_state.safetensors").is_file()
+    assert not (out / "best" / "trainer_state.safetensors").exists()
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     assert _files_left(out) == []
 
@@ -57,7 +58,8 @@ def test_lr_schedule_is_cosine_to_min_then_cooldown() -> None:
 
 def test_config_resolution_recipe_then_toml_then_flags(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text('method = "gsb"\nepochs = 7\nbatch_size = 32\nlr_base = 2e-3\n[method_options]\nstage1_epochs = 5\n')
+    toml.write_text('method = "gsb"\nepochs = 7\nbatch_size = 32\nlr_base = 2e-3\n'
+                    '[method_options]\nstage1_epochs = 5\n')
     cfg = resolve_config({"data": "cifar100", "batch_size": 128}, toml)
     assert cfg.recipe == "gsb" and cfg.weight_decay == 0.05 and cfg.cooldown_epochs == 10
     assert cfg.epochs == 7 and cfg.batch_size == 128

@@ -184,10 +184,6 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
     from bvit_edge.models import model_default_cfg
 
     out = Path(cfg.out)
-    method = get_method(cfg.method)
-    mcfg = model_default_cfg(cfg.model)
-    image_size = int(cfg.image_size or mcfg["input_size"][-1])
-
     state: dict[str, Any] | None = None
     if resume:
         try:
@@ -195,12 +191,15 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
         except CheckpointError as exc:
             raise CheckpointError(f"--resume: nothing to resume in {out} (no last/ checkpoint). Start without --resume.") from exc
         state = load_trainer_state(last)
-        saved = TrainConfig.from_dict(read_config(last)["train_config"])
+        saved = TrainConfig.from_dict(read_config(last).get("train_config"), f"the train_config of {last}")
         # The run continues with the config it started with; only the stopping point may change.
         saved.max_steps = cfg.max_steps
         saved.threads = cfg.threads
         cfg = saved
         log(f"resuming {out} from epoch {state['epoch']} step {state['step']}")
+    method = get_method(cfg.method)  # of the run's own config when resuming
+    mcfg = model_default_cfg(cfg.model)
+    image_size = int(cfg.image_size or mcfg["input_size"][-1])
 
     _seed_all(cfg.seed)
     splits = load_dataset(cfg.data, root=cfg.data_root, image_size=image_size, per_class=cfg.per_class, seed=cfg.seed, skip_bad=cfg.skip_bad)
@@ -231,7 +230,11 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
     step, start_epoch, skip_batches = 0, 0, 0
     best_top1, history = -1.0, []
     if state is not None:
-        model.load_state_dict(load_weights(out / "last"))
+        try:
+            model.load_state_dict(load_weights(out / "last"))
+        except RuntimeError as exc:  # weights of another shape than the run's own model
+            raise CheckpointError(f"{out / 'last'}: the weights do not fit the model the run was started with "
+                                  f"({str(exc).strip().splitlines()[-1].strip()[:200]}).") from None
         restore_trainer_state(state, opt, out / "last")
         step, start_epoch, skip_batches = int(state["step"]), int(state["epoch"]), int(state.get("batch_in_epoch", 0))
         best_top1, history = float(state.get("best_top1", -1.0)), list(state.get("history", []))

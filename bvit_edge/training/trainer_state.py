@@ -180,7 +180,8 @@ def check_trainer_state(state: Any, where: str | os.PathLike[str]) -> None:
                               "intact copy, or start the run again with --overwrite.")
 
 
-def restore_trainer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer, where: str | os.PathLike[str]) -> None:
+def restore_trainer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                          where: str | os.PathLike[str]) -> None:
     """Load the optimizer state and the torch / numpy / Python RNG states; CheckpointError when they do not
     fit (another model, another optimizer, a damaged RNG state)."""
     try:

@@ -1,6 +1,7 @@
 # bvit-edge: the two commands of the README.
 #   make demo   set up everything, then run the whole pipeline on the built-in digits data
 #   make test   set up everything, then run the test suite
+# For contributors: make lint (ruff + mypy, fails on any finding), make lint-report (counts, never fails).
 # Each creates/refreshes .venv, installs torch (CPU build) first, then the project editable, and the
 # Debian packages later steps need (cross compilers, qemu-user, debootstrap). Re-running is fast: the
 # dependency install is redone only when pyproject.toml or this Makefile change.
@@ -16,7 +17,7 @@ STAMP := $(VENV)/.bvit-edge-deps
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: all setup apt install demo test test-fast clean
+.PHONY: all setup apt install demo test test-fast lint lint-report clean
 
 all: test
 
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q hatchling editables pytest hypothesis
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,lint]"
 	touch $(STAMP)
 
 apt:
@@ -57,6 +58,18 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS) tests
+
+# Lint and types, configured in pyproject.toml ([tool.ruff], [tool.mypy]): rules, format, types.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# The same findings counted per rule, never failing (what .ci/run prints until the tree is clean).
+lint-report: install
+	-$(PY) -m ruff check . --statistics
+	-$(PY) -m ruff format --check . | tail -n 1
+	-$(PY) -m mypy | tail -n 1
 
 clean:
 	rm -rf $(VENV) build dist

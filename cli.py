@@ -1,6 +1,9 @@
 """The ``bvit-edge`` command line: thin Typer wrappers over the library (bvit_edge.*).
 
-Human output (tables, progress) goes to stderr; ``--json`` prints only the machine result on stdout.
+Human output (tables, progress) goes to stderr, never cut when it is not a terminal (bvit_edge.terminal);
+``--json`` prints only the machine result on stdout. Listings (``models``, ``targets list``) print their rows
+on stdout: a table on a terminal, tab-separated lines in a pipe. TVM's C++ log lines go to a log file
+(bvit_edge.native_log) unless ``bvit-edge --verbose``.
 Exit codes: 0 ok, 2 usage / bad input, 3 validation failure, 4 toolchain / RPC error, 5 missing dependency,
 130 interrupted. Heavy imports (torch, onnx, tvm) happen inside the commands so ``--help`` is instant.
 
@@ -52,9 +55,25 @@ class Stage(str, Enum):
 
 
 def _console():
-    from rich.console import Console
+    from bvit_edge.terminal import console
 
-    return Console(stderr=True)
+    return console()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the native libraries' log lines (TVM's C++ "
+                                          "warnings) on stderr; without it they go to a log file "
+                                          "(~/.local/state/bvit-edge/logs). Also BVIT_EDGE_VERBOSE=1.")] = False,
+) -> None:
+    """Options for every command (before the command's name: `bvit-edge --verbose compile ...`)."""
+    from bvit_edge.native_log import native_stderr_to_log, verbose_from_env
+
+    if ctx.invoked_subcommand is None or verbose or verbose_from_env():
+        return
+    note = lambda msg: _console().print(f"[dim]{msg}[/]", highlight=False)  # noqa: E731
+    ctx.with_resource(native_stderr_to_log(command=ctx.invoked_subcommand, note=note))
 
 
 #: where --json output goes: the process's real stdout, set aside by main() (everything else that writes to
@@ -461,9 +480,9 @@ app.add_typer(targets_app, name="targets")
 
 @targets_app.command("list")
 def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
-    """The target presets and what this machine can do with each (compiler found, runs natively)."""
-    from rich.table import Table
+    """The target presets and what this machine can do with each (compiler found, runs natively).
 
+    On a terminal a table; in a pipe one tab-separated line per preset after a header line."""
     from bvit_edge.targets import list_targets, load_target
     from bvit_edge.targets.toolchain import availability
 
@@ -471,13 +490,15 @@ def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     for name in list_targets():
         spec = load_target(name)
         rows.append({**{k: v for k, v in spec.to_dict().items() if k in ("name", "arch", "family", "word_bits", "threads", "cross_compiler")}, **availability(spec)})
-    table = Table(title="bvit-edge targets")
-    for col in ("name", "arch", "family", "word bits", "threads", "compiler", "runs natively"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["arch"], r["family"], str(r["word_bits"]), str(r["threads"]),
-                      (r.get("cross_compiler") or "host") + ("" if r["compiler_found"] else " (missing)"), "yes" if r["runs_natively"] else "no")
-    _emit(rows, as_json, table)
+    if as_json:
+        _emit(rows, True)
+        return
+    from bvit_edge.terminal import print_rows
+
+    print_rows(("name", "arch", "family", "word bits", "threads", "compiler", "runs natively"),
+               [(r["name"], r["arch"], r["family"], r["word_bits"], r["threads"],
+                 (r.get("cross_compiler") or "host") + ("" if r["compiler_found"] else " (missing)"),
+                 "yes" if r["runs_natively"] else "no") for r in rows], title="bvit-edge targets")
 
 
 @targets_app.command("show")
@@ -606,13 +627,17 @@ def report(
     json_path: Annotated[Path, typer.Argument(help="A bench/report JSON document.", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {kind: path} of the written files as JSON on stdout.")] = False,
 ) -> None:
     """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency)."""
     from bvit_edge.report import render_report
 
     written = render_report(json_path, out, overwrite=overwrite)
+    if as_json:
+        _emit({kind: str(path) for kind, path in written.items()}, True)
+        return
     for kind, path in written.items():
-        _console().print(f"{kind}: {path}")
+        _console().print(f"{kind}: {path}", highlight=False)
 
 
 # -------------------------------------------------------------------------------------------------- demo

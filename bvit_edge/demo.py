@@ -32,9 +32,9 @@ class DemoStepFailed(BvitEdgeError):
 
 
 def _console():
-    from rich.console import Console
+    from bvit_edge.terminal import console  # tables stay whole in a pipe or CI log
 
-    return Console(stderr=True)
+    return console()
 
 
 def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:

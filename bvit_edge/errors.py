@@ -1,7 +1,7 @@
 """Errors a user can act on.
 
 Every error bvit-edge raises on purpose is a :class:`BvitEdgeError`: one clear paragraph naming the
-problem and what to do, with the process exit code the CLI uses (CONVENTIONS.md):
+problem and what to do, with the process exit code the CLI uses (docs/architecture.md, "Conventions"):
 
 0 ok, 2 usage / bad input, 3 validation failure, 4 toolchain / RPC error, 5 missing optional dependency,
 130 interrupted (Ctrl-C).

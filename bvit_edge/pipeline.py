@@ -17,10 +17,8 @@ from typing import Any
 import numpy as np
 
 from bvit_edge.atomic import write_bytes, write_json
+from bvit_edge.contract import DATA_METADATA as META  # ONNX metadata keys the compiler copies into the manifest
 from bvit_edge.errors import CheckpointError, UsageError
-
-#: ONNX metadata keys the compiler copies into the artifact manifest (runtime/compile.py META_KEYS).
-META = {"mean": "bvit_edge.mean", "std": "bvit_edge.std", "classes": "bvit_edge.classes", "image_size": "bvit_edge.image_size"}
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import onnx
 
 from bvit_edge.atomic import write_bytes
+from bvit_edge.contract import META_DEFAULT_CFG, META_MODEL_NAME, META_OP_DOMAIN, META_OPS, op_domain_tag
 from bvit_edge.errors import BvitEdgeError, ConfigError, UsageError, ValidationError
 from bvit_edge.export.ops import DOMAIN, OPS_CHOICES, VERSION, translation_table
 
@@ -192,10 +193,10 @@ def _finalize(proto: onnx.ModelProto, ops: str, model: Any) -> onnx.ModelProto:
         proto.opset_import.extend(keep)
     cfg = dict(getattr(model, "default_cfg", None) or {})
     meta = {
-        "bvit_edge.ops": ops if DOMAIN in domains else "standard",
-        "bvit_edge.op_domain": f"{DOMAIN}:{VERSION}",
-        "bvit_edge.model_name": str(getattr(model, "model_name", type(model).__name__)),
-        "bvit_edge.default_cfg": json.dumps({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, tuple, list))}),
+        META_OPS: ops if DOMAIN in domains else "standard",
+        META_OP_DOMAIN: op_domain_tag(),
+        META_MODEL_NAME: str(getattr(model, "model_name", type(model).__name__)),
+        META_DEFAULT_CFG: json.dumps({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, tuple, list))}),
     }
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)

@@ -3,7 +3,7 @@
 ``bench(student_artifact, teacher_onnx=..., target=..., rpc=...)`` measures both models in the same process
 run, on the same target, at batch 1, and returns a :class:`BenchResult` (``to_dict()`` is the JSON report,
 ``save(path)`` writes it atomically, ``to_report()`` gives the bvit_edge.report document that
-``render_report`` draws). The protocol (DESIGN.md "Benchmark protocol"):
+``render_report`` draws). The protocol (docs/benchmarks.md):
 
 * Where things run. Locally (``rpc=None``) the student runs as a TVM artifact (bvit_edge.runtime.artifact)
   and the teacher in onnxruntime from its .onnx (bvit_edge.runtime.ort); a teacher given only as an artifact
@@ -46,7 +46,6 @@ import contextlib
 import datetime as _dt
 import os
 import platform
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -56,6 +55,7 @@ import numpy as np
 from bvit_edge.atomic import write_json
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, MissingDependencyError, ToolchainError, UsageError
+from bvit_edge.provenance import git_revision  # re-exported: the report's environment.git_revision
 from bvit_edge.runtime.artifact import read_manifest
 from bvit_edge.runtime.timing import Timing, measure, time_once
 
@@ -238,24 +238,6 @@ def _versions() -> dict[str, str]:
         except ImportError:
             out[name] = "not installed"
     return out
-
-
-def git_revision() -> str:
-    """``git rev-parse HEAD`` of the checkout bvit_edge is imported from, else "unknown" (an installed
-    wheel, no git, or a repository that is not bvit-edge's)."""
-    import bvit_edge  # noqa: PLC0415
-
-    pkg = Path(bvit_edge.__file__).resolve().parent
-    try:
-        top = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        if not top or pkg != Path(top).resolve() / "bvit_edge":  # e.g. site-packages inside another repo
-            return "unknown"
-        rev = subprocess.run(["git", "-C", top, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        return rev or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _affinity() -> list[int] | None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bvit_edge.atomic import write_json
+from bvit_edge.contract import DATA_METADATA, DOMAIN, DOMAIN_VERSION, META_DEFAULT_CFG
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
 from bvit_edge.output_folder import check_output_folder, output_folder
@@ -42,12 +43,7 @@ LIB_NAME = "lib.so"
 PARAMS_NAME = "params.npz"
 MANIFEST_NAME = "manifest.json"
 PARAMS_STORAGES = ("file", "embedded")
-META_KEYS = {
-    "mean": "bvit_edge.mean",
-    "std": "bvit_edge.std",
-    "classes": "bvit_edge.classes",
-    "image_size": "bvit_edge.image_size",
-}
+META_KEYS = DATA_METADATA
 
 
 
@@ -73,9 +69,9 @@ def _metadata(model: Any) -> dict[str, Any]:
             except json.JSONDecodeError:
                 meta[field] = props[key]
     # fallback: the exporter's "bvit_edge.default_cfg" (timm-style cfg: mean, std, input_size)
-    if "bvit_edge.default_cfg" in props:
+    if META_DEFAULT_CFG in props:
         try:
-            cfg = json.loads(props["bvit_edge.default_cfg"])
+            cfg = json.loads(props[META_DEFAULT_CFG])
         except json.JSONDecodeError:
             cfg = {}
         meta.setdefault("mean", cfg.get("mean"))
@@ -219,7 +215,7 @@ def compile_model(
         raise MissingDependencyError("compiling needs apache-tvm: pip install 'apache-tvm==0.27.*'.") from None
     from bvit_edge.runtime.params import LiftedParams  # noqa: PLC0415
     from bvit_edge.runtime.schedules import family_params  # noqa: PLC0415
-    from bvit_edge.runtime.tvm_frontend import DOMAIN, DOMAIN_VERSION, import_onnx  # noqa: PLC0415
+    from bvit_edge.runtime.tvm_frontend import import_onnx  # noqa: PLC0415
     from bvit_edge.targets import load_target  # noqa: PLC0415
     from bvit_edge.targets.toolchain import find_compiler  # noqa: PLC0415
 

@@ -27,9 +27,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx
 
+from bvit_edge.contract import BINARY_LINEAR, BINARY_MATMUL, DEFAULT_GSB_RATIOS
+from bvit_edge.contract import DOMAIN as BVIT_DOMAIN
 from bvit_edge.errors import DataError, MissingDependencyError, UsageError
 
-BVIT_DOMAIN = "bvit_edge"
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 _NO_BIAS = "BinaryLinearNoBias"
 _registered = False
@@ -93,21 +94,22 @@ def _register_python_ops() -> None:
 
         f, u8, s, i64 = PyCustomOpDef.dt_float, PyCustomOpDef.dt_uint8, PyCustomOpDef.dt_string, PyCustomOpDef.dt_int64
 
-        @onnx_op(op_type="BinaryLinear", inputs=[f, f, f, u8, f, f], outputs=[f], attrs={"mode": s, "in_features": i64})
+        @onnx_op(op_type=BINARY_LINEAR, inputs=[f, f, f, u8, f, f], outputs=[f], attrs={"mode": s, "in_features": i64})
         def _binary_linear(x, shift, alpha, w_bits, w_scale, bias, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
-            return _guarded("BinaryLinear", lambda: binary_linear_reference(
+            return _guarded(BINARY_LINEAR, lambda: binary_linear_reference(
                 x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features)),
                 lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],))
 
         @onnx_op(op_type=_NO_BIAS, inputs=[f, f, f, u8, f], outputs=[f], attrs={"mode": s, "in_features": i64})
         def _binary_linear_nb(x, shift, alpha, w_bits, w_scale, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
-            return _guarded("BinaryLinear", lambda: binary_linear_reference(
+            return _guarded(BINARY_LINEAR, lambda: binary_linear_reference(
                 x, shift, alpha, w_bits, w_scale, None, mode=mode, in_features=int(in_features)),
                 lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],))
 
-        @onnx_op(op_type="BinaryMatMul", inputs=[f] * 6, outputs=[f], attrs={"a_mode": s, "b_mode": s, "gsb_ratios": s})
-        def _binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode="signed", b_mode="signed", gsb_ratios="0.7,0.9"):  # type: ignore[no-untyped-def]
-            return _guarded("BinaryMatMul", lambda: binary_matmul_reference(
+        @onnx_op(op_type=BINARY_MATMUL, inputs=[f] * 6, outputs=[f], attrs={"a_mode": s, "b_mode": s, "gsb_ratios": s})
+        def _binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode="signed", b_mode="signed",
+                           gsb_ratios=_float_list_as_string(DEFAULT_GSB_RATIOS)):  # type: ignore[no-untyped-def]
+            return _guarded(BINARY_MATMUL, lambda: binary_matmul_reference(
                 a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode=a_mode, b_mode=b_mode,
                 gsb_ratios=[float(r) for r in str(gsb_ratios).split(",")]),
                 lambda: tuple(np.shape(a)[:-1]) + (np.shape(b)[-1],))
@@ -178,12 +180,12 @@ def rewrite_for_extensions(proto: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain != BVIT_DOMAIN:
             continue
         node.domain = CONTRIB_DOMAIN
-        if node.op_type == "BinaryLinear" and (len(node.input) < 6 or not node.input[5]):
+        if node.op_type == BINARY_LINEAR and (len(node.input) < 6 or not node.input[5]):
             del node.input[5:]
             node.op_type = _NO_BIAS
-        if node.op_type == "BinaryMatMul":
+        if node.op_type == BINARY_MATMUL:
             attrs = {a.name: a for a in node.attribute}
-            ratios = list(attrs["gsb_ratios"].floats) if "gsb_ratios" in attrs else [0.7, 0.9]
+            ratios = list(attrs["gsb_ratios"].floats) if "gsb_ratios" in attrs else list(DEFAULT_GSB_RATIOS)
             keep = [a for a in node.attribute if a.name != "gsb_ratios"]
             del node.attribute[:]
             node.attribute.extend(keep)

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bvit_edge.contract import DATA_METADATA
 from bvit_edge.errors import UsageError
 
 
@@ -27,8 +28,8 @@ def _onnx_meta(path: Path) -> dict[str, Any]:
     proto = load_model(path)
     props = {p.key: p.value for p in proto.metadata_props}
     meta = {}
-    for k in ("mean", "std", "classes", "image_size"):
-        v = props.get(f"bvit_edge.{k}")
+    for k, key in DATA_METADATA.items():
+        v = props.get(key)
         meta[k] = json.loads(v) if v is not None else None
     return meta
 

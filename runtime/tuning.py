@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from bvit_edge.contract import DEFAULT_GSB_RATIOS
 from bvit_edge.errors import ConfigError, ToolchainError, UsageError
 from bvit_edge.runtime.schedules.family import FamilyParams
 
@@ -78,7 +79,7 @@ class KernelSpec:
             m, k, n = self.shape
             return schedule_binary_linear(binary_linear_kernel(m, k, n, self.modes[0], self.word_bits), params)
         b, h, m, k, n = self.shape
-        func = binary_matmul_kernel(b, h, m, k, n, self.modes[0], self.modes[1], self.ratios or (0.7, 0.9),
+        func = binary_matmul_kernel(b, h, m, k, n, self.modes[0], self.modes[1], self.ratios or DEFAULT_GSB_RATIOS,
                                     self.word_bits)
         return schedule_binary_matmul(func, params)
 

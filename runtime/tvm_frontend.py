@@ -28,13 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from bvit_edge.contract import DEFAULT_GSB_RATIOS, DOMAIN, DOMAIN_VERSION, ContractError, check_domain_version
+from bvit_edge.contract import OP_TYPES as OPS
+from bvit_edge.contract import STANDARD_DOMAINS as _STANDARD_DOMAINS
 from bvit_edge.errors import ConfigError, ToolchainError, UsageError
 from bvit_edge.packing import as_words, padded_length
-
-DOMAIN = "bvit_edge"
-DOMAIN_VERSION = 1
-OPS = ("BinaryLinear", "BinaryMatMul")
-_STANDARD_DOMAINS = ("", "ai.onnx")
 
 _FAMILY: contextvars.ContextVar[Any] = contextvars.ContextVar("bvit_edge_family_params")
 
@@ -63,31 +61,27 @@ def convert_map_hook() -> ModuleType:
 def check_domains(model: Any) -> None:
     """Refuse a model whose ops the importer would mis-read: unknown domains, or bvit_edge != v1.
 
-    Raises ConfigError (exit code 2) naming the op and the fix.
+    Raises ContractError (a ConfigError, exit code 2) naming the op and the fix.
     """
     versions = {imp.domain: imp.version for imp in model.opset_import}
-    if DOMAIN in versions and versions[DOMAIN] != DOMAIN_VERSION:
-        raise ConfigError(
-            f"The model uses op domain {DOMAIN!r} version {versions[DOMAIN]}, but this bvit-edge compiles "
-            f"only version {DOMAIN_VERSION}. Re-export the model with this bvit-edge version, or upgrade "
-            "bvit-edge."
-        )
+    if DOMAIN in versions:
+        check_domain_version(versions[DOMAIN])
     for node in model.graph.node:
         dom = node.domain
         if dom == DOMAIN:
             if node.op_type not in OPS:
-                raise ConfigError(
+                raise ContractError(
                     f"Node {node.name!r}: op {DOMAIN}::{node.op_type} is not part of domain {DOMAIN!r} "
                     f"version {DOMAIN_VERSION} (ops: {', '.join(OPS)}). Re-export the model."
                 )
         elif dom not in _STANDARD_DOMAINS:
-            raise ConfigError(
+            raise ContractError(
                 f"Node {node.name!r}: op {dom}::{node.op_type} is in domain {dom!r}, which the TVM lowering "
                 f"does not know (only the standard ONNX domain and {DOMAIN!r} v{DOMAIN_VERSION}). Export with "
                 "standard ops or the bvit_edge domain."
             )
         elif node.op_type in OPS:
-            raise ConfigError(
+            raise ContractError(
                 f"Node {node.name!r}: {node.op_type} must be in domain {DOMAIN!r}, not the default domain."
             )
 
@@ -95,7 +89,7 @@ def check_domains(model: Any) -> None:
 def _attr_str(attr: dict, key: str, default: str | None = None) -> str:
     val = attr.get(key, default)
     if val is None:
-        raise ConfigError(f"bvit_edge op is missing its attribute {key!r}; re-export the model.")
+        raise ContractError(f"bvit_edge op is missing its attribute {key!r}; re-export the model.")
     return val.decode() if isinstance(val, bytes) else str(val)
 
 
@@ -215,7 +209,7 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
     fam = _family()
     a_mode = _attr_str(attr, "a_mode")
     b_mode = _attr_str(attr, "b_mode")
-    ratios = [float(r) for r in attr.get("gsb_ratios", (0.7, 0.9))]
+    ratios = [float(r) for r in attr.get("gsb_ratios", DEFAULT_GSB_RATIOS)]
     a, b, a_shift, a_alpha, b_shift, b_alpha = (list(inputs) + [None] * 6)[:6]
     ash, bsh = _static_shape(a, "BinaryMatMul A"), _static_shape(b, "BinaryMatMul B")
     a4, b4 = _to4d(ash, "BinaryMatMul A"), _to4d(bsh, "BinaryMatMul B")

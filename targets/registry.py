@@ -26,11 +26,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from bvit_edge.errors import ConfigError, MissingDependencyError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI (a dependency with a python_version marker)
+    import tomli as tomllib
 
 __all__ = [
     "ARCHES",

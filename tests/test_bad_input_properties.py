@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import shutil
 import string
+import sys
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,11 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI
+    import tomli as tomllib
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """Converting checkpoints of the official GSB code: a state_dict built here with the official names and
-shapes (as ALGORITHMS.md lists them) for stage 1 and stage 2, read from a .pth holding argparse.Namespace
+shapes (the official layout, docs/methods.md) for stage 1 and stage 2, read from a .pth holding argparse.Namespace
 under weights_only=True; unmatched keys are refused with their full list."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def official_stage1(depth: int = DEPTH) -> dict[str, torch.Tensor]:
 
 
 def test_official_key_counts_match_the_published_deit_s_checkpoints() -> None:
-    # 403 and 244 keys for depth 12 (ALGORITHMS.md): our fixtures follow the same layout
+    # 403 and 244 keys for depth 12 (docs/methods.md, "GSB"): our fixtures follow the same layout
     assert len(official_stage2(12)) == 403
     assert len(official_stage1(12)) == 244
 

@@ -1,4 +1,4 @@
-"""The torch.ops.bvit deployment ops against numpy references written from the op contract (DESIGN.md):
+"""The torch.ops.bvit deployment ops against numpy references written from the op contract (docs/ops/):
 integer accumulators exact (a ±1 int64 matmul), float outputs in the contract's order, fake shapes."""
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def test_gsb_masks_are_per_sample():
 
 def test_gsb_signed_planes_superpose_to_three_levels():
     """With A = identity (unsigned, alpha 1: every 1 > 1/2), Y = v_hat = b1 sgn(v') + b2 sgn(v' M1) +
-    b3 sgn(v' M2), so |Y| takes only the levels b1, b1+b2, b1+b2+b3 (ALGORITHMS.md §1)."""
+    b3 sgn(v' M2), so |Y| takes only the levels b1, b1+b2, b1+b2+b3 (docs/methods.md "GSB")."""
     rng = np.random.default_rng(0)
     k = n = 6
     v = rng.standard_normal((1, 1, k, n)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""ACD-BiT distribution-alignment binarizer (ALGORITHMS.md §4): per-sample median shift / mean restore,
+"""ACD-BiT distribution-alignment binarizer (docs/methods.md "ACD-BiT"): per-sample median shift / mean restore,
 clipped-STE gradients, batch independence, and the linear layer against a numpy reference."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BinaryViT quantizers and layers (ALGORITHMS.md §3): ApproxSign, RPReLU, LayerScale, the attention
+"""BinaryViT quantizers and layers (docs/methods.md "BinaryViT"): ApproxSign, RPReLU, LayerScale, the attention
 binarizer and the per-row binary linear — forward values and gradients against formulas written out here."""
 
 from __future__ import annotations

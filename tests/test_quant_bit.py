@@ -1,4 +1,4 @@
-"""BiT elastic binarizers (ALGORITHMS.md §2) and the BiT binary linear layer.
+"""BiT elastic binarizers (docs/methods.md "BiT") and the BiT binary linear layer.
 
 Forward values and autograd gradients are compared with the formulas written out here in numpy, never with
 the code under test.

@@ -1,4 +1,4 @@
-"""GSB input binarizers: forward values and gradients against ALGORITHMS.md §1, written out here in numpy.
+"""GSB input binarizers: forward values and gradients against docs/methods.md "GSB", written out here in numpy.
 
 Grouped as in larq: quantization (forward), gradients (backward, against the stated formulas, including the
 1/sqrt(numel) alpha gradient scaling), initialisation / serialization (lazy init, stored flag, clamp).

@@ -1,6 +1,6 @@
 """ONNX graphs with bvit_edge ops compiled for the host through TVM match numpy (1e-5 relative).
 
-The references are written out here from the op contract (DESIGN.md, ALGORITHMS.md §1) with float
+The references are written out here from the op contract (docs/ops/, docs/methods.md "GSB") with float
 +-1 / 0-1 plane matrices and an int64 matmul: they share no code with the kernels.
 """
 

@@ -1,4 +1,4 @@
-"""ACD-BiT students (Wang et al., Sensors 2024; ALGORITHMS.md §4) on the DeiT backbone, timm layout.
+"""ACD-BiT students (Wang et al., Sensors 2024; docs/methods.md "ACD-BiT") on the DeiT backbone, timm layout.
 
 Distribution-alignment binarization (:mod:`bvit_edge.quant.acdbit`: x_hat = alpha sgn+(x - med) + mu, per
 sample) on the inputs of qkv, proj, fc1, fc2 (with layer-wise BWN weights) and on Q, K, V and the attention

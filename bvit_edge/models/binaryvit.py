@@ -1,4 +1,4 @@
-"""BinaryViT students (Le & Li, CVPR 2023 workshops; ALGORITHMS.md §3): flat DeiT variants whose four
+"""BinaryViT students (Le & Li, CVPR 2023 workshops; docs/methods.md "BinaryViT"): flat DeiT variants whose four
 architectural changes can each be switched on (for the ablation), and the 4-stage pyramid.
 
 Binary unit (every binary linear)::

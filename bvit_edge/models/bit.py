@@ -1,4 +1,4 @@
-"""BiT students (Liu et al., NeurIPS 2022; ALGORITHMS.md §2) on the DeiT backbone, timm state_dict layout.
+"""BiT students (Liu et al., NeurIPS 2022; docs/methods.md "BiT") on the DeiT backbone, timm state_dict layout.
 
 What is binary: qkv, proj, fc1, fc2 (BWN weights, elastic input binarizers: signed for qkv/proj/fc1, unsigned
 for the post-GELU fc2 input); Q, K, V after the projection (signed, beta [H, 1, d_h]); the attention

@@ -20,7 +20,7 @@ Key mapping (official -> bvit-edge; every other key keeps its name):
 
 Every ``initialized`` flag of the converted model is set (the official scales are trained values). The model's
 geometry (dim, depth, heads, patch, image size, classes) is read from the tensor shapes. Semantics that
-differ on purpose (ALGORITHMS.md §1): bvit-edge takes the group masks' max/min per sample, the official code
+differ on purpose (docs/methods.md "GSB"): bvit-edge takes the group masks' max/min per sample, the official code
 per batch, so batch-1 predictions agree and larger-batch ones may not.
 """
 

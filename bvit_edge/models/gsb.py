@@ -1,4 +1,4 @@
-"""GSB students (Group Superposition Binarization, Gao et al., Neural Networks 2024; ALGORITHMS.md §1).
+"""GSB students (Group Superposition Binarization, Gao et al., Neural Networks 2024; docs/methods.md "GSB").
 
 A DeiT (cls + distillation token, two heads, mean of both at eval) built on
 :class:`bvit_edge.models.vit.VisionTransformer` through its ``make_*`` hooks, so the state_dict layout stays

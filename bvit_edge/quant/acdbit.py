@@ -1,4 +1,4 @@
-"""ACD-BiT's distribution-alignment binarizer (Wang et al., Sensors 2024, 24(24):8190). ALGORITHMS.md §4.
+"""ACD-BiT's distribution-alignment binarizer (Wang et al., Sensors 2024, 24(24):8190). docs/methods.md "ACD-BiT".
 
 Forward, per sample (statistics over every axis but the first, so a prediction never depends on the other
 images of its batch — a deliberate choice; the paper does not say, and there is no public code)::

@@ -1,5 +1,5 @@
 """BinaryViT's quantizers and small layers (Le & Li, "BinaryViT: Pushing Binary Vision Transformers Towards
-Convolutional Models", CVPR 2023 workshops). ALGORITHMS.md §3.
+Convolutional Models", CVPR 2023 workshops). docs/methods.md "BinaryViT".
 
 ApproxSign (Bi-Real Net's activation binarizer)::
 

@@ -1,6 +1,6 @@
 """BiT's elastic binarizers (Liu et al., "BiT: Robustly Binarized Multi-distilled Transformer", NeurIPS 2022).
 
-ALGORITHMS.md §2. With x' = x - beta (beta a learnable per-channel shift, init 0) and a learnable scale
+docs/methods.md "BiT". With x' = x - beta (beta a learnable per-channel shift, init 0) and a learnable scale
 alpha > 0 (one scalar per tensor):
 
 Signed (inputs of Q, K, V, O, FFN1; Q, K, V after the projection)::
@@ -43,7 +43,7 @@ Initialisation: lazily from the first batch (as GSB): alpha = 2 mean|x'| (signed
 clamped to >= 1e-5; the ``initialized`` flag is a buffer, so it is saved with the checkpoint.
 
 Gradient scale: :class:`ElasticBinarizer` multiplies alpha's gradient by 1/sqrt(numel(x)) (LSQ's step-size
-gradient scale with Qp = 1, which BiT's LSQ-derived binarizers use and GSB keeps; ALGORITHMS.md §1);
+gradient scale with Qp = 1, which BiT's LSQ-derived binarizers use and GSB keeps; docs/methods.md, "Shared pieces");
 ``alpha_grad_scale=False`` turns it off. The functional :func:`elastic_binarize` is the unscaled rule of §2.
 """
 
@@ -56,6 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bvit_edge.contract import LINEAR_MODES
 from bvit_edge.errors import ConfigError
 
 ALPHA_MIN = 1e-5
@@ -173,7 +174,7 @@ class ElasticBinarizer(nn.Module):
     ) -> None:
         super().__init__()
         self.alpha_grad_scale = alpha_grad_scale
-        if mode not in ("signed", "unsigned"):
+        if mode not in LINEAR_MODES:
             raise ConfigError(f"Unknown binarizer mode {mode!r}; use 'signed' or 'unsigned'.")
         if bits not in (1, 2):
             raise ConfigError(f"BiT activations are 1 or 2 bits (the W1A1 student or the W1A2 step of its "

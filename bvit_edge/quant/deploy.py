@@ -1,4 +1,5 @@
-"""Deployment mode: the PyTorch custom ops of the ``bvit_edge`` op contract (DESIGN.md), their reference
+"""Deployment mode: the PyTorch custom ops of the ``bvit_edge`` op contract (:mod:`bvit_edge.contract`,
+docs/ops/), their reference
 forward in torch, and the helpers that turn trained float parameters into their deployment form.
 
 Ops (``torch.library.custom_op``, namespace ``bvit``; each has a ``register_fake`` giving its output shape):
@@ -10,7 +11,7 @@ Ops (``torch.library.custom_op``, namespace ``bvit``; each has a ``register_fake
 
 ``torch.ops.bvit.binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode, b_mode, gsb_ratios)``
     a' = a + a_shift [B, H, M, K], b' = b + b_shift [B, H, K, N]; each operand becomes planes P_i with
-    scales alpha_i (plain modes: one plane; gsb modes: three, ALGORITHMS.md §1, max/min per sample):
+    scales alpha_i (plain modes: one plane; gsb modes: three, docs/methods.md "GSB", max/min per sample):
       signed:       P_1 = sgn(a')                        (sgn(0) = +1)
       unsigned:     P_1 = [a' > alpha_1 / 2]
       gsb_unsigned: P_1 = [a' > alpha_1 / 2], P_2 = M1 = [a' > r1 max a'], P_3 = M2 = [a' > r2 max a']
@@ -39,10 +40,9 @@ import torch.nn.functional as F
 from torch.library import custom_op
 
 from bvit_edge import packing
-
-DEFAULT_GSB_RATIOS: tuple[float, float] = (0.7, 0.9)
-A_MODES = ("signed", "unsigned", "gsb_unsigned")
-B_MODES = ("signed", "gsb_signed")
+from bvit_edge.contract import DEFAULT_GSB_RATIOS, LINEAR_MODES, ContractError, check_mode
+from bvit_edge.contract import MATMUL_A_MODES as A_MODES
+from bvit_edge.contract import MATMUL_B_MODES as B_MODES
 
 # ---------------------------------------------------------------------------------------------------------
 # Shared helpers (training and deployment use the same ones)
@@ -90,8 +90,7 @@ def signed_weight_from_bits(w_bits: torch.Tensor, in_features: int) -> torch.Ten
 
 
 def _check_mode(mode: str, allowed: Sequence[str], what: str) -> None:
-    if mode not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(allowed)} (got {mode!r})")
+    check_mode(mode, allowed, what, fix="")
 
 
 def _binarize_plain(x: torch.Tensor, alpha: torch.Tensor, mode: str) -> torch.Tensor:
@@ -109,9 +108,9 @@ def binary_linear_accumulator(
     x: torch.Tensor, shift: torch.Tensor, alpha: torch.Tensor, w_bits: torch.Tensor, mode: str, in_features: int
 ) -> torch.Tensor:
     """The exact integer accumulator acc[..., n] of BinaryLinear, as float32 holding integers."""
-    _check_mode(mode, ("signed", "unsigned"), "binary_linear mode")
+    _check_mode(mode, LINEAR_MODES, "binary_linear mode")
     if x.shape[-1] != in_features:
-        raise ValueError(f"binary_linear: x has {x.shape[-1]} features, in_features is {in_features}")
+        raise ContractError(f"binary_linear: x has {x.shape[-1]} features, in_features is {in_features}")
     a = _binarize_plain(x + shift, alpha, mode)
     w = signed_weight_from_bits(w_bits, in_features)
     return torch.matmul(a, w.t())
@@ -171,7 +170,7 @@ def b_planes(b: torch.Tensor, alpha: torch.Tensor, mode: str, ratios: Sequence[f
     mutates_args=(),
     schema=(
         "(Tensor a, Tensor b, Tensor a_shift, Tensor a_alpha, Tensor b_shift, Tensor b_alpha, str a_mode, "
-        "str b_mode, float[] gsb_ratios=[0.7, 0.9]) -> Tensor"
+        f"str b_mode, float[] gsb_ratios=[{DEFAULT_GSB_RATIOS[0]}, {DEFAULT_GSB_RATIOS[1]}]) -> Tensor"
     ),
 )
 def binary_matmul(
@@ -190,7 +189,7 @@ def binary_matmul(
     pb = b_planes(b + b_shift, b_alpha.reshape(-1), b_mode, gsb_ratios)
     aa, ba = a_alpha.reshape(-1).to(torch.float32), b_alpha.reshape(-1).to(torch.float32)
     if aa.numel() < len(pa) or ba.numel() < len(pb):
-        raise ValueError(
+        raise ContractError(
             f"binary_matmul: {a_mode}/{b_mode} need {len(pa)}/{len(pb)} alphas, got {aa.numel()}/{ba.numel()}"
         )
     out: torch.Tensor | None = None
@@ -292,7 +291,7 @@ class FrozenBinaryLinear(nn.Module):
         in_features: int,
     ) -> None:
         super().__init__()
-        _check_mode(mode, ("signed", "unsigned"), "FrozenBinaryLinear mode")
+        _check_mode(mode, LINEAR_MODES, "FrozenBinaryLinear mode")
         self.mode = mode
         self.in_features = int(in_features)
         self.out_features = int(w_bits.shape[0])

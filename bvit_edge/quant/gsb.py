@@ -1,5 +1,5 @@
 """GSB input binarizers (Gao et al., "GSB: Group Superposition Binarization for Vision Transformer with
-Limited Training Samples", Neural Networks 2024, arXiv 2305.07931), ALGORITHMS.md §1.
+Limited Training Samples", Neural Networks 2024, arXiv 2305.07931), docs/methods.md "GSB".
 
 Notation: x' = the (already shifted) input, alpha > 0 a learnable scale, sgn = torch.sign (sgn(0) = 0 in
 training), r = round half to even, 1[.] the indicator, g the upstream gradient.
@@ -29,7 +29,7 @@ signed alpha = 2 mean|x'|; unsigned alpha = 4 mean|x'|; Value a1 = 2 mean|v'| ov
 over M1 minus M2, a3 = 2 mean|v'| over M2; attention a1 = 4 mean A, a2 = 4 mean(A on M1 minus M2),
 a3 = 4 mean(A on M2).
 
-Two deliberate departures from the official code (ALGORITHMS.md §1):
+Two deliberate departures from the official code (docs/methods.md "GSB"):
 - max/min for the masks are taken per sample (over that sample's heads and tokens), in training and in
   deployment alike, so a prediction never depends on the other images in the batch;
 - the ``initialized`` flag is a saved buffer, and a2/a3 are initialised as stated above (the official residual

@@ -1,4 +1,4 @@
-"""8-bit quantizers of GSB's non-binary parts (ALGORITHMS.md §1, §5): the patch embedding's conv weights
+"""8-bit quantizers of GSB's non-binary parts (docs/methods.md, "The 8-bit parts"): the patch embedding's conv weights
 (LSQ, per output channel) and the two classifier heads (W8A8, per tensor, "elastic" LSQ-style step sizes).
 
 Symmetric n-bit LSQ (Esser et al. 2020), Qn = -2^(n-1), Qp = 2^(n-1) - 1 (-128, 127 for 8 bits),

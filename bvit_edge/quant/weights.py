@@ -1,11 +1,11 @@
 """Binary weight quantizers (BWN), layer-wise (GSB, BiT) and per output row (BinaryViT).
 
-Layer-wise BWN (Rastegari et al. 2016, as GSB and BiT use it; ALGORITHMS.md §1):
+Layer-wise BWN (Rastegari et al. 2016, as GSB and BiT use it; docs/methods.md "GSB"):
 
     forward:   W_hat = m * sgn(W - mean(W)),   m = ||W||_1 / n = mean|W|   (of the UNcentred W)
     backward:  dL/dW = dL/dW_hat               (identity straight-through estimator)
 
-Per-row BWN (BinaryViT, ALGORITHMS.md §3), one scale per output row n (rows of a Linear weight [N, K]):
+Per-row BWN (BinaryViT, docs/methods.md "BinaryViT"), one scale per output row n (rows of a Linear weight [N, K]):
 
     forward:   W_hat[n, :] = m_n * sgn(W[n, :] - mean_k W[n, k]),   m_n = mean_k |W[n, k]|  (detached)
     backward:  dL/dW = dL/dW_hat               (identity; m_n carries no gradient)

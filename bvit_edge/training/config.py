@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import re
-import tomllib
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -24,17 +24,22 @@ from typing import Any, Callable
 
 from bvit_edge.errors import ConfigError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI (a dependency with a python_version marker)
+    import tomli as tomllib
+
 METHODS = ("fp", "gsb", "bit", "binaryvit", "acdbit")
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # GSB paper / official code (ALGORITHMS.md §1): AdamW, lr = 1e-3 * batch * world / 512, wd 0.05,
+    # GSB paper / official code (docs/methods.md, "GSB"): AdamW, lr = 1e-3 * batch * world / 512, wd 0.05,
     # cosine to 1e-6, no warm-up, cooldown 10, batch 64, AMP, RandAugment + colour jitter + random erase.
     "gsb": dict(
         optimizer="adamw", lr_base=1e-3, weight_decay=0.05, min_lr=1e-6, warmup_epochs=0,
         cooldown_epochs=10, batch_size=64, amp=True, augment="deit", epochs=300, label_smoothing=0.0,
         drop_path=0.1,
     ),
-    # Calibrated on these machines for the digits default (RECIPES.md "Digits calibration"): AdamW 1e-3
+    # Calibrated on these machines for the digits default (docs/methods.md, "Training recipes"): AdamW 1e-3
     # at batch 64, cosine, small shifts; the demo geometry trains to >95% in minutes on 2 cores.
     "digits": dict(
         optimizer="adamw", lr=1e-3, weight_decay=0.05, min_lr=1e-6, warmup_epochs=0, cooldown_epochs=0,

@@ -2,7 +2,7 @@
 
 A method is a small object: ``build(cfg, info, teacher)`` returns the model to train, ``loss(model, images,
 labels, teacher)`` returns (loss, eval logits). Distillation methods get the full-precision teacher, frozen
-in eval mode. The losses follow ALGORITHMS.md:
+in eval mode. The losses follow docs/methods.md:
 
 - fp:        CE(logits, y) (both heads for a distilled teacher: mean of the two CEs).
 - gsb:       DeiT hard distillation 0.5 CE(cls, y) + 0.5 CE(dist, argmax teacher).
@@ -132,7 +132,7 @@ def _check_same(name: str, s: torch.Tensor, t: torch.Tensor) -> None:
 
 @register_method("gsb")
 class GSB(Method):
-    """GSB (ALGORITHMS.md §1): DeiT hard distillation, 0.5 CE(cls, y) + 0.5 CE(dist, argmax teacher).
+    """GSB (docs/methods.md "GSB"): DeiT hard distillation, 0.5 CE(cls, y) + 0.5 CE(dist, argmax teacher).
 
     ``cfg.stage`` selects the stage; stage 1 starts from the teacher's weights, stage 2 from stage 1's
     checkpoint (``cfg.init``). ``method_options.corrected_grads=false`` trains the ablation without GSB's
@@ -161,7 +161,7 @@ class GSB(Method):
 
 @register_method("bit")
 class BiT(Method):
-    """BiT (ALGORITHMS.md §2): logit soft-CE (T = 1) + hidden-state MSE + attention-score MSE to the teacher.
+    """BiT (docs/methods.md "BiT"): logit soft-CE (T = 1) + hidden-state MSE + attention-score MSE to the teacher.
 
     The multi-distillation chain FP -> W1A2 -> W1A1 is run as successive `train` calls, each with the
     previous run as ``--teacher``: ``method_options.act_bits = 2`` trains the W1A2 step (BiT models only;
@@ -204,7 +204,7 @@ class BiT(Method):
 
 @register_method("binaryvit")
 class BinaryViT(Method):
-    """BinaryViT (ALGORITHMS.md §3): distribution loss CE(softmax teacher, log_softmax student)."""
+    """BinaryViT (docs/methods.md "BinaryViT"): distribution loss CE(softmax teacher, log_softmax student)."""
 
     needs_teacher = True
 
@@ -222,7 +222,7 @@ class BinaryViT(Method):
 
 @register_method("acdbit")
 class ACDBiT(Method):
-    """ACD-BiT (ALGORITHMS.md §4): w_qk * sum over blocks of MSE(Q, K vs the teacher's) + w_ce * CE(student,
+    """ACD-BiT (docs/methods.md "ACD-BiT"): w_qk * sum over blocks of MSE(Q, K vs the teacher's) + w_ce * CE(student,
     argmax teacher); weights ``method_options.{w_qk, w_ce}`` default 0.9 / 0.1 (the paper's best)."""
 
     needs_teacher = True

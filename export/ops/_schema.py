@@ -12,8 +12,10 @@ from typing import Callable, Sequence
 import onnx
 from onnx import defs
 
-DOMAIN = "bvit_edge"
-VERSION = 1
+from bvit_edge.contract import DOMAIN as DOMAIN  # re-exported for the op files
+from bvit_edge.contract import DOMAIN_VERSION
+
+VERSION = DOMAIN_VERSION
 
 Param = defs.OpSchema.FormalParameter
 Attr = defs.OpSchema.Attribute

@@ -1,6 +1,6 @@
 """``bvit_edge::BinaryLinear`` version 1: schema, numpy reference, standard-ONNX decomposition, translation.
 
-Semantics (DESIGN.md, docs/ops/BinaryLinear_v1.md), K = ``in_features``:
+Semantics (docs/ops/BinaryLinear_v1.md; constants in :mod:`bvit_edge.contract`), K = ``in_features``:
 
     x' = X + shift
     signed:   a = sgn(x') in {-1, +1} with sgn(0) = +1          (bit = x' < 0)
@@ -22,12 +22,12 @@ import onnx
 from onnx import defs
 
 from bvit_edge import packing
-from bvit_edge.errors import UsageError
+from bvit_edge.contract import BINARY_LINEAR, LINEAR_MODES, ContractError, check_mode
 from bvit_edge.export.ops import _bits
 from bvit_edge.export.ops._schema import DOMAIN, OPTIONAL, VERSION, Attr, AttrType, Param, float_output, input_dims, register_once
 
-OP_TYPE = "BinaryLinear"
-MODES = ("signed", "unsigned")
+OP_TYPE = BINARY_LINEAR
+MODES = LINEAR_MODES
 
 # --------------------------------------------------------------------------------------------------------
 # ONNX schema
@@ -58,7 +58,8 @@ SCHEMA = defs.OpSchema(
     ],
     outputs=[Param("Y", "tensor(float)", "output [..., N]")],
     attributes=[
-        Attr("mode", AttrType.STRING, '"signed" or "unsigned" (how X + shift is binarized)', required=True),
+        Attr("mode", AttrType.STRING, " or ".join(f'"{m}"' for m in MODES) + " (how X + shift is binarized)",
+             required=True),
         Attr("in_features", AttrType.INT, "K, the true (unpadded) reduction length", required=True),
     ],
 )
@@ -70,10 +71,7 @@ register_once(SCHEMA, _infer)
 
 
 def _check_mode(mode: str) -> str:
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-    if mode not in MODES:
-        raise UsageError(f"BinaryLinear: mode must be one of {', '.join(MODES)}, got {mode!r}. Fix the node's 'mode' attribute.")
-    return mode
+    return check_mode(mode, MODES, "BinaryLinear: mode", "Fix the node's 'mode' attribute.")
 
 
 def binarize_input(x: np.ndarray, shift: np.ndarray, alpha: np.ndarray, mode: str) -> _bits.Plane:
@@ -93,9 +91,9 @@ def binary_linear_accumulators(
     k = int(in_features)
     w_bits = np.asarray(w_bits)
     if x.shape[-1] != k:
-        raise UsageError(f"BinaryLinear: X has {x.shape[-1]} features but in_features is {k}. Export and input disagree.")
+        raise ContractError(f"BinaryLinear: X has {x.shape[-1]} features but in_features is {k}. Export and input disagree.")
     if w_bits.dtype != np.uint8 or w_bits.ndim != 2 or w_bits.shape[1] * 8 != packing.padded_length(k):
-        raise UsageError(
+        raise ContractError(
             f"BinaryLinear: W_bits must be uint8 [N, {packing.padded_length(k) // 8}] for in_features {k}, "
             f"got {w_bits.dtype} {list(w_bits.shape)}. Re-export the model."
         )
@@ -176,7 +174,7 @@ def binary_linear_standard(
 
 def translate_packed(x: Any, shift: Any, alpha: Any, w_bits: Any, w_scale: Any, bias: Any, mode: str, in_features: int) -> Any:
     """torch.ops.bvit.binary_linear -> one bvit_edge::BinaryLinear node (a plain traced function; a
-    decorated @onnxscript.script one fails in the exporter's inliner, RECIPES.md)."""
+    decorated @onnxscript.script one fails in the exporter's inliner: docs/architecture.md, "Exporting")."""
     import onnxscript
 
     bvit = onnxscript.values.Opset(DOMAIN, VERSION)

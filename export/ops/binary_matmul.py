@@ -1,6 +1,6 @@
 """``bvit_edge::BinaryMatMul`` version 1: schema, numpy reference, standard-ONNX decomposition, translation.
 
-Semantics (DESIGN.md, ALGORITHMS.md §1, docs/ops/BinaryMatMul_v1.md); A' = A + a_shift [..., M, K],
+Semantics (docs/ops/BinaryMatMul_v1.md, docs/methods.md "GSB"); A' = A + a_shift [..., M, K],
 B' = B + b_shift [..., K, N]; r1, r2 = ``gsb_ratios`` (float32); max / min taken per sample, i.e. over
 every axis but the first. Each operand becomes planes P_i (A) / Q_j (B) with scales alpha_i / beta_j:
 
@@ -25,14 +25,13 @@ import onnx
 from onnx import defs
 
 from bvit_edge import packing
-from bvit_edge.errors import UsageError
+from bvit_edge.contract import BINARY_MATMUL, DEFAULT_GSB_RATIOS, ContractError, check_mode, check_ratios
+from bvit_edge.contract import MATMUL_A_MODES as A_MODES
+from bvit_edge.contract import MATMUL_B_MODES as B_MODES
 from bvit_edge.export.ops import _bits
 from bvit_edge.export.ops._schema import DOMAIN, VERSION, Attr, AttrType, Param, float_output, input_dims, register_once
 
-OP_TYPE = "BinaryMatMul"
-A_MODES = ("signed", "unsigned", "gsb_unsigned")
-B_MODES = ("signed", "gsb_signed")
-DEFAULT_GSB_RATIOS = (0.7, 0.9)
+OP_TYPE = BINARY_MATMUL
 
 # --------------------------------------------------------------------------------------------------------
 # ONNX schema
@@ -63,8 +62,8 @@ SCHEMA = defs.OpSchema(
     ],
     outputs=[Param("Y", "tensor(float)", "output [..., M, N]")],
     attributes=[
-        Attr("a_mode", AttrType.STRING, '"signed", "unsigned" or "gsb_unsigned"', required=True),
-        Attr("b_mode", AttrType.STRING, '"signed" or "gsb_signed"', required=True),
+        Attr("a_mode", AttrType.STRING, "one of " + ", ".join(f'"{m}"' for m in A_MODES), required=True),
+        Attr("b_mode", AttrType.STRING, "one of " + ", ".join(f'"{m}"' for m in B_MODES), required=True),
         Attr("gsb_ratios", onnx.helper.make_attribute("gsb_ratios", list(DEFAULT_GSB_RATIOS)), "mask ratios r1, r2"),
     ],
 )
@@ -76,17 +75,12 @@ register_once(SCHEMA, _infer)
 
 
 def _mode(value: Any, allowed: Sequence[str], what: str) -> str:
-    value = value.decode() if isinstance(value, bytes) else str(value)
-    if value not in allowed:
-        raise UsageError(f"BinaryMatMul: {what} must be one of {', '.join(allowed)}, got {value!r}. Fix the node attribute.")
-    return value
+    return check_mode(value, allowed, f"BinaryMatMul: {what}", "Fix the node attribute.")
 
 
 def _ratios(gsb_ratios: Sequence[float] | None) -> tuple[np.float32, np.float32]:
-    r = tuple(DEFAULT_GSB_RATIOS if gsb_ratios is None else gsb_ratios)
-    if len(r) != 2:
-        raise UsageError(f"BinaryMatMul: gsb_ratios must hold two ratios (r1, r2), got {list(r)}.")
-    return np.float32(r[0]), np.float32(r[1])
+    r1, r2 = check_ratios(gsb_ratios)
+    return np.float32(r1), np.float32(r2)
 
 
 def _per_sample(x: np.ndarray, fn: Any) -> np.ndarray:
@@ -97,7 +91,7 @@ def _per_sample(x: np.ndarray, fn: Any) -> np.ndarray:
 def _alphas(alpha: np.ndarray, need: int, what: str) -> np.ndarray:
     a = np.asarray(alpha, np.float32).reshape(-1)
     if a.size < need:
-        raise UsageError(f"BinaryMatMul: {what} needs {need} scale(s) for its mode, got {a.size}. Re-export the model.")
+        raise ContractError(f"BinaryMatMul: {what} needs {need} scale(s) for its mode, got {a.size}. Re-export the model.")
     return a
 
 
@@ -148,7 +142,7 @@ def binary_matmul_accumulators(
     a = np.asarray(a, np.float32) + np.asarray(a_shift, np.float32)
     b = np.asarray(b, np.float32) + np.asarray(b_shift, np.float32)
     if a.ndim < 2 or b.ndim != a.ndim or a.shape[-1] != b.shape[-2]:
-        raise UsageError(
+        raise ContractError(
             f"BinaryMatMul: A {list(a.shape)} and B {list(b.shape)} must have the same rank and A's last axis "
             "must equal B's second to last (K)."
         )

@@ -23,9 +23,10 @@ from typing import Any
 import onnx
 
 from bvit_edge import packing
+from bvit_edge.contract import (BINARY_LINEAR, BINARY_MATMUL, DEFAULT_GSB_RATIOS, DOMAIN, LINEAR_MODES,
+                                MATMUL_A_MODES, MATMUL_B_MODES, PLANES)
+from bvit_edge.contract import DOMAIN_VERSION as VERSION
 from bvit_edge.errors import DataError
-from bvit_edge.export.ops import binary_linear, binary_matmul
-from bvit_edge.export.ops._schema import DOMAIN, VERSION
 
 F32, U8 = onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8
 _TYPE_NAMES = {F32: "float32", U8: "uint8"}
@@ -89,8 +90,8 @@ class _Node:
 
 def _check_binary_linear(n: _Node, attrs: dict[str, Any]) -> None:
     mode, k = _text(attrs.get("mode")), attrs.get("in_features")
-    if mode not in binary_linear.MODES:
-        n.fail(f"attribute mode is {mode!r}, expected one of {', '.join(binary_linear.MODES)}")
+    if mode not in LINEAR_MODES:
+        n.fail(f"attribute mode is {mode!r}, expected one of {', '.join(LINEAR_MODES)}")
     if not isinstance(k, int) or k < 1:
         n.fail(f"attribute in_features is {k!r}, expected a positive integer")
     if len(n.node.input) not in (5, 6):
@@ -110,22 +111,22 @@ def _check_binary_linear(n: _Node, attrs: dict[str, Any]) -> None:
 
 def _check_binary_matmul(n: _Node, attrs: dict[str, Any]) -> None:
     a_mode, b_mode = _text(attrs.get("a_mode", "signed")), _text(attrs.get("b_mode", "signed"))
-    if a_mode not in binary_matmul.A_MODES:
-        n.fail(f"attribute a_mode is {a_mode!r}, expected one of {', '.join(binary_matmul.A_MODES)}")
-    if b_mode not in binary_matmul.B_MODES:
-        n.fail(f"attribute b_mode is {b_mode!r}, expected one of {', '.join(binary_matmul.B_MODES)}")
-    ratios = list(attrs.get("gsb_ratios", binary_matmul.DEFAULT_GSB_RATIOS))
+    if a_mode not in MATMUL_A_MODES:
+        n.fail(f"attribute a_mode is {a_mode!r}, expected one of {', '.join(MATMUL_A_MODES)}")
+    if b_mode not in MATMUL_B_MODES:
+        n.fail(f"attribute b_mode is {b_mode!r}, expected one of {', '.join(MATMUL_B_MODES)}")
+    ratios = list(attrs.get("gsb_ratios", DEFAULT_GSB_RATIOS))
     if len(ratios) != 2 or not all(isinstance(r, float) and math.isfinite(r) for r in ratios):
         n.fail(f"attribute gsb_ratios is {ratios}, expected two ratios (r1, r2)")
     if len(n.node.input) != 6:
         n.fail(f"it has {len(n.node.input)} inputs, expected 6 (A, B, a_shift, a_alpha, b_shift, b_alpha)")
     n.const(2, "a_shift", F32)
     n.const(4, "b_shift", F32)
-    n.const(3, "a_alpha", F32, min_size=3 if a_mode == "gsb_unsigned" else 1)
-    n.const(5, "b_alpha", F32, min_size=3 if b_mode == "gsb_signed" else 1)
+    n.const(3, "a_alpha", F32, min_size=PLANES[a_mode])
+    n.const(5, "b_alpha", F32, min_size=PLANES[b_mode])
 
 
-_CHECKS = {binary_linear.OP_TYPE: _check_binary_linear, binary_matmul.OP_TYPE: _check_binary_matmul}
+_CHECKS = {BINARY_LINEAR: _check_binary_linear, BINARY_MATMUL: _check_binary_matmul}
 
 
 def check_bvit_nodes(model: onnx.ModelProto, where: str = "the model") -> None:

@@ -20,10 +20,9 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from bvit_edge.errors import ConfigError
+from bvit_edge.contract import LINEAR_MODES as MODES
+from bvit_edge.contract import check_mode
 from bvit_edge.runtime.kernels.words import n_words, word_dtype
-
-MODES = ("signed", "unsigned")
 
 
 def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64) -> tvm.tirx.PrimFunc:
@@ -32,8 +31,7 @@ def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64)
     Arguments of the prim func, in order: x f32[m, k], shift f32[k], alpha f32[1], w word[kw, n],
     w_scale f32[n], bias f32[n], y f32[m, n] (output).
     """
-    if mode not in MODES:
-        raise ConfigError(f"BinaryLinear mode {mode!r} is not one of {MODES}; re-export the model.")
+    check_mode(mode, MODES, "BinaryLinear mode")
     wd = word_dtype(word_bits)
     zero_word = tvm.tirx.IntImm(wd, 0)  # the sum reducer's identity, as a literal of the word type
     kw = n_words(k, word_bits)

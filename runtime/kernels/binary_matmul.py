@@ -26,16 +26,10 @@ from collections.abc import Sequence
 import tvm
 from tvm.script import tirx as T
 
-from bvit_edge.errors import ConfigError
+from bvit_edge.contract import DEFAULT_GSB_RATIOS, ContractError, check_ratios, n_planes
+from bvit_edge.contract import MATMUL_A_MODES as A_MODES
+from bvit_edge.contract import MATMUL_B_MODES as B_MODES
 from bvit_edge.runtime.kernels.words import n_words, word_dtype
-
-A_MODES = ("signed", "unsigned", "gsb_unsigned")
-B_MODES = ("signed", "gsb_signed")
-
-
-def n_planes(mode: str) -> int:
-    """Number of bit planes (and alphas) a BinaryMatMul operand mode uses."""
-    return 3 if mode.startswith("gsb") else 1
 
 
 def binary_matmul_kernel(
@@ -46,7 +40,7 @@ def binary_matmul_kernel(
     n: int,
     a_mode: str,
     b_mode: str,
-    ratios: Sequence[float] = (0.7, 0.9),
+    ratios: Sequence[float] = DEFAULT_GSB_RATIOS,
     word_bits: int = 64,
 ) -> tvm.tirx.PrimFunc:
     """Build the unscheduled BinaryMatMul prim func.
@@ -55,12 +49,11 @@ def binary_matmul_kernel(
     b_alpha f32[Q], out f32[batch, heads, m, n] (P, Q = planes of each mode).
     """
     if a_mode not in A_MODES or b_mode not in B_MODES:
-        raise ConfigError(
+        raise ContractError(
             f"BinaryMatMul modes a_mode={a_mode!r}, b_mode={b_mode!r} are not supported: a_mode must be one of "
             f"{A_MODES} and b_mode one of {B_MODES}; re-export the model with bvit_edge domain version 1."
         )
-    if len(ratios) != 2:
-        raise ConfigError(f"BinaryMatMul gsb_ratios must hold two numbers (r1, r2), got {list(ratios)}.")
+    check_ratios(ratios)
     wd = word_dtype(word_bits)
     zero_word = tvm.tirx.IntImm(wd, 0)  # the sum reducer's identity, as a literal of the word type
     bits = int(word_bits)

@@ -29,8 +29,9 @@ import datetime as _dt
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from bvit_edge.atomic import atomic_dir, sweep_stale, write_json
 from bvit_edge.errors import UsageError
@@ -65,8 +66,13 @@ def _resolve(path: str | os.PathLike[str]) -> Path:
     return p.absolute()
 
 
-def check_output_folder(path: str | os.PathLike[str], command: str, overwrite: bool = False,
-                        inputs: Iterable[str | os.PathLike[str] | None] = (), option: str = "--out") -> State:
+def check_output_folder(
+    path: str | os.PathLike[str],
+    command: str,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    option: str = "--out",
+) -> State:
     """What writing ``command``'s output to ``path`` will do, or a UsageError (exit 2) when it must not.
 
     ``inputs``: files or folders the command reads; one inside an existing ``path`` that would be replaced
@@ -74,8 +80,10 @@ def check_output_folder(path: str | os.PathLike[str], command: str, overwrite: b
     p = _resolve(path)
     if p.exists() and not p.is_dir():
         kind = "a file" if p.is_file() else "not a folder"
-        raise UsageError(f"{option} {path} is {kind}: {command} writes a folder there. Give the path of a folder "
-                         "(new or empty); the file is left as it is.")
+        raise UsageError(
+            f"{option} {path} is {kind}: {command} writes a folder there. Give the path of a folder "
+            "(new or empty); the file is left as it is."
+        )
     if not p.exists():
         return "new"
     if not any(p.iterdir()):
@@ -86,31 +94,43 @@ def check_output_folder(path: str | os.PathLike[str], command: str, overwrite: b
     elif overwrite:
         state = "replace"
     else:
-        what = (f"the output of `bvit-edge {owner}`" if owner else
-                f"files bvit-edge did not write ({_listing(p)})")
-        raise UsageError(f"{option} {path} already holds {what}. {command} writes only into a new or empty folder, "
-                         f"or one it wrote itself. Choose another folder, or pass --overwrite to replace the whole "
-                         "folder (its current content is deleted).")
+        what = f"the output of `bvit-edge {owner}`" if owner else f"files bvit-edge did not write ({_listing(p)})"
+        raise UsageError(
+            f"{option} {path} already holds {what}. {command} writes only into a new or empty folder, "
+            f"or one it wrote itself. Choose another folder, or pass --overwrite to replace the whole "
+            "folder (its current content is deleted)."
+        )
     for item in inputs:
         if item is None:
             continue
         q = Path(item).expanduser().absolute()
         if q == p or p in q.parents:
-            raise UsageError(f"{item} lies inside {option} {path}, which {command} replaces as a whole: write the "
-                             "output to another folder.")
+            raise UsageError(
+                f"{item} lies inside {option} {path}, which {command} replaces as a whole: write the "
+                "output to another folder."
+            )
     return state
 
 
 def _marker(command: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     import bvit_edge
 
-    return {"written_by": command, "bvit_edge": bvit_edge.__version__,
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    return {
+        "written_by": command,
+        "bvit_edge": bvit_edge.__version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
 
 
 @contextlib.contextmanager
-def output_folder(path: str | os.PathLike[str], command: str, overwrite: bool = False,
-                  inputs: Iterable[str | os.PathLike[str] | None] = (), option: str = "--out") -> Iterator[Path]:
+def output_folder(
+    path: str | os.PathLike[str],
+    command: str,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    option: str = "--out",
+) -> Iterator[Path]:
     """Yield an empty temporary folder to build ``command``'s output in; on success it replaces ``path``
     as a whole (with the marker), atomically. Refused as :func:`check_output_folder` says."""
     check_output_folder(path, command, overwrite, inputs, option)
@@ -119,9 +139,15 @@ def output_folder(path: str | os.PathLike[str], command: str, overwrite: bool = 
         write_json(tmp / MARKER, _marker(command))
 
 
-def claim_output_folder(path: str | os.PathLike[str], command: str, overwrite: bool = False,
-                        inputs: Iterable[str | os.PathLike[str] | None] = (), option: str = "--out",
-                        keep_own: bool = True, extra: dict[str, Any] | None = None) -> State:
+def claim_output_folder(
+    path: str | os.PathLike[str],
+    command: str,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    option: str = "--out",
+    keep_own: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> State:
     """Make ``path`` the folder ``command`` writes into step by step; returns what it was.
 
     ``"new"``: created (or was empty). ``"own"``: written by ``command`` before, kept as it is when

@@ -25,6 +25,7 @@ reaches end of file): it never outlives the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -103,14 +104,10 @@ class _BoardStream:
 def _close(s: socket.socket | None) -> None:
     if s is None:
         return
-    try:
+    with contextlib.suppress(OSError):
         s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         s.close()
-    except OSError:
-        pass
 
 
 def pump(client: socket.socket, board: socket.socket, call_timeout_s: float, control: Any = None) -> bool:
@@ -123,13 +120,14 @@ def pump(client: socket.socket, board: socket.socket, call_timeout_s: float, con
     client_open = board_open = True
     for s in (client, board):
         s.setblocking(False)
-        try:
+        with contextlib.suppress(OSError):  # not a TCP socket (tests use socket pairs)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not a TCP socket (tests use socket pairs)
-            pass
     while True:
-        rlist: list[Any] = [s for s, buf, is_open in ((client, to_board, client_open), (board, to_client, board_open))
-                            if is_open and len(buf) < _BUFFER_LIMIT]
+        rlist: list[Any] = [
+            s
+            for s, buf, is_open in ((client, to_board, client_open), (board, to_client, board_open))
+            if is_open and len(buf) < _BUFFER_LIMIT
+        ]
         if control is not None:
             rlist.append(control)
         wlist = ([board] if to_board else []) + ([client] if to_client else [])
@@ -208,7 +206,7 @@ def main(argv: list[str]) -> int:
 # ---------------------------------------------------------------------------------------------------------
 # the side of the process that starts the relay
 
-_live: "weakref.WeakSet[RelayProcess]" = weakref.WeakSet()
+_live: weakref.WeakSet[RelayProcess] = weakref.WeakSet()
 _stalls: list[tuple[str, int, float]] = []  # (host, port, timeout) of every board that stalled in this process
 _lock = threading.Lock()
 
@@ -228,14 +226,24 @@ class RelayProcess:
         self._proc: subprocess.Popen[str] | None = None
         self._finalizer: Any = None
 
-    def start(self) -> "RelayProcess":
-        cmd = [sys.executable, "-I", os.path.abspath(__file__), self.host, str(self.board_port),
-               repr(self.call_timeout_s), repr(self.connect_timeout_s)]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      text=True)
+    def start(self) -> RelayProcess:
+        cmd = [
+            sys.executable,
+            "-I",
+            os.path.abspath(__file__),
+            self.host,
+            str(self.board_port),
+            repr(self.call_timeout_s),
+            repr(self.connect_timeout_s),
+        ]
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         self._finalizer = weakref.finalize(self, _stop, self._proc, (self.host, self.board_port, self.call_timeout_s))
-        ready, _, _ = select.select([self._proc.stdout], [], [], max(self.connect_timeout_s, 10.0))
-        line = self._proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        out = self._proc.stdout
+        assert out is not None  # stdout=PIPE
+        ready, _, _ = select.select([out], [], [], max(self.connect_timeout_s, 10.0))
+        line = out.readline() if ready else ""
         if not line.strip().isdigit():
             self.close()
             raise OSError("the RPC relay process did not start")
@@ -245,7 +253,8 @@ class RelayProcess:
         return self
 
     def outcome(self, wait_s: float = 0.0) -> str | None:
-        """"stalled" / "unreachable: ..." once the relay ended for that reason, else None."""
+        """The reason the relay ended ("stalled" or "unreachable: ..."), or None (still running, or ended
+        normally)."""
         if self._proc is None:
             return None
         try:
@@ -255,7 +264,7 @@ class RelayProcess:
         if code == EXIT_STALLED:
             return "stalled"
         if code == EXIT_UNREACHABLE:
-            rest = (self._proc.stdout.read() if self._proc.stdout else "") or ""  # type: ignore[union-attr]
+            rest = (self._proc.stdout.read() if self._proc.stdout else "") or ""
             return "unreachable: " + rest.replace("unreachable", "", 1).strip()
         return None
 

@@ -21,9 +21,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,8 +51,15 @@ def _cli(ctx: Ctx, *args: str) -> list[str]:
 
 def _run(ctx: Ctx, args: list[str], timeout: float = 600, cwd: Path | None = None) -> tuple[Any, float]:
     t0 = time.time()
-    proc = subprocess.Popen(args, env=ctx.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd or ctx.work, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        env=ctx.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd or ctx.work,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(args, proc.returncode, out, err), time.time() - t0
@@ -67,7 +75,7 @@ def _message(proc: Any) -> str:
     for ln in lines:
         if ln.startswith("error:"):
             idx = lines.index(ln)
-            return " ".join(lines[idx: idx + 3])[:160]
+            return " ".join(lines[idx : idx + 3])[:160]
     if "Traceback" in err:
         return "traceback: " + (lines[-1] if lines else "")[:140]
     for ln in reversed(lines):
@@ -101,14 +109,52 @@ def build_fixtures(ctx: Ctx) -> None:
     tiny = ["--image-size", "16", "--per-class", "4", "--epochs", "1", "--batch-size", "16", "--threads", "1"]
     steps = [
         ["train", "--model", "deit_test_patch4_16", *tiny, "--out", f / "teacher"],
-        ["train", "--method", "gsb", "--stage", "1", "--model", "gsb_test_patch4_16", "--teacher", f / "teacher",
-         *tiny, "--out", f / "s1"],
-        ["train", "--method", "gsb", "--stage", "2", "--init", f / "s1" / "best", "--model", "gsb_test_patch4_16",
-         "--teacher", f / "teacher", *tiny, "--out", f / "student"],
+        [
+            "train",
+            "--method",
+            "gsb",
+            "--stage",
+            "1",
+            "--model",
+            "gsb_test_patch4_16",
+            "--teacher",
+            f / "teacher",
+            *tiny,
+            "--out",
+            f / "s1",
+        ],
+        [
+            "train",
+            "--method",
+            "gsb",
+            "--stage",
+            "2",
+            "--init",
+            f / "s1" / "best",
+            "--model",
+            "gsb_test_patch4_16",
+            "--teacher",
+            f / "teacher",
+            *tiny,
+            "--out",
+            f / "student",
+        ],
         ["export", f / "student", "--out", f / "export", "--limit", "16"],
         ["compile", f / "export" / "student.packed.onnx", "--target", "host", "--out", f / "art"],
-        ["bench", f / "art", "--teacher-onnx", f / "export" / "teacher.onnx", "--warmup", "1", "--runs", "3",
-         "--out", f / "bench.json", "--report", f / "report"],
+        [
+            "bench",
+            f / "art",
+            "--teacher-onnx",
+            f / "export" / "teacher.onnx",
+            "--warmup",
+            "1",
+            "--runs",
+            "3",
+            "--out",
+            f / "bench.json",
+            "--report",
+            f / "report",
+        ],
     ]
     for step in steps:
         proc, _ = _run(ctx, _cli(ctx, *step))
@@ -182,15 +228,36 @@ def case_resume_pickle(ctx: Ctx, d: Path) -> Outcome:
             return (os.system, (f"touch {marker}",))
 
     torch.save({"optimizer": Evil()}, run / "last" / "trainer_state.pt")
-    proc, _ = _run(ctx, _cli(ctx, "train", "--model", "deit_test_patch4_16", "--image-size", "16", "--per-class", "4",
-                             "--epochs", "2", "--batch-size", "16", "--threads", "1", "--out", run, "--resume"))
+    proc, _ = _run(
+        ctx,
+        _cli(
+            ctx,
+            "train",
+            "--model",
+            "deit_test_patch4_16",
+            "--image-size",
+            "16",
+            "--per-class",
+            "4",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--out",
+            run,
+            "--resume",
+        ),
+    )
     notes = _notes(proc) + (["CODE FROM THE DATA FILE RAN"] if marker.exists() else ["no code ran"])
     return Outcome(proc.returncode, _message(proc), notes)
 
 
 def _compile_into(ctx: Ctx, out: Path, extra: tuple[str, ...] = ()) -> tuple[Any, float]:
-    return _run(ctx, _cli(ctx, "compile", ctx.fix / "export" / "student.packed.onnx", "--target", "host",
-                          "--out", out, *extra))
+    return _run(
+        ctx, _cli(ctx, "compile", ctx.fix / "export" / "student.packed.onnx", "--target", "host", "--out", out, *extra)
+    )
 
 
 def case_compile_user_folder(ctx: Ctx, d: Path) -> Outcome:
@@ -208,12 +275,34 @@ def case_compile_out_file(ctx: Ctx, d: Path) -> Outcome:
     out.write_text("a user's file\n")
     proc, _ = _compile_into(ctx, out)
     kept = out.is_file() and out.read_text() == "a user's file\n"
-    return Outcome(proc.returncode, _message(proc), _notes(proc) + (["file kept"] if kept else ["FILE REPLACED BY A FOLDER"]))
+    return Outcome(
+        proc.returncode, _message(proc), _notes(proc) + (["file kept"] if kept else ["FILE REPLACED BY A FOLDER"])
+    )
 
 
 def _train_tiny(ctx: Ctx, out: Path, *extra: Any) -> tuple[Any, float]:
-    return _run(ctx, _cli(ctx, "train", "--model", "deit_test_patch4_16", "--image-size", "16", "--per-class", "4",
-                          "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", out, *extra))
+    return _run(
+        ctx,
+        _cli(
+            ctx,
+            "train",
+            "--model",
+            "deit_test_patch4_16",
+            "--image-size",
+            "16",
+            "--per-class",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--out",
+            out,
+            *extra,
+        ),
+    )
 
 
 def case_train_existing_run(ctx: Ctx, d: Path) -> Outcome:
@@ -222,8 +311,12 @@ def case_train_existing_run(ctx: Ctx, d: Path) -> Outcome:
     proc, _ = _train_tiny(ctx, run, "--seed", "7")
     after = _tree_digest(run)
     changed = sorted(k for k in before if after.get(k) != before[k])
-    return Outcome(proc.returncode, _message(proc),
-                   _notes(proc) + ([f"RUN OVERWRITTEN: {len(changed)} files changed (log.jsonl mixed)"] if changed else ["run kept"]))
+    return Outcome(
+        proc.returncode,
+        _message(proc),
+        _notes(proc)
+        + ([f"RUN OVERWRITTEN: {len(changed)} files changed (log.jsonl mixed)"] if changed else ["run kept"]),
+    )
 
 
 def case_train_user_last(ctx: Ctx, d: Path) -> Outcome:
@@ -233,13 +326,21 @@ def case_train_user_last(ctx: Ctx, d: Path) -> Outcome:
     proc, _ = _train_tiny(ctx, out)
     after = _tree_digest(out)
     lost = sorted(set(before) - set(after))
-    return Outcome(proc.returncode, _message(proc),
-                   _notes(proc) + ([f"USER FILES DELETED: {', '.join(lost)}"] if lost else ["user files kept"]))
+    return Outcome(
+        proc.returncode,
+        _message(proc),
+        _notes(proc) + ([f"USER FILES DELETED: {', '.join(lost)}"] if lost else ["user files kept"]),
+    )
 
 
 def _stalled_server(ctx: Ctx) -> tuple[subprocess.Popen, int]:
-    srv = subprocess.Popen([sys.executable, str(HERE / "stalled_rpc_server.py")], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    srv = subprocess.Popen(
+        [sys.executable, str(HERE / "stalled_rpc_server.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     port = int(srv.stdout.readline())
     return srv, port
 
@@ -257,7 +358,7 @@ def _rpc_case(ctx: Ctx, args: list[Any]) -> Outcome:
         proc, secs = _run(ctx, _cli(ctx, *args, "--rpc", f"127.0.0.1:{port}", *extra), timeout=ctx.hang_s)
     finally:
         events = _stop(srv)
-    notes = _notes(proc) + [f"{secs:.0f} s"]
+    notes = [*_notes(proc), f"{secs:.0f} s"]
     handshakes = events.count("handshake")
     notes.append(f"board connections closed by the client: {events.count('closed')}/{handshakes}")
     return Outcome(proc.returncode, _message(proc), notes)
@@ -314,13 +415,33 @@ def case_epochs_zero(ctx: Ctx, d: Path) -> Outcome:
         notes.append("stdout JSON holds NaN")
     if proc.returncode == 0 and not (d / "run" / "last").exists():
         notes.append("NO CHECKPOINT")
-    return Outcome(proc.returncode, _message(proc) if proc.returncode else (proc.stderr.strip().splitlines() or [""])[-1][:160], notes)
+    return Outcome(
+        proc.returncode,
+        _message(proc) if proc.returncode else (proc.stderr.strip().splitlines() or [""])[-1][:160],
+        notes,
+    )
 
 
 def case_ctrl_c(ctx: Ctx, d: Path) -> Outcome:
     out = d / "run"
-    args = _cli(ctx, "train", "--model", "deit_test_patch4_16", "--image-size", "16", "--per-class", "20",
-                "--epochs", "50", "--batch-size", "16", "--threads", "1", "--out", out)
+    args = _cli(
+        ctx,
+        "train",
+        "--model",
+        "deit_test_patch4_16",
+        "--image-size",
+        "16",
+        "--per-class",
+        "20",
+        "--epochs",
+        "50",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        out,
+    )
     proc = subprocess.Popen(args, env=ctx.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ctx.work)
     deadline = time.time() + 300
     while time.time() < deadline and not (out / "last" / "config.json").exists():
@@ -352,7 +473,11 @@ def case_params_shape(ctx: Ctx, d: Path, kind: str) -> Outcome:
 
     def edit(a: dict[str, Any]) -> dict[str, Any]:
         k = max(a, key=lambda n: a[n].size)
-        a[k] = a[k].reshape(-1)[:-1] if kind == "shape" else a[k].astype(np.float64 if a[k].dtype.kind == "f" else np.int32)
+        a[k] = (
+            a[k].reshape(-1)[:-1]
+            if kind == "shape"
+            else a[k].astype(np.float64 if a[k].dtype.kind == "f" else np.int32)
+        )
         return a
 
     _edit_params(art, edit)
@@ -364,8 +489,29 @@ def case_toml(ctx: Ctx, d: Path, text: str) -> Outcome:
     cfg = d / "c.toml"
     cfg.write_text(text)
     out = d / "run"
-    proc, _ = _run(ctx, _cli(ctx, "train", "--config", cfg, "--model", "deit_test_patch4_16", "--image-size", "16",
-                             "--per-class", "2", "--batch-size", "16", "--threads", "1", "--max-steps", "1", "--out", out))
+    proc, _ = _run(
+        ctx,
+        _cli(
+            ctx,
+            "train",
+            "--config",
+            cfg,
+            "--model",
+            "deit_test_patch4_16",
+            "--image-size",
+            "16",
+            "--per-class",
+            "2",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--max-steps",
+            "1",
+            "--out",
+            out,
+        ),
+    )
     notes = _notes(proc)
     saved = out / "last" / "config.json"
     if proc.returncode == 0 and saved.is_file():
@@ -394,8 +540,28 @@ def case_out_file(ctx: Ctx, d: Path, command: str) -> Outcome:
 
 def case_resume_other_model(ctx: Ctx, d: Path) -> Outcome:
     run = _copy(ctx.fix / "teacher", d / "run")
-    proc, _ = _run(ctx, _cli(ctx, "train", "--model", "deit_tiny_patch16_224", "--image-size", "16", "--per-class", "4",
-                             "--epochs", "2", "--batch-size", "16", "--threads", "1", "--out", run, "--resume"))
+    proc, _ = _run(
+        ctx,
+        _cli(
+            ctx,
+            "train",
+            "--model",
+            "deit_tiny_patch16_224",
+            "--image-size",
+            "16",
+            "--per-class",
+            "4",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--out",
+            run,
+            "--resume",
+        ),
+    )
     return Outcome(proc.returncode, _message(proc), _notes(proc))
 
 
@@ -420,12 +586,32 @@ def _chaoyang(ctx: Ctx, d: Path, evil_name: Callable[[Path], str]) -> Outcome:
         name = f"train/{label}.png"
         Image.new("RGB", (16, 16), (label * 40, 10, 10)).save(root / name)
         entries.append({"name": name, "label": label})
-    bad = entries + [{"name": evil_name(outside), "label": 0}]
+    bad = [*entries, {"name": evil_name(outside), "label": 0}]
     (root / "train.json").write_text(json.dumps(bad))
     (root / "test.json").write_text(json.dumps(entries))
-    proc, _ = _run(ctx, _cli(ctx, "train", "--data", "chaoyang", "--data-root", root, "--model", "deit_test_patch4_16",
-                             "--image-size", "16", "--batch-size", "4", "--threads", "1", "--max-steps", "1",
-                             "--out", d / "run"))
+    proc, _ = _run(
+        ctx,
+        _cli(
+            ctx,
+            "train",
+            "--data",
+            "chaoyang",
+            "--data-root",
+            root,
+            "--model",
+            "deit_test_patch4_16",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--threads",
+            "1",
+            "--max-steps",
+            "1",
+            "--out",
+            d / "run",
+        ),
+    )
     notes = _notes(proc)
     if proc.returncode == 0:
         notes.append("READ AN IMAGE OUTSIDE THE DATA ROOT")
@@ -454,20 +640,30 @@ def _json_stdout(proc: Any) -> str:
 
 def case_json_error(ctx: Ctx, d: Path) -> Outcome:
     proc, _ = _run(ctx, _cli(ctx, "run", ctx.fix / "art", "--image", d / "missing.png", "--json"))
-    return Outcome(proc.returncode, _message(proc), _notes(proc) + [_json_stdout(proc)])
+    return Outcome(proc.returncode, _message(proc), [*_notes(proc), _json_stdout(proc)])
 
 
 def case_compile_json_swapped(ctx: Ctx, d: Path) -> Outcome:
     bad = _swapped_wbits(ctx, d / "bad.onnx")
     proc, _ = _run(ctx, _cli(ctx, "compile", bad, "--target", "host", "--out", d / "art", "--json"))
-    return Outcome(proc.returncode, _message(proc), _notes(proc) + [_json_stdout(proc)])
+    return Outcome(proc.returncode, _message(proc), [*_notes(proc), _json_stdout(proc)])
 
 
 def case_compile_json(ctx: Ctx, d: Path) -> Outcome:
-    proc, _ = _run(ctx, _cli(ctx, "compile", ctx.fix / "export" / "student.packed.onnx", "--target",
-                             '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "no-such-cpu"}',
-                             "--out", d / "art", "--json"))
-    return Outcome(proc.returncode, _message(proc), _notes(proc) + [_json_stdout(proc)])
+    proc, _ = _run(
+        ctx,
+        _cli(
+            ctx,
+            "compile",
+            ctx.fix / "export" / "student.packed.onnx",
+            "--target",
+            '{"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "no-such-cpu"}',
+            "--out",
+            d / "art",
+            "--json",
+        ),
+    )
+    return Outcome(proc.returncode, _message(proc), [*_notes(proc), _json_stdout(proc)])
 
 
 CASES: list[tuple[str, str, Callable[[Ctx, Path], Outcome]]] = [
@@ -495,7 +691,11 @@ CASES: list[tuple[str, str, Callable[[Ctx, Path], Outcome]]] = [
     ("6", 'train --config: lr = "fast"', lambda c, d: case_toml(c, d, 'lr = "fast"\n')),
     ("6", "train --config: epochs = 1.5", lambda c, d: case_toml(c, d, "epochs = 1.5\n")),
     ("6", "train --config: epochs = true", lambda c, d: case_toml(c, d, "epochs = true\n")),
-    ("6", "train --config: unknown [method_options] key", lambda c, d: case_toml(c, d, "[method_options]\nbogus = 3\n")),
+    (
+        "6",
+        "train --config: unknown [method_options] key",
+        lambda c, d: case_toml(c, d, "[method_options]\nbogus = 3\n"),
+    ),
     ("6", "run ART --data digits --limit 0", case_run_limit0),
     ("6", "train --out EXISTING_FILE", lambda c, d: case_out_file(c, d, "train")),
     ("6", "export --out EXISTING_FILE", lambda c, d: case_out_file(c, d, "export")),
@@ -520,7 +720,9 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="Run only the cases whose description contains this text.")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(args.tree.resolve()), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    helps = subprocess.run([sys.executable, "-m", "bvit_edge", "run", "--help"], env=env, capture_output=True, text=True)
+    helps = subprocess.run(
+        [sys.executable, "-m", "bvit_edge", "run", "--help"], env=env, capture_output=True, text=True
+    )
     ctx = Ctx(args.work.resolve(), args.work.resolve() / "fix", env, "--rpc-timeout" in helps.stdout, args.hang_s)
     ctx.work.mkdir(parents=True, exist_ok=True)
     build_fixtures(ctx)
@@ -533,8 +735,16 @@ def main() -> None:
         d.mkdir()
         t0 = time.time()
         res = fn(ctx, d)
-        rows.append({"item": item, "case": desc, "exit": res.rc, "message": res.message, "notes": res.notes,
-                     "seconds": round(time.time() - t0, 1)})
+        rows.append(
+            {
+                "item": item,
+                "case": desc,
+                "exit": res.rc,
+                "message": res.message,
+                "notes": res.notes,
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         print(f"| {item} | {desc} | {res.rc} | {res.message} | {'; '.join(res.notes)} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -12,6 +12,7 @@ killing the server alone leaves orphaned.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -70,26 +71,20 @@ def stop_process_tree(proc: subprocess.Popen | psutil.Process | int, timeout_s: 
     pid = proc if isinstance(proc, int) else proc.pid
     try:
         root = psutil.Process(pid)
-        tree = root.children(recursive=True) + [root]
+        tree = [*root.children(recursive=True), root]
     except psutil.NoSuchProcess:
         tree = []
     for p in tree:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
     _, left = psutil.wait_procs(tree, timeout=timeout_s)
     for p in left:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(left, timeout=timeout_s)
     if isinstance(proc, subprocess.Popen):
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @pytest.hookimpl(trylast=True)
@@ -108,8 +103,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for p in left:
         stop_process_tree(p, timeout_s=5)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    text = ("Processes started by the tests outlived the suite (now stopped); the test or fixture that started "
-            "them must stop them:\n  " + "\n  ".join(lines))
+    text = (
+        "Processes started by the tests outlived the suite (now stopped); the test or fixture that started "
+        "them must stop them:\n  " + "\n  ".join(lines)
+    )
     if reporter is not None:
         reporter.write_line("")
         reporter.write_line(text, red=True, bold=True)
@@ -126,9 +123,22 @@ def tvm_rpc_server():
     started: list[subprocess.Popen] = []
 
     def start(port: int) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host",
-                                 "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tvm.exec.rpc_server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--port-end",
+                str(port + 1),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         started.append(proc)
         return proc
 
@@ -140,14 +150,24 @@ def tvm_rpc_server():
 # ---------------------------------------------------------------------------------------------------------
 # the bad-input suite (tests/test_bad_input_*.py): tiny real inputs, and running the CLI as a user does
 
+
 class CliRunner:
     """Runs ``bvit-edge`` in a subprocess (so an abort or a hang shows as such) and checks how it failed."""
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "2000"}
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of every run (read now: it carries the session token set at configure time)."""
+        return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "2000"}
 
     def run(self, *args: object, timeout: float = 600, cwd: object = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bvit_edge", *map(str, args)], env=self.env, capture_output=True,
-                              text=True, timeout=timeout, cwd=cwd)
+        return subprocess.run(
+            [sys.executable, "-m", "bvit_edge", *map(str, args)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+        )
 
     @staticmethod
     def refused(proc: subprocess.CompletedProcess, code: int, *words: str) -> None:
@@ -166,8 +186,15 @@ class CliRunner:
 
         out: dict[str, bytes] = {}
         for path in map(Path, paths):
-            out[f"{path}:kind"] = (b"dir" if path.is_dir() else b"file" if path.is_file() else
-                                   b"missing" if not path.exists() else b"other")
+            out[f"{path}:kind"] = (
+                b"dir"
+                if path.is_dir()
+                else b"file"
+                if path.is_file()
+                else b"missing"
+                if not path.exists()
+                else b"other"
+            )
             if path.is_file():
                 out[str(path)] = path.read_bytes()
             elif path.is_dir():
@@ -204,20 +231,39 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]
     from bvit_edge.training import train
 
     root = Path(tmp_path_factory.mktemp("tiny_pipeline"))
-    tiny = dict(data="digits", per_class=2, epochs=1, batch_size=16, threads=1, image_size=16, progress=False,
-                log=lambda msg: None)
+    tiny = dict(
+        data="digits",
+        per_class=2,
+        epochs=1,
+        batch_size=16,
+        threads=1,
+        image_size=16,
+        progress=False,
+        log=lambda msg: None,
+    )
     train(method="fp", model="deit_test_patch4_16", out=str(root / "teacher"), **tiny)
-    train(method="gsb", stage="all", model="gsb_test_patch4_16", teacher=str(root / "teacher" / "best"),
-          out=str(root / "student"), **tiny)
+    train(
+        method="gsb",
+        stage="all",
+        model="gsb_test_patch4_16",
+        teacher=str(root / "teacher" / "best"),
+        out=str(root / "student"),
+        **tiny,
+    )
     export_checkpoint(root / "student" / "stage2", root / "export", validate=False)
     compile_model(root / "export" / "student.packed.onnx", "host", root / "art")
     doc = bench(root / "art", teacher_onnx=root / "export" / "teacher.onnx", threads=1, warmup=0, runs=2).to_report()
     write_report(root / "report.json", doc)
     Image.new("RGB", (16, 16), (120, 30, 200)).save(root / "img.png")
     return {
-        "root": root, "teacher": root / "teacher", "student": root / "student" / "stage2",
-        "packed": root / "export" / "student.packed.onnx", "standard": root / "export" / "student.standard.onnx",
-        "teacher_onnx": root / "export" / "teacher.onnx", "art": root / "art", "report": root / "report.json",
+        "root": root,
+        "teacher": root / "teacher",
+        "student": root / "student" / "stage2",
+        "packed": root / "export" / "student.packed.onnx",
+        "standard": root / "export" / "student.standard.onnx",
+        "teacher_onnx": root / "export" / "teacher.onnx",
+        "art": root / "art",
+        "report": root / "report.json",
         "image": root / "img.png",
     }
 

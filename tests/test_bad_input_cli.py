@@ -24,8 +24,20 @@ import torch
 
 from bvit_edge.output_folder import MARKER
 
-TINY_TRAIN = ("--model", "deit_test_patch4_16", "--image-size", "16", "--per-class", "2", "--epochs", "1",
-              "--batch-size", "16", "--threads", "1")
+TINY_TRAIN = (
+    "--model",
+    "deit_test_patch4_16",
+    "--image-size",
+    "16",
+    "--per-class",
+    "2",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--threads",
+    "1",
+)
 
 
 def _user_folder(path: Path) -> Path:
@@ -192,8 +204,9 @@ def test_report_into_its_own_folder_again_keeps_the_json_it_reads(cli, tiny_pipe
 
 # ------------------------------------------------------------------------------------------------ item 3
 @pytest.mark.parametrize("command", ["run", "bench", "compile"])
-def test_a_stalled_board_is_exit_4_within_the_timeout_and_is_left_usable(cli, tiny_pipeline, stalled_board,
-                                                                         tmp_path, command):
+def test_a_stalled_board_is_exit_4_within_the_timeout_and_is_left_usable(
+    cli, tiny_pipeline, stalled_board, tmp_path, command
+):
     port, events = stalled_board
     args = {
         "run": ("run", tiny_pipeline["art"], "--image", tiny_pipeline["image"]),
@@ -222,8 +235,10 @@ def test_the_rpc_timeout_comes_from_the_target_preset(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"target": load_target("rpi5-aarch64").to_dict()}))
     assert artifact_call_timeout(tmp_path) == 120
     preset = tmp_path / "slow.toml"
-    preset.write_text('name = "slow"\narch = "aarch64"\nfamily = "aarch64-neon"\nrpc_timeout_s = "long"\n'
-                      '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n')
+    preset.write_text(
+        'name = "slow"\narch = "aarch64"\nfamily = "aarch64-neon"\nrpc_timeout_s = "long"\n'
+        '[tvm_target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n'
+    )
     from bvit_edge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="rpc_timeout_s"):
@@ -253,8 +268,11 @@ def _domain_version(src: Path, dst: Path, version: int) -> Path:
 def test_a_packed_onnx_with_swapped_wbits_dims_is_refused_not_aborted(cli, tiny_pipeline, tmp_path, command):
     bad = _swapped_wbits(tiny_pipeline["packed"], tmp_path / "bad.onnx")
     before = cli.snapshot(bad)
-    args = (("validate", bad, "--checkpoint", tiny_pipeline["student"], "--limit", "2") if command == "validate"
-            else ("run", bad, "--image", tiny_pipeline["image"]))
+    args = (
+        ("validate", bad, "--checkpoint", tiny_pipeline["student"], "--limit", "2")
+        if command == "validate"
+        else ("run", bad, "--image", tiny_pipeline["image"])
+    )
     cli.refused(cli.run(*args), 2, "W_bits", "expected [N, 8]", "export it again")
     assert cli.snapshot(bad) == before
 
@@ -273,40 +291,54 @@ def test_an_error_inside_an_onnxruntime_op_is_an_error_not_an_abort(tmp_path):
     import bvit_edge.export.ops  # noqa: F401 - registers the schemas
 
     k, n = 32, 4
-    inits = [numpy_helper.from_array(np.zeros(k, np.float32), "shift"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "alpha"),
-             numpy_helper.from_array(np.zeros((n, 8), np.uint8), "w"),
-             numpy_helper.from_array(np.ones(n, np.float32), "s")]
-    node = helper.make_node("BinaryLinear", ["x", "shift", "alpha", "w", "s"], ["y"], domain="bvit_edge",
-                            mode="signed", in_features=k)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "k"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("bvit_edge", 1)],
-                              ir_version=10)
+    inits = [
+        numpy_helper.from_array(np.zeros(k, np.float32), "shift"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "alpha"),
+        numpy_helper.from_array(np.zeros((n, 8), np.uint8), "w"),
+        numpy_helper.from_array(np.ones(n, np.float32), "s"),
+    ]
+    node = helper.make_node(
+        "BinaryLinear", ["x", "shift", "alpha", "w", "s"], ["y"], domain="bvit_edge", mode="signed", in_features=k
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "k"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("bvit_edge", 1)], ir_version=10
+    )
     onnx.save(model, str(tmp_path / "bl.onnx"))
-    code = ("import numpy as np, sys\n"
-            "from bvit_edge.errors import DataError\n"
-            "from bvit_edge.runtime.ort import ort_session\n"
-            f"s = ort_session({str(tmp_path / 'bl.onnx')!r})\n"
-            "assert (s.run(None, {'x': np.ones((1, 32), np.float32)})[0] == 32).all()\n"
-            "try:\n    s.run(None, {'x': np.ones((1, 5), np.float32)})\n"
-            "except DataError as e:\n    print(e); sys.exit(2)\n")
+    code = (
+        "import numpy as np, sys\n"
+        "from bvit_edge.errors import DataError\n"
+        "from bvit_edge.runtime.ort import ort_session\n"
+        f"s = ort_session({str(tmp_path / 'bl.onnx')!r})\n"
+        "assert (s.run(None, {'x': np.ones((1, 32), np.float32)})[0] == 32).all()\n"
+        "try:\n    s.run(None, {'x': np.ones((1, 5), np.float32)})\n"
+        "except DataError as e:\n    print(e); sys.exit(2)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "X has 5 features but in_features is 32" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------ item 6
-@pytest.mark.parametrize("toml, words", [
-    ('epochs = "three"\n', ("epochs must be an integer", '"three"', "(a string)")),
-    ('lr = "fast"\n', ("lr must be a number", '"fast"')),
-    ("epochs = 1.5\n", ("epochs must be an integer", "1.5", "(a float)")),
-    ("epochs = true\n", ("epochs must be an integer", "true", "(a boolean)")),
-    ("[method_options]\nbogus = 3\n", ("unknown method option", "bogus", "--method fp")),
-    ('method = "gsb"\n[method_options]\nstage1_epochs = 0\n', ("stage1_epochs", "integer >= 1")),
-    ("lr_decay = 0.1\n", ("unknown training option", "lr_decay")),
-    ("epochs = [", ("not valid toml",)),
-])
+@pytest.mark.parametrize(
+    "toml, words",
+    [
+        ('epochs = "three"\n', ("epochs must be an integer", '"three"', "(a string)")),
+        ('lr = "fast"\n', ("lr must be a number", '"fast"')),
+        ("epochs = 1.5\n", ("epochs must be an integer", "1.5", "(a float)")),
+        ("epochs = true\n", ("epochs must be an integer", "true", "(a boolean)")),
+        ("[method_options]\nbogus = 3\n", ("unknown method option", "bogus", "--method fp")),
+        ('method = "gsb"\n[method_options]\nstage1_epochs = 0\n', ("stage1_epochs", "integer >= 1")),
+        ("lr_decay = 0.1\n", ("unknown training option", "lr_decay")),
+        ("epochs = [", ("not valid toml",)),
+    ],
+)
 def test_bad_training_configs_name_the_key_and_what_it_must_be(cli, tmp_path, toml, words):
     cfg = tmp_path / "c.toml"
     cfg.write_text(toml)
@@ -331,8 +363,27 @@ def test_json_result_has_null_where_nothing_was_measured(cli, tmp_path):
 
 def test_ctrl_c_saves_the_run_and_exits_130(cli, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "bvit_edge", "train", "--model", "deit_test_patch4_16", "--image-size", "16",
-            "--per-class", "20", "--epochs", "50", "--batch-size", "16", "--threads", "1", "--out", str(out), "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "bvit_edge",
+        "train",
+        "--model",
+        "deit_test_patch4_16",
+        "--image-size",
+        "16",
+        "--per-class",
+        "20",
+        "--epochs",
+        "50",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--json",
+    ]
     proc = subprocess.Popen(args, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (out / "last" / "config.json").exists():
@@ -368,8 +419,9 @@ def test_a_checkpoint_config_naming_another_model_is_a_clear_error(cli, tiny_pip
     cfg = json.loads((ck / "config.json").read_text())
     cfg["model"] = "deit_tiny_patch16_224"
     (ck / "config.json").write_text(json.dumps(cfg))
-    cli.refused(cli.run("eval", ck), 2, "do not fit model 'deit_tiny_patch16_224'",
-                "saved for model 'deit_test_patch4_16'")
+    cli.refused(
+        cli.run("eval", ck), 2, "do not fit model 'deit_tiny_patch16_224'", "saved for model 'deit_test_patch4_16'"
+    )
 
 
 @pytest.mark.parametrize("option", ["--limit", "--top-k"])
@@ -391,7 +443,7 @@ def test_chaoyang_names_outside_the_data_root_are_refused(cli, tmp_path, evil):
         Image.new("RGB", (16, 16), (label * 40, 0, 0)).save(root / "train" / f"{label}.png")
         entries.append({"name": f"train/{label}.png", "label": label})
     name = str(outside) if evil == "absolute" else "../outside.png"
-    (root / "train.json").write_text(json.dumps(entries + [{"name": name, "label": 0}]))
+    (root / "train.json").write_text(json.dumps([*entries, {"name": name, "label": 0}]))
     (root / "test.json").write_text(json.dumps(entries))
     proc = cli.run("train", "--data", "chaoyang", "--data-root", root, *TINY_TRAIN[:4], "--out", tmp_path / "run")
     cli.refused(proc, 2, "entry 4", name, "inside the data root")
@@ -427,8 +479,7 @@ def test_the_rpc_relay_process_ends_with_the_process_that_started_it(stalled_boa
     import psutil
 
     port, _ = stalled_board
-    code = ("from bvit_edge.targets import rpc\n"
-            f"rpc.connect('127.0.0.1', {port}, timeout_s=5, call_timeout_s=600)\n")
+    code = f"from bvit_edge.targets import rpc\nrpc.connect('127.0.0.1', {port}, timeout_s=5, call_timeout_s=600)\n"
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 120
@@ -439,7 +490,7 @@ def test_the_rpc_relay_process_ends_with_the_process_that_started_it(stalled_boa
         assert relays, "no relay process was started"
         proc.kill()
         proc.wait(timeout=30)
-        gone, alive = psutil.wait_procs(relays, timeout=15)
+        _gone, alive = psutil.wait_procs(relays, timeout=15)
         assert not alive, "the relay outlived the process that started it"
     finally:
         if proc.poll() is None:

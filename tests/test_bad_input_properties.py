@@ -10,6 +10,7 @@ not generated; artifact folders (manifest, params) are checked by the artifact l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import string
@@ -30,8 +31,9 @@ else:  # Python 3.10: the same parser from PyPI
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def _assert_refused_cleanly(cli, proc, inputs: dict[str, bytes], where: Path) -> None:
@@ -48,7 +50,8 @@ def inputs_paths(snapshot: dict[str, bytes]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ packed ONNX
 _WRONG_MODES = st.text(alphabet=string.ascii_letters + "_", min_size=0, max_size=12).filter(
-    lambda s: s not in ("signed", "unsigned", "gsb_unsigned", "gsb_signed"))
+    lambda s: s not in ("signed", "unsigned", "gsb_unsigned", "gsb_signed")
+)
 
 _onnx_damage = st.one_of(
     st.tuples(st.just("dims"), st.integers(0, 10_000), st.sampled_from(["reverse", "grow", "drop", "extra"])),
@@ -78,7 +81,7 @@ def _damage_onnx(src: Path, damage: tuple) -> bytes:
         return cut
     if kind == "garbage":
         at = int((len(raw) - 1) * damage[1])
-        bad = raw[:at] + damage[2] + raw[at + len(damage[2]):]
+        bad = raw[:at] + damage[2] + raw[at + len(damage[2]) :]
         assume(bad != raw and not _valid_model(bad))
         return bad
     proto = onnx.load_model_from_string(raw)
@@ -108,8 +111,12 @@ def _damage_onnx(src: Path, damage: tuple) -> bytes:
         assume(consts)
         init = consts[damage[1] % len(consts)]
         dims = list(init.dims)
-        new = {"reverse": dims[::-1], "grow": dims[:-1] + [dims[-1] + 1], "drop": dims[:-1] or [0],
-               "extra": dims + [1]}[damage[2]]
+        new = {
+            "reverse": dims[::-1],
+            "grow": [*dims[:-1], dims[-1] + 1],
+            "drop": dims[:-1] or [0],
+            "extra": [*dims, 1],
+        }[damage[2]]
         assume(new != dims)
         init.dims[:] = new
     return proto.SerializeToString()
@@ -127,24 +134,38 @@ def test_a_damaged_packed_onnx_is_refused_cleanly(cli, tiny_pipeline, damage):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-_anything = st.recursive(st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False)
-                         | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3), max_leaves=4)
+_anything = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=4,
+)
 _WRONG = {  # config field -> values of a kind that field never has (or that no model fits)
-    "model": st.one_of(st.none(), st.integers(), st.lists(st.text(max_size=3), max_size=2),
-                       st.text(string.ascii_lowercase + "_", min_size=1, max_size=12).filter(lambda s: "_" not in s)),
-    "model_kwargs": st.one_of(st.lists(st.integers(), max_size=2), st.text(max_size=5),
-                              st.dictionaries(st.sampled_from(["bogus", "depthh", "heads_x"]), st.integers(1, 3),
-                                              min_size=1, max_size=2)),
+    "model": st.one_of(
+        st.none(),
+        st.integers(),
+        st.lists(st.text(max_size=3), max_size=2),
+        st.text(string.ascii_lowercase + "_", min_size=1, max_size=12).filter(lambda s: "_" not in s),
+    ),
+    "model_kwargs": st.one_of(
+        st.lists(st.integers(), max_size=2),
+        st.text(max_size=5),
+        st.dictionaries(st.sampled_from(["bogus", "depthh", "heads_x"]), st.integers(1, 3), min_size=1, max_size=2),
+    ),
     "image_size": st.one_of(st.integers(-5, 0), st.integers(17, 64), st.text(max_size=3), st.floats(0.5, 40)),
     "num_classes": st.one_of(st.integers(-3, 0), st.text(max_size=3), st.integers(11, 30)),
-    "classes": st.one_of(st.integers(), st.just([]), st.lists(st.integers(), min_size=1, max_size=3),
-                         st.lists(st.text(max_size=3), min_size=1, max_size=4)),
+    "classes": st.one_of(
+        st.integers(),
+        st.just([]),
+        st.lists(st.integers(), min_size=1, max_size=3),
+        st.lists(st.text(max_size=3), min_size=1, max_size=4),
+    ),
     "mean": st.one_of(st.text(max_size=3), st.just([]), st.lists(st.text(max_size=2), min_size=1, max_size=3)),
     "std": st.one_of(st.just([0.0, 1.0, 1.0]), st.lists(st.floats(-2, 0), min_size=1, max_size=3), st.text(max_size=2)),
 }
 _checkpoint_damage = st.one_of(
     st.tuples(st.just("config_field"), st.sampled_from(sorted(_WRONG))).flatmap(
-        lambda t: st.tuples(st.just(t[0]), st.just(t[1]), _WRONG[t[1]])),
+        lambda t: st.tuples(st.just(t[0]), st.just(t[1]), _WRONG[t[1]])
+    ),
     st.tuples(st.just("config_text"), st.binary(max_size=40)),
     st.tuples(st.just("config_json"), _anything),
     st.tuples(st.just("weights_truncate"), st.floats(0.0, 0.99)),
@@ -164,10 +185,8 @@ def _damage_checkpoint(folder: Path, damage: tuple) -> None:
         cfg[damage[1]] = damage[2]
         cfg_path.write_text(json.dumps(cfg))
     elif kind == "config_text":
-        try:
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
             assume(not isinstance(json.loads(damage[1]), dict))
-        except (ValueError, UnicodeDecodeError):
-            pass
         cfg_path.write_bytes(damage[1])
     elif kind == "config_json":
         cfg_path.write_text(json.dumps(damage[1]))
@@ -178,7 +197,7 @@ def _damage_checkpoint(folder: Path, damage: tuple) -> None:
         raw = bytearray(weights.read_bytes())
         header_end = 8 + int.from_bytes(raw[:8], "little")
         at = damage[1] % header_end
-        new = raw[:at] + damage[2] + raw[at + len(damage[2]):]
+        new = raw[:at] + damage[2] + raw[at + len(damage[2]) :]
         assume(bytes(new[:header_end]) != bytes(raw[:header_end]))
         weights.write_bytes(bytes(new))
 
@@ -197,12 +216,31 @@ def test_a_damaged_checkpoint_is_refused_cleanly(cli, tiny_pipeline, damage):
 
 # ------------------------------------------------------------------------------------------------ trainer state
 _state_damage = st.one_of(
-    st.tuples(st.just("drop"), st.sampled_from(["optimizer", "step", "epoch", "rng_torch", "rng_numpy", "rng_python",
-                                                "history", "best_top1", "batch_in_epoch"])),
-    st.tuples(st.just("retype"), st.sampled_from(["step", "epoch", "history", "best_top1", "rng_numpy",
-                                                  "rng_python", "optimizer"]), st.sampled_from(["x", [], {}, None])),
+    st.tuples(
+        st.just("drop"),
+        st.sampled_from(
+            [
+                "optimizer",
+                "step",
+                "epoch",
+                "rng_torch",
+                "rng_numpy",
+                "rng_python",
+                "history",
+                "best_top1",
+                "batch_in_epoch",
+            ]
+        ),
+    ),
+    st.tuples(
+        st.just("retype"),
+        st.sampled_from(["step", "epoch", "history", "best_top1", "rng_numpy", "rng_python", "optimizer"]),
+        st.sampled_from(["x", [], {}, None]),
+    ),
     st.tuples(st.just("rng_python_short"), st.integers(0, 600)),
-    st.tuples(st.just("no_param_groups"),),
+    st.tuples(
+        st.just("no_param_groups"),
+    ),
     st.tuples(st.just("truncate"), st.floats(0.0, 0.99)),
     st.tuples(st.just("weights_truncate"), st.floats(0.0, 0.99)),
 )
@@ -223,7 +261,7 @@ def _damage_state(last: Path, damage: tuple) -> None:
         return
     with safe_open(str(path), framework="pt") as fh:
         meta = dict(fh.metadata())
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        tensors = {k: fh.get_tensor(k) for k in fh}
     doc: dict[str, Any] = json.loads(meta[META_KEY])
     if kind == "drop":
         del doc[damage[1]]
@@ -271,8 +309,13 @@ def _toml_value(v: Any) -> str:
     raise TypeError(v)
 
 
-_scalars = st.one_of(st.booleans(), st.integers(-10, 10), st.floats(-10, 10, allow_nan=False), st.text(max_size=6),
-                     st.lists(st.integers(0, 3), max_size=3))
+_scalars = st.one_of(
+    st.booleans(),
+    st.integers(-10, 10),
+    st.floats(-10, 10, allow_nan=False),
+    st.text(max_size=6),
+    st.lists(st.integers(0, 3), max_size=3),
+)
 
 
 def _bad_entry() -> st.SearchStrategy:
@@ -293,8 +336,9 @@ def _bad_entry() -> st.SearchStrategy:
         return _scalars.filter(refused).map(lambda v: ("top", key, v))
 
     return st.one_of(
-        _KEYS.filter(lambda k: k not in known + ["method_options", "train"]).flatmap(
-            lambda k: _scalars.map(lambda v: ("top", k, v))),
+        _KEYS.filter(lambda k: k not in [*known, "method_options", "train"]).flatmap(
+            lambda k: _scalars.map(lambda v: ("top", k, v))
+        ),
         st.sampled_from(known).flatmap(wrong_for),
         _KEYS.flatmap(lambda k: st.integers(0, 3).map(lambda v: ("method_options", k, v))),
     )
@@ -312,8 +356,9 @@ def test_an_invalid_training_config_is_refused_cleanly(cli, entry, garbage, text
             pass
         body = text
     else:
-        body = (f"{key} = {_toml_value(value)}\n" if where == "top" else
-                f"[method_options]\n{key} = {_toml_value(value)}\n")
+        body = (
+            f"{key} = {_toml_value(value)}\n" if where == "top" else f"[method_options]\n{key} = {_toml_value(value)}\n"
+        )
         try:
             tomllib.loads(body)
         except tomllib.TOMLDecodeError:
@@ -324,8 +369,21 @@ def test_an_invalid_training_config_is_refused_cleanly(cli, entry, garbage, text
         cfg.write_text(body)
         out = Path(tmp) / "run"
         before = cli.snapshot(cfg)
-        proc = cli.run("train", "--config", cfg, "--model", "deit_test_patch4_16", "--image-size", "16",
-                       "--per-class", "2", "--max-steps", "1", "--out", out)
+        proc = cli.run(
+            "train",
+            "--config",
+            cfg,
+            "--model",
+            "deit_test_patch4_16",
+            "--image-size",
+            "16",
+            "--per-class",
+            "2",
+            "--max-steps",
+            "1",
+            "--out",
+            out,
+        )
         assert proc.returncode == 2, f"exit {proc.returncode}: {body!r}\n{proc.stderr[-2000:]}"
         _assert_refused_cleanly(cli, proc, before, Path(tmp))
         assert not out.exists(), f"{body!r} left a run folder"

@@ -27,7 +27,7 @@ def test_output_folder_rule_new_empty_own_foreign_file(tmp_path):
     with output_folder(tmp_path / "art", "compile") as tmp:
         (tmp / "lib.so").write_bytes(b"x")
     assert written_by(tmp_path / "art") == "compile" and check_output_folder(tmp_path / "art", "compile") == "own"
-    with pytest.raises(UsageError, match="output of `bvit-edge compile`.*--overwrite"):
+    with pytest.raises(UsageError, match=r"output of `bvit-edge compile`.*--overwrite"):
         check_output_folder(tmp_path / "art", "export")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.txt").write_text("x")
@@ -55,10 +55,9 @@ def test_a_failed_command_leaves_the_folder_as_it_was(tmp_path):
     with output_folder(out, "export") as tmp:
         (tmp / "a.onnx").write_text("1")
     before = (out / "a.onnx").read_text()
-    with pytest.raises(RuntimeError):
-        with output_folder(out, "export") as tmp:
-            (tmp / "a.onnx").write_text("2")
-            raise RuntimeError("the export failed half-way")
+    with pytest.raises(RuntimeError), output_folder(out, "export") as tmp:
+        (tmp / "a.onnx").write_text("2")
+        raise RuntimeError("the export failed half-way")
     assert (out / "a.onnx").read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -104,12 +103,20 @@ def test_trainer_state_round_trips_exactly_without_pickle(tmp_path):
     random.seed(5)
     np.random.seed(7)
     np.random.normal()  # a cached gaussian in numpy's state
-    state = {"optimizer": opt.state_dict(), "step": 3, "epoch": 1, "batch_in_epoch": 2, "best_top1": float("nan"),
-             "history": [{"epoch": 1, "val_top1": 0.5, "lr": 1e-3}], "rng_torch": torch.get_rng_state(),
-             "rng_numpy": np.random.get_state(), "rng_python": random.getstate()}
+    state = {
+        "optimizer": opt.state_dict(),
+        "step": 3,
+        "epoch": 1,
+        "batch_in_epoch": 2,
+        "best_top1": float("nan"),
+        "history": [{"epoch": 1, "val_top1": 0.5, "lr": 1e-3}],
+        "rng_torch": torch.get_rng_state(),
+        "rng_numpy": np.random.get_state(),
+        "rng_python": random.getstate(),
+    }
     save_trainer_state(tmp_path / "s.safetensors", state)
     raw = (tmp_path / "s.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])  # safetensors: a JSON header, then bytes
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])  # safetensors: a JSON header, then bytes
     json.loads(header["__metadata__"]["bvit_edge.trainer_state"])  # the rest of the state: JSON, not a pickle
     back = load_trainer_state_file(tmp_path / "s.safetensors")
     assert isinstance(back["rng_python"], tuple) and back["rng_python"] == random.getstate()
@@ -133,8 +140,17 @@ def test_a_damaged_trainer_state_is_a_checkpoint_error(tmp_path, damage):
     from bvit_edge.training.trainer_state import FORMAT, META_KEY, load_trainer_state_file, save_trainer_state
 
     path = tmp_path / "s.safetensors"
-    good = {"optimizer": {}, "step": 0, "epoch": 0, "batch_in_epoch": 0, "best_top1": -1.0, "history": [],
-            "rng_torch": torch.get_rng_state(), "rng_numpy": np.random.get_state(), "rng_python": random.getstate()}
+    good = {
+        "optimizer": {},
+        "step": 0,
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "best_top1": -1.0,
+        "history": [],
+        "rng_torch": torch.get_rng_state(),
+        "rng_numpy": np.random.get_state(),
+        "rng_python": random.getstate(),
+    }
     save_trainer_state(path, good)
     t = {"t0": torch.zeros(1)}
     if damage == "truncate":
@@ -228,24 +244,34 @@ def _binary_linear_model(w_dims, mode="signed", k=32, version=1):
 
     import bvit_edge.export.ops  # noqa: F401
 
-    inits = [numpy_helper.from_array(np.zeros(k, np.float32), "shift"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "alpha"),
-             numpy_helper.from_array(np.zeros(w_dims, np.uint8), "w"),
-             numpy_helper.from_array(np.ones(w_dims[0], np.float32), "s")]
-    node = helper.make_node("BinaryLinear", ["x", "shift", "alpha", "w", "s"], ["y"], domain="bvit_edge", mode=mode,
-                            in_features=k)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w_dims[0]])],
-                              initializer=inits)
+    inits = [
+        numpy_helper.from_array(np.zeros(k, np.float32), "shift"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "alpha"),
+        numpy_helper.from_array(np.zeros(w_dims, np.uint8), "w"),
+        numpy_helper.from_array(np.ones(w_dims[0], np.float32), "s"),
+    ]
+    node = helper.make_node(
+        "BinaryLinear", ["x", "shift", "alpha", "w", "s"], ["y"], domain="bvit_edge", mode=mode, in_features=k
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, w_dims[0]])],
+        initializer=inits,
+    )
     imports = [helper.make_opsetid("", 18), helper.make_opsetid("bvit_edge", version)]
     return helper.make_model(graph, opset_imports=imports, ir_version=10)
 
 
-@pytest.mark.parametrize("w_dims, mode, version, words", [
-    ((8, 4), "signed", 1, "W_bits has shape [8, 4]"),
-    ((4, 8), "ternary", 1, "mode is 'ternary'"),
-    ((4, 8), "signed", 2, "version 2"),
-])
+@pytest.mark.parametrize(
+    "w_dims, mode, version, words",
+    [
+        ((8, 4), "signed", 1, "W_bits has shape [8, 4]"),
+        ((4, 8), "ternary", 1, "mode is 'ternary'"),
+        ((4, 8), "signed", 2, "version 2"),
+    ],
+)
 def test_static_checks_name_the_node_and_the_problem(w_dims, mode, version, words):
     from bvit_edge.export.ops.checks import check_bvit_nodes
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from bvit_edge.errors import ConfigError, UsageError
 from bvit_edge.output_folder import MARKER, check_output_folder, claim_output_folder
@@ -67,9 +68,11 @@ def check_resume_options(run: Path, explicit: dict[str, Any]) -> None:
         elif value != started[key]:
             diffs.append(f"{key} {value!r} (started with {started[key]!r})")
     if diffs:
-        raise ConfigError(f"--resume continues {run} with the options it was started with, but these differ: "
-                          f"{'; '.join(diffs)}. Drop them to continue the run, or start a new run in another "
-                          "--out (or replace this one with --overwrite).")
+        raise ConfigError(
+            f"--resume continues {run} with the options it was started with, but these differ: "
+            f"{'; '.join(diffs)}. Drop them to continue the run, or start a new run in another "
+            "--out (or replace this one with --overwrite)."
+        )
 
 
 @dataclass
@@ -86,13 +89,20 @@ class RunFolder:
     def claim(self) -> None:
         if self.claimed or self.state == "resume":
             return
-        claim_output_folder(self.path, COMMAND, overwrite=True, keep_own=False,
-                            extra={"train_config": self.train_config})
+        claim_output_folder(
+            self.path, COMMAND, overwrite=True, keep_own=False, extra={"train_config": self.train_config}
+        )
         self.claimed = True
 
 
-def prepare_run_folder(out: str | os.PathLike[str], resume: bool, overwrite: bool, train_config: dict[str, Any],
-                       explicit: dict[str, Any], inputs: Iterable[str | os.PathLike[str] | None] = ()) -> RunFolder:
+def prepare_run_folder(
+    out: str | os.PathLike[str],
+    resume: bool,
+    overwrite: bool,
+    train_config: dict[str, Any],
+    explicit: dict[str, Any],
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+) -> RunFolder:
     """Check the run folder (nothing is written: call ``claim()`` on the result when the run writes).
 
     ``explicit``: the options the user gave (for the --resume comparison). ``inputs``: checkpoints and data the
@@ -111,9 +121,12 @@ def prepare_run_folder(out: str | os.PathLike[str], resume: bool, overwrite: boo
     legacy = _legacy_run(run)
     state = "legacy" if legacy else check_output_folder(run, COMMAND, overwrite, inputs=inputs if overwrite else ())
     if state in ("own", "legacy") and _has_checkpoint(run) and not overwrite:
-        raise UsageError(f"--out {out} already holds a training run. Continue it with --resume, or start over with "
-                         "--overwrite (the whole folder is replaced). A new run needs a new or empty --out.")
+        raise UsageError(
+            f"--out {out} already holds a training run. Continue it with --resume, or start over with "
+            "--overwrite (the whole folder is replaced). A new run needs a new or empty --out."
+        )
     if legacy:  # only reached with --overwrite
         check_output_folder(run, COMMAND, True, inputs=inputs)
-    return RunFolder(run, "new" if state == "new" or (state == "own" and not _has_checkpoint(run)) else "replace",
-                     train_config)
+    return RunFolder(
+        run, "new" if state == "new" or (state == "own" and not _has_checkpoint(run)) else "replace", train_config
+    )

@@ -36,8 +36,15 @@ FORMAT = "bvit-edge-trainer-state/1"
 META_KEY = "bvit_edge.trainer_state"
 #: keys every trainer state holds, and the Python types they must have after decoding
 REQUIRED: dict[str, tuple[type, ...]] = {
-    "optimizer": (dict,), "step": (int,), "epoch": (int,), "batch_in_epoch": (int,), "best_top1": (float, int),
-    "history": (list,), "rng_torch": (torch.Tensor,), "rng_numpy": (tuple, dict), "rng_python": (tuple,),
+    "optimizer": (dict,),
+    "step": (int,),
+    "epoch": (int,),
+    "batch_in_epoch": (int,),
+    "best_top1": (float, int),
+    "history": (list,),
+    "rng_torch": (torch.Tensor,),
+    "rng_numpy": (tuple, dict),
+    "rng_python": (tuple,),
 }
 
 
@@ -146,12 +153,13 @@ def load_trainer_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            tensors = {k: fh.get_tensor(k) for k in fh}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable trainer state ({exc}). {fix}") from None
     if meta.get("format") != FORMAT or META_KEY not in meta:
-        raise CheckpointError(f"{path} is not a bvit-edge trainer state (format {meta.get('format')!r}, expected "
-                              f"{FORMAT!r}). {fix}")
+        raise CheckpointError(
+            f"{path} is not a bvit-edge trainer state (format {meta.get('format')!r}, expected {FORMAT!r}). {fix}"
+        )
     try:
         state = _decode(json.loads(meta[META_KEY]), tensors)
     except (json.JSONDecodeError, RecursionError) as exc:
@@ -165,8 +173,10 @@ def load_trainer_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 def check_trainer_state(state: Any, where: str | os.PathLike[str]) -> None:
     """CheckpointError unless ``state`` has every key :data:`REQUIRED` names, with the right types."""
     if not isinstance(state, dict):
-        raise CheckpointError(f"{where}: the trainer state is a {type(state).__name__}, not a table; start the run "
-                              "again with --overwrite.")
+        raise CheckpointError(
+            f"{where}: the trainer state is a {type(state).__name__}, not a table; start the run "
+            "again with --overwrite."
+        )
     problems = []
     for key, types in REQUIRED.items():
         if key not in state:
@@ -176,24 +186,31 @@ def check_trainer_state(state: Any, where: str | os.PathLike[str]) -> None:
     if not problems and (state["step"] < 0 or state["epoch"] < 0 or state["batch_in_epoch"] < 0):
         problems.append("step, epoch or batch_in_epoch is negative")
     if problems:
-        raise CheckpointError(f"{where}: the trainer state is incomplete ({'; '.join(problems)}); resume from an "
-                              "intact copy, or start the run again with --overwrite.")
+        raise CheckpointError(
+            f"{where}: the trainer state is incomplete ({'; '.join(problems)}); resume from an "
+            "intact copy, or start the run again with --overwrite."
+        )
 
 
-def restore_trainer_state(state: dict[str, Any], optimizer: torch.optim.Optimizer,
-                          where: str | os.PathLike[str]) -> None:
+def restore_trainer_state(
+    state: dict[str, Any], optimizer: torch.optim.Optimizer, where: str | os.PathLike[str]
+) -> None:
     """Load the optimizer state and the torch / numpy / Python RNG states; CheckpointError when they do not
     fit (another model, another optimizer, a damaged RNG state)."""
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
-        raise CheckpointError(f"{where}: the optimizer state does not fit this model and optimizer ({exc}). The run "
-                              "was started with other options; resume it with the same ones, or start again "
-                              "with --overwrite.") from None
+        raise CheckpointError(
+            f"{where}: the optimizer state does not fit this model and optimizer ({exc}). The run "
+            "was started with other options; resume it with the same ones, or start again "
+            "with --overwrite."
+        ) from None
     try:
         torch.set_rng_state(state["rng_torch"])
         np.random.set_state(state["rng_numpy"])
         random.setstate(state["rng_python"])
     except (ValueError, TypeError, RuntimeError, KeyError, IndexError, OverflowError) as exc:
-        raise CheckpointError(f"{where}: the saved random-number-generator states are damaged ({exc}); resume "
-                              "from an intact copy, or start the run again with --overwrite.") from None
+        raise CheckpointError(
+            f"{where}: the saved random-number-generator states are damaged ({exc}); resume "
+            "from an intact copy, or start the run again with --overwrite."
+        ) from None

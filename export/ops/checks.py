@@ -18,18 +18,26 @@ that the model must be exported again. Inputs computed at run time are checked b
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 import onnx
 
 from bvit_edge import packing
-from bvit_edge.contract import (BINARY_LINEAR, BINARY_MATMUL, DEFAULT_GSB_RATIOS, DOMAIN, LINEAR_MODES,
-                                MATMUL_A_MODES, MATMUL_B_MODES, PLANES)
+from bvit_edge.contract import (
+    BINARY_LINEAR,
+    BINARY_MATMUL,
+    DEFAULT_GSB_RATIOS,
+    DOMAIN,
+    LINEAR_MODES,
+    MATMUL_A_MODES,
+    MATMUL_B_MODES,
+    PLANES,
+)
 from bvit_edge.contract import DOMAIN_VERSION as VERSION
 from bvit_edge.errors import DataError
 
 F32, U8 = onnx.TensorProto.FLOAT, onnx.TensorProto.UINT8
-_TYPE_NAMES = {F32: "float32", U8: "uint8"}
+_TYPE_NAMES: dict[int, str] = {F32: "float32", U8: "uint8"}
 
 
 def _consts(graph: onnx.GraphProto) -> dict[str, tuple[int, list[int]]]:
@@ -63,12 +71,21 @@ class _Node:
         self.node, self.consts = node, consts
         self.name = f"{where}: node {node.name or '(unnamed)'} ({DOMAIN}::{node.op_type})"
 
-    def fail(self, problem: str) -> None:
-        raise DataError(f"{self.name}: {problem}. The model is damaged or was not written by this bvit-edge: "
-                        "export it again (`bvit-edge export`).")
+    def fail(self, problem: str) -> NoReturn:
+        raise DataError(
+            f"{self.name}: {problem}. The model is damaged or was not written by this bvit-edge: "
+            "export it again (`bvit-edge export`)."
+        )
 
-    def const(self, index: int, label: str, dtype: int, shape: list[int] | None = None, size: int | None = None,
-              min_size: int | None = None) -> list[int] | None:
+    def const(
+        self,
+        index: int,
+        label: str,
+        dtype: int,
+        shape: list[int] | None = None,
+        size: int | None = None,
+        min_size: int | None = None,
+    ) -> list[int] | None:
         """Check input ``index`` when it is a constant; its dims (None when it is computed at run time)."""
         if index >= len(self.node.input) or not self.node.input[index]:
             return None
@@ -102,8 +119,10 @@ def _check_binary_linear(n: _Node, attrs: dict[str, Any]) -> None:
     rows = None
     if w is not None:
         if len(w) != 2 or w[1] * 8 != packing.padded_length(k):
-            n.fail(f"input W_bits has shape {w}, expected [N, {packing.padded_length(k) // 8}] for in_features {k} "
-                   "(bits packed along K)")
+            n.fail(
+                f"input W_bits has shape {w}, expected [N, {packing.padded_length(k) // 8}] for in_features {k} "
+                "(bits packed along K)"
+            )
         rows = w[0]
     n.const(4, "w_scale", F32, shape=None if rows is None else [rows])
     n.const(5, "bias", F32, shape=None if rows is None else [rows])
@@ -134,9 +153,11 @@ def check_bvit_nodes(model: onnx.ModelProto, where: str = "the model") -> None:
     versions = {imp.domain: imp.version for imp in model.opset_import}
     nodes = [n for n in model.graph.node if n.domain == DOMAIN]
     if DOMAIN in versions and versions[DOMAIN] != VERSION:
-        raise DataError(f"{where} uses op domain {DOMAIN!r} version {versions[DOMAIN]}, but this bvit-edge runs "
-                        f"only version {VERSION}. Re-export the model with this bvit-edge version, or upgrade "
-                        "bvit-edge.")
+        raise DataError(
+            f"{where} uses op domain {DOMAIN!r} version {versions[DOMAIN]}, but this bvit-edge runs "
+            f"only version {VERSION}. Re-export the model with this bvit-edge version, or upgrade "
+            "bvit-edge."
+        )
     if nodes and DOMAIN not in versions:
         raise DataError(f"{where} has {DOMAIN} nodes but does not import the {DOMAIN!r} domain. Export it again.")
     consts = _consts(model.graph)
@@ -144,8 +165,10 @@ def check_bvit_nodes(model: onnx.ModelProto, where: str = "the model") -> None:
         check = _CHECKS.get(node.op_type)
         n = _Node(node, consts, where)
         if check is None:
-            n.fail(f"{node.op_type} is not an op of domain {DOMAIN!r} version {VERSION} "
-                   f"(ops: {', '.join(sorted(_CHECKS))})")
+            n.fail(
+                f"{node.op_type} is not an op of domain {DOMAIN!r} version {VERSION} "
+                f"(ops: {', '.join(sorted(_CHECKS))})"
+            )
         check(n, _attrs(node))
 
 

@@ -221,6 +221,7 @@ def case_resume_pickle(ctx: Ctx, d: Path) -> Outcome:
     import torch
 
     run = _copy(ctx.fix / "teacher", d / "run")
+    (run / "last" / "trainer_state.safetensors").unlink(missing_ok=True)  # the state of an older run: a pickle
     marker = d / "CODE_RAN"
 
     class Evil:

@@ -229,28 +229,7 @@ def case_resume_pickle(ctx: Ctx, d: Path) -> Outcome:
             return (os.system, (f"touch {marker}",))
 
     torch.save({"optimizer": Evil()}, run / "last" / "trainer_state.pt")
-    proc, _ = _run(
-        ctx,
-        _cli(
-            ctx,
-            "train",
-            "--model",
-            "deit_test_patch4_16",
-            "--image-size",
-            "16",
-            "--per-class",
-            "4",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "16",
-            "--threads",
-            "1",
-            "--out",
-            run,
-            "--resume",
-        ),
-    )
+    proc, _ = _run(ctx, _cli(ctx, "train", "--out", run, "--resume"))
     notes = _notes(proc) + (["CODE FROM THE DATA FILE RAN"] if marker.exists() else ["no code ran"])
     return Outcome(proc.returncode, _message(proc), notes)
 

@@ -261,7 +261,7 @@ def _damage_state(last: Path, damage: tuple) -> None:
         return
     with safe_open(str(path), framework="pt") as fh:
         meta = dict(fh.metadata())
-        tensors = {k: fh.get_tensor(k) for k in fh}
+        tensors = {k: fh.get_tensor(k) for k in list(fh.keys())}  # a safe_open handle is not iterable
     doc: dict[str, Any] = json.loads(meta[META_KEY])
     if kind == "drop":
         del doc[damage[1]]

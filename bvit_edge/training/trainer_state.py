@@ -153,7 +153,7 @@ def load_trainer_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh}
+            tensors = {k: fh.get_tensor(k) for k in list(fh.keys())}  # a safe_open handle is not iterable
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable trainer state ({exc}). {fix}") from None
     if meta.get("format") != FORMAT or META_KEY not in meta:

@@ -437,7 +437,7 @@ def compile_cmd(
 def run(
     model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
     image: Annotated[Optional[list[Path]], typer.Option(
-        help="Image file(s) to classify (PNG/JPEG), or folders of them.")] = None,
+        help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
@@ -454,13 +454,10 @@ def run(
 
     if not image and not data:
         raise UsageError("Give --image FILE (one or more) or --data NAME to run on.")
-    _positive(limit, "--limit")
-    _positive(top_k, "--top-k")
     _positive(threads, "--threads")
-    images = _image_files(image) if image else None
     with _rpc_call_timeout(rpc_timeout, model if (rpc or tracker) else None):
-        res = predict(model, images=images, data=data, data_root=str(data_root) if data_root else None, limit=limit,
-                      top_k=top_k, rpc=rpc, threads=threads, session=_tracker_session(tracker, key))
+        res = predict(model, images=image or None, data=data, data_root=str(data_root) if data_root else None,
+                      limit=limit, top_k=top_k, rpc=rpc, threads=threads, session=_tracker_session(tracker, key))
     if as_json:
         _emit(res, True)
         return
@@ -472,6 +469,15 @@ def run(
     if res.get("accuracy"):
         a = res["accuracy"]
         _console().print(f"top-1 {a['top1'] * 100:.2f}%  top-5 {a['top5'] * 100:.2f}% on {res['num_images']} images")
+
+@app.command("device", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def device(ctx: typer.Context) -> None:
+    """Run an artifact on this machine with the board-side runtime: run | bench | check | info (= bvit-edge-device)."""
+    from bvit_edge.runtime.device_cli import main as device_main
+
+    device_main(ctx.args)
+
 
 # ---------------------------------------------------------------------------------------------- targets
 targets_app = typer.Typer(help="Board presets (targets/*.toml) and user presets.", no_args_is_help=True)
@@ -624,15 +630,30 @@ def bench(
 # ----------------------------------------------------------------------------------------------- report
 @app.command()
 def report(
-    json_path: Annotated[Path, typer.Argument(help="A bench/report JSON document.", exists=True, dir_okay=False)],
+    json_paths: Annotated[list[Path], typer.Argument(help="Report JSON document(s), and/or bench JSON files (e.g. "
+                                                     "from bvit-edge-device bench on a board) to merge into it.",
+                                                     exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {kind: path} of the written files as JSON on stdout.")] = False,
 ) -> None:
-    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency)."""
+    """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency); several
+    files (the host's report and boards' bench JSONs) are merged into one report first (OUT/report.json)."""
     from bvit_edge.report import render_report
+    from bvit_edge.report.merge import merge_reports
+    from bvit_edge.runtime.bench import is_bench_file, report_of
 
-    written = render_report(json_path, out, overwrite=overwrite)
+    json_path = json_paths[0]
+    if len(json_paths) > 1 or is_bench_file(json_path):  # merged first, into a file the report folder keeps
+        import tempfile
+
+        from bvit_edge.report import write_report
+
+        with tempfile.TemporaryDirectory() as tmp:
+            merged = write_report(Path(tmp) / "report.json", merge_reports([report_of(p) for p in json_paths]))
+            written = render_report(merged, out, overwrite=overwrite, keep_json=True)
+    else:
+        written = render_report(json_path, out, overwrite=overwrite)
     if as_json:
         _emit({kind: str(path) for kind, path in written.items()}, True)
         return
@@ -672,26 +693,6 @@ def _tracker_session(tracker: Optional[str], key: Optional[str]) -> Any:
 
     host, port = parse_address(tracker, "--tracker")
     return connect_tracker(host, port, key)
-
-
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _image_files(paths: list[Path]) -> list[Path]:
-    """``--image`` values with each folder replaced by the image files in it (sorted); an empty folder, or one
-    without images, is a UsageError. Files are passed on as given (their loader names a missing one)."""
-    files: list[Path] = []
-    for p in paths:
-        if not p.is_dir():
-            files.append(p)
-            continue
-        entries = sorted(p.iterdir())
-        found = [f for f in entries if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES]
-        if not found:
-            what = "is an empty folder" if not entries else f"is a folder without images ({', '.join(_IMAGE_SUFFIXES)})"
-            raise UsageError(f"--image {p} {what}. Give image files, or a folder holding some.")
-        files.extend(found)
-    return files
 
 
 def _rpc_call_timeout(seconds: Optional[float], artifact: Optional[Path]) -> Any:

@@ -14,6 +14,18 @@ __all__ = ["__version__", "create_model", "evaluate", "list_models", "train"]
 
 
 def __getattr__(name: str) -> Any:
+    try:
+        return _lazy(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("bvit_edge."):  # the board-side runtime has no training stack
+            from bvit_edge.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"bvit_edge.{name} is part of the full toolkit; this installation is the "
+                                         "board-side runtime (bvit-edge-runtime). Install bvit-edge for it.") from None
+        raise
+
+
+def _lazy(name: str) -> Any:
     if name == "train":
         from bvit_edge.training import train
 

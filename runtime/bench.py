@@ -42,125 +42,67 @@ unreachable board (ToolchainError, exit 4).
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from bvit_edge.atomic import write_json
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, MissingDependencyError, ToolchainError, UsageError
 from bvit_edge.provenance import git_revision  # re-exported: the report's environment.git_revision
 from bvit_edge.runtime.artifact import read_manifest
+from bvit_edge.runtime.bench_record import (  # noqa: F401 - the shared record, re-exported under its old names
+    COMPILE_TIME_KEYS,
+    KIND,
+    SCHEMA_VERSION,
+    TIMING_KINDS,
+    BenchRecord,
+    SideResult,
+    artifact_sizes,
+    compile_seconds,
+    measured_sizes,
+)
+from bvit_edge.runtime.bench_record import (
+    affinity as _affinity,
+)
+from bvit_edge.runtime.bench_record import (
+    host_facts as _host_facts,
+)
+from bvit_edge.runtime.bench_record import (
+    input_image as _input_image,
+)
+from bvit_edge.runtime.bench_record import (
+    normalized as _normalized,
+)
+from bvit_edge.runtime.bench_record import (
+    now_utc as _now_utc,
+)
+from bvit_edge.runtime.bench_record import (
+    output_shape as _output_shape,
+)
+from bvit_edge.runtime.bench_record import (
+    resolve_threads as _resolve_threads,
+)
+from bvit_edge.runtime.bench_record import (
+    restored_affinity as _restored_affinity,
+)
+from bvit_edge.runtime.bench_record import (
+    same_target as _same_target,
+)
 from bvit_edge.runtime.timing import Timing, measure, time_once
 
 __all__ = ["BenchResult", "SideResult", "SCHEMA_VERSION", "artifact_sizes", "bench", "compile_seconds",
-           "git_revision", "is_emulated_board"]
-
-SCHEMA_VERSION = 1
-KIND = "bvit_edge.bench"
-#: Manifest keys a compiler may record its wall time under (seconds); the first present one is used.
-COMPILE_TIME_KEYS = ("compile_s", "compile_seconds", "compile_time_s")
-TIMING_KINDS = ("host", "board", "emulated")
-
+           "git_revision", "is_bench_file", "is_emulated_board", "report_of"]
 
 # ----------------------------------------------------------------------------------------------------
-# the result
+# the result as a report
 
 
-@dataclass
-class SideResult:
-    """What was measured for one model (the student or the teacher)."""
-
-    role: str  # "student" | "teacher"
-    runtime: str  # "tvm" | "onnxruntime"
-    path: str
-    input_shape: list[int]
-    output_shape: list[int]
-    compile_s: float | None
-    load_ms: float
-    first_run_ms: float
-    steady: Timing
-    timer: str  # "time.perf_counter_ns" | "tvm.time_evaluator"
-    model_sha256: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "runtime": self.runtime,
-            "path": self.path,
-            "model_sha256": self.model_sha256,
-            "input_shape": list(self.input_shape),
-            "output_shape": list(self.output_shape),
-            "compile_s": self.compile_s,
-            "load_ms": self.load_ms,
-            "first_run_ms": self.first_run_ms,
-            "timer": self.timer,
-            "steady": self.steady.to_dict(),
-        }
-
-
-@dataclass
-class BenchResult:
-    """One benchmark: student vs teacher on one target (JSON via :meth:`to_dict`, units in field names)."""
-
-    date_utc: str
-    git_revision: str
-    versions: dict[str, str]
-    seed: int
-    batch_size: int
-    target: dict[str, Any]
-    timing_kind: str
-    emulated: bool
-    rpc: str | None
-    threads: int | None
-    affinity: list[int] | None
-    host: dict[str, str]
-    input: dict[str, Any]
-    student: SideResult
-    teacher: SideResult | None
-    sizes: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ratio(self) -> float | None:
-        """teacher median / student median (None without a teacher)."""
-        if self.teacher is None or self.student.steady.median_ms <= 0:
-            return None
-        return self.teacher.steady.median_ms / self.student.steady.median_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": KIND,
-            "date_utc": self.date_utc,
-            "git_revision": self.git_revision,
-            "versions": dict(self.versions),
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "target": dict(self.target),
-            "timing_kind": self.timing_kind,
-            "emulated": self.emulated,
-            "rpc": self.rpc,
-            "threads": self.threads,
-            "affinity": self.affinity,
-            "host": dict(self.host),
-            "input": dict(self.input),
-            "student": self.student.to_dict(),
-            "teacher": self.teacher.to_dict() if self.teacher else None,
-            "ratio_teacher_over_student_median": self.ratio,
-            "sizes": self.sizes,
-            "notes": list(self.notes),
-        }
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write :meth:`to_dict` as JSON to ``path`` atomically."""
-        return write_json(path, self.to_dict())
+class BenchResult(BenchRecord):
+    """One benchmark (:class:`~bvit_edge.runtime.bench_record.BenchRecord`: the JSON a board writes too), plus its
+    report document."""
 
     def to_report(self, student_name: str | None = None, teacher_name: str | None = None,
                   title: str | None = None) -> dict[str, Any]:
@@ -213,8 +155,9 @@ def _report_size(sizes: dict[str, Any], side: SideResult) -> dict[str, Any]:
     counts = sizes.get("weights")
     if not counts:
         return {}
-    from bvit_edge.report.size import size_entry  # noqa: PLC0415
+    from bvit_edge.report.size import size_entry
 
+    on_disk: int | None
     if side.runtime == "onnxruntime" and "onnx_bytes" in sizes:
         on_disk = int(sizes["onnx_bytes"])
     else:
@@ -223,8 +166,44 @@ def _report_size(sizes: dict[str, Any], side: SideResult) -> dict[str, Any]:
                       artifact_bytes=on_disk)
 
 
+def report_of(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A report document from a file: a report (validated) or a bench JSON (``BenchResult.to_report()``, labelled
+    with where it ran). DataError naming the file otherwise."""
+    import json
+
+    from bvit_edge.errors import DataError
+    from bvit_edge.report.schema import validate_report
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{p} does not exist; give a report or bench JSON file.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{p} is not readable JSON ({exc}). Re-create it.") from None
+    if not (isinstance(doc, dict) and doc.get("kind") == KIND):
+        return validate_report(doc, source=str(p))
+    try:
+        result = BenchResult.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{p} is not a complete bench result ({type(exc).__name__}: {exc}); re-run the bench that "
+                        "wrote it.") from None
+    return validate_report(result.to_report(), source=str(p))
+
+
+def is_bench_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` holds a bench JSON (False for anything else, unreadable files included)."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("kind") == KIND
+
+
 # ----------------------------------------------------------------------------------------------------
-# facts about the run
+# facts about the run (the result and the shared parts of the protocol: bvit_edge.runtime.bench_record)
 
 
 def _versions() -> dict[str, str]:
@@ -240,42 +219,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _affinity() -> list[int] | None:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-
-
-@contextlib.contextmanager
-def _restored_affinity() -> Iterator[None]:
-    """Put back this thread's CPU affinity afterwards: TVM's thread pool pins the calling thread to one core
-    when it is configured, and threads onnxruntime creates later would inherit that single core."""
-    saved = _affinity()
-    try:
-        yield
-    finally:
-        if saved:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, saved)
-
-
-def _host_facts() -> dict[str, str]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() in ("model name", "Model"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu, "node": platform.node()}
-
-
-def _now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 # ----------------------------------------------------------------------------------------------------
 # inputs and checks
 
@@ -288,46 +231,10 @@ def _artifact(path: str | os.PathLike[str], role: str) -> tuple[Path, dict[str, 
     return folder, read_manifest(folder)
 
 
-def compile_seconds(manifest: dict[str, Any]) -> float | None:
-    """The compile wall time the manifest recorded (seconds), or None."""
-    for key in COMPILE_TIME_KEYS:
-        value = manifest.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    timing = manifest.get("timing")
-    if isinstance(timing, dict) and isinstance(timing.get("compile_s"), (int, float)):
-        return float(timing["compile_s"])
-    return None
-
-
-def artifact_sizes(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Bytes on disk of lib.so and of the parameters (0 when embedded in lib.so)."""
-    lib = folder / manifest.get("lib", "lib.so")
-    params = manifest.get("params") or {}
-    storage = params.get("storage", "file" if params.get("file") else "embedded")
-    params_bytes = 0
-    pfile = params.get("file")
-    if pfile:
-        ppath = folder / pfile
-        if not ppath.is_file():
-            raise UsageError(f"{folder}: the manifest names the parameter file {pfile!r}, which is missing; "
-                             "recompile the artifact.")
-        params_bytes = ppath.stat().st_size
-    lib_bytes = lib.stat().st_size
-    return {"lib_bytes": lib_bytes, "params_bytes": params_bytes, "params_storage": storage,
-            "total_bytes": lib_bytes + params_bytes}
-
-
 def _spec_of(manifest: dict[str, Any]) -> Any:
     from bvit_edge.targets import load_target  # noqa: PLC0415
 
     return load_target(manifest["target"])
-
-
-def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("mtriple", "mcpu", "mattr")
-    ta, tb = a.get("tvm_target", {}), b.get("tvm_target", {})
-    return a.get("arch") == b.get("arch") and all(ta.get(k) == tb.get(k) for k in keys)
 
 
 def _check_target(manifest: dict[str, Any], target: Any, folder: Path) -> dict[str, Any]:
@@ -367,45 +274,6 @@ def _shape_error(teacher: str, t_shape: list[Any], s_shape: list[int]) -> UsageE
         "image. Export the teacher at the student's image size (and batch 1 or a dynamic batch), then bench "
         "again."
     )
-
-
-def _input_image(data: Any, shape: list[int], seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """One image [1, C, H, W] float32 in [0, 1] (before normalisation) and a description of it."""
-    if data is None:
-        rng = np.random.default_rng(seed)
-        x = rng.random([1] + list(shape[1:]), dtype=np.float32)
-        return x, {"source": "random_uniform_0_1", "seed": seed, "shape": list(x.shape)}
-    source = "array"
-    if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if path.suffix != ".npy" or not path.is_file():
-            raise UsageError(f"data={path}: give an existing .npy file of images [N, C, H, W] (or a numpy array).")
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"Cannot read {path} as a .npy array ({exc}); save the images with np.save.") from None
-        source = str(path)
-    x = np.asarray(data, dtype=np.float32)
-    if x.ndim == len(shape):
-        x = x[:1]
-    elif x.ndim == len(shape) - 1:
-        x = x[None]
-    if x.ndim != len(shape) or list(x.shape[1:]) != list(shape[1:]) or x.shape[0] != 1:
-        raise UsageError(f"data of shape {list(np.shape(data))} does not fit the artifact's input {shape}; give "
-                         f"images [N, {', '.join(map(str, shape[1:]))}] (the first one is used).")
-    return np.ascontiguousarray(x), {"source": source, "shape": list(x.shape)}
-
-
-def _resolve_threads(threads: int | None, manifest: dict[str, Any], local: bool) -> int | None:
-    if threads is not None:
-        if int(threads) < 1:
-            raise UsageError(f"threads must be >= 1, got {threads}.")
-        return int(threads)
-    n = int(manifest.get("threads") or manifest["target"].get("threads") or 1)
-    if local:
-        aff = _affinity()
-        n = min(n, len(aff)) if aff else n
-    return max(1, n)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -460,14 +328,6 @@ def _remote_threads(session: Any, threads: int | None) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # the two ways a model is run
-
-
-def _output_shape(y: Any) -> list[int]:
-    if isinstance(y, (list, tuple)):
-        y = y[0]
-    if not hasattr(y, "shape"):  # a TVM tuple of outputs: the first is the logits
-        y = y[0]
-    return [int(d) for d in y.shape]
 
 
 def _last_line(exc: BaseException) -> str:
@@ -624,16 +484,6 @@ def _check_runs_here(s_man: dict[str, Any], s_folder: Path) -> None:
         )
 
 
-def _normalized(x: np.ndarray, manifest: dict[str, Any], info: dict[str, Any]) -> np.ndarray:
-    """(x - mean) / std per channel with the manifest's normalisation, when it has one (noted in ``info``)."""
-    norm = manifest.get("normalization") or {}
-    info["normalized"] = norm.get("mean") is not None and norm.get("std") is not None
-    if info["normalized"]:
-        c = (-1,) + (1,) * (x.ndim - 2)
-        x = (x - np.asarray(norm["mean"], np.float32).reshape(c)) / np.asarray(norm["std"], np.float32).reshape(c)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 # ----------------------------------------------------------------------------------------------------
 # the protocol
 
@@ -727,31 +577,7 @@ def _weight_counts(path: Path) -> dict[str, int]:
     from bvit_edge.runtime.ort import load_model  # noqa: PLC0415
 
     return weight_counts(load_model(path))
-
-
 def _sizes(s_folder: Path, s_man: dict[str, Any], s_onnx: Path | None, t_onnx: Path | None,
            t_folder: Path | None, t_man: dict[str, Any] | None, teacher: SideResult | None) -> dict[str, Any]:
-    """Bytes on disk of the student artifact (lib.so + params) and of the teacher's .onnx and/or artifact;
-    1/8/32-bit weight counts of the .onnx files given; teacher/student bytes of the forms that were run (the
-    teacher's .onnx when it ran in onnxruntime, else its artifact; the student's artifact)."""
-    student: dict[str, Any] = {"artifact": artifact_sizes(s_folder, s_man)}
-    if s_onnx is not None:
-        student["onnx_bytes"] = s_onnx.stat().st_size
-        student["weights"] = _weight_counts(s_onnx)
-    t_sizes: dict[str, Any] = {}
-    if t_onnx is not None:
-        t_sizes["onnx_bytes"] = t_onnx.stat().st_size
-        t_sizes["weights"] = _weight_counts(t_onnx)
-    if t_folder is not None and t_man is not None:
-        t_sizes["artifact"] = artifact_sizes(t_folder, t_man)
-    s_bytes = student["artifact"]["total_bytes"]
-    t_bytes = None
-    if teacher is not None:
-        t_bytes = t_sizes["onnx_bytes"] if teacher.runtime == "onnxruntime" else t_sizes["artifact"]["total_bytes"]
-    return {
-        "student": student,
-        "teacher": t_sizes or None,
-        "teacher_measured_bytes": t_bytes,
-        "student_measured_bytes": s_bytes,
-        "teacher_over_student_bytes": (t_bytes / s_bytes) if t_bytes and s_bytes else None,
-    }
+    """:func:`bvit_edge.runtime.bench_record.measured_sizes` with the .onnx files' 1/8/32-bit weight counts."""
+    return measured_sizes(s_folder, s_man, s_onnx, t_onnx, t_folder, t_man, teacher, count_weights=_weight_counts)

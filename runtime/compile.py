@@ -16,11 +16,15 @@
 Parameters (``params_storage``): with ``"file"`` (the default) every weight tensor of 16 elements or more
 (bvit_edge.runtime.params.MIN_ELEMENTS) becomes a parameter of ``main``, appended after the image input,
 and is saved in ``params.npz`` (numpy ``np.savez``, keys ``p0``, ``p1``, ... in parameter order) in its
-final form: int8 weights dequantized, binary weights repacked for the target's word size. Scalars and tiny
-constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
+final form and dtype: 8-bit weights as int8 (packed for the target's dot instructions), binary weights
+repacked for the target's word size, float tensors as float32 (each .npy entry carries its dtype). Scalars
+and tiny constants stay in ``lib.so``. The entry is then called as ``main(image, *params)``
 (bvit_edge.runtime.artifact loads params.npz with numpy alone). The manifest (``schema_version`` 2)
 records ``"params": {"storage": "file", "file": "params.npz", "count": N, "bytes": B, "sha256": ...,
-"names": [...]}`` (``bytes`` and ``sha256`` of the file). With ``"embedded"`` the weights stay
+"names": [...], "arrays": [{"name", "shape", "dtype"}, ...]}`` (``bytes`` and ``sha256`` of the file; one
+shape and dtype per weight as stored). ``lib_sha256`` is the digest of ``lib.so`` and
+``required_cpu_features`` the CPU features its code may use (bvit_edge.runtime.cpu_features); the runtime
+checks all three before loading (bvit_edge.runtime.artifact). With ``"embedded"`` the weights stay
 compile-time constants inside ``lib.so`` and the manifest says ``"params": {"storage": "embedded"}`` (as
 every schema 1 artifact did; those still load).
 """
@@ -127,8 +131,20 @@ def _tool_versions(compiler: str | None) -> dict[str, str]:
     return versions
 
 
+def _required_cpu_features(spec: Any) -> list[str]:
+    """The CPU features (Linux /proc/cpuinfo / HWCAP names) the generated code may use: the instruction-set
+    extensions LLVM enables for the target's mtriple/mcpu/mattr (bvit_edge.runtime.cpu_features), which the
+    runtime checks before loading so a CPU without them gets a clear error instead of SIGILL."""
+    from tvm.target import codegen
+
+    from bvit_edge.runtime.cpu_features import required_features
+
+    return required_features(spec.arch, [str(f) for f in codegen.llvm_get_cpu_features(spec.tvm())])
+
+
 def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any = None) -> Any:
-    """The Relax pass pipeline: the CPU backend's, plus our float-op schedules after legalize + fuse.
+    """The Relax pass pipeline: the CPU backend's, plus our layout rewrites before it
+    (bvit_edge.runtime.graph_passes) and our float-op schedules after legalize + fuse.
 
     ``fast_math``: erf / exp / softmax become TVM's vectorizable approximations (topi.fast_erf, fast_exp,
     fast_softmax) instead of scalar libm calls (FastMathTransform).
@@ -140,6 +156,7 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     from tvm import relax  # noqa: PLC0415
     from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
 
+    from bvit_edge.runtime.graph_passes import graph_passes
     from bvit_edge.runtime.params import lift_params_pass  # noqa: PLC0415
     from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
 
@@ -150,7 +167,8 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     def _pipeline(m: Any, _ctx: Any) -> Any:
         with target:
             seq = tvm.transform.Sequential(
-                ([relax.transform.FastMathTransform()] if fast_math else [])
+                graph_passes(fast_math, family.float_lanes)
+                + ([relax.transform.FastMathTransform()] if fast_math else [])
                 + cpu.library_dispatch_passes(target)
                 + cpu.legalize_passes(target)
                 + [float_schedule_pass(family)]
@@ -229,7 +247,7 @@ def compile_model(
     check_output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db))
     spec = load_target(target)
     spec.check()  # an mcpu LLVM does not know would silently compile for a generic CPU
-    family = family_params(spec.family)
+    family = family_params(spec.family, spec.tvm())  # the int8 dot scheme from the target's CPU features
     compiler = find_compiler(spec)  # ToolchainError naming the apt package when missing
     onnx_path = Path(onnx_path)
     model = _load_onnx(onnx_path)
@@ -275,6 +293,7 @@ def compile_model(
             "trials_per_kernel": int(tune),
         },
         "tool_versions": _tool_versions(compiler),
+        "required_cpu_features": _required_cpu_features(spec),
     }
     with output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db)) as tmp:
         lib_path = tmp / LIB_NAME
@@ -288,6 +307,7 @@ def compile_model(
             raise ToolchainError(f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} "
                                  f"failed: {last}") from exc
         manifest["lib_bytes"] = lib_path.stat().st_size
+        manifest["lib_sha256"] = _sha256(lib_path)
         if tuned is not None:
             tuned.save(tmp / "tuning.json")
         if lifted is not None:
@@ -295,6 +315,8 @@ def compile_model(
             lifted.save_npz(params_path)
             manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
                                   "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
-                                  "names": list(lifted.names)}
+                                  "names": list(lifted.names),
+                                  "arrays": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+                                             for n, a in lifted.as_dict().items()]}
         write_json(tmp / MANIFEST_NAME, manifest)
     return Path(out_dir)

@@ -1,13 +1,15 @@
 """Lift an artifact's weights out of lib.so: large Relax constants of "main" become extra parameters.
 
 ``lift_params_pass(holder)`` is a Relax module pass for :func:`bvit_edge.runtime.compile.relax_pipeline`. It
-runs after legalize + constant folding + our float schedules, so the weights are final (int8 weights already
-dequantized, binary weights already repacked into the target's words). In the function ``main`` it replaces
-every tensor constant with at least one dimension and at least ``min_elements`` elements by a new parameter
-appended after the image input(s), numbered in order of first use: ``p0``, ``p1``, ... The same constant
-object used twice becomes one parameter. Scalars and tiny constants (shape helpers, a one-element scale)
-stay embedded in lib.so. The pass fills ``holder`` (a :class:`LiftedParams`): names and numpy arrays in
-parameter order, which the compiler writes to ``params.npz``.
+runs after legalize + constant folding + our float schedules, so the weights are final (8-bit weights int8,
+packed for the target's dot instructions; binary weights repacked into the target's words) and keep their
+dtype: params.npz holds float32, int8, int32 and word (uint64/uint32) arrays, each .npy entry with its
+dtype. In the function ``main`` it replaces every tensor constant with at least one dimension and at least
+``min_elements`` elements by a new parameter appended after the image input(s), numbered in order of first
+use: ``p0``, ``p1``, ... The same constant object used twice becomes one parameter. Scalars and tiny
+constants (shape helpers, a one-element scale) stay embedded in lib.so. The pass fills ``holder`` (a
+:class:`LiftedParams`): names and numpy arrays in parameter order, which the compiler writes to
+``params.npz``.
 
 The compiled ``main`` is then called as ``main(image, *params)`` (see bvit_edge.runtime.artifact).
 Only ``import tvm`` happens inside the pass; reading ``params.npz`` at run time needs numpy alone.

@@ -1,14 +1,16 @@
-"""``bvit-edge run``: classify image files or a data set's val split with a compiled artifact (TVM runtime,
-locally or on a board over RPC) or an exported .onnx (onnxruntime). Returns top-k per image and, on a data
-set, top-1 / top-5 accuracy.
+"""``bvit-edge run``: classify image files (or folders of them) or a data set's val split with a compiled
+artifact (TVM runtime, locally or on a board over RPC) or an exported .onnx (onnxruntime). Returns top-k per
+image and, on a data set, top-1 / top-5 accuracy. Images are read and preprocessed exactly as on the board
+(bvit_edge.runtime.image_input); artifacts are verified at load (bvit_edge.runtime.artifact).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +36,8 @@ def _onnx_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _dataset_images(name: str, root: str | None, image_size: int, limit: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _dataset_images(name: str, root: str | None, image_size: int,
+                    limit: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import torch
 
     from bvit_edge.data import load_dataset
@@ -62,8 +65,12 @@ def predict(
 
     ``rpc`` ("HOST:PORT") or an already open ``session`` (e.g. from a tracker) runs an artifact on a board.
     ``return_logits`` adds the raw logits (a numpy array) under "logits"."""
-    from bvit_edge.runtime.image_input import load_image
+    from bvit_edge.runtime.image_input import expand_inputs, load_image
 
+    if limit is not None and int(limit) < 1:
+        raise UsageError(f"--limit {limit}: give the number of images to run (>= 1), or leave it out for all.")
+    if int(top_k) < 1:
+        raise UsageError(f"--top-k {top_k}: give at least 1.")
     path = Path(model)
     is_onnx = path.suffix == ".onnx"
     if not path.exists():
@@ -85,8 +92,9 @@ def predict(
         raise UsageError(f"{path} does not record its input size; export it with `bvit-edge export`.")
     labels = None
     if images:
-        x = np.stack([load_image(p, int(size)) for p in images])
-        names = [str(p) for p in images]
+        files = expand_inputs(images)  # folders -> their images; a missing path or an empty folder: DataError
+        x = np.stack([load_image(p, int(size)) for p in files])
+        names = [str(p) for p in files]
     else:
         x, labels, names = _dataset_images(str(data), data_root, int(size), limit)
 
@@ -94,7 +102,8 @@ def predict(
         from bvit_edge.runtime.ort import ort_session, run_session
 
         if mean is not None and std is not None:
-            x = (x - np.asarray(mean, np.float32).reshape(1, -1, 1, 1)) / np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+            c = (1, -1, 1, 1)
+            x = (x - np.asarray(mean, np.float32).reshape(c)) / np.asarray(std, np.float32).reshape(c)
         logits = run_session(ort_session(path, threads=threads), x.astype(np.float32), batch_size=64)[0]
     else:
         from bvit_edge.runtime.artifact import run_artifact
@@ -113,7 +122,8 @@ def predict(
     out: dict[str, Any] = {"model": str(path), "num_images": len(names), "predictions": preds}
     if labels is not None:
         full = np.argsort(-probs, axis=1)[:, :5]
-        out["accuracy"] = {"top1": float((full[:, 0] == labels).mean()), "top5": float((full == labels[:, None]).any(1).mean())}
+        out["accuracy"] = {"top1": float((full[:, 0] == labels).mean()),
+                           "top5": float((full == labels[:, None]).any(1).mean())}
     if return_logits:
         out["logits"] = np.asarray(logits)
     return out

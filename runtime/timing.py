@@ -16,21 +16,27 @@ Statistics of the timed sample t_1..t_M (milliseconds), as written in :class:`Ti
 
 The clock is injectable (``clock=``, a zero-argument function returning integer nanoseconds) so tests
 check the statistics on a fake clock.
+
+:func:`time_protocol` is the whole per-model protocol of ``bvit-edge bench`` (and of ``bvit-edge-device bench``
+on a board): the load timed on its own, the first run timed on its own, then :func:`measure` of the steady
+state.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from bvit_edge.errors import UsageError
 
-__all__ = ["Timing", "measure", "time_once"]
+__all__ = ["ProtocolTimes", "Timing", "measure", "time_once", "time_protocol"]
 
 Clock = Callable[[], int]
+T = TypeVar("T")
 #: A hard ceiling on the number of timed calls with ``min_seconds`` (a guard against a near-zero fn).
 MAX_RUNS = 1_000_000
 _NS_PER_MS = 1e6
@@ -52,7 +58,7 @@ class Timing:
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_samples_ms(cls, samples_ms: Sequence[float], warmup: int = 0) -> "Timing":
+    def from_samples_ms(cls, samples_ms: Sequence[float], warmup: int = 0) -> Timing:
         """Statistics of ``samples_ms`` (one duration per timed call, in ms); see the module docstring."""
         t = np.asarray(samples_ms, dtype=np.float64).reshape(-1)
         if t.size == 0:
@@ -75,7 +81,7 @@ class Timing:
         )
 
     @classmethod
-    def from_samples_ns(cls, samples_ns: Sequence[int], warmup: int = 0) -> "Timing":
+    def from_samples_ns(cls, samples_ns: Sequence[int], warmup: int = 0) -> Timing:
         """Same as :meth:`from_samples_ms` from integer nanoseconds."""
         return cls.from_samples_ms([int(v) / _NS_PER_MS for v in samples_ns], warmup)
 
@@ -145,3 +151,25 @@ def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter_ns) -> tup
     t0 = clock()
     out = fn()
     return (clock() - t0) / _NS_PER_MS, out
+
+
+@dataclass(frozen=True)
+class ProtocolTimes:
+    """One model's times under the bench protocol: load, first run (each timed once) and the steady state."""
+
+    load_ms: float
+    first_run_ms: float
+    steady: Timing
+
+
+def time_protocol(load: Callable[[], T], call_of: Callable[[T], Callable[[], Any]], warmup: int = 5,
+                  runs: int = 50, clock: Clock = time.perf_counter_ns) -> tuple[ProtocolTimes, T, Any]:
+    """``load()`` timed once; ``call = call_of(loaded)`` (untimed: e.g. the input put on the device); ``call()``
+    timed once (the first run); then :func:`measure` of ``call`` (``warmup`` discarded, ``runs`` timed).
+    Returns (the times, what ``load`` returned, what the first call returned)."""
+    _check_counts(warmup, runs, None)
+    load_ms, loaded = time_once(load, clock)
+    call = call_of(loaded)
+    first_ms, first = time_once(call, clock)
+    steady = measure(call, warmup=warmup, runs=runs, clock=clock)
+    return ProtocolTimes(load_ms, first_ms, steady), loaded, first

@@ -269,6 +269,13 @@ def _patchify_conv(bb: Any, inputs: list, attr: dict) -> Any | None:
     c, o = xs[1], ws[0]
     hp, wp = xs[2] // ph, xs[3] // pw
     k = c * ph * pw
+    if ph == pw:  # 8-bit weights: the W8A32 kernel reads the image itself (bvit_edge.runtime.int8_lowering)
+        from bvit_edge.runtime import int8_lowering
+        from bvit_edge.runtime.kernels.int8_weight_linear import PatchGeometry
+
+        out = int8_lowering.patch_conv(bb, inputs, PatchGeometry(c, xs[2], xs[3], ph), _family())
+        if out is not None:
+            return out
     x = relax.op.reshape(inputs[0], (c, hp, ph, wp, pw))
     x = relax.op.permute_dims(x, [1, 3, 0, 2, 4])
     x = relax.op.reshape(x, (hp * wp, k))
@@ -293,6 +300,35 @@ def _converter_classes(base: type, stock: dict) -> dict[str, type]:
             return out if out is not None else conv.get_converter(11)(bb, inputs, attr, params)
 
         table["Conv"] = type("PatchifyConv", (base,), {"_impl_v11": classmethod(conv_impl)})
+    table.update(_int8_converters(base, stock))
+    return table
+
+
+def _int8_converters(base: type, stock: dict) -> dict[str, type]:
+    """Gemm and MatMul with 8-bit weights become the integer kernels (bvit_edge.runtime.int8_lowering);
+    any other Gemm/MatMul goes to the stock converter of the node's opset."""
+    from bvit_edge.runtime import int8_lowering
+
+    table = {}
+    for op, lower in (("Gemm", lambda bb, i, at: int8_lowering.gemm(bb, i, at, _family())),
+                      ("MatMul", lambda bb, i, at: int8_lowering.matmul(bb, i, _family()))):
+        conv = stock.get(op)
+        if conv is None:
+            continue
+
+        def make(conv: Any, lower: Any) -> Any:
+            def get_converter(cls: type, opset: int) -> Any:
+                fallback = conv.get_converter(opset)
+
+                def impl(bb: Any, inputs: list, attr: dict, params: Any) -> Any:
+                    out = lower(bb, inputs, attr)
+                    return out if out is not None else fallback(bb, inputs, attr, params)
+
+                return impl
+
+            return classmethod(get_converter)
+
+        table[op] = type(f"Int8{op}", (base,), {"get_converter": make(conv, lower)})
     return table
 
 

@@ -20,6 +20,12 @@ Build (once, into ``cache_dir/<arch>``; ``rebuild=True`` starts over):
    ``bvit-edge board emulate --rebuild``. The build happens in a temporary folder renamed into place
    at the end, so an interrupted build never looks finished.
 
+5. The wheelhouse ``cache_dir/<arch>-wheels`` (:data:`WHEELHOUSES`): the aarch64 wheels a board-side
+   install of bvit-edge-runtime needs (the TVM runtime, tvm_ffi, numpy, Pillow), downloaded once with ``pip
+   download``. :func:`install_site` pip-installs a wheel into a *fresh* site folder resolving its dependencies
+   from it offline, and :func:`run_python` runs the board's Python natively under qemu with that folder alone
+   on ``PYTHONPATH``: a real board-side install and run, no RPC, the shared image left untouched.
+
 Run: ``qemu-aarch64 -L ROOTFS ROOTFS/usr/bin/python3.11 -m tvm.exec.rpc_server --host 127.0.0.1
 --port P --port-end P+1`` with ``PYTHONPATH=SITE``, in its own session (process group), its PID in
 ``server.pid``; ``start`` returns once the port accepts connections. ``stop`` signals that process
@@ -45,7 +51,8 @@ from bvit_edge.errors import ConfigError, ToolchainError
 from bvit_edge.targets.rpc import probe as rpc_probe
 from bvit_edge.targets.toolchain import require_tool
 
-__all__ = ["BoardInfo", "build", "default_cache_dir", "emulate", "start", "status", "stop"]
+__all__ = ["BoardInfo", "build", "default_cache_dir", "emulate", "install_site", "run_python", "start", "status",
+           "stop", "wheelhouse"]
 
 #: What a board image is built from; any change here makes older caches stale.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -67,6 +74,24 @@ RECIPES: dict[str, dict[str, Any]] = {
             "psutil==7.2.2",
         ],
         "qemu": "qemu-aarch64",
+    }
+}
+#: The board's wheelhouse: the wheels a board-side install (packaging/bvit-edge-runtime) resolves its
+#: dependencies from, offline (:func:`install_site`). Kept apart from RECIPES so that adding to it never makes a
+#: built root file system stale; downloaded once, like the image, by :func:`wheelhouse`.
+WHEELHOUSES: dict[str, dict[str, Any]] = {
+    "aarch64": {
+        "wheelhouse_version": 1,
+        "pip_platform": "manylinux_2_28_aarch64",
+        "python": "3.11",
+        "wheels": [
+            "apache-tvm==0.27.0.post1",
+            "apache-tvm-ffi==0.1.14.post1",
+            "numpy==2.4.6",
+            "ml_dtypes==0.6.0",
+            "typing_extensions==4.16.0",
+            "pillow==13.0.0",
+        ],
     }
 }
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -201,7 +226,8 @@ def _run(cmd: list[str], what: str, timeout_s: float, env: dict[str, str] | None
 
 def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None, rebuild: bool = False,
           mirror: str | None = None, log=None) -> BoardInfo:
-    """Build the board image into ``cache_dir/<arch>`` unless a complete one is there.
+    """Build the board image into ``cache_dir/<arch>`` unless a complete one is there, and its wheelhouse
+    (:func:`wheelhouse`, for board-side installs) unless that is there too.
 
     An existing incomplete or stale image raises ToolchainError unless ``rebuild`` is set.
     ``log`` is an optional ``callable(str)`` for progress lines. Needs root (debootstrap) and the
@@ -212,6 +238,7 @@ def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
     root = _paths(arch, cache_dir)
     ok, reason = _check_image(root, arch)
     if ok and not rebuild:
+        wheelhouse(arch, cache_dir, log=log)
         return status(arch, cache_dir)
     if root.exists() and not rebuild:
         raise _stale_error(root, reason)
@@ -254,6 +281,7 @@ def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
             "build_s": round(time.monotonic() - t0, 1),
             "packages_unpacked": len(debs),
         })
+    wheelhouse(arch, cache_dir, log=log)
     say(f"board image ready in {time.monotonic() - t0:.0f} s: {root}")
     return status(arch, cache_dir)
 
@@ -440,3 +468,85 @@ def _tail(path: Path, lines: int = 10) -> str:
         return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# a board-side install into a fresh site folder (the shared image is never modified)
+
+
+def _wheelhouse_recipe(arch: str) -> dict[str, Any]:
+    if arch not in WHEELHOUSES:
+        raise ConfigError(f"No board wheelhouse for arch {arch!r}; bvit-edge has one for: {', '.join(WHEELHOUSES)}.")
+    return WHEELHOUSES[arch]
+
+
+def wheelhouse(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None, log=None) -> Path:
+    """The folder of the board's wheels (``cache_dir/<arch>-wheels``), downloaded once with ``pip download
+    --platform ... --only-binary=:all: --no-deps`` (PyPI, like the image's build) and reused; a folder from
+    another wheelhouse version is replaced. Written under a temporary name, renamed into place when complete."""
+    recipe = _wheelhouse_recipe(arch)
+    say = log or (lambda msg: None)
+    root = _root(arch, cache_dir) / f"{arch}-wheels"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((root / "stamp.json").read_text()).get("recipe") == recipe:
+            return root
+    say(f"pip download {' '.join(recipe['wheels'])} for {recipe['pip_platform']} into {root}")
+    with atomic_dir(root) as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--dest", str(tmp),
+              "--platform", recipe["pip_platform"], "--python-version", recipe["python"], "--only-binary=:all:",
+              "--no-deps", *recipe["wheels"]], "pip download (board wheels)", timeout_s=1800)
+        write_json(tmp / "stamp.json", {"recipe": recipe,
+                                        "built_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return root
+
+
+def install_site(wheels: list[str | os.PathLike[str]], dest: str | os.PathLike[str], arch: str = "aarch64",
+                 cache_dir: str | os.PathLike[str] | None = None, no_deps: bool = False, log=None) -> Path:
+    """pip-install ``wheels`` (e.g. the bvit-edge-runtime wheel) for the board into the new folder ``dest``,
+    their dependencies resolved offline from :func:`wheelhouse` (``--no-index --find-links``): a dependency the
+    distribution declares but the wheelhouse lacks fails the install, one it does not declare is not installed.
+    ``dest`` must not exist (the shared image's site folder is never touched). Returns ``dest``."""
+    recipe = _wheelhouse_recipe(arch)
+    dest = Path(dest)
+    if dest.exists():
+        raise ConfigError(f"{dest} exists; install_site writes a fresh site folder only.")
+    house = wheelhouse(arch, cache_dir, log=log)
+    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--no-index",
+           "--find-links", str(house), "--target", str(dest), "--platform", recipe["pip_platform"],
+           "--python-version", recipe["python"], "--only-binary=:all:", "--no-compile"]
+    _run(cmd + (["--no-deps"] if no_deps else []) + [str(w) for w in wheels], "pip install (board site)",
+         timeout_s=900)
+    return dest
+
+
+def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str = "aarch64",
+               cache_dir: str | os.PathLike[str] | None = None, timeout_s: float = 600.0,
+               env: dict[str, str] | None = None, stdin: bytes | None = None,
+               cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess:
+    """Run the board's Python natively under qemu user mode (no RPC): ``python3.X ARGS`` with ``PYTHONPATH=site``
+    only (not the image's own site folder, unless ``site`` is it; nor the working folder). Returns the finished
+    process (bytes output);
+    ToolchainError when the image is not built or the run exceeds ``timeout_s``."""
+    recipe = _recipe(arch)
+    root = _paths(arch, cache_dir)
+    ok, reason = _check_image(root, arch)
+    if not ok:
+        raise _stale_error(root, reason) if root.exists() else ToolchainError(
+            f"The emulated {arch} board is not built at {root}. Build it with `bvit-edge board emulate`.")
+    qemu = require_tool(recipe["qemu"], purpose="to run the emulated board")
+    rootfs = root / "rootfs"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "LD_", "BVIT_EDGE"))}
+    # PYTHONSAFEPATH: no current folder / script folder first on sys.path, so a checkout in the working folder
+    # never shadows what is installed in ``site``.
+    full_env.update({"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1"})
+    if site is not None:
+        full_env["PYTHONPATH"] = str(site)
+    full_env.update(env or {})
+    cmd = [qemu, "-L", str(rootfs), str(rootfs / f"usr/bin/python{recipe['python']}"), *args]
+    try:
+        return subprocess.run(cmd, input=stdin, capture_output=True, env=full_env, timeout=timeout_s,
+                              cwd=str(cwd) if cwd else None)
+    except subprocess.TimeoutExpired:
+        raise ToolchainError(f"The board's Python did not finish in {timeout_s:.0f} s: "
+                             f"{' '.join(args[:4])} ...") from None
+

@@ -68,9 +68,14 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 #: Add the board runtime's modules here as they appear.
 DEVICE_SIDE = (
     "bvit_edge.runtime.artifact",
+    "bvit_edge.runtime.bench_record",
+    "bvit_edge.runtime.cpu_features",
+    "bvit_edge.runtime.device",
+    "bvit_edge.runtime.device_cli",
     "bvit_edge.runtime.image_input",
     "bvit_edge.runtime.threadpool",
     "bvit_edge.runtime.timing",
+    "bvit_edge.runtime.tvm_runtime",
 )
 DEVICE_THIRD_PARTY = {"numpy", "tvm", "tvm_ffi", "PIL"}
 

@@ -254,3 +254,26 @@ def test_transposes_are_row_vectorized_and_exact(shape, perm):
     assert "T.parallel" in script and "T.vectorized" in script, script
     vm = relax.VirtualMachine(build_relax(mod, spec, fam, False), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x_np)).numpy(), x_np.transpose(perm))
+
+
+@pytest.mark.parametrize("shape,perm", [((1, 3, 198, 64), (0, 1, 3, 2)), ((2, 40, 33), (0, 2, 1))])
+def test_a_transpose_of_the_inner_axes_is_tiled_through_a_local_buffer(shape, perm):
+    """When the output's innermost axis walks the input's rows (K^T), the block is tiled: each tile read
+    along the input's contiguous axis into a local buffer (vector loads), written along the output's."""
+    from tvm import relax
+
+    spec = load_target("host")
+    fam = family_params(spec.family)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            gv = bb.emit_output(bb.emit(relax.op.add(relax.op.permute_dims(x, list(perm)), relax.const(1.0))))
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    low = relax_pipeline(spec, fam, False)(mod)
+    script = "\n".join(f.script() for _, f in low.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
+    assert 'scope="local"' in script and "T.parallel" in script and script.count("T.vectorized") >= 2, script
+    x_np = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    vm = relax.VirtualMachine(build_relax(mod, spec, fam, False), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x_np)).numpy(), x_np.transpose(perm) + 1)

@@ -35,12 +35,13 @@ def write_report(json_path: str | os.PathLike[str], doc: dict[str, Any]) -> Path
 
 
 def render_report(json_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                  overwrite: bool = False) -> dict[str, Path]:
+                  overwrite: bool = False, keep_json: bool = False) -> dict[str, Path]:
     """Write ``out_dir/report.md`` and the plots that have data; return {"markdown"|plot name: path}.
 
     ``out_dir`` follows bvit_edge.output_folder's rule (new, empty, or a report folder written before;
     ``overwrite`` replaces anything else) and is written as a whole, atomically. A ``json_path`` inside
-    ``out_dir`` is carried over into the new folder unchanged.
+    ``out_dir`` is carried over into the new folder unchanged; ``keep_json`` puts a copy of it there as
+    ``report.json`` wherever it is (e.g. a report merged from several files).
 
     Plots: ``latency.png`` (needs latency records), ``size.png`` (needs size records),
     ``accuracy_latency.png`` (needs accuracy and latency of the same model).
@@ -51,10 +52,10 @@ def render_report(json_path: str | os.PathLike[str], out_dir: str | os.PathLike[
     doc = load_report(src)
     out = Path(out_dir)
     inside = out.absolute() in src.absolute().parents
-    raw = src.read_bytes() if inside else b""
+    raw = src.read_bytes() if inside or keep_json else b""
     with output_folder(out, "report", overwrite, option="--out") as tmp:
-        if inside:
-            keep = tmp / src.absolute().relative_to(out.absolute())
+        if inside or keep_json:
+            keep = tmp / (src.absolute().relative_to(out.absolute()) if inside else "report.json")
             keep.parent.mkdir(parents=True, exist_ok=True)
             keep.write_bytes(raw)
         written = render_into(doc, tmp)

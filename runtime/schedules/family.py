@@ -4,12 +4,19 @@
 inner loop over N): 16 uint64 = two zmm registers with AVX-512 VPOPCNTDQ (vpopcntq); 8 uint64 = two ymm
 with AVX2 (LLVM lowers a vector popcount to the vpshufb nibble lookup there, or scalar popcnt when
 ``vector_popcount`` is False); 8 words = four 128-bit q registers on NEON (cnt v.16b + uaddlp).
-``float_lanes`` is the number of f32 lanes of a vector register (for the float-op rules).
+``float_lanes`` is the number of f32 lanes of a vector register (for the float-op rules) and
+``float_registers`` the number of vector registers (32 zmm with AVX-512, 16 ymm with AVX2, 32 q on aarch64,
+16 q on armv7): a float GEMM keeps its register tile of accumulators within them.
+``int8_dot`` names the integer dot-product scheme of the 8-bit layers (bvit_edge.runtime.kernels.int8_dot:
+vnni512, vnni256, avx2_madd, sdot, smull, vmull, generic); :func:`family_params` picks it from the CPU
+features of the target when one is given (a Cortex-A76 with dotprod gets sdot, a Cortex-A72 smull).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from bvit_edge.errors import ConfigError
 
@@ -23,22 +30,32 @@ class FamilyParams:
     n_tile: int
     float_lanes: int
     vector_popcount: bool = True
+    float_registers: int = 16
+    int8_dot: str = "generic"
 
 
 _FAMILIES = {
-    "x86-avx512": FamilyParams("x86-avx512", 64, 16, 16),
-    "x86-avx2": FamilyParams("x86-avx2", 64, 8, 8),
-    "aarch64-neon": FamilyParams("aarch64-neon", 64, 8, 4),
-    "armv7-neon": FamilyParams("armv7-neon", 32, 8, 4),
+    "x86-avx512": FamilyParams("x86-avx512", 64, 16, 16, float_registers=32, int8_dot="vnni512"),
+    "x86-avx2": FamilyParams("x86-avx2", 64, 8, 8, float_registers=16, int8_dot="avx2_madd"),
+    "aarch64-neon": FamilyParams("aarch64-neon", 64, 8, 4, float_registers=32, int8_dot="smull"),
+    "armv7-neon": FamilyParams("armv7-neon", 32, 8, 4, float_registers=16, int8_dot="vmull"),
 }
 
 
-def family_params(family: str) -> FamilyParams:
-    """Parameters of a target family; ConfigError names the known families for anything else."""
+def family_params(family: str, target: Any = None) -> FamilyParams:
+    """Parameters of a target family; ConfigError names the known families for anything else.
+
+    ``target`` (a TVM target or its dict): the int8 dot scheme is chosen from its CPU features instead of
+    the family default (bvit_edge.runtime.kernels.int8_dot.dot_scheme_for)."""
     try:
-        return _FAMILIES[family]
+        params = _FAMILIES[family]
     except KeyError:
         raise ConfigError(
             f"target family {family!r} has no bvit_edge schedules; known families: {sorted(_FAMILIES)}. "
             "Pick a target preset of one of them (bvit-edge targets list)."
         ) from None
+    if target is not None:
+        from bvit_edge.runtime.kernels.int8_dot import dot_scheme_for
+
+        params = dataclasses.replace(params, int8_dot=dot_scheme_for(target, family).name)
+    return params

@@ -325,6 +325,45 @@ def test_an_error_inside_an_onnxruntime_op_is_an_error_not_an_abort(tmp_path):
     assert "X has 5 features but in_features is 32" in proc.stdout
 
 
+# ------------------------------------------------------------------------------------------------ item 4
+def _edit_params(art: Path, edit) -> None:
+    with np.load(art / "params.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    np.savez(art / "params.npz", **edit(arrays))
+
+
+def _largest(arrays: dict) -> str:
+    return max(arrays, key=lambda k: arrays[k].size)
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        ("manifest bad json", ("manifest.json",)),
+        ("manifest empty", ("manifest.json",)),
+        ("manifest a list", ("manifest.json",)),
+        ("params values x -3", ("params.npz", "recompile")),
+        ("params wrong shape", ("params.npz",)),
+        ("params wrong dtype", ("params.npz",)),
+    ],
+)
+def test_a_damaged_artifact_is_refused_before_it_runs(cli, tiny_pipeline, tmp_path, damage, words):
+    """The artifact's manifest schema, the sha256 of params.npz and its shapes and dtypes are checked at load."""
+    art = _copy(tiny_pipeline["art"], tmp_path / "art")
+    manifest = {"manifest bad json": "{not json", "manifest empty": "", "manifest a list": "[1, 2]"}.get(damage)
+    if manifest is not None:
+        (art / "manifest.json").write_text(manifest)
+    elif damage == "params values x -3":
+        _edit_params(art, lambda a: {k: (v * -3 if v.dtype.kind == "f" else v) for k, v in a.items()})
+    elif damage == "params wrong shape":
+        _edit_params(art, lambda a: {**a, _largest(a): a[_largest(a)].reshape(-1)[:-1]})
+    else:
+        _edit_params(art, lambda a: {**a, _largest(a): a[_largest(a)].astype(np.float64)})
+    before = cli.snapshot(art)
+    cli.refused(cli.run("run", art, "--image", tiny_pipeline["image"]), 2, *words)
+    assert cli.snapshot(art) == before
+
+
 # ------------------------------------------------------------------------------------------------ item 6
 @pytest.mark.parametrize(
     "toml, words",
@@ -427,7 +466,7 @@ def test_a_checkpoint_config_naming_another_model_is_a_clear_error(cli, tiny_pip
 @pytest.mark.parametrize("option", ["--limit", "--top-k"])
 def test_run_limit_zero_is_refused(cli, tiny_pipeline, option):
     proc = cli.run("run", tiny_pipeline["art"], "--data", "digits", option, "0")
-    cli.refused(proc, 2, f"{option} must be at least 1")
+    cli.refused(proc, 2, f"{option} 0", "at least 1" if option == "--top-k" else ">= 1")
 
 
 @pytest.mark.parametrize("evil", ["absolute", "dotdot"])
@@ -452,7 +491,7 @@ def test_chaoyang_names_outside_the_data_root_are_refused(cli, tmp_path, evil):
 
 def test_run_on_an_empty_folder_says_it_is_empty(cli, tiny_pipeline, tmp_path):
     (tmp_path / "empty").mkdir()
-    cli.refused(cli.run("run", tiny_pipeline["art"], "--image", tmp_path / "empty"), 2, "is an empty folder")
+    cli.refused(cli.run("run", tiny_pipeline["art"], "--image", tmp_path / "empty"), 2, "holds no images")
 
 
 # ------------------------------------------------------------------------------------------------ item 7

@@ -4,8 +4,9 @@ damaged input unchanged, nothing half-written next to it.
 
 Each example is a CLI run in a subprocess (a few seconds), so the example counts are small and the examples
 fixed (``derandomize``): the same cases on every run, which keeps the suite's time predictable. Damage that
-leaves a file valid (a flipped bit inside a weight, a config value of the right type) is not bad input and is
-not generated; artifact folders (manifest, params) are checked by the artifact loader's own suite.
+leaves a file valid (a flipped bit inside an ONNX weight or a checkpoint tensor, a config value of the right
+type) is not bad input and is not generated; an artifact folder is checked whole (its manifest records the
+sha256 of lib.so and params.npz), so any byte of it may be damaged.
 """
 
 from __future__ import annotations
@@ -130,6 +131,67 @@ def test_a_damaged_packed_onnx_is_refused_cleanly(cli, tiny_pipeline, damage):
         bad.write_bytes(_damage_onnx(tiny_pipeline["packed"], damage))
         before = cli.snapshot(bad)
         proc = cli.run("run", bad, "--image", tiny_pipeline["image"])
+        _assert_refused_cleanly(cli, proc, before, Path(tmp))
+
+
+# ------------------------------------------------------------------------------------------------ artifacts
+_ANY_VALUE = st.one_of(
+    st.none(), st.integers(-3, 3), st.text(max_size=6), st.lists(st.integers(0, 3), max_size=3), st.just({"x": 1})
+)
+_MANIFEST_FIELDS = ["schema_version", "input", "params", "target", "lib", "lib_sha256", "normalization", "entry"]
+_artifact_damage = st.one_of(
+    st.tuples(st.just("field"), st.sampled_from(_MANIFEST_FIELDS), _ANY_VALUE),
+    st.tuples(st.just("manifest_text"), st.binary(max_size=40)),
+    st.tuples(
+        st.just("bytes"),
+        st.sampled_from(["lib.so", "params.npz", "manifest.json"]),
+        st.floats(0.0, 1.0),
+        st.binary(min_size=1, max_size=32),
+    ),
+    st.tuples(st.just("truncate"), st.sampled_from(["lib.so", "params.npz"]), st.floats(0.0, 0.99)),
+)
+
+
+def _same_json(a: bytes, b: bytes) -> bool:
+    try:
+        return bool(json.loads(a) == json.loads(b))
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _damage_artifact(art: Path, damage: tuple) -> None:
+    kind = damage[0]
+    if kind == "field":
+        manifest = json.loads((art / "manifest.json").read_text())
+        assume(manifest.get(damage[1]) != damage[2] and type(manifest.get(damage[1])) is not type(damage[2]))
+        manifest[damage[1]] = damage[2]
+        (art / "manifest.json").write_text(json.dumps(manifest))
+    elif kind == "manifest_text":
+        (art / "manifest.json").write_bytes(damage[1])
+    elif kind == "bytes":
+        f = art / damage[1]
+        raw = f.read_bytes()
+        at = int((len(raw) - 1) * damage[2])
+        new = raw[:at] + damage[3] + raw[at + len(damage[3]) :]
+        assume(new != raw)
+        if damage[1] == "manifest.json":
+            assume(not _same_json(new, raw))  # a manifest that is still the same JSON document is not damaged
+        f.write_bytes(new)
+    else:
+        f = art / damage[1]
+        raw = f.read_bytes()
+        f.write_bytes(raw[: int(len(raw) * damage[2])])
+
+
+@settings(max_examples=10, **SETTINGS)
+@given(damage=_artifact_damage)
+def test_a_damaged_artifact_is_refused_cleanly(cli, tiny_pipeline, damage):
+    with tempfile.TemporaryDirectory() as tmp:
+        art = Path(tmp) / "art"
+        shutil.copytree(tiny_pipeline["art"], art)
+        _damage_artifact(art, damage)
+        before = cli.snapshot(art)
+        proc = cli.run("run", art, "--image", tiny_pipeline["image"])
         _assert_refused_cleanly(cli, proc, before, Path(tmp))
 
 

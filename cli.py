@@ -4,14 +4,23 @@ Human output (tables, progress) goes to stderr, never cut when it is not a termi
 ``--json`` prints only the machine result on stdout. Listings (``models``, ``targets list``) print their rows
 on stdout: a table on a terminal, tab-separated lines in a pipe. TVM's C++ log lines go to a log file
 (bvit_edge.native_log) unless ``bvit-edge --verbose``.
-Exit codes: 0 ok, 2 usage / bad input, 3 validation failure, 4 toolchain / RPC error, 5 missing dependency.
-Heavy imports (torch, onnx, tvm) happen inside the commands so ``--help`` is instant.
+Exit codes: 0 ok, 2 usage / bad input, 3 validation failure, 4 toolchain / RPC error, 5 missing dependency,
+130 interrupted. Heavy imports (torch, onnx, tvm) happen inside the commands so ``--help`` is instant.
+
+With ``--json``, stdout carries exactly one JSON object whatever happens: the result, or on an error
+``{"error": ..., "exit_code": ..., "hint": ...}``; anything else written to stdout (by a library, or by C++
+code such as TVM's) is sent to stderr instead. Non-finite numbers become ``null``.
+
+Output folders (``--out`` of train, export, compile, report, convert, demo; ``bench --report``) follow one
+rule (bvit_edge.output_folder): new, empty, or written by the same command before; ``--overwrite``
+replaces anything else as a whole; a file there is an error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -19,7 +28,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from bvit_edge.errors import BvitEdgeError
+from bvit_edge.errors import BvitEdgeError, Interrupted, UsageError
 
 app = typer.Typer(
     name="bvit-edge",
@@ -67,24 +76,58 @@ def _global_options(
     ctx.with_resource(native_stderr_to_log(command=ctx.invoked_subcommand, note=note))
 
 
+#: where --json output goes: the process's real stdout, set aside by main() (everything else that writes to
+#: stdout then reaches stderr); None outside main() (tests calling the app in-process): sys.stdout
+_JSON_OUT: Any = None
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN / infinity replaced by None (JSON has no such numbers) and tuples as lists."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _write_json(obj: Any) -> None:
+    out = _JSON_OUT or sys.stdout
+    out.write(json.dumps(_json_safe(obj), indent=2, default=str, allow_nan=False) + "\n")
+    out.flush()
+
+
 def _emit(result: Any, as_json: bool, human: Any = None) -> None:
     """Print ``result`` as JSON on stdout (``--json``) or a human rendering on stderr."""
     if hasattr(result, "to_dict"):
         result = result.to_dict()
     if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        _write_json(result)
     elif human is not None:
         _console().print(human)
     else:
-        _console().print_json(json.dumps(result, default=str))
+        _console().print_json(json.dumps(_json_safe(result), default=str))
+
+
+def _positive(value: Optional[int], option: str) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{option} must be at least 1, got {value}.")
+
+
+_OVERWRITE_HELP = ("Replace --out when it holds anything but this command's earlier output (the whole folder, "
+                   "atomically).")
+_RPC_TIMEOUT_HELP = ("Seconds one RPC call to the board may take before the board counts as stalled (exit 4); "
+                     "default: the target preset's rpc_timeout_s.")
 
 
 # ----------------------------------------------------------------------------------------------- train
 @app.command()
 def train(
-    method: Annotated[Method, typer.Option(help="Training method.")] = Method.fp,
+    method: Annotated[Optional[Method], typer.Option(help="Training method (default: fp).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(help="Registered model name (see `bvit-edge models`).")] = None,
-    data: Annotated[str, typer.Option(help="Data set: digits (built-in), cifar100, imagefolder/flowers102, chaoyang.")] = "digits",
+    data: Annotated[Optional[str], typer.Option(
+        help="Data set: digits (built-in, the default), cifar100, imagefolder/flowers102, chaoyang.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of a local data set.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="Keep N training images per class (limited-sample regime).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Leave out corrupt files / bad labels instead of failing (counted).")] = False,
@@ -102,44 +145,57 @@ def train(
     amp: Annotated[Optional[bool], typer.Option(help="Mixed precision where the device supports it.")] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Defaults preset: gsb (paper) or digits (calibrated).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="Full-precision teacher checkpoint (distillation methods).")] = None,
-    stage: Annotated[Stage, typer.Option(help="GSB stage: 1, 2 or all.")] = Stage.all,
+    stage: Annotated[Optional[Stage], typer.Option(help="GSB stage: 1, 2 or all (default).",
+                                                   show_default=False)] = None,
     act_bits: Annotated[Optional[int], typer.Option(help="--method bit: activation bits, 2 for the W1A2 step of BiT's chain FP -> W1A2 -> W1A1 (then train the W1A1 student with --teacher on that run).")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Initialise from this checkpoint (non-strict).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size (default: the model's).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed (data order, init, augmentation).")] = 0,
-    out: Annotated[Path, typer.Option(help="Run folder: last/ and best/ checkpoints, log.jsonl.")] = Path("runs/run"),
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (data order, init, augmentation; 0).")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Run folder: last/, best/, log.jsonl. New or empty, unless --resume or --overwrite.")] = Path("runs/run"),
     config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (CLI flags win).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in --out from its last checkpoint (with the options it was started with).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace --out (a finished or unfinished run, or any other folder) with a new run.")] = False,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
     save_every_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps inside an epoch.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N epochs.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    device: Annotated[Optional[str], typer.Option(help="auto (default) | cpu | cuda | cuda:N.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
-    """Train a teacher (--method fp) or a binary student; checkpoints go to --out/{last,best}."""
+    """Train a teacher (--method fp) or a binary student; checkpoints go to --out/{last,best}.
+
+    Ctrl-C (or SIGTERM) saves --out/last and exits with code 130; `--resume` continues from there."""
     from bvit_edge.training import train as run_train
 
     overrides = dict(
-        method=method.value, model=model, data=data, data_root=str(data_root) if data_root else None,
+        method=method.value if method else None, model=model, data=data,
+        data_root=str(data_root) if data_root else None,
         per_class=per_class, skip_bad=skip_bad or None, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_base=lr_base, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
         cooldown_epochs=cooldown_epochs, drop_path=drop_path, label_smoothing=label_smoothing, augment=augment,
-        amp=amp, recipe=recipe, teacher=str(teacher) if teacher else None, stage=stage.value,
+        amp=amp, recipe=recipe, teacher=str(teacher) if teacher else None, stage=stage.value if stage else None,
         init=str(init) if init else None, image_size=image_size, seed=seed, out=str(out), max_steps=max_steps,
         save_every_steps=save_every_steps, eval_every=eval_every, workers=workers, threads=threads, device=device,
         method_options={"act_bits": act_bits} if act_bits is not None else None,
     )
-    result = run_train(config_file=config, resume=resume, **overrides)
+    result = run_train(config_file=config, resume=resume, overwrite=overwrite, **overrides)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # torchrun: only rank 0 reports
+    if result.interrupted_by:
+        raise Interrupted(f"Training stopped by {result.interrupted_by} at step {result.steps}; the checkpoint "
+                          f"{Path(result.out) / 'last'} is saved.",
+                          hint=f"Continue the run with `bvit-edge train --out {out} --resume`.")
     if as_json:
         _emit(result, True)
     else:
+        best = f"{result.best_top1 * 100:.2f}%" if result.best_top1 is not None else "not evaluated yet"
         _console().print(
             f"[bold]done[/]: {result.epochs_done} epochs, {result.steps} steps in {result.seconds:.0f}s; "
-            f"best val top-1 {result.best_top1 * 100:.2f}%  -> {result.out}"
+            f"best val top-1 {best}  -> {result.out}"
         )
 
 
@@ -159,6 +215,8 @@ def eval_cmd(
 
     from bvit_edge.evaluation import evaluate
 
+    _positive(batch_size, "--batch-size")
+    _positive(threads, "--threads")
     res = evaluate(checkpoint, data=data, data_root=str(data_root) if data_root else None, split=split, batch_size=batch_size, threads=threads)
     table = Table(title=f"{res.model} on {res.data} ({res.split}, {res.num_images} images)")
     table.add_column("metric")
@@ -200,6 +258,7 @@ def convert(
     out: Annotated[Path, typer.Option(help="bvit-edge checkpoint folder to write.")] = Path("converted"),
     data: Annotated[Optional[str], typer.Option(help="Data set it was trained on (records classes / normalisation).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
+    overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Convert a checkpoint released by the GSB authors into a bvit-edge checkpoint (every key mapped)."""
@@ -211,7 +270,7 @@ def convert(
 
         info = load_dataset(data, root=str(data_root) if data_root else None).info
         kw = dict(classes=list(info.classes), mean=tuple(info.mean), std=tuple(info.std))
-    rep = convert_to_checkpoint(source, out, **kw)
+    rep = convert_to_checkpoint(source, out, overwrite=overwrite, **kw)
     d = {"out": str(out), "stage": rep.stage, "geometry": rep.geometry, "renamed": len(rep.renamed), "dropped": rep.dropped}
     _emit(d, as_json, f"converted {source} (GSB stage {rep.stage}, {len(rep.renamed)} keys renamed) -> {out}")
 
@@ -275,15 +334,19 @@ def export(
     max_outliers: Annotated[int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")] = 0,
     att_bias: Annotated[Optional[AttBias], typer.Option(help="Storage of GSB's attention bias B: float32, int16, float16, int8 or int4 (integer codes with per-row scales). Default: int16, chosen by measured fidelity.")] = None,
     float_params: Annotated[Optional[FloatParams], typer.Option(help="Storage of the other float parameters (position embedding, LayerNorm, biases, shifts): float32 or float16.")] = None,
+    overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Export a trained model to ONNX (frozen, bit-packed), validate it and report sizes (exit 3 beyond tolerance)."""
     from bvit_edge.pipeline import export_checkpoint
 
+    _positive(limit, "--limit")
+    if max_outliers < 0:
+        raise UsageError(f"--max-outliers must be >= 0, got {max_outliers}.")
     flavours = ("packed", "standard") if ops == Ops.both else (ops.value,)
     res = export_checkpoint(checkpoint, out, ops=flavours, teacher=teacher, validate=validate, rtol=rtol, atol=atol, limit=limit,
                             max_outliers=max_outliers, att_bias=att_bias.value if att_bias else None,
-                            float_params=float_params.value if float_params else None)
+                            float_params=float_params.value if float_params else None, overwrite=overwrite)
     if as_json:
         _emit(res, True)
         return
@@ -345,6 +408,7 @@ def validate_cmd(
     from bvit_edge.pipeline import _load_frozen, val_inputs
     from bvit_edge.runtime.ort import load_model as load_onnx
 
+    _positive(limit, "--limit")
     load_onnx(onnx_path)  # a clear error for a missing, corrupt or truncated file
     model, cfg = _load_frozen(checkpoint)
     x, _ = val_inputs(cfg, limit)
@@ -366,11 +430,15 @@ def compile_cmd(
     key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
     fast_math: Annotated[bool, typer.Option("--fast-math/--exact-math", help="Vectorized approximations of exp/erf/softmax (TVM fast_exp, fast_erf; the default) or exact libm calls (scalar: about 2x slower end to end).")] = True,
     params: Annotated[str, typer.Option(help="Where the weights go: 'file' (params.npz next to lib.so) or 'embedded' (inside lib.so).")] = "file",
+    rpc_timeout: Annotated[Optional[float], typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
+    overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Lower an exported model through TVM into native code for a target (our popcount kernels inside)."""
     from bvit_edge.runtime.compile import compile_model
     from bvit_edge.runtime.artifact import read_manifest
+
+    _positive(threads, "--threads")
 
     tgt: Any = target
     if target.lstrip().startswith("{"):
@@ -378,19 +446,28 @@ def compile_cmd(
             tgt = json.loads(target)
         except json.JSONDecodeError as exc:
             raise BvitEdgeError(f"--target looks like JSON but does not parse: {exc}.") from exc
-    session = _tracker_session(tracker, key)
-    if rpc is not None:
-        if session is not None:
-            raise BvitEdgeError("Give either --rpc HOST:PORT or --tracker HOST:PORT --key KIND, not both.")
-        from bvit_edge.runtime.run import parse_address
-        from bvit_edge.targets.rpc import connect
-
-        host, port = parse_address(rpc, "--rpc")
-        session = connect(host, port)
-    if session is not None and not tune:
+    if (rpc is not None or tracker is not None) and not tune:
         raise BvitEdgeError("--rpc/--tracker are used to time tuning candidates on a board: add --tune N.")
+    from bvit_edge.output_folder import check_output_folder
+
+    check_output_folder(out, "compile", overwrite, inputs=(onnx_path, tuning_db))  # at once, not after the work
+    session = None
+    if rpc is not None or tracker is not None:
+        from bvit_edge.targets import load_target
+        from bvit_edge.targets.rpc import call_timeout, preset_call_timeout
+
+        with call_timeout(rpc_timeout if rpc_timeout is not None else preset_call_timeout(load_target(tgt))):
+            session = _tracker_session(tracker, key)
+            if rpc is not None:
+                if session is not None:
+                    raise BvitEdgeError("Give either --rpc HOST:PORT or --tracker HOST:PORT --key KIND, not both.")
+                from bvit_edge.runtime.run import parse_address
+                from bvit_edge.targets.rpc import connect
+
+                host, port = parse_address(rpc, "--rpc")
+                session = connect(host, port)
     folder = compile_model(onnx_path, tgt, out, threads=threads, tune=tune, params_storage=params,
-                           tuning_db=tuning_db, session=session, fast_math=fast_math,
+                           tuning_db=tuning_db, session=session, fast_math=fast_math, overwrite=overwrite,
                            log=None if as_json else (lambda m: typer.echo(m, err=True)))
     manifest = read_manifest(folder)
     _emit(manifest, as_json, f"compiled {onnx_path} for {manifest.get('target', {}).get('name', target)} -> {folder}")
@@ -400,7 +477,8 @@ def compile_cmd(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
-    image: Annotated[Optional[list[Path]], typer.Option(help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option(
+        help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
@@ -409,16 +487,18 @@ def run(
     tracker: Annotated[Optional[str], typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
     key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
+    rpc_timeout: Annotated[Optional[float], typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Run an artifact on images or a data set and print the top-k classes (and accuracy on a data set)."""
-    from bvit_edge.errors import UsageError
     from bvit_edge.runtime.run import predict
 
     if not image and not data:
         raise UsageError("Give --image FILE (one or more) or --data NAME to run on.")
-    res = predict(model, images=image or None, data=data, data_root=str(data_root) if data_root else None, limit=limit,
-                  top_k=top_k, rpc=rpc, threads=threads, session=_tracker_session(tracker, key))
+    _positive(threads, "--threads")
+    with _rpc_call_timeout(rpc_timeout, model if (rpc or tracker) else None):
+        res = predict(model, images=image or None, data=data, data_root=str(data_root) if data_root else None,
+                      limit=limit, top_k=top_k, rpc=rpc, threads=threads, session=_tracker_session(tracker, key))
     if as_json:
         _emit(res, True)
         return
@@ -548,24 +628,33 @@ def bench(
     runs: Annotated[int, typer.Option(help="Timed runs.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the input image.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here.")] = None,
+    rpc_timeout: Annotated[Optional[float], typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace the --report folder when it holds anything but an earlier report.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Latency of a student artifact vs its teacher on one target (batch 1, same process run)."""
     from bvit_edge.runtime.bench import bench as run_bench
 
-    session = _tracker_session(tracker, key)
-    res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target, threads=threads,
-                    rpc=session if session is not None else rpc, warmup=warmup, runs=runs, seed=seed, student_onnx=student_onnx,
-                    emulated=False if session is not None else None, teacher_int8_onnx=teacher_int8_onnx,
-                    int8_teacher=int8_teacher, rounds=rounds)
-    if out is not None:
-        res.save(out)
+    _positive(limit, "--limit")
     if report_dir is not None:
-        from bvit_edge.pipeline import bench_report
+        from bvit_edge.output_folder import check_output_folder
 
-        bench_report(res, report_dir, student, teacher_onnx=teacher_onnx, student_onnx=student_onnx, data=data,
-                     data_root=str(data_root) if data_root else None, limit=limit, rpc=rpc, session=session,
-                     teacher_int8_onnx=teacher_int8_onnx)
+        check_output_folder(report_dir, "report", overwrite, option="--report")  # at once, not after the runs
+    with _rpc_call_timeout(rpc_timeout, student if (rpc or tracker) else None):
+        session = _tracker_session(tracker, key)
+        res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target,
+                        threads=threads, rpc=session if session is not None else rpc, warmup=warmup, runs=runs,
+                        seed=seed, student_onnx=student_onnx, emulated=False if session is not None else None,
+                        teacher_int8_onnx=teacher_int8_onnx, int8_teacher=int8_teacher, rounds=rounds)
+        if out is not None:
+            res.save(out)
+        if report_dir is not None:
+            from bvit_edge.pipeline import bench_report
+
+            bench_report(res, report_dir, student, teacher_onnx=teacher_onnx, student_onnx=student_onnx, data=data,
+                         data_root=str(data_root) if data_root else None, limit=limit, rpc=rpc, session=session,
+                         teacher_int8_onnx=teacher_int8_onnx, overwrite=overwrite)
     d = res.to_dict()
     if as_json:
         _emit(d, True)
@@ -592,6 +681,7 @@ def report(
                                                      "from bvit-edge-device bench on a board) to merge into it.",
                                                      exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
+    overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print {kind: path} of the written files as JSON on stdout.")] = False,
 ) -> None:
     """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency); several
@@ -601,11 +691,16 @@ def report(
     from bvit_edge.runtime.bench import is_bench_file, report_of
 
     json_path = json_paths[0]
-    if len(json_paths) > 1 or is_bench_file(json_path):
+    if len(json_paths) > 1 or is_bench_file(json_path):  # merged first, into a file the report folder keeps
+        import tempfile
+
         from bvit_edge.report import write_report
 
-        json_path = write_report(out / "report.json", merge_reports([report_of(p) for p in json_paths]))
-    written = render_report(json_path, out)
+        with tempfile.TemporaryDirectory() as tmp:
+            merged = write_report(Path(tmp) / "report.json", merge_reports([report_of(p) for p in json_paths]))
+            written = render_report(merged, out, overwrite=overwrite, keep_json=True)
+    else:
+        written = render_report(json_path, out, overwrite=overwrite)
     if as_json:
         _emit({kind: str(path) for kind, path in written.items()}, True)
         return
@@ -622,11 +717,16 @@ def demo(
     board: Annotated[bool, typer.Option(help="Run the aarch64 artifact on the emulated board (builds it once).")] = True,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
     deit_s: Annotated[bool, typer.Option("--deit-s/--no-deit-s", help="Add the DeiT-S-geometry row (random non-zero weights: compile, bench and size vs DeiT-S fp32/int8 in onnxruntime; a few minutes).")] = True,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace --out when it is not a demo folder (a demo folder is resumed).")] = False,
 ) -> None:
     """The whole pipeline on the built-in digits data (what `make demo` runs); re-running resumes."""
     from bvit_edge.demo import run_demo
 
-    run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board, deit_s=deit_s)
+    _positive(per_class, "--per-class")
+    _positive(threads, "--threads")
+    run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board, deit_s=deit_s,
+             overwrite=overwrite)
 
 
 def _tracker_session(tracker: Optional[str], key: Optional[str]) -> Any:
@@ -644,21 +744,90 @@ def _tracker_session(tracker: Optional[str], key: Optional[str]) -> Any:
     return connect_tracker(host, port, key)
 
 
+def _rpc_call_timeout(seconds: Optional[float], artifact: Optional[Path]) -> Any:
+    """The per-call RPC timeout for sessions opened inside: --rpc-timeout, else the artifact's target preset
+    (its manifest), else the default. A no-op context when nothing runs over RPC (``artifact`` None)."""
+    import contextlib
+
+    if artifact is None:
+        if seconds is not None:
+            raise UsageError("--rpc-timeout goes with --rpc HOST:PORT or --tracker HOST:PORT.")
+        return contextlib.nullcontext()
+    from bvit_edge.targets.rpc import artifact_call_timeout, call_timeout
+
+    return call_timeout(seconds if seconds is not None else artifact_call_timeout(artifact))
+
+
+def _split(message: str) -> tuple[str, str]:
+    """(the problem, what to do): a message's first sentence and the rest ("" when it is one sentence)."""
+    parts = re.split(r"(?<=[a-z0-9)\]'\"`%])\.\s+(?=[A-Z`(-])", message.strip(), maxsplit=1)
+    return (parts[0] + ".", parts[1].strip()) if len(parts) == 2 else (message.strip(), "")
+
+
+def _stall() -> Optional[str]:
+    """The message of a board that stopped answering during this command, if any RPC session stalled."""
+    mod = sys.modules.get("bvit_edge.targets.rpc")
+    return mod.stalled() if mod is not None else None
+
+
+def _isolate_stdout() -> None:
+    """For --json: keep the real stdout for the one JSON object and send every other write to fd 1 (Python's
+    or C++'s, e.g. TVM printing a failed operator) to stderr."""
+    global _JSON_OUT
+    sys.stdout.flush()
+    _JSON_OUT = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+
+
+def _fail(message: str, exit_code: int, as_json: bool, hint: Optional[str] = None) -> None:
+    """Report an error (on stderr; with --json also as one JSON object on stdout) and exit with its code."""
+    problem, rest = (message.strip(), hint) if hint is not None else _split(message)
+    hint = rest
+    _console().print(f"[bold red]error:[/] {problem}" + (f" {hint}" if hint else ""), highlight=False)
+    if as_json:
+        _write_json({"error": problem, "exit_code": exit_code, "hint": hint})
+    sys.exit(exit_code)
+
+
 def main() -> None:
-    """Console-script entry point: runs the app, turning BvitEdgeError into a message and its exit code."""
+    """Console-script entry point: runs the app, turning every error into a message and its exit code (and,
+    with --json, into the one JSON object on stdout)."""
     import warnings
+
+    from typer import _click
 
     # Deprecation chatter of torch.onnx / onnxscript is not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    as_json = "--json" in sys.argv[1:]
+    if as_json:
+        _isolate_stdout()
     try:
-        app()
-    except BvitEdgeError as exc:
-        _console().print(f"[bold red]error:[/] {exc}", highlight=False)
+        rv = app(standalone_mode=False)
+    except _click.exceptions.NoArgsIsHelpError as exc:  # the help was printed: nothing more to say
+        if as_json:
+            _write_json({"error": "No command given.", "exit_code": exc.exit_code, "hint": "Run `bvit-edge --help`."})
         sys.exit(exc.exit_code)
+    except _click.exceptions.ClickException as exc:  # bad options and arguments
+        _fail(exc.format_message(), exc.exit_code, as_json,
+              hint="Run `bvit-edge --help`, or `bvit-edge COMMAND --help`.")
+    except _click.exceptions.Abort:
+        _fail("Interrupted.", 130, as_json, hint="")
+    except BvitEdgeError as exc:
+        # whatever call noticed it first, a stalled board is the cause (unless the error already says so)
+        stall = None if type(exc).__name__ == "StalledBoard" else _stall()
+        _fail(stall or str(exc), 4 if stall else exc.exit_code, as_json, hint=None if stall else exc.hint)
     except KeyboardInterrupt:
-        _console().print("[yellow]interrupted[/]")
-        sys.exit(130)
+        _fail("Interrupted.", 130, as_json, hint="")
+    except Exception as exc:
+        stall = _stall()
+        if stall is not None:  # TVM's own error for the connection the relay closed
+            _fail(stall, 4, as_json)
+        if as_json:  # a bug: the traceback goes to stderr, stdout still gets its one JSON object
+            _write_json({"error": f"internal error: {type(exc).__name__}: {exc}", "exit_code": 1,
+                         "hint": "This is a bug in bvit-edge; the traceback is on stderr."})
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

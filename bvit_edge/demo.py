@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from bvit_edge.atomic import write_json
 from bvit_edge.errors import BvitEdgeError
+from bvit_edge.output_folder import claim_output_folder
 
 
 @dataclass
@@ -64,10 +65,13 @@ def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:
 
 
 def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: int | None = None,
-             per_class: int = 30, board: bool = True, deit_s: bool = True) -> dict[str, Any]:
+             per_class: int = 30, board: bool = True, deit_s: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
     """The demo pipeline on digits (see the module docstring). ``quick`` trains far fewer epochs;
     ``board=False`` skips the emulated aarch64 board (its first build downloads a Debian root file system);
-    ``deit_s=False`` skips the DeiT-S-geometry row (random weights: compile, bench and size only)."""
+    ``deit_s=False`` skips the DeiT-S-geometry row (random weights: compile, bench and size only).
+    ``out`` is new, empty or a demo folder (resumed); ``overwrite`` replaces any other folder
+    (bvit_edge.output_folder)."""
     import numpy as np
     import torch
 
@@ -80,19 +84,21 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, "demo", overwrite)
     teacher_dir, gsb_dir, export_dir = out / "teacher", out / "gsb", out / "export"
     art_host, art_arm = out / "artifacts" / "host", out / "artifacts" / "rpi4-aarch64"
     t_epochs, s_epochs = (8, 12) if quick else (60, 60)
 
     def teacher_step() -> dict[str, Any]:
-        res = train(method="fp", model="demo", data="digits", epochs=t_epochs, out=str(teacher_dir), seed=0, threads=threads)
+        res = train(method="fp", model="demo", data="digits", epochs=t_epochs, out=str(teacher_dir), seed=0, threads=threads,
+                    resume=_started(teacher_dir))
         ev = evaluate(teacher_dir)
         return {"checkpoint": str(teacher_dir / "best"), "val_top1": ev.top1, "val_top5": ev.top5, "train_seconds": res.seconds}
 
     def gsb_step() -> dict[str, Any]:
         res = train(method="gsb", stage="all", model="gsb_demo_patch4_32", data="digits", per_class=per_class,
-                    epochs=s_epochs, teacher=str(teacher_dir / "best"), out=str(gsb_dir), seed=0, threads=threads)
+                    epochs=s_epochs, teacher=str(teacher_dir / "best"), out=str(gsb_dir), seed=0, threads=threads,
+                    resume=_started(gsb_dir))
         s1 = read_config(gsb_dir / "stage1" / "best")["metrics"]["val_top1"]
         ev = evaluate(gsb_dir / "stage2")
         return {"checkpoint": str(gsb_dir / "stage2" / "best"), "per_class": per_class, "stage1_val_top1": s1,
@@ -170,7 +176,7 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         finally:
             if not was_running:  # the demo started the emulated board: leave no qemu process behind
                 emulated.stop("aarch64")
-        host_logits = np.load(out / "artifacts" / "host_logits.npy")[:n]
+        host_logits = np.load(out / "artifacts" / "host_logits.npy", allow_pickle=False)[:n]
         fid = fidelity(host_logits, arm_logits)
         if fid["top1_agreement"] < 1.0 or fid["max_rel_diff"] > 1e-5:
             raise DemoStepFailed(f"The aarch64 artifact on the emulated board disagrees with the host's: {fid}.")
@@ -239,6 +245,11 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
     state = run_steps(out, steps)
     _summary(state)
     return state
+
+
+def _started(run: Path) -> bool:
+    """Whether an earlier demo run left a checkpoint of this training step (then it resumes)."""
+    return any((run / sub / "last").is_dir() for sub in (".", "stage1", "stage2"))
 
 
 def _load_cfg(path: Path) -> tuple[None, dict[str, Any]]:

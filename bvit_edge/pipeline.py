@@ -92,6 +92,7 @@ def export_checkpoint(
     max_outliers: int = 0,
     att_bias: str | None = None,
     float_params: str | None = None,
+    overwrite: bool = False,
 ) -> ExportSummary:
     """Export a checkpoint to OUT/student.<ops>.onnx (binary models are frozen first) and its teacher to
     OUT/teacher.onnx (plain ONNX), validate each against torch on the val split, report sizes.
@@ -102,7 +103,9 @@ def export_checkpoint(
     ``att_bias`` / ``float_params``: the storage of GSB's attention bias and of the other float parameters
     (bvit_edge.export.storage; defaults DEFAULT_ATT_BIAS / DEFAULT_FLOAT_PARAMS). Each file is validated
     against the model it computes (its tensors decoded from their storage), and ``storage["fidelity"]``
-    gives, for every storage choice, max |logit difference| and top-1 agreement against float32 storage."""
+    gives, for every storage choice, max |logit difference| and top-1 agreement against float32 storage.
+    ``out_dir`` follows bvit_edge.output_folder's rule (new, empty or an export folder written before;
+    ``overwrite`` replaces anything else) and is written as a whole, atomically."""
     from bvit_edge.export import export_onnx, export_teacher_onnx, size_report, validate_onnx
     from bvit_edge.export.storage import (
         DEFAULT_ATT_BIAS,
@@ -111,12 +114,18 @@ def export_checkpoint(
         check_choice,
         state_names,
     )
+    from bvit_edge.output_folder import check_output_folder, output_folder
 
     att_bias = att_bias or DEFAULT_ATT_BIAS
     float_params = float_params or DEFAULT_FLOAT_PARAMS
     check_choice(att_bias, float_params)
 
     out = Path(out_dir)
+    inputs = (checkpoint, teacher)
+    check_output_folder(out, "export", overwrite, inputs=inputs)
+    for flavour in ops:
+        if flavour not in ("packed", "standard"):
+            raise UsageError(f"Unknown --ops {flavour!r}: use packed or standard.")
     model, cfg = _load_frozen(checkpoint)
     is_fp = cfg.get("method", "fp") == "fp"
     shape = (1, 3, int(cfg["image_size"]), int(cfg["image_size"]))
@@ -125,37 +134,54 @@ def export_checkpoint(
     if validate:
         x, y = val_inputs(cfg, limit)
 
-    teacher_path = None
     tsrc = teacher if teacher is not None else (cfg.get("train_config") or {}).get("teacher")
+    tmodel = tcfg = None
     if tsrc and not is_fp:
         try:
             tmodel, tcfg = _load_frozen(tsrc)
         except CheckpointError as exc:
             raise CheckpointError(f"The teacher {tsrc} recorded for this student cannot be loaded: {exc}") from exc
-        teacher_path = out / "teacher.onnx"
-        res = export_teacher_onnx(tmodel, teacher_path, input_shape=shape)
-        add_metadata(teacher_path, tcfg)
-        summary.teacher = res.to_dict()
-        if validate:
-            summary.validation["teacher"] = validate_onnx(tmodel, teacher_path, x, rtol=rtol, atol=atol,
-                                                          max_outliers=max_outliers).to_dict()
+    with output_folder(out, "export", overwrite, inputs=inputs) as tmp:
+        teacher_path = None
+        if tmodel is not None:
+            teacher_path = tmp / "teacher.onnx"
+            res = export_teacher_onnx(tmodel, teacher_path, input_shape=shape)
+            add_metadata(teacher_path, tcfg)
+            summary.teacher = res.to_dict()
+            if validate:
+                summary.validation["teacher"] = validate_onnx(tmodel, teacher_path, x, rtol=rtol, atol=atol,
+                                                              max_outliers=max_outliers).to_dict()
 
-    flavours = ("standard",) if is_fp else ops
-    for flavour in flavours:
-        if flavour not in ("packed", "standard"):
-            raise UsageError(f"Unknown --ops {flavour!r}: use packed or standard.")
-        path = out / ("model.onnx" if is_fp else f"student.{flavour}.onnx")
-        res = export_onnx(model, path, ops=flavour, input_shape=shape, att_bias=att_bias, float_params=float_params)
-        add_metadata(path, cfg)
-        summary.student[flavour] = res.to_dict()
-        if validate:
-            stored = apply_to_model(model, res.encoded)  # the model as the file stores it
-            summary.validation[flavour] = validate_onnx(stored, path, x, rtol=rtol, atol=atol,
-                                                        max_outliers=max_outliers).to_dict()
-        summary.size[flavour] = size_report(path, teacher_path, state_names(model)).to_dict()
-    summary.storage = _storage_summary(model, out, summary, att_bias, float_params, x if validate else None, is_fp)
-    write_json(out / "export.json", summary.to_dict())
+        flavours = ("standard",) if is_fp else ops
+        for flavour in flavours:
+            path = tmp / ("model.onnx" if is_fp else f"student.{flavour}.onnx")
+            res = export_onnx(model, path, ops=flavour, input_shape=shape, att_bias=att_bias,
+                              float_params=float_params)
+            add_metadata(path, cfg)
+            summary.student[flavour] = res.to_dict()
+            if validate:
+                stored = apply_to_model(model, res.encoded)  # the model as the file stores it
+                summary.validation[flavour] = validate_onnx(stored, path, x, rtol=rtol, atol=atol,
+                                                            max_outliers=max_outliers).to_dict()
+            summary.size[flavour] = size_report(path, teacher_path, state_names(model)).to_dict()
+        summary.storage = _storage_summary(model, summary, att_bias, float_params, x if validate else None, is_fp)
+        for part in (summary.student, summary.validation, summary.size, summary.storage):
+            part.update(_rebased(part, tmp, out))
+        if summary.teacher:
+            summary.teacher = _rebased(summary.teacher, tmp, out)
+        write_json(tmp / "export.json", summary.to_dict())
     return summary
+
+
+def _rebased(obj: Any, tmp: Path, final: Path) -> Any:
+    """``obj`` with every path string under the temporary folder ``tmp`` pointing into ``final`` instead."""
+    if isinstance(obj, dict):
+        return {k: _rebased(v, tmp, final) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rebased(v, tmp, final) for v in obj]
+    if isinstance(obj, str) and (obj == str(tmp) or obj.startswith(str(tmp) + os.sep)):
+        return str(final) + obj[len(str(tmp)):]
+    return obj
 
 
 def storage_choices() -> list[tuple[str, str]]:
@@ -208,7 +234,7 @@ def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, tensors: 
     return out
 
 
-def _storage_summary(model: Any, out: Path, summary: ExportSummary, att_bias: str, float_params: str,
+def _storage_summary(model: Any, summary: ExportSummary, att_bias: str, float_params: str,
                      x: np.ndarray | None, is_fp: bool) -> dict[str, Any]:
     """The storage section of export.json: the choice, bytes of each file under every choice, fidelity."""
     doc: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params, "bytes": {}}
@@ -252,14 +278,20 @@ def bench_report(
     rpc: str | None = None,
     session: Any = None,
     teacher_int8_onnx: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Render a bench result as a report (JSON + Markdown + PNG) in ``out_dir``; with ``data``, add each
     model's accuracy on the val split (the int8 teacher's too, from ``teacher_int8_onnx``, else quantized
-    again from ``teacher_onnx`` as the bench did) and the fidelity ONNX reference -> compiled artifact."""
-    from bvit_edge.report import render_report, write_report
+    again from ``teacher_onnx`` as the bench did) and the fidelity ONNX reference -> compiled artifact.
+    ``out_dir`` follows bvit_edge.output_folder's rule (``overwrite`` replaces a folder that is not a
+    report's)."""
+    from bvit_edge.output_folder import check_output_folder, output_folder
+    from bvit_edge.report import load_report, write_report
+    from bvit_edge.report.render import render_into
     from bvit_edge.runtime.run import predict
 
     out = Path(out_dir)
+    check_output_folder(out, "report", overwrite, option="--report")
     doc = result.to_report()
     if data:
         kw = dict(data=data, data_root=data_root, limit=limit, top_k=1, return_logits=True)
@@ -279,8 +311,9 @@ def bench_report(
                 fid = fidelity(reference["logits"], student["logits"])
                 m["fidelity"] = {"reference": "onnx", "compared": "tvm", "max_abs_diff": fid["max_abs_diff"],
                                  "top1_agreement_pct": fid["top1_agreement"] * 100}
-    write_report(out / "report.json", doc)
-    render_report(out / "report.json", out)
+    with output_folder(out, "report", overwrite, option="--report") as tmp:
+        write_report(tmp / "report.json", doc)
+        render_into(load_report(tmp / "report.json"), tmp)
     return doc
 
 

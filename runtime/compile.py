@@ -39,10 +39,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bvit_edge.atomic import atomic_dir, write_json
+from bvit_edge.atomic import write_json
 from bvit_edge.contract import DATA_METADATA, DOMAIN, DOMAIN_VERSION, META_DEFAULT_CFG
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
+from bvit_edge.output_folder import check_output_folder, output_folder
 
 SCHEMA_VERSION = 2
 LIB_NAME = "lib.so"
@@ -212,6 +213,7 @@ def compile_model(
     tuning_db: str | os.PathLike[str] | None = None,
     session: Any = None,
     log: Any = None,
+    overwrite: bool = False,
 ) -> Path:
     """Compile ``onnx_path`` for ``target`` (preset name, TOML path, dict or TargetSpec) into ``out_dir``.
 
@@ -227,7 +229,9 @@ def compile_model(
     own: 5.8e-8, 7.6e-8) measured exactly as faithful to onnxruntime on the trained demo student (the same
     359 of 360 digits val images within 1e-5, top-1 360/360): any float difference can move a value across
     a binarization threshold (a1/2, r*max), exact libm calls included. ``params_storage``: "file" (the weights in
-    params.npz, the default) or "embedded" (inside lib.so); see the module docstring.
+    params.npz, the default) or "embedded" (inside lib.so); see the module docstring. ``out_dir`` follows
+    bvit_edge.output_folder's rule (new, empty, or an artifact compiled before; ``overwrite`` replaces
+    anything else), checked before any work.
     """
     try:
         import tvm  # noqa: PLC0415, F401
@@ -246,7 +250,9 @@ def compile_model(
 
     if tune < 0:
         raise ConfigError(f"--tune {tune}: give the number of candidates per kernel (>= 1), or 0 for no tuning.")
+    check_output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db))
     spec = load_target(target)
+    spec.check()  # an mcpu LLVM does not know would silently compile for a generic CPU
     family = family_params(spec.family, spec.tvm())  # the int8 dot scheme from the target's CPU features
     compiler = find_compiler(spec)  # ToolchainError naming the apt package when missing
     onnx_path = Path(onnx_path)
@@ -295,7 +301,7 @@ def compile_model(
         "tool_versions": _tool_versions(compiler),
         "required_cpu_features": _required_cpu_features(spec),
     }
-    with atomic_dir(out_dir) as tmp:
+    with output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db)) as tmp:
         lib_path = tmp / LIB_NAME
         try:
             if compiler is None:

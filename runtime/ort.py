@@ -10,13 +10,19 @@
   (correct, not fast); the fast path is the TVM lowering.
 
 A missing, corrupt or truncated .onnx gives a :class:`bvit_edge.errors.DataError` naming the file.
+
+No malformed model may abort the process: onnxruntime-extensions aborts (SIGABRT) when a Python op raises.
+So a packed model is checked from its graph before the session is made (bvit_edge.export.ops.checks: domain
+version 1, attributes, constant inputs' shapes and types), and each Python op catches its own errors: it
+records the error, returns zeros of the output's shape, and the session wrapper (:class:`CheckedSession`)
+raises the recorded error as a DataError once ``run`` returns.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -29,6 +35,7 @@ CONTRIB_DOMAIN = "ai.onnx.contrib"
 _NO_BIAS = "BinaryLinearNoBias"
 _registered = False
 _lock = threading.Lock()
+_op_errors: list[str] = []  # errors the Python ops caught during the current run (guarded by _lock)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -89,21 +96,73 @@ def _register_python_ops() -> None:
 
         @onnx_op(op_type=BINARY_LINEAR, inputs=[f, f, f, u8, f, f], outputs=[f], attrs={"mode": s, "in_features": i64})
         def _binary_linear(x, shift, alpha, w_bits, w_scale, bias, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
-            return binary_linear_reference(x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features))
+            return _guarded(BINARY_LINEAR, lambda: binary_linear_reference(
+                x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features)),
+                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],))
 
         @onnx_op(op_type=_NO_BIAS, inputs=[f, f, f, u8, f], outputs=[f], attrs={"mode": s, "in_features": i64})
         def _binary_linear_nb(x, shift, alpha, w_bits, w_scale, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
-            return binary_linear_reference(x, shift, alpha, w_bits, w_scale, None, mode=mode, in_features=int(in_features))
+            return _guarded(BINARY_LINEAR, lambda: binary_linear_reference(
+                x, shift, alpha, w_bits, w_scale, None, mode=mode, in_features=int(in_features)),
+                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],))
 
         @onnx_op(op_type=BINARY_MATMUL, inputs=[f] * 6, outputs=[f], attrs={"a_mode": s, "b_mode": s, "gsb_ratios": s})
         def _binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode="signed", b_mode="signed",
                            gsb_ratios=_float_list_as_string(DEFAULT_GSB_RATIOS)):  # type: ignore[no-untyped-def]
-            ratios = [float(r) for r in str(gsb_ratios).split(",")]
-            return binary_matmul_reference(
-                a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode=a_mode, b_mode=b_mode, gsb_ratios=ratios
-            )
+            return _guarded(BINARY_MATMUL, lambda: binary_matmul_reference(
+                a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode=a_mode, b_mode=b_mode,
+                gsb_ratios=[float(r) for r in str(gsb_ratios).split(",")]),
+                lambda: tuple(np.shape(a)[:-1]) + (np.shape(b)[-1],))
 
         _registered = True
+
+
+def _guarded(op: str, compute: Callable[[], np.ndarray], out_shape: Callable[[], tuple[int, ...]]) -> np.ndarray:
+    """Run an op's reference inside onnxruntime without letting an exception escape (that aborts the
+    process): on an error, record it and return zeros of the output's shape (empty when even that is
+    unknown); :class:`CheckedSession` raises the recorded error after the run."""
+    try:
+        return compute()
+    except Exception as exc:  # noqa: BLE001 - anything escaping here kills the process
+        msg = str(exc).strip().rstrip(".") or type(exc).__name__
+        with _lock:
+            _op_errors.append(msg if msg.startswith(op) else f"{op}: {msg}")
+        try:
+            return np.zeros(out_shape(), np.float32)
+        except Exception:  # noqa: BLE001
+            return np.zeros((0,), np.float32)
+
+
+class CheckedSession:
+    """An onnxruntime session of a packed model whose ``run`` raises a DataError for any error a bvit_edge
+    op caught (see :func:`_guarded`) or onnxruntime raised; every other attribute is the session's."""
+
+    def __init__(self, session: Any, path: str) -> None:
+        self._session, self._path = session, path
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with _lock:
+            del _op_errors[:]
+        try:
+            out = self._session.run(*args, **kwargs)
+        except Exception as exc:
+            raise DataError(self._failure(str(exc))) from None
+        with _lock:
+            failed = list(_op_errors)
+        if failed:
+            raise DataError(self._failure(""))
+        return out
+
+    def _failure(self, ort_message: str) -> str:
+        with _lock:
+            failed = list(_op_errors)
+        reason = failed[0] if failed else (ort_message.strip().splitlines() or ["unknown error"])[0][:400].rstrip(".")
+        return (f"Running {self._path!r} in onnxruntime failed: {reason}. The model and its input do not fit "
+                "together (a damaged model, or an input of another size): export the model again, or check the "
+                "input's shape.")
 
 
 def _float_list_as_string(values: Sequence[float]) -> str:
@@ -153,6 +212,11 @@ def ort_session(path: str | Path, threads: int | None = None) -> Any:
     if threads is not None and int(threads) < 1:
         raise UsageError(f"threads must be >= 1, got {threads}.")
     proto = load_model(path)
+    packed = uses_bvit_ops(proto) or any(o.domain == BVIT_DOMAIN for o in proto.opset_import)
+    if packed:
+        from bvit_edge.export.ops.checks import check_bvit_nodes
+
+        check_bvit_nodes(proto, where=f"ONNX model {str(path)!r}")
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
@@ -164,7 +228,8 @@ def ort_session(path: str | Path, threads: int | None = None) -> Any:
         proto = rewrite_for_extensions(proto)
         opts.register_custom_ops_library(get_library_path())
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return CheckedSession(session, str(path)) if packed else session
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
         raise DataError(
@@ -193,4 +258,5 @@ def ort_run(path: str | Path, x: np.ndarray, threads: int | None = None, batch_s
     return run_session(ort_session(path, threads), x, batch_size)
 
 
-__all__ = ["load_model", "uses_bvit_ops", "rewrite_for_extensions", "ort_session", "run_session", "ort_run"]
+__all__ = ["CheckedSession", "load_model", "uses_bvit_ops", "rewrite_for_extensions", "ort_session", "run_session",
+           "ort_run"]

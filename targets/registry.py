@@ -59,9 +59,11 @@ _CROSS = {  # arch -> (cross compiler, Debian package, qemu user-mode emulator)
 }
 _TRIPLE = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "armv7": "armv7l-linux-gnueabihf"}
 _DETECT = "detect"
+#: how long one RPC call to a board may take before it counts as stalled (seconds); presets may say otherwise
+DEFAULT_RPC_TIMEOUT_S = 120.0
 _KNOWN_KEYS = {
     "name", "description", "arch", "family", "word_bits", "threads", "cross_compiler", "apt_package",
-    "emulated_by", "required_cpu_flags", "tvm_target",
+    "emulated_by", "required_cpu_flags", "tvm_target", "rpc_timeout_s",
     "source",  # written by TargetSpec.to_dict(); ignored on load so a dict round-trips
 }
 
@@ -83,6 +85,8 @@ class TargetSpec:
         required_cpu_flags: ``/proc/cpuinfo`` flags a CPU needs to run this code natively.
         description: one line for ``bvit-edge targets list``.
         source: where the preset came from (a file path, ``"builtin:<file>"``, or ``"dict"``).
+        rpc_timeout_s: the longest one RPC call to such a board may take (an upload, a run, a timed batch)
+            before the board counts as stalled (bvit_edge.targets.rpc); ``--rpc-timeout`` overrides it.
     """
 
     name: str
@@ -97,6 +101,7 @@ class TargetSpec:
     required_cpu_flags: tuple[str, ...] = ()
     description: str = ""
     source: str = ""
+    rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S
 
     @property
     def is_cross(self) -> bool:
@@ -256,10 +261,14 @@ def _from_table(table: dict[str, Any], source: str) -> TargetSpec:
     flags = table.get("required_cpu_flags", [])
     if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
         raise ConfigError(f"{where}: required_cpu_flags must be a list of strings.")
+    rpc_timeout = table.get("rpc_timeout_s", DEFAULT_RPC_TIMEOUT_S)
+    if isinstance(rpc_timeout, bool) or not isinstance(rpc_timeout, (int, float)) or not 0 < rpc_timeout < 1e6:
+        raise ConfigError(f"{where}: rpc_timeout_s must be a positive number of seconds, got {rpc_timeout!r}.")
     return TargetSpec(
         name=name, arch=arch, family=family, tvm_target=tvm_target, cross_compiler=cc, apt_package=apt,
         word_bits=int(word_bits), threads=threads, emulated_by=table.get("emulated_by"),
         required_cpu_flags=tuple(flags), description=str(table.get("description", "")), source=source,
+        rpc_timeout_s=float(rpc_timeout),
     )
 
 

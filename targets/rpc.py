@@ -3,7 +3,13 @@
 - :func:`connect` / :func:`connect_tracker`: probe the port first with a socket timeout (TCP connect
   plus the first step of TVM's handshake), so an unreachable host, a closed port or a non-TVM
   listener is a :class:`~bvit_edge.errors.ToolchainError` (exit 4) in seconds instead of a hang
-  (TVM's own connect has no timeout and holds the GIL); tracker requests are bounded too.
+  (TVM's own connect has no timeout); tracker requests are bounded too.
+- Every call of a session is bounded as well: the session runs through a relay process
+  (:mod:`bvit_edge.targets.rpc_relay`), so a board that stops answering after the handshake makes the
+  blocked call fail after ``call_timeout_s`` (:class:`StalledBoard`, exit 4; :func:`stalled` gives the
+  message to whoever catches TVM's error) and its server is freed for the next session. The per-call
+  timeout comes from the argument, else :func:`call_timeout`'s context (the CLI's ``--rpc-timeout``), else
+  the target preset's ``rpc_timeout_s``.
 - :func:`remote_arch` / :func:`check_arch`: ask the board what it is (the LLVM triple its TVM was
   built for, ``target.llvm_get_system_triple``, a global function every full TVM build registers) and
   refuse an artifact built for another architecture before uploading it.
@@ -17,19 +23,84 @@ Host side protocol (TVM's): ``rpc.connect(host, port)`` -> ``upload`` -> ``load_
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import json
 import os
 import socket
 import struct
-import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Iterator
 
 from bvit_edge.errors import MissingDependencyError, ToolchainError
+from bvit_edge.targets.registry import DEFAULT_RPC_TIMEOUT_S
+from bvit_edge.targets.rpc_relay import RelayProcess, stalls
 
-__all__ = ["check_arch", "connect", "connect_tracker", "elf_arch", "probe", "remote_arch", "upload_and_load"]
+__all__ = ["DEFAULT_RPC_TIMEOUT_S", "StalledBoard", "call_timeout", "check_arch", "connect", "connect_tracker",
+           "elf_arch", "probe", "remote_arch", "stall_message", "stalled", "upload_and_load"]
 
-T = TypeVar("T")
+class StalledBoard(ToolchainError):
+    """A board completed the RPC handshake, then did not answer a call within the per-call timeout."""
+
+
+def stall_message(host: str, port: int, timeout_s: float, during: str = "an RPC call") -> str:
+    return (f"The board at {host}:{port} stopped answering: {during} got no reply within {timeout_s:g} s. Check "
+            "that the board is up and reachable, that its RPC server (`python -m tvm.exec.rpc_server`) still runs "
+            "and is not out of memory or swapping (a model too big for the board), and restart that server if it "
+            "hangs; for a slow board or a large model raise the per-call timeout (--rpc-timeout, or rpc_timeout_s "
+            "in the target preset). bvit-edge closed its connection, so the server accepts a new session.")
+
+
+def stalled() -> str | None:
+    """The message for the last board that stopped answering in this process (None: none did). Code that
+    catches an error from TVM's RPC client asks this to report the stall instead of TVM's text."""
+    found = stalls()
+    return stall_message(*found[-1]) if found else None
+
+
+_CALL_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar("bvit_edge_rpc_call_timeout", default=None)
+
+
+@contextlib.contextmanager
+def call_timeout(seconds: float | None) -> Iterator[None]:
+    """Within this block, sessions :func:`connect` opens without an explicit ``call_timeout_s`` bound each
+    call to ``seconds`` (None: leave the default)."""
+    if seconds is not None and not seconds > 0:
+        from bvit_edge.errors import UsageError
+
+        raise UsageError(f"--rpc-timeout must be a positive number of seconds, got {seconds:g}.")
+    token = _CALL_TIMEOUT.set(seconds)
+    try:
+        yield
+    finally:
+        _CALL_TIMEOUT.reset(token)
+
+
+def _call_timeout(explicit: float | None) -> float:
+    for value in (explicit, _CALL_TIMEOUT.get()):
+        if value is not None:
+            return float(value)
+    return DEFAULT_RPC_TIMEOUT_S
+
+
+def preset_call_timeout(target: Any) -> float | None:
+    """``rpc_timeout_s`` of a target (a TargetSpec, a preset table / manifest "target" dict), or None."""
+    value = getattr(target, "rpc_timeout_s", None)
+    if value is None and isinstance(target, dict):
+        value = target.get("rpc_timeout_s")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def artifact_call_timeout(folder: str | os.PathLike[str]) -> float | None:
+    """The per-call timeout an artifact's manifest records for its target (None when it records none, or
+    the manifest cannot be read: reading it properly is the artifact loader's job)."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return preset_call_timeout(manifest.get("target")) if isinstance(manifest, dict) else None
+
 _ELF_MACHINE = {62: "x86_64", 183: "aarch64", 40: "armv7"}  # e_machine: EM_X86_64, EM_AARCH64, EM_ARM
 
 
@@ -83,27 +154,6 @@ def probe(host: str, port: int, timeout_s: float, tracker: bool = False) -> None
         raise ToolchainError(f"{host}:{port} answered, but not as a {what} (reply {reply!r}). {hint}")
 
 
-def _bounded(fn: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Run ``fn`` (pure-Python socket code) in a daemon thread; ToolchainError after ``timeout_s``."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed back to the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=run, name="bvit-edge-rpc", daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        raise ToolchainError(f"{what} did not complete within {timeout_s:g} s. Check that the boards of that key "
-                             "are up and free (`python -m tvm.exec.query_rpc_tracker`).")
-    if "error" in box:
-        raise _as_toolchain_error(box["error"], what) from None
-    return box["value"]
-
-
 def _as_toolchain_error(err: BaseException, what: str) -> ToolchainError:
     if isinstance(err, ToolchainError):
         return err
@@ -122,38 +172,126 @@ def _rpc() -> Any:
 
 
 def connect(host: str = "127.0.0.1", port: int = 9090, timeout_s: float = 10.0,
-            session_timeout_s: float = 0.0) -> Any:
-    """An RPC session with the server at host:port (``tvm.rpc.RPCSession``).
+            session_timeout_s: float = 0.0, call_timeout_s: float | None = None, key: str = "",
+            probe_first: bool = True) -> Any:
+    """An RPC session with the server at host:port (``tvm.rpc.RPCSession``), every call bounded.
 
-    ``timeout_s`` bounds the TCP probe and the handshake; ``session_timeout_s`` (0 = none) asks the
-    server to end the session after that long.
+    ``timeout_s`` bounds the TCP probe and the handshake; ``call_timeout_s`` each later call (see the
+    module docstring: default from :func:`call_timeout`, else DEFAULT_RPC_TIMEOUT_S); ``session_timeout_s``
+    (0 = none) asks the server to end the session after that long; ``key``: the match key a tracker
+    handed out for the board.
     """
-    probe(host, port, timeout_s)
+    if probe_first:
+        probe(host, port, timeout_s)
     rpc = _rpc()
+    limit = _call_timeout(call_timeout_s)
     try:
-        return rpc.connect(host, port, session_timeout=session_timeout_s)
+        relay = RelayProcess(host, port, limit, connect_timeout_s=timeout_s).start()
+    except OSError as exc:
+        raise ToolchainError(f"Cannot start the RPC relay for {host}:{port} ({exc}).") from None
+    try:
+        session = rpc.connect("127.0.0.1", relay.port, key=key, session_timeout=session_timeout_s)
     except Exception as exc:
+        outcome = relay.outcome(wait_s=2.0)
+        relay.close()
+        if outcome == "stalled":
+            raise StalledBoard(stall_message(host, port, limit, during="setting up the session")) from None
+        if outcome and outcome.startswith("unreachable"):
+            raise ToolchainError(f"TVM RPC connect to {host}:{port} failed: {outcome}.") from None
         raise _as_toolchain_error(exc, f"TVM RPC connect to {host}:{port}") from None
+    session._bvit_edge_relay = relay  # the relay lives as long as the session; it ends when the session closes
+    return session
 
 
 def connect_tracker(host: str, port: int, key: str, timeout_s: float = 10.0, request_timeout_s: float = 60.0,
-                    priority: int = 1, session_timeout_s: float = 0.0) -> Any:
+                    priority: int = 1, session_timeout_s: float = 0.0, call_timeout_s: float | None = None) -> Any:
     """A session with a board of kind ``key`` obtained from the RPC tracker at host:port.
 
     Fails if the tracker is unreachable, if no board registered ``key`` (listing the keys it has), or
     if no board of that key became free within ``request_timeout_s``.
     """
     probe(host, port, timeout_s, tracker=True)
-    rpc = _rpc()
-    tracker = _bounded(lambda: rpc.connect_tracker(host, port), timeout_s, f"TVM RPC tracker {host}:{port}")
-    summary = _bounded(tracker.summary, timeout_s, f"TVM RPC tracker {host}:{port} summary")
-    keys = sorted((summary.get("queue_info") or {}).keys())
-    if key not in keys:
-        raise ToolchainError(f"No board registered with key {key!r} at the tracker {host}:{port}; it knows: "
-                             f"{', '.join(keys) or 'none'}. Start the board's server with "
-                             f"`--tracker {host}:{port} --key {key}`.")
-    return _bounded(lambda: tracker.request(key, priority=priority, session_timeout=session_timeout_s),
-                    request_timeout_s, f"Request for a {key!r} board from the tracker {host}:{port}")
+    _rpc()  # a clear error without TVM, before talking to the tracker
+    where = f"TVM RPC tracker {host}:{port}"
+    with _TrackerConnection(host, port, timeout_s, where) as tracker:
+        summary = tracker.ask([_TRACKER_SUMMARY], timeout_s, f"{where} summary")
+        queue = summary[1].get("queue_info") if isinstance(summary, list) and len(summary) > 1 and \
+            isinstance(summary[1], dict) else None
+        keys = sorted((queue or {}).keys())
+        if key not in keys:
+            raise ToolchainError(f"No board registered with key {key!r} at the tracker {host}:{port}; it knows: "
+                                 f"{', '.join(keys) or 'none'}. Start the board's server with "
+                                 f"`--tracker {host}:{port} --key {key}`.")
+        reply = tracker.ask([_TRACKER_REQUEST, key, "", priority], request_timeout_s,
+                            f"Request for a {key!r} board from the tracker {host}:{port}")
+    try:
+        code, (board_host, board_port, match_key) = reply
+        if code != _TRACKER_SUCCESS:
+            raise ValueError(code)
+    except (TypeError, ValueError):
+        raise ToolchainError(f"The tracker {host}:{port} answered the request for a {key!r} board with {reply!r}. "
+                             "Check the tracker and its boards (`python -m tvm.exec.query_rpc_tracker`).") from None
+    return connect(str(board_host), int(board_port), timeout_s=timeout_s, session_timeout_s=session_timeout_s,
+                   call_timeout_s=call_timeout_s, key=str(match_key), probe_first=False)
+
+
+# TVM RPC tracker wire protocol (tvm/rpc/base.py TrackerCode): after the magic, int32-length-prefixed JSON.
+_TRACKER_SUCCESS, _TRACKER_REQUEST, _TRACKER_SUMMARY = 0, 4, 6
+
+
+class _TrackerConnection:
+    """One conversation with a tracker over a plain socket, every reply awaited with a timeout."""
+
+    def __init__(self, host: str, port: int, timeout_s: float, where: str) -> None:
+        self.host, self.port, self.timeout_s, self.where = host, port, timeout_s, where
+        self.sock: socket.socket | None = None
+
+    def __enter__(self) -> "_TrackerConnection":
+        try:
+            self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+            self.sock.sendall(struct.pack("<i", _RPC_TRACKER_MAGIC))
+            if struct.unpack("<i", self._recv(4))[0] != _RPC_TRACKER_MAGIC:
+                raise ToolchainError(f"{self.where} answered, but not as a TVM RPC tracker.")
+        except OSError as exc:
+            self.close()
+            raise ToolchainError(f"{self.where} did not complete its handshake ({exc.strerror or exc}).") from None
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _recv(self, n: int) -> bytes:
+        assert self.sock is not None
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionResetError("the tracker closed the connection")
+            buf += chunk
+        return buf
+
+    def ask(self, message: list[Any], timeout_s: float, what: str) -> Any:
+        assert self.sock is not None
+        data = json.dumps(message).encode("utf-8")
+        try:
+            self.sock.settimeout(timeout_s)
+            self.sock.sendall(struct.pack("<i", len(data)) + data)
+            size = struct.unpack("<i", self._recv(4))[0]
+            return json.loads(self._recv(size).decode("utf-8"))
+        except socket.timeout:
+            raise ToolchainError(f"{what} did not complete within {timeout_s:g} s. Check that the boards of that "
+                                 "key are up and free (`python -m tvm.exec.query_rpc_tracker`).") from None
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ToolchainError(f"{what} failed: {exc}. Check that the tracker runs a compatible TVM "
+                                 "(0.27).") from None
 
 
 def _arch_of_triple(triple: str) -> str | None:

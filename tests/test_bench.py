@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -462,12 +463,16 @@ def host_rpc_server():
         else:
             pytest.fail("the TVM RPC server did not listen within 60 s")
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    finally:  # the whole process group: the server runs in a popen worker that outlives a killed parent
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=10)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def test_rpc_bench_runs_both_artifacts_on_the_board_with_time_evaluator(tiny, host_rpc_server):

@@ -1,8 +1,8 @@
 """Layer rules of the package (docs/architecture.md, "Layers"), checked on the import statements of every
 module, lazy imports inside functions included:
 
-- foundation (errors, atomic, digest, packing, contract, provenance, terminal, native_log) imports no other
-  bvit_edge layer;
+- foundation (errors, atomic, digest, packing, contract, provenance, terminal, native_log, output_folder)
+  imports no other bvit_edge layer;
 - the model side (models, quant, data, training, evaluation, summary) imports none of report, export,
   runtime, targets, orchestration, cli;
 - export imports no runtime, targets, orchestration, cli;
@@ -35,6 +35,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bvit_edge.provenance",
         "bvit_edge.terminal",
         "bvit_edge.native_log",
+        "bvit_edge.output_folder",
     ),
     "model": (
         "bvit_edge.models",

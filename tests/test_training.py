@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from bvit_edge.training import resolve_config, train
+from bvit_edge.training.checkpoint import load_trainer_state
 from bvit_edge.training.schedule import lr_at
 
 CLI = [sys.executable, "-m", "bvit_edge"]
@@ -40,7 +41,8 @@ def test_short_fp_run_writes_self_describing_checkpoints(tmp_path: Path) -> None
         assert "val_top1" in cfg["metrics"]
         with safe_open(str(out / sub / "model.safetensors"), framework="pt") as fh:
             assert json.loads(fh.metadata()["bvit_edge.config"])["model"] == "deit_test_patch4_16"
-    assert (out / "last" / "trainer_state.pt").is_file() and not (out / "best" / "trainer_state.pt").exists()
+    assert (out / "last" / "trainer_state.safetensors").is_file()
+    assert not (out / "best" / "trainer_state.safetensors").exists()
     assert len((out / "log.jsonl").read_text().splitlines()) == 2
     assert _files_left(out) == []
 
@@ -56,12 +58,13 @@ def test_lr_schedule_is_cosine_to_min_then_cooldown() -> None:
 
 def test_config_resolution_recipe_then_toml_then_flags(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text('epochs = 7\nbatch_size = 32\nlr_base = 2e-3\n[method_options]\nalpha = 0.5\n')
+    toml.write_text('method = "gsb"\nepochs = 7\nbatch_size = 32\nlr_base = 2e-3\n'
+                    '[method_options]\nstage1_epochs = 5\n')
     cfg = resolve_config({"data": "cifar100", "batch_size": 128}, toml)
     assert cfg.recipe == "gsb" and cfg.weight_decay == 0.05 and cfg.cooldown_epochs == 10
     assert cfg.epochs == 7 and cfg.batch_size == 128
     assert cfg.effective_lr(world_size=2) == pytest.approx(2e-3 * 128 * 2 / 512)
-    assert cfg.method_options == {"alpha": 0.5}
+    assert cfg.method_options == {"stage1_epochs": 5}
     assert resolve_config({}).recipe == "digits"
 
 
@@ -77,7 +80,7 @@ def test_killed_run_resumes_to_the_same_steps_and_weights(tmp_path: Path) -> Non
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed, "--save-every-steps", "3"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     deadline = time.time() + 300
-    state = killed / "last" / "trainer_state.pt"
+    state = killed / "last" / "trainer_state.safetensors"
     while time.time() < deadline and not state.exists():
         time.sleep(0.05)
     # Kill it without warning right after its first mid-epoch checkpoint (step 3 of 13 in epoch 1): waiting
@@ -86,7 +89,7 @@ def test_killed_run_resumes_to_the_same_steps_and_weights(tmp_path: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert state.exists(), "no checkpoint was written before the kill"
-    before = torch.load(state, weights_only=False)
+    before = load_trainer_state(killed / "last")
     assert before["step"] < 3 * 13
     out = subprocess.run(_train_cmd(killed, "--resume", "--json"), check=True, env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     result = json.loads(out.stdout)

@@ -124,7 +124,8 @@ def test_the_pipeline_lifts_after_folding_and_the_build_takes_the_weights_after_
 # ------------------------------------------------------------------------------------------ artifacts
 def test_the_artifact_folder_holds_lib_params_and_manifest(arts):
     art = arts["file"]
-    assert sorted(p.name for p in art.iterdir()) == ["lib.so", "manifest.json", "params.npz"]
+    # plus the marker saying `bvit-edge compile` wrote the folder (bvit_edge.output_folder)
+    assert sorted(p.name for p in art.iterdir()) == [".bvit-edge-output.json", "lib.so", "manifest.json", "params.npz"]
     m = read_manifest(art)
     assert m["schema_version"] == 2
     info = m["params"]
@@ -145,7 +146,7 @@ def test_the_artifact_folder_holds_lib_params_and_manifest(arts):
                for a in arrays)  # the float head (maybe transposed by constant folding)
     assert npz_path.stat().st_size >= w_bits.nbytes + head.nbytes
     assert read_manifest(arts["embedded"])["params"] == {"storage": "embedded"}
-    assert sorted(p.name for p in arts["embedded"].iterdir()) == ["lib.so", "manifest.json"]
+    assert sorted(p.name for p in arts["embedded"].iterdir()) == [".bvit-edge-output.json", "lib.so", "manifest.json"]
 
 
 def test_lib_so_is_smaller_by_about_the_weights(arts):

@@ -1,13 +1,14 @@
 """Chaoyang colorectal histopathology: ``root/train.json`` and ``root/test.json`` (val = test).
 
 Each JSON file is a list of ``{"name": "<path relative to root>", "label": <int 0..3>}``; the classes are
-``normal, serrated, adenocarcinoma, adenoma`` in label order. Images are read lazily from ``root/<name>``.
+``normal, serrated, adenocarcinoma, adenoma`` in label order. Images are read lazily from ``root/<name>``;
+a name that is absolute or contains ``..`` is refused (nothing outside the data root is read).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bvit_edge.data.files import build_file_splits
 from bvit_edge.data.info import DataSplits
@@ -38,7 +39,14 @@ def _read_list(root: Path, json_name: str) -> list[tuple[Path, int]]:
                 f"{path}, entry {i} ({e['name']!r}): label {label!r} is outside the class list 0..{len(CLASSES) - 1} "
                 f"({', '.join(CLASSES)}). Fix the entry."
             )
-        samples.append((root / e["name"], label))
+        name = e["name"]
+        parts = PurePosixPath(name.replace("\\", "/")).parts
+        if not name.strip() or PurePosixPath(name).is_absolute() or ".." in parts or "\0" in name:
+            raise DataError(
+                f"{path}, entry {i}: name {name!r} must be a path inside the data root ({root}), relative and "
+                "without '..': bvit-edge reads no file outside --data-root. Fix the entry."
+            )
+        samples.append((root / name, label))
     if not samples:
         raise DataError(f"{path} lists no images. Restore the file from the Chaoyang release.")
     return samples

@@ -212,13 +212,18 @@ def convert_to_checkpoint(
     classes: list[str] | None = None,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    overwrite: bool = False,
 ) -> ConvertReport:
     """Convert an official .pth into a bvit-edge checkpoint folder (model.safetensors + config.json).
 
     The official training normalises with the ImageNet mean/std (timm's defaults): the defaults here. Class
-    names are not stored in the official files: pass them, or they are "0", "1", ...
+    names are not stored in the official files: pass them, or they are "0", "1", ... ``dest`` follows
+    bvit_edge.output_folder's rule (``overwrite`` replaces a folder that is not a converted checkpoint).
     """
+    from bvit_edge.output_folder import check_output_folder
     from bvit_edge.training.checkpoint import save_checkpoint
+
+    check_output_folder(dest, "convert", overwrite, inputs=(source,))
 
     model, rep = convert_gsb_official(source)
     n = int(rep.geometry["num_classes"])
@@ -235,7 +240,7 @@ def convert_to_checkpoint(
         "std": list(std),
         "source": {"from": "gsb-official", "path": str(source), "stage": rep.stage, "dropped": rep.dropped},
     }
-    save_checkpoint(dest, model, config)
+    save_checkpoint(dest, model, config, written_by="convert")
     return rep
 
 

@@ -12,7 +12,7 @@ from bvit_edge.atomic import write_json, write_text, write_with
 from bvit_edge.errors import DataError
 from bvit_edge.report.schema import SCHEMA, SCHEMA_VERSION, validate_report
 
-__all__ = ["load_report", "render_report", "write_report"]
+__all__ = ["load_report", "render_into", "render_report", "write_report"]
 
 
 def load_report(json_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -34,20 +34,42 @@ def write_report(json_path: str | os.PathLike[str], doc: dict[str, Any]) -> Path
     return write_json(json_path, doc)
 
 
-def render_report(json_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+def render_report(json_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                  overwrite: bool = False, keep_json: bool = False) -> dict[str, Path]:
     """Write ``out_dir/report.md`` and the plots that have data; return {"markdown"|plot name: path}.
+
+    ``out_dir`` follows bvit_edge.output_folder's rule (new, empty, or a report folder written before;
+    ``overwrite`` replaces anything else) and is written as a whole, atomically. A ``json_path`` inside
+    ``out_dir`` is carried over into the new folder unchanged; ``keep_json`` puts a copy of it there as
+    ``report.json`` wherever it is (e.g. a report merged from several files).
 
     Plots: ``latency.png`` (needs latency records), ``size.png`` (needs size records),
     ``accuracy_latency.png`` (needs accuracy and latency of the same model).
     """
+    from bvit_edge.output_folder import output_folder
+
+    src = Path(json_path)
+    doc = load_report(src)
+    out = Path(out_dir)
+    inside = out.absolute() in src.absolute().parents
+    raw = src.read_bytes() if inside or keep_json else b""
+    with output_folder(out, "report", overwrite, option="--out") as tmp:
+        if inside or keep_json:
+            keep = tmp / (src.absolute().relative_to(out.absolute()) if inside else "report.json")
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_bytes(raw)
+        written = render_into(doc, tmp)
+    return {k: out / p.relative_to(tmp) for k, p in written.items()}
+
+
+def render_into(doc: dict[str, Any], folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """Render a validated report document into an existing ``folder`` (see :func:`render_report`)."""
     import matplotlib.pyplot as plt
 
     from bvit_edge.report.markdown import render_markdown
     from bvit_edge.report.plots import accuracy_latency_figure, latency_figure, size_figure
 
-    doc = load_report(json_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(folder)
     lat_models = {e["model"] for e in doc.get("latency", [])}
     wanted = [
         ("latency", "Latency by model and target", latency_figure, bool(lat_models)),

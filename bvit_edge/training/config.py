@@ -12,10 +12,15 @@ warm-up), then ``cooldown_epochs`` at ``min_lr``; total epochs = epochs + cooldo
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 import sys
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bvit_edge.errors import ConfigError
 
@@ -86,14 +91,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "the training config") -> "TrainConfig":
+        """A config from a dict of options; ConfigError naming ``source`` for unknown keys and wrong types."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source} must be a table of training options, not a {type(d).__name__}.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(
-                f"Unknown training option(s) {', '.join(unknown)}. Known options: {', '.join(sorted(known))}."
+                f"Unknown training option(s) {', '.join(unknown)} in {source}. "
+                f"Known options: {', '.join(sorted(known))}."
             )
-        return cls(**d)
+        return cls(**check_options(d, lambda key: f"in {source}"))
 
     def effective_lr(self, world_size: int = 1) -> float:
         """``lr`` if set, else ``lr_base * batch_size * world_size / 512``."""
@@ -104,6 +113,170 @@ class TrainConfig:
     @property
     def total_epochs(self) -> int:
         return int(self.epochs) + int(self.cooldown_epochs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation: types come from TrainConfig's annotations; limits, choices and method options are tables, so a
+# new option is one line (its dataclass field) plus, if it has a range, one line in LIMITS.
+# ----------------------------------------------------------------------------------------------------------
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _at_least_one(v: float) -> bool:
+    return v >= 1
+
+
+def _fraction(v: float) -> bool:
+    return 0 <= v < 1
+
+
+#: option -> (test, what it must be): applied after the type check
+LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (_at_least_one, "at least 1"),
+    "batch_size": (_at_least_one, "at least 1"),
+    "per_class": (_at_least_one, "a positive number of images"),
+    "image_size": (_at_least_one, "a positive number of pixels"),
+    "lr": (_positive, "positive"),
+    "lr_base": (_positive, "positive"),
+    "min_lr": (_non_negative, ">= 0"),
+    "weight_decay": (_non_negative, ">= 0"),
+    "warmup_epochs": (_non_negative, ">= 0"),
+    "cooldown_epochs": (_non_negative, ">= 0"),
+    "label_smoothing": (_fraction, "in [0, 1)"),
+    "drop_path": (_fraction, "in [0, 1)"),
+    "seed": (_non_negative, ">= 0"),
+    "workers": (_non_negative, ">= 0"),
+    "eval_every": (_at_least_one, "at least 1"),
+    "save_every_steps": (_non_negative, ">= 0 (0: only at epoch ends)"),
+    "max_steps": (_at_least_one, "at least 1"),
+    "threads": (_at_least_one, "at least 1"),
+    "device": (lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None, "auto, cpu, cuda, cuda:N or mps"),
+}
+
+#: option -> the values it may take
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS,
+    "recipe": tuple(RECIPES),
+    "optimizer": ("adamw", "sgd"),
+    "augment": ("deit", "light", "none"),
+    "stage": ("1", "2", "all"),
+}
+
+#: method -> its [method_options]: name -> (type, test, what it must be)
+METHOD_OPTIONS: dict[str, dict[str, tuple[type, Callable[[Any], bool], str]]] = {
+    "fp": {},
+    "gsb": {
+        "stage1_epochs": (int, _at_least_one, "an integer >= 1 (stage 1's epochs with --stage all)"),
+        "corrected_grads": (bool, lambda v: True, "true or false (false: the ablation without GSB's gradients)"),
+    },
+    "bit": {
+        "act_bits": (int, lambda v: v in (1, 2), "1 (the W1A1 student) or 2 (the W1A2 step)"),
+        "w_logit": (float, _non_negative, "a weight >= 0"),
+        "w_hidden": (float, _non_negative, "a weight >= 0"),
+        "w_attn": (float, _non_negative, "a weight >= 0"),
+    },
+    "binaryvit": {
+        "model_flags": (dict, lambda v: all(isinstance(k, str) for k in v), "a table of model arguments"),
+    },
+    "acdbit": {
+        "w_qk": (float, _non_negative, "a weight >= 0"),
+        "w_ce": (float, _non_negative, "a weight >= 0"),
+    },
+}
+
+
+def _field_types() -> dict[str, tuple[tuple[type, ...], bool]]:
+    """option -> (accepted Python types, None allowed), from TrainConfig's annotations."""
+    out = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        args = typing.get_args(hint) if union else (hint,)
+        optional = type(None) in args
+        base = tuple(typing.get_origin(a) or a for a in args if a is not type(None))
+        out[name] = (base, optional)
+    return out
+
+
+def _type_name(types_: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    return " or ".join(names.get(t, t.__name__) for t in types_)
+
+
+def _fits(value: Any, want: type) -> bool:
+    if want is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # a TOML true is not an integer or a number
+        return False
+    if want is float:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, want)
+
+
+_KINDS = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list", dict: "a table"}
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it (TOML / JSON spelling: true, "three", 1.5)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _check_value(key: str, value: Any, want: tuple[type, ...], where: str) -> Any:
+    if not any(_fits(value, t) for t in want):
+        got = _KINDS.get(type(value), f"a {type(value).__name__}")
+        raise ConfigError(f"{key} must be {_type_name(want)}, got {_show(value)} ({got}) {where}.")
+    return float(value) if float in want and int not in want else value
+
+
+def check_options(values: dict[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
+    """``values`` with types checked (ints given for numbers become floats), limits and choices enforced;
+    ConfigError naming the option, what it must be, the value and ``where(option)`` it came from."""
+    spec = _field_types()
+    out = dict(values)
+    for key, value in values.items():
+        if key not in spec:
+            continue  # unknown keys are reported by TrainConfig.from_dict, with the list of known ones
+        want, optional = spec[key]
+        if value is None:
+            if not optional:
+                raise ConfigError(f"{key} needs a value ({_type_name(want)}), got none {where(key)}.")
+            continue
+        value = out[key] = _check_value(key, value, want, where(key))
+        if key in CHOICES and value not in CHOICES[key]:
+            choices = ", ".join(map(_show, CHOICES[key]))
+            raise ConfigError(f"{key} must be one of {choices}, got {_show(value)} {where(key)}.")
+        if key in LIMITS and not LIMITS[key][0](value):
+            raise ConfigError(f"{key} must be {LIMITS[key][1]}, got {_show(value)} {where(key)}.")
+    return out
+
+
+def check_method_options(method: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """The [method_options] of ``method``: unknown keys refused (naming the known ones), types and limits checked."""
+    table = METHOD_OPTIONS.get(method, {})
+    unknown = sorted(set(options) - set(table))
+    for key in unknown:
+        owners = [m for m, opts in METHOD_OPTIONS.items() if key in opts]
+        if owners:
+            raise ConfigError(f"{key} applies to --method {' or '.join(owners)}, not {method!r} ({where}).")
+    if unknown:
+        known = ", ".join(sorted(table)) or "none"
+        raise ConfigError(f"Unknown method option(s) {', '.join(unknown)} for --method {method} {where}. "
+                          f"Its options: {known}.")
+    out = dict(options)
+    for key, value in options.items():
+        want, test, what = table[key]
+        value = out[key] = _check_value(f"method_options.{key}", value, (want,), where)
+        if not test(value):
+            raise ConfigError(f"method_options.{key} must be {what}, got {_show(value)} {where}.")
+    return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -122,10 +295,21 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
 def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | Path | None = None) -> TrainConfig:
-    """Recipe defaults, then the TOML file, then ``overrides`` (None values are ignored)."""
+    """Recipe defaults, then the TOML file, then ``overrides`` (None values are ignored). Every value is
+    checked (type, range, choices; method options against the method's table): ConfigError names the
+    option and where it came from (the file, or the command-line flag)."""
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     from_file = load_toml(config_file) if config_file else {}
+    from_file = check_options(from_file, lambda key: f"in config file {config_file}")
+    explicit = check_options(explicit, lambda key: f"(from {_flag(key)})")
+    for name, src in (("config file", from_file), ("arguments", explicit)):
+        if "method_options" in src and not isinstance(src["method_options"], dict):
+            raise ConfigError(f"method_options must be a table in the {name}.")
     merged_user = {**from_file, **explicit}
     if "method_options" in from_file and "method_options" in explicit:  # a flag adds to the file's table
         merged_user["method_options"] = {**from_file["method_options"], **explicit["method_options"]}
@@ -143,7 +327,14 @@ def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | P
     cfg_dict = {**base, **merged_user}
     if not cfg_dict.get("model"):
         cfg_dict["model"] = default_model(method, data)
-    cfg = TrainConfig.from_dict(cfg_dict)
+    source = f"config file {config_file}" if config_file else "the arguments"
+    where = f"in {source}"
+    if "method_options" in from_file:
+        check_method_options(method, from_file["method_options"], f"in config file {config_file}")
+    if "method_options" in explicit:
+        check_method_options(method, explicit["method_options"], "in the arguments")
+    cfg_dict["method_options"] = check_method_options(method, dict(cfg_dict.get("method_options") or {}), where)
+    cfg = TrainConfig.from_dict(cfg_dict, source)
     _check(cfg)
     return cfg
 
@@ -160,17 +351,6 @@ def default_model(method: str, data: str) -> str:
 
 
 def _check(cfg: TrainConfig) -> None:
-    bits = cfg.method_options.get("act_bits")
-    if bits is not None:
-        if cfg.method != "bit":
-            raise ConfigError(f"act_bits applies to --method bit (its W1A2 distillation step), not {cfg.method!r}.")
-        if bits not in (1, 2):
-            raise ConfigError(f"act_bits must be 1 (the W1A1 student) or 2 (the W1A2 step), got {bits!r}.")
-    if cfg.epochs < 0 or cfg.batch_size < 1:
-        raise ConfigError(f"epochs must be >= 0 and batch_size >= 1 (got {cfg.epochs}, {cfg.batch_size}).")
-    if cfg.per_class is not None and cfg.per_class < 1:
-        raise ConfigError(f"--per-class must be a positive number of images (got {cfg.per_class}).")
-    if cfg.stage not in ("1", "2", "all"):
-        raise ConfigError(f"--stage must be 1, 2 or all (got {cfg.stage!r}).")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise ConfigError(f"Unknown optimizer {cfg.optimizer!r}: use adamw or sgd.")
+    """Checks across options (each option alone is checked by check_options / check_method_options)."""
+    if cfg.method_options.get("act_bits") is not None and cfg.method != "bit":
+        raise ConfigError(f"act_bits applies to --method bit (its W1A2 distillation step), not {cfg.method!r}.")

@@ -28,17 +28,19 @@ from torch.utils.data import DataLoader
 from bvit_edge.atomic import sweep_stale
 from bvit_edge.errors import CheckpointError, ConfigError
 from bvit_edge.training.checkpoint import load_model, load_trainer_state, load_weights, read_config, resolve_checkpoint, save_checkpoint
-from bvit_edge.training.config import TrainConfig, resolve_config
+from bvit_edge.training.config import TrainConfig, load_toml, resolve_config
 from bvit_edge.training.distributed import World, all_reduce_mean, barrier, init_world, shard_indices, shutdown
 from bvit_edge.training.methods import get_method
+from bvit_edge.training.run_folder import prepare_run_folder
+from bvit_edge.training.trainer_state import restore_trainer_state
 from bvit_edge.training.schedule import lr_at
 
 
 @dataclass
 class TrainResult:
     out: str
-    best_top1: float
-    last_top1: float
+    best_top1: float | None  # None: no evaluation ran (e.g. stopped before the first epoch ended)
+    last_top1: float | None
     epochs_done: int
     steps: int
     seconds: float
@@ -47,6 +49,7 @@ class TrainResult:
     world_size: int = 1
     base_lr: float = 0.0
     ranks_in_sync: bool | None = None  # distributed runs: every rank ended with identical weights
+    interrupted_by: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run (after saving last/)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,14 +114,21 @@ def train(
     *,
     config_file: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     **overrides: Any,
 ) -> TrainResult:
-    """Train a model as ``bvit-edge train`` does. Keyword arguments are TrainConfig fields."""
+    """Train a model as ``bvit-edge train`` does. Keyword arguments are TrainConfig fields.
+
+    ``out`` is a run folder (bvit_edge.training.run_folder): new or empty, ``resume`` to continue the run in
+    it, ``overwrite`` to replace it; anything else is refused."""
+    explicit: dict[str, Any] = {}
     if isinstance(config, TrainConfig):
         cfg = config
     else:
+        explicit = {**(load_toml(config_file) if config_file else {}), **(config or {}),
+                    **{k: v for k, v in overrides.items() if v is not None}}
         cfg = resolve_config({**(config or {}), **overrides}, config_file)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -128,19 +138,22 @@ def train(
     if not world.is_main:
         log = lambda msg: None  # noqa: E731
     try:
+        run_folder = prepare_run_folder(cfg.out, resume, overwrite, cfg.to_dict(), explicit,
+                                        inputs=(cfg.init, cfg.teacher, cfg.data_root))
         if cfg.method == "gsb" and cfg.stage == "all":
-            return _train_gsb_two_stages(cfg, device, world, resume, progress, log)
+            return _train_gsb_two_stages(cfg, device, world, resume, progress, log, run_folder.claim)
         if cfg.method == "gsb" and cfg.stage == "2" and not cfg.init and not resume:
             raise ConfigError(
                 "A GSB stage-2 run starts from a stage-1 checkpoint: pass --init RUN/stage1 (a `--stage 1` run's "
                 "folder), or use --stage all to run both stages."
             )
-        return _train(cfg, device, world, resume, progress, log)
+        return _train(cfg, device, world, resume, progress, log, run_folder.claim)
     finally:
         shutdown(world)
 
 
-def _train_gsb_two_stages(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None, log: Callable[[str], None]) -> TrainResult:
+def _train_gsb_two_stages(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None,
+                          log: Callable[[str], None], claim: Callable[[], None] | None = None) -> TrainResult:
     """GSB's recipe: stage 1 (binary MLP weights) to OUT/stage1, then stage 2 (full GSB) to OUT/stage2,
     initialised from stage 1's best checkpoint. ``method_options.stage1_epochs`` sets stage 1's length."""
     import dataclasses
@@ -153,25 +166,24 @@ def _train_gsb_two_stages(cfg: TrainConfig, device: torch.device, world: World, 
     r1 = None
     if not (resume and s2_started):
         s1_resume = resume and (out / "stage1" / "last").is_dir()
-        r1 = _train(s1, device, world, s1_resume, progress, log)
+        r1 = _train(s1, device, world, s1_resume, progress, log, claim)
         if r1.stopped_early:
             return r1
-    r2 = _train(s2, device, world, resume and s2_started, progress, log)
+    r2 = _train(s2, device, world, resume and s2_started, progress, log, claim)
     if r1 is not None:
         r2.history = [{**h, "stage": 1} for h in r1.history] + [{**h, "stage": 2} for h in r2.history]
     return r2
 
 
-def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None, log: Callable[[str], None]) -> TrainResult:
+def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None,
+           log: Callable[[str], None], claim: Callable[[], None] | None = None) -> TrainResult:
+    """One training run into ``cfg.out``; ``claim`` (bvit_edge.training.run_folder) is called just before the
+    first write."""
     from bvit_edge.data import AugmentConfig, Normalize, build_train_augment, load_dataset
     from bvit_edge.evaluation import evaluate_model
     from bvit_edge.models import model_default_cfg
 
     out = Path(cfg.out)
-    method = get_method(cfg.method)
-    mcfg = model_default_cfg(cfg.model)
-    image_size = int(cfg.image_size or mcfg["input_size"][-1])
-
     state: dict[str, Any] | None = None
     if resume:
         try:
@@ -179,12 +191,15 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
         except CheckpointError as exc:
             raise CheckpointError(f"--resume: nothing to resume in {out} (no last/ checkpoint). Start without --resume.") from exc
         state = load_trainer_state(last)
-        saved = TrainConfig.from_dict(read_config(last)["train_config"])
+        saved = TrainConfig.from_dict(read_config(last).get("train_config"), f"the train_config of {last}")
         # The run continues with the config it started with; only the stopping point may change.
         saved.max_steps = cfg.max_steps
         saved.threads = cfg.threads
         cfg = saved
         log(f"resuming {out} from epoch {state['epoch']} step {state['step']}")
+    method = get_method(cfg.method)  # of the run's own config when resuming
+    mcfg = model_default_cfg(cfg.model)
+    image_size = int(cfg.image_size or mcfg["input_size"][-1])
 
     _seed_all(cfg.seed)
     splits = load_dataset(cfg.data, root=cfg.data_root, image_size=image_size, per_class=cfg.per_class, seed=cfg.seed, skip_bad=cfg.skip_bad)
@@ -215,13 +230,14 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
     step, start_epoch, skip_batches = 0, 0, 0
     best_top1, history = -1.0, []
     if state is not None:
-        model.load_state_dict(load_weights(out / "last"))
-        opt.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(load_weights(out / "last"))
+        except RuntimeError as exc:  # weights of another shape than the run's own model
+            raise CheckpointError(f"{out / 'last'}: the weights do not fit the model the run was started with "
+                                  f"({str(exc).strip().splitlines()[-1].strip()[:200]}).") from None
+        restore_trainer_state(state, opt, out / "last")
         step, start_epoch, skip_batches = int(state["step"]), int(state["epoch"]), int(state.get("batch_in_epoch", 0))
         best_top1, history = float(state.get("best_top1", -1.0)), list(state.get("history", []))
-        torch.set_rng_state(state["rng_torch"])
-        np.random.set_state(state["rng_numpy"])
-        random.setstate(state["rng_python"])
 
     train_model: nn.Module = model
     if world.distributed:
@@ -255,10 +271,11 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
         if world.is_main:
             save_checkpoint(out / "last", model, {**run_meta, "epoch": epoch, "step": step, "metrics": metrics}, trainer_state(epoch, batch_in_epoch))
 
-    stop = {"flag": False}
+    stop: dict[str, Any] = {"flag": False, "signal": None}
 
     def _on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
         stop["flag"] = True
+        stop["signal"] = signal.Signals(signum).name
 
     old_handlers = {}
     if world.size == 1:
@@ -270,9 +287,11 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
 
     show = progress if progress is not None else sys.stderr.isatty()
     t0 = time.time()
-    last_top1 = history[-1]["val_top1"] if history else float("nan")
+    last_top1 = next((h["val_top1"] for h in reversed(history) if "val_top1" in h), None)
     stopped = False
     if world.is_main:
+        if claim is not None:
+            claim()  # create or replace the run folder now that everything it needs has loaded
         out.mkdir(parents=True, exist_ok=True)
         for name in ("last", "best"):  # what a killed earlier run left half-written (bvit_edge.atomic)
             sweep_stale(out / name)
@@ -352,9 +371,9 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
     return TrainResult(
-        out=str(out), best_top1=best_top1, last_top1=last_top1, epochs_done=len(history), steps=step,
-        seconds=round(time.time() - t0, 2), history=history, stopped_early=stopped, world_size=world.size, base_lr=base_lr,
-        ranks_in_sync=_ranks_in_sync(model, world),
+        out=str(out), best_top1=best_top1 if best_top1 >= 0 else None, last_top1=last_top1, epochs_done=len(history),
+        steps=step, seconds=round(time.time() - t0, 2), history=history, stopped_early=stopped, world_size=world.size,
+        base_lr=base_lr, ranks_in_sync=_ranks_in_sync(model, world), interrupted_by=stop["signal"] if stopped else None,
     )
 
 

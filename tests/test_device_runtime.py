@@ -248,6 +248,35 @@ print(json.dumps({{"top": res["predictions"][0]["top"], "runs": bench["student"]
     assert doc["heavy"] == [] and doc["runs"] == 2 and doc["top"][0][0] in CLASSES
 
 
+def test_board_side_wheel_holds_every_module_its_modules_import():
+    """The import closure of the board-side wheel stays inside it: every ``bvit_edge.*`` module that one of its
+    modules imports (at the top or inside a function, as the loader does for params decoding) is listed in
+    packaging/bvit-edge-runtime. ``bvit_edge/__init__.py`` is skipped: its lazy attributes (train, evaluate,
+    models) belong to the full toolkit and are never touched on a board."""
+    import ast
+
+    cfg = tomllib.loads((RUNTIME_DIST / "pyproject.toml").read_text())
+    mapping = cfg["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    listed = set(_board_modules())
+    missing: dict[str, list[str]] = {}
+    for src, dst in mapping.items():
+        if dst == "bvit_edge/__init__.py":
+            continue
+        tree = ast.parse((RUNTIME_DIST / src).resolve().read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bvit_edge"):
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("bvit_edge")]
+            for name in names:
+                # "from bvit_edge.runtime import device" names a module; "from bvit_edge.errors import X" a symbol
+                is_module = (ROOT / (name.replace("bvit_edge.", "bvit_edge/", 1).replace(".", "/") + ".py")).exists()
+                if (is_module or name == getattr(node, "module", None)) and name not in listed:
+                    missing.setdefault(dst, []).append(name)
+    assert not missing, f"modules imported by the board-side wheel but not listed in its pyproject: {missing}"
+
+
 def test_board_side_wheel_is_built_from_the_trees_own_files(tmp_path):
     """packaging/bvit-edge-runtime builds a wheel holding exactly the listed runtime modules, byte for byte the
     repository's files (no copies to drift), depending on numpy, Pillow and the TVM runtime only, with the

@@ -24,7 +24,7 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -63,9 +63,16 @@ def _console():
 @app.callback()
 def _global_options(
     ctx: typer.Context,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the native libraries' log lines (TVM's C++ "
-                                          "warnings) on stderr; without it they go to a log file "
-                                          "(~/.local/state/bvit-edge/logs). Also BVIT_EDGE_VERBOSE=1.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show the native libraries' log lines (TVM's C++ "
+            "warnings) on stderr; without it they go to a log file "
+            "(~/.local/state/bvit-edge/logs). Also BVIT_EDGE_VERBOSE=1.",
+        ),
+    ] = False,
 ) -> None:
     """Options for every command (before the command's name: `bvit-edge --verbose compile ...`)."""
     from bvit_edge.native_log import native_stderr_to_log, verbose_from_env
@@ -110,60 +117,81 @@ def _emit(result: Any, as_json: bool, human: Any = None) -> None:
         _console().print_json(json.dumps(_json_safe(result), default=str))
 
 
-def _positive(value: Optional[int], option: str) -> None:
+def _positive(value: int | None, option: str) -> None:
     if value is not None and value < 1:
         raise UsageError(f"{option} must be at least 1, got {value}.")
 
 
-_OVERWRITE_HELP = ("Replace --out when it holds anything but this command's earlier output (the whole folder, "
-                   "atomically).")
-_RPC_TIMEOUT_HELP = ("Seconds one RPC call to the board may take before the board counts as stalled (exit 4); "
-                     "default: the target preset's rpc_timeout_s.")
+_OVERWRITE_HELP = (
+    "Replace --out when it holds anything but this command's earlier output (the whole folder, atomically)."
+)
+_RPC_TIMEOUT_HELP = (
+    "Seconds one RPC call to the board may take before the board counts as stalled (exit 4); "
+    "default: the target preset's rpc_timeout_s."
+)
 
 
 # ----------------------------------------------------------------------------------------------- train
 @app.command()
 def train(
-    method: Annotated[Optional[Method], typer.Option(help="Training method (default: fp).", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help="Registered model name (see `bvit-edge models`).")] = None,
-    data: Annotated[Optional[str], typer.Option(
-        help="Data set: digits (built-in, the default), cifar100, imagefolder/flowers102, chaoyang.")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder of a local data set.")] = None,
-    per_class: Annotated[Optional[int], typer.Option(help="Keep N training images per class (limited-sample regime).")] = None,
-    skip_bad: Annotated[bool, typer.Option(help="Leave out corrupt files / bad labels instead of failing (counted).")] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs (before cooldown).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size per process.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: lr_base * batch * world / 512, or the recipe's).")] = None,
-    lr_base: Annotated[Optional[float], typer.Option(help="Base learning rate per 512 images.")] = None,
-    min_lr: Annotated[Optional[float], typer.Option(help="Final learning rate of the cosine schedule.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay.")] = None,
-    warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs.")] = None,
-    cooldown_epochs: Annotated[Optional[int], typer.Option(help="Epochs at min_lr after the cosine.")] = None,
-    drop_path: Annotated[Optional[float], typer.Option(help="Stochastic depth rate.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing of the CE terms.")] = None,
-    augment: Annotated[Optional[str], typer.Option(help="Augmentation preset: deit | light | none.")] = None,
-    amp: Annotated[Optional[bool], typer.Option(help="Mixed precision where the device supports it.")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Defaults preset: gsb (paper) or digits (calibrated).")] = None,
-    teacher: Annotated[Optional[Path], typer.Option(help="Full-precision teacher checkpoint (distillation methods).")] = None,
-    stage: Annotated[Optional[Stage], typer.Option(help="GSB stage: 1, 2 or all (default).",
-                                                   show_default=False)] = None,
-    act_bits: Annotated[Optional[int], typer.Option(help="--method bit: activation bits, 2 for the W1A2 step of BiT's chain FP -> W1A2 -> W1A1 (then train the W1A1 student with --teacher on that run).")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Initialise from this checkpoint (non-strict).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size (default: the model's).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (data order, init, augmentation; 0).")] = None,
-    out: Annotated[Path, typer.Option(
-        help="Run folder: last/, best/, log.jsonl. New or empty, unless --resume or --overwrite.")] = Path("runs/run"),
-    config: Annotated[Optional[Path], typer.Option(help="TOML file of training options (CLI flags win).")] = None,
-    resume: Annotated[bool, typer.Option(
-        help="Continue the run in --out from its last checkpoint (with the options it was started with).")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        help="Replace --out (a finished or unfinished run, or any other folder) with a new run.")] = False,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps.")] = None,
-    save_every_steps: Annotated[Optional[int], typer.Option(help="Also checkpoint every N steps inside an epoch.")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N epochs.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data loader worker processes.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto (default) | cpu | cuda | cuda:N.")] = None,
+    method: Annotated[Method | None, typer.Option(help="Training method (default: fp).", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model name (see `bvit-edge models`).")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data set: digits (built-in, the default), cifar100, imagefolder/flowers102, chaoyang."),
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder of a local data set.")] = None,
+    per_class: Annotated[
+        int | None, typer.Option(help="Keep N training images per class (limited-sample regime).")
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Leave out corrupt files / bad labels instead of failing (counted).")
+    ] = False,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (before cooldown).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size per process.")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate (default: lr_base * batch * world / 512, or the recipe's).")
+    ] = None,
+    lr_base: Annotated[float | None, typer.Option(help="Base learning rate per 512 images.")] = None,
+    min_lr: Annotated[float | None, typer.Option(help="Final learning rate of the cosine schedule.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(help="Linear warm-up epochs.")] = None,
+    cooldown_epochs: Annotated[int | None, typer.Option(help="Epochs at min_lr after the cosine.")] = None,
+    drop_path: Annotated[float | None, typer.Option(help="Stochastic depth rate.")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the CE terms.")] = None,
+    augment: Annotated[str | None, typer.Option(help="Augmentation preset: deit | light | none.")] = None,
+    amp: Annotated[bool | None, typer.Option(help="Mixed precision where the device supports it.")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Defaults preset: gsb (paper) or digits (calibrated).")] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Full-precision teacher checkpoint (distillation methods).")
+    ] = None,
+    stage: Annotated[Stage | None, typer.Option(help="GSB stage: 1, 2 or all (default).", show_default=False)] = None,
+    act_bits: Annotated[
+        int | None,
+        typer.Option(
+            help="--method bit: activation bits, 2 for the W1A2 step of BiT's chain FP -> W1A2 -> W1A1 (then train the W1A1 student with --teacher on that run)."
+        ),
+    ] = None,
+    init: Annotated[Path | None, typer.Option(help="Initialise from this checkpoint (non-strict).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size (default: the model's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (data order, init, augmentation; 0).")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Run folder: last/, best/, log.jsonl. New or empty, unless --resume or --overwrite.")
+    ] = Path("runs/run"),
+    config: Annotated[Path | None, typer.Option(help="TOML file of training options (CLI flags win).")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the run in --out from its last checkpoint (with the options it was started with)."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out (a finished or unfinished run, or any other folder) with a new run.")
+    ] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    save_every_steps: Annotated[int | None, typer.Option(help="Also checkpoint every N steps inside an epoch.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate every N epochs.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data loader worker processes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default) | cpu | cuda | cuda:N.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Train a teacher (--method fp) or a binary student; checkpoints go to --out/{last,best}.
@@ -172,23 +200,48 @@ def train(
     from bvit_edge.training import train as run_train
 
     overrides = dict(
-        method=method.value if method else None, model=model, data=data,
+        method=method.value if method else None,
+        model=model,
+        data=data,
         data_root=str(data_root) if data_root else None,
-        per_class=per_class, skip_bad=skip_bad or None, epochs=epochs, batch_size=batch_size, lr=lr,
-        lr_base=lr_base, min_lr=min_lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-        cooldown_epochs=cooldown_epochs, drop_path=drop_path, label_smoothing=label_smoothing, augment=augment,
-        amp=amp, recipe=recipe, teacher=str(teacher) if teacher else None, stage=stage.value if stage else None,
-        init=str(init) if init else None, image_size=image_size, seed=seed, out=str(out), max_steps=max_steps,
-        save_every_steps=save_every_steps, eval_every=eval_every, workers=workers, threads=threads, device=device,
+        per_class=per_class,
+        skip_bad=skip_bad or None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_base=lr_base,
+        min_lr=min_lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        cooldown_epochs=cooldown_epochs,
+        drop_path=drop_path,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        amp=amp,
+        recipe=recipe,
+        teacher=str(teacher) if teacher else None,
+        stage=stage.value if stage else None,
+        init=str(init) if init else None,
+        image_size=image_size,
+        seed=seed,
+        out=str(out),
+        max_steps=max_steps,
+        save_every_steps=save_every_steps,
+        eval_every=eval_every,
+        workers=workers,
+        threads=threads,
+        device=device,
         method_options={"act_bits": act_bits} if act_bits is not None else None,
     )
     result = run_train(config_file=config, resume=resume, overwrite=overwrite, **overrides)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # torchrun: only rank 0 reports
     if result.interrupted_by:
-        raise Interrupted(f"Training stopped by {result.interrupted_by} at step {result.steps}; the checkpoint "
-                          f"{Path(result.out) / 'last'} is saved.",
-                          hint=f"Continue the run with `bvit-edge train --out {out} --resume`.")
+        raise Interrupted(
+            f"Training stopped by {result.interrupted_by} at step {result.steps}; the checkpoint "
+            f"{Path(result.out) / 'last'} is saved.",
+            hint=f"Continue the run with `bvit-edge train --out {out} --resume`.",
+        )
     if as_json:
         _emit(result, True)
     else:
@@ -203,11 +256,11 @@ def train(
 @app.command("eval")
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder, run folder (uses best/) or .safetensors.")],
-    data: Annotated[Optional[str], typer.Option(help="Data set (default: the checkpoint's).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder of a local data set.")] = None,
+    data: Annotated[str | None, typer.Option(help="Data set (default: the checkpoint's).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder of a local data set.")] = None,
     split: Annotated[str, typer.Option(help="val or train.")] = "val",
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Top-1 / top-5 / per-class accuracy of a checkpoint."""
@@ -217,7 +270,14 @@ def eval_cmd(
 
     _positive(batch_size, "--batch-size")
     _positive(threads, "--threads")
-    res = evaluate(checkpoint, data=data, data_root=str(data_root) if data_root else None, split=split, batch_size=batch_size, threads=threads)
+    res = evaluate(
+        checkpoint,
+        data=data,
+        data_root=str(data_root) if data_root else None,
+        split=split,
+        batch_size=batch_size,
+        threads=threads,
+    )
     table = Table(title=f"{res.model} on {res.data} ({res.split}, {res.num_images} images)")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -253,11 +313,16 @@ class ConvertFrom(str, Enum):
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Checkpoint file to convert (e.g. the GSB authors' .pth).", exists=True, dir_okay=False)],
+    source: Annotated[
+        Path,
+        typer.Argument(help="Checkpoint file to convert (e.g. the GSB authors' .pth).", exists=True, dir_okay=False),
+    ],
     from_: Annotated[ConvertFrom, typer.Option("--from", help="Format of the source.")] = ConvertFrom.gsb_official,
     out: Annotated[Path, typer.Option(help="bvit-edge checkpoint folder to write.")] = Path("converted"),
-    data: Annotated[Optional[str], typer.Option(help="Data set it was trained on (records classes / normalisation).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Data set it was trained on (records classes / normalisation).")
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder of that data set.")] = None,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
@@ -271,7 +336,13 @@ def convert(
         info = load_dataset(data, root=str(data_root) if data_root else None).info
         kw = dict(classes=list(info.classes), mean=tuple(info.mean), std=tuple(info.std))
     rep = convert_to_checkpoint(source, out, overwrite=overwrite, **kw)
-    d = {"out": str(out), "stage": rep.stage, "geometry": rep.geometry, "renamed": len(rep.renamed), "dropped": rep.dropped}
+    d = {
+        "out": str(out),
+        "stage": rep.stage,
+        "geometry": rep.geometry,
+        "renamed": len(rep.renamed),
+        "dropped": rep.dropped,
+    }
     _emit(d, as_json, f"converted {source} (GSB stage {rep.stage}, {len(rep.renamed)} keys renamed) -> {out}")
 
 
@@ -279,8 +350,8 @@ def convert(
 @app.command()
 def summary(
     model: Annotated[str, typer.Argument(help="Registered model name or a checkpoint folder.")],
-    stage: Annotated[Optional[int], typer.Option(help="GSB stage (1 or 2) when MODEL is a gsb_* name.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: the model's).")] = None,
+    stage: Annotated[int | None, typer.Option(help="GSB stage (1 or 2) when MODEL is a gsb_* name.")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="Classes (default: the model's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Per-layer 1/8/32-bit parameters, BOPs and FLOPs, packed bytes and the compression vs the FP teacher."""
@@ -300,6 +371,7 @@ def summary(
         net = create_model(model, **kw)
     res = model_summary(net)
     _emit(res, as_json, res)
+
 
 # ----------------------------------------------------------------------------------------------- export
 class Ops(str, Enum):
@@ -324,16 +396,37 @@ class FloatParams(str, Enum):
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder or run folder (uses best/).")],
-    out: Annotated[Path, typer.Option(help="Output folder: student.<ops>.onnx, teacher.onnx, export.json.")] = Path("export"),
-    ops: Annotated[Ops, typer.Option(help="packed: bvit_edge binary ops with bit-packed weights; standard: standard ONNX ops only; both.")] = Ops.both,
-    teacher: Annotated[Optional[Path], typer.Option(help="Teacher checkpoint (default: the one the student was trained with).")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder: student.<ops>.onnx, teacher.onnx, export.json.")] = Path(
+        "export"
+    ),
+    ops: Annotated[
+        Ops,
+        typer.Option(
+            help="packed: bvit_edge binary ops with bit-packed weights; standard: standard ONNX ops only; both."
+        ),
+    ] = Ops.both,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Teacher checkpoint (default: the one the student was trained with).")
+    ] = None,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the validation.")] = 0.0,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the validation.")] = 1e-5,
     validate: Annotated[bool, typer.Option(help="Validate against the frozen torch model on the val split.")] = True,
-    limit: Annotated[Optional[int], typer.Option(help="Validate on the first N val images only.")] = None,
-    max_outliers: Annotated[int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")] = 0,
-    att_bias: Annotated[Optional[AttBias], typer.Option(help="Storage of GSB's attention bias B: float32, int16, float16, int8 or int4 (integer codes with per-row scales). Default: int16, chosen by measured fidelity.")] = None,
-    float_params: Annotated[Optional[FloatParams], typer.Option(help="Storage of the other float parameters (position embedding, LayerNorm, biases, shifts): float32 or float16.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Validate on the first N val images only.")] = None,
+    max_outliers: Annotated[
+        int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")
+    ] = 0,
+    att_bias: Annotated[
+        AttBias | None,
+        typer.Option(
+            help="Storage of GSB's attention bias B: float32, int16, float16, int8 or int4 (integer codes with per-row scales). Default: int16, chosen by measured fidelity."
+        ),
+    ] = None,
+    float_params: Annotated[
+        FloatParams | None,
+        typer.Option(
+            help="Storage of the other float parameters (position embedding, LayerNorm, biases, shifts): float32 or float16."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -344,9 +437,20 @@ def export(
     if max_outliers < 0:
         raise UsageError(f"--max-outliers must be >= 0, got {max_outliers}.")
     flavours = ("packed", "standard") if ops == Ops.both else (ops.value,)
-    res = export_checkpoint(checkpoint, out, ops=flavours, teacher=teacher, validate=validate, rtol=rtol, atol=atol, limit=limit,
-                            max_outliers=max_outliers, att_bias=att_bias.value if att_bias else None,
-                            float_params=float_params.value if float_params else None, overwrite=overwrite)
+    res = export_checkpoint(
+        checkpoint,
+        out,
+        ops=flavours,
+        teacher=teacher,
+        validate=validate,
+        rtol=rtol,
+        atol=atol,
+        limit=limit,
+        max_outliers=max_outliers,
+        att_bias=att_bias.value if att_bias else None,
+        float_params=float_params.value if float_params else None,
+        overwrite=overwrite,
+    )
     if as_json:
         _emit(res, True)
         return
@@ -358,13 +462,28 @@ def export(
     for flavour, info in res.student.items():
         size, val = res.size.get(flavour, {}), res.validation.get(flavour, {})
         ratio = size.get("compression_ratio")
-        table.add_row(Path(info["path"]).name, f"{info['bytes']:,}", f"{size.get('weights_1bit', 0):,}", f"{size.get('weights_8bit', 0):,}",
-                      f"{size.get('weights_32bit', 0):,}", f"{ratio:.1f}x" if ratio else "-",
-                      f"{val['max_rel_diff']:.2e}" if val else "-", f"{val['top1_agreement'] * 100:.2f}%" if val else "-")
+        table.add_row(
+            Path(info["path"]).name,
+            f"{info['bytes']:,}",
+            f"{size.get('weights_1bit', 0):,}",
+            f"{size.get('weights_8bit', 0):,}",
+            f"{size.get('weights_32bit', 0):,}",
+            f"{ratio:.1f}x" if ratio else "-",
+            f"{val['max_rel_diff']:.2e}" if val else "-",
+            f"{val['top1_agreement'] * 100:.2f}%" if val else "-",
+        )
     if res.teacher:
         val = res.validation.get("teacher", {})
-        table.add_row(Path(res.teacher["path"]).name, f"{res.teacher['bytes']:,}", "", "", "", "1.0x",
-                      f"{val['max_rel_diff']:.2e}" if val else "-", f"{val['top1_agreement'] * 100:.2f}%" if val else "-")
+        table.add_row(
+            Path(res.teacher["path"]).name,
+            f"{res.teacher['bytes']:,}",
+            "",
+            "",
+            "",
+            "1.0x",
+            f"{val['max_rel_diff']:.2e}" if val else "-",
+            f"{val['top1_agreement'] * 100:.2f}%" if val else "-",
+        )
     _console().print(table)
     _storage_table(res.storage)
 
@@ -377,8 +496,10 @@ def _storage_table(storage: dict) -> None:
         return
     fid = storage.get("fidelity") or {}
     keys = list(next(iter(storage["bytes"].values())).keys())
-    table = Table(title=f"storage of the float parameters (this export: att_bias={storage['att_bias']}, "
-                        f"float_params={storage['float_params']})")
+    table = Table(
+        title=f"storage of the float parameters (this export: att_bias={storage['att_bias']}, "
+        f"float_params={storage['float_params']})"
+    )
     table.add_column("att_bias, float_params")
     for flavour in storage["bytes"]:
         table.add_column(f"{flavour} bytes", justify="right")
@@ -386,10 +507,12 @@ def _storage_table(storage: dict) -> None:
     table.add_column("top-1 agree", justify="right")
     for key in keys:
         f = fid.get(key) or {}
-        table.add_row(key.replace("att_bias=", "").replace("float_params=", ""),
-                      *(f"{storage['bytes'][fl][key]:,}" for fl in storage["bytes"]),
-                      f"{f['max_abs_logit_diff']:.3g}" if f else "-",
-                      f"{f['top1_agreement'] * f['n_images']:.0f}/{f['n_images']}" if f else "-")
+        table.add_row(
+            key.replace("att_bias=", "").replace("float_params=", ""),
+            *(f"{storage['bytes'][fl][key]:,}" for fl in storage["bytes"]),
+            f"{f['max_abs_logit_diff']:.3g}" if f else "-",
+            f"{f['top1_agreement'] * f['n_images']:.0f}/{f['n_images']}" if f else "-",
+        )
     _console().print(table)
 
 
@@ -399,8 +522,10 @@ def validate_cmd(
     checkpoint: Annotated[Path, typer.Option(help="The checkpoint it was exported from.")],
     atol: Annotated[float, typer.Option(help="Absolute tolerance.")] = 0.0,
     rtol: Annotated[float, typer.Option(help="Relative tolerance.")] = 1e-5,
-    limit: Annotated[Optional[int], typer.Option(help="First N val images only.")] = None,
-    max_outliers: Annotated[int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="First N val images only.")] = None,
+    max_outliers: Annotated[
+        int, typer.Option(help="Images allowed beyond the tolerance (top-1 must agree on all): threshold ties.")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Check an .onnx against its frozen torch model on the val split: names, shapes, values, top-1 (exit 3)."""
@@ -413,30 +538,61 @@ def validate_cmd(
     model, cfg = _load_frozen(checkpoint)
     x, _ = val_inputs(cfg, limit)
     rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers)
-    _emit(rep, as_json, f"valid: {rep.num_inputs} images, max abs diff {rep.max_abs_diff:.3e}, max rel diff "
-          f"{rep.max_rel_diff:.3e}, top-1 agreement {rep.top1_agreement * 100:.2f}%")
+    _emit(
+        rep,
+        as_json,
+        f"valid: {rep.num_inputs} images, max abs diff {rep.max_abs_diff:.3e}, max rel diff "
+        f"{rep.max_rel_diff:.3e}, top-1 agreement {rep.top1_agreement * 100:.2f}%",
+    )
+
 
 # ---------------------------------------------------------------------------------------------- compile
 @app.command("compile")
 def compile_cmd(
     onnx_path: Annotated[Path, typer.Argument(help="Exported .onnx (student.packed.onnx, or a teacher's plain ONNX).")],
-    target: Annotated[str, typer.Option(help="Target preset (bvit-edge targets list), a .toml file, or a raw TVM target JSON dict.")] = "host",
-    out: Annotated[Path, typer.Option(help="Artifact folder to write (lib.so, params.npz, manifest.json).")] = Path("artifact"),
-    threads: Annotated[Optional[int], typer.Option(help="Default threads recorded for the artifact.")] = None,
-    tune: Annotated[int, typer.Option(help="Re-tune the binary kernels: measure up to N schedule candidates each (0: apply the shipped tuning database).")] = 0,
-    tuning_db: Annotated[Optional[Path], typer.Option(help="Tuning database JSON to apply (over the shipped one) and, with --tune, to update.")] = None,
-    rpc: Annotated[Optional[str], typer.Option(help="With --tune for a board target: time the candidates on the board's RPC server HOST:PORT.")] = None,
-    tracker: Annotated[Optional[str], typer.Option(help="With --tune: get the board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
-    key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
-    fast_math: Annotated[bool, typer.Option("--fast-math/--exact-math", help="Vectorized approximations of exp/erf/softmax (TVM fast_exp, fast_erf; the default) or exact libm calls (scalar: about 2x slower end to end).")] = True,
-    params: Annotated[str, typer.Option(help="Where the weights go: 'file' (params.npz next to lib.so) or 'embedded' (inside lib.so).")] = "file",
-    rpc_timeout: Annotated[Optional[float], typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
+    target: Annotated[
+        str, typer.Option(help="Target preset (bvit-edge targets list), a .toml file, or a raw TVM target JSON dict.")
+    ] = "host",
+    out: Annotated[Path, typer.Option(help="Artifact folder to write (lib.so, params.npz, manifest.json).")] = Path(
+        "artifact"
+    ),
+    threads: Annotated[int | None, typer.Option(help="Default threads recorded for the artifact.")] = None,
+    tune: Annotated[
+        int,
+        typer.Option(
+            help="Re-tune the binary kernels: measure up to N schedule candidates each (0: apply the shipped tuning database)."
+        ),
+    ] = 0,
+    tuning_db: Annotated[
+        Path | None,
+        typer.Option(help="Tuning database JSON to apply (over the shipped one) and, with --tune, to update."),
+    ] = None,
+    rpc: Annotated[
+        str | None,
+        typer.Option(help="With --tune for a board target: time the candidates on the board's RPC server HOST:PORT."),
+    ] = None,
+    tracker: Annotated[
+        str | None, typer.Option(help="With --tune: get the board from a TVM RPC tracker HOST:PORT (with --key).")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
+    fast_math: Annotated[
+        bool,
+        typer.Option(
+            "--fast-math/--exact-math",
+            help="Vectorized approximations of exp/erf/softmax (TVM fast_exp, fast_erf; the default) or exact libm calls (scalar: about 2x slower end to end).",
+        ),
+    ] = True,
+    params: Annotated[
+        str,
+        typer.Option(help="Where the weights go: 'file' (params.npz next to lib.so) or 'embedded' (inside lib.so)."),
+    ] = "file",
+    rpc_timeout: Annotated[float | None, typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Lower an exported model through TVM into native code for a target (our popcount kernels inside)."""
-    from bvit_edge.runtime.compile import compile_model
     from bvit_edge.runtime.artifact import read_manifest
+    from bvit_edge.runtime.compile import compile_model
 
     _positive(threads, "--threads")
 
@@ -466,9 +622,19 @@ def compile_cmd(
 
                 host, port = parse_address(rpc, "--rpc")
                 session = connect(host, port)
-    folder = compile_model(onnx_path, tgt, out, threads=threads, tune=tune, params_storage=params,
-                           tuning_db=tuning_db, session=session, fast_math=fast_math, overwrite=overwrite,
-                           log=None if as_json else (lambda m: typer.echo(m, err=True)))
+    folder = compile_model(
+        onnx_path,
+        tgt,
+        out,
+        threads=threads,
+        tune=tune,
+        params_storage=params,
+        tuning_db=tuning_db,
+        session=session,
+        fast_math=fast_math,
+        overwrite=overwrite,
+        log=None if as_json else (lambda m: typer.echo(m, err=True)),
+    )
     manifest = read_manifest(folder)
     _emit(manifest, as_json, f"compiled {onnx_path} for {manifest.get('target', {}).get('name', target)} -> {folder}")
 
@@ -477,17 +643,22 @@ def compile_cmd(
 @app.command()
 def run(
     model: Annotated[Path, typer.Argument(help="A compiled artifact folder (or an .onnx file, run in onnxruntime).")],
-    image: Annotated[Optional[list[Path]], typer.Option(
-        help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="First N images of the data set only.")] = None,
+    image: Annotated[
+        list[Path] | None, typer.Option(help="Image file(s) or folder(s) of images to classify (PNG/JPEG).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Run on a data set's val split instead (e.g. digits) and report accuracy.")
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder of that data set.")] = None,
+    limit: Annotated[int | None, typer.Option(help="First N images of the data set only.")] = None,
     top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
-    rpc: Annotated[Optional[str], typer.Option(help="Run on a board's RPC server HOST:PORT.")] = None,
-    tracker: Annotated[Optional[str], typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
-    key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
-    rpc_timeout: Annotated[Optional[float], typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
+    rpc: Annotated[str | None, typer.Option(help="Run on a board's RPC server HOST:PORT.")] = None,
+    tracker: Annotated[
+        str | None, typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Board kind registered with the tracker, e.g. rpi4.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads.")] = None,
+    rpc_timeout: Annotated[float | None, typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Run an artifact on images or a data set and print the top-k classes (and accuracy on a data set)."""
@@ -497,8 +668,17 @@ def run(
         raise UsageError("Give --image FILE (one or more) or --data NAME to run on.")
     _positive(threads, "--threads")
     with _rpc_call_timeout(rpc_timeout, model if (rpc or tracker) else None):
-        res = predict(model, images=image or None, data=data, data_root=str(data_root) if data_root else None,
-                      limit=limit, top_k=top_k, rpc=rpc, threads=threads, session=_tracker_session(tracker, key))
+        res = predict(
+            model,
+            images=image or None,
+            data=data,
+            data_root=str(data_root) if data_root else None,
+            limit=limit,
+            top_k=top_k,
+            rpc=rpc,
+            threads=threads,
+            session=_tracker_session(tracker, key),
+        )
     if as_json:
         _emit(res, True)
         return
@@ -511,8 +691,10 @@ def run(
         a = res["accuracy"]
         _console().print(f"top-1 {a['top1'] * 100:.2f}%  top-5 {a['top5'] * 100:.2f}% on {res['num_images']} images")
 
-@app.command("device", add_help_option=False,
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+
+@app.command(
+    "device", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def device(ctx: typer.Context) -> None:
     """Run an artifact on this machine with the board-side runtime: run | bench | check | info (= bvit-edge-device)."""
     from bvit_edge.runtime.device_cli import main as device_main
@@ -536,16 +718,37 @@ def targets_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     rows = []
     for name in list_targets():
         spec = load_target(name)
-        rows.append({**{k: v for k, v in spec.to_dict().items() if k in ("name", "arch", "family", "word_bits", "threads", "cross_compiler")}, **availability(spec)})
+        rows.append(
+            {
+                **{
+                    k: v
+                    for k, v in spec.to_dict().items()
+                    if k in ("name", "arch", "family", "word_bits", "threads", "cross_compiler")
+                },
+                **availability(spec),
+            }
+        )
     if as_json:
         _emit(rows, True)
         return
     from bvit_edge.terminal import print_rows
 
-    print_rows(("name", "arch", "family", "word bits", "threads", "compiler", "runs natively"),
-               [(r["name"], r["arch"], r["family"], r["word_bits"], r["threads"],
-                 (r.get("cross_compiler") or "host") + ("" if r["compiler_found"] else " (missing)"),
-                 "yes" if r["runs_natively"] else "no") for r in rows], title="bvit-edge targets")
+    print_rows(
+        ("name", "arch", "family", "word bits", "threads", "compiler", "runs natively"),
+        [
+            (
+                r["name"],
+                r["arch"],
+                r["family"],
+                r["word_bits"],
+                r["threads"],
+                (r.get("cross_compiler") or "host") + ("" if r["compiler_found"] else " (missing)"),
+                "yes" if r["runs_natively"] else "no",
+            )
+            for r in rows
+        ],
+        title="bvit-edge targets",
+    )
 
 
 @targets_app.command("show")
@@ -562,7 +765,9 @@ def targets_show(
 
 
 # ------------------------------------------------------------------------------------------------ board
-board_app = typer.Typer(help="The emulated aarch64 board (qemu user mode + TVM RPC on 127.0.0.1).", no_args_is_help=True)
+board_app = typer.Typer(
+    help="The emulated aarch64 board (qemu user mode + TVM RPC on 127.0.0.1).", no_args_is_help=True
+)
 app.add_typer(board_app, name="board")
 
 
@@ -571,7 +776,7 @@ def board_emulate(
     arch: Annotated[str, typer.Option(help="Board architecture.")] = "aarch64",
     rebuild: Annotated[bool, typer.Option(help="Rebuild the cached root file system and wheels.")] = False,
     port: Annotated[int, typer.Option(help="RPC port on 127.0.0.1 (the next free one is used if taken).")] = 9090,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder (default ~/.cache/bvit-edge/board).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder (default ~/.cache/bvit-edge/board).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Build (once) and start the emulated board; prints where its RPC server listens."""
@@ -584,7 +789,7 @@ def board_emulate(
 @board_app.command("status")
 def board_status(
     arch: Annotated[str, typer.Option(help="Board architecture.")] = "aarch64",
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
     """Whether the emulated board is built and serving."""
@@ -596,7 +801,7 @@ def board_status(
 @board_app.command("stop")
 def board_stop(
     arch: Annotated[str, typer.Option(help="Board architecture.")] = "aarch64",
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
 ) -> None:
     """Stop the emulated board's RPC server (by its recorded PID)."""
     from bvit_edge.targets import board
@@ -609,28 +814,56 @@ def board_stop(
 @app.command()
 def bench(
     student: Annotated[Path, typer.Argument(help="Compiled student artifact folder (bvit-edge compile).")],
-    teacher_onnx: Annotated[Optional[Path], typer.Option(help="Teacher .onnx (run in onnxruntime locally).")] = None,
-    teacher_artifact: Annotated[Optional[Path], typer.Option(help="Teacher compiled for the same target (needed over RPC).")] = None,
-    student_onnx: Annotated[Optional[Path], typer.Option(help="The student's .onnx, for its 1/8/32-bit weight counts.")] = None,
-    teacher_int8_onnx: Annotated[Optional[Path], typer.Option(help="The teacher quantized by onnxruntime (default: made from --teacher-onnx with quantize_dynamic for this run).")] = None,
-    int8_teacher: Annotated[bool, typer.Option("--int8-teacher/--no-int8-teacher", help="Also measure the teacher quantized to int8 by onnxruntime (locally).")] = True,
-    rounds: Annotated[int, typer.Option(help="Alternating blocks: the models take turns, each block after its own warm-up.")] = 5,
-    target: Annotated[Optional[str], typer.Option(help="Target the artifacts must be built for (default: the student's).")] = None,
-    rpc: Annotated[Optional[str], typer.Option(help="Board RPC server HOST:PORT (an emulated board is labelled emulated).")] = None,
-    tracker: Annotated[Optional[str], typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")] = None,
-    key: Annotated[Optional[str], typer.Option(help="Board kind registered with the tracker.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Also measure accuracy and fidelity on this data set's val split.")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder of that data set.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Accuracy on the first N val images only.")] = None,
-    report_dir: Annotated[Optional[Path], typer.Option("--report", help="Write report.json, report.md and PNG plots here.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Threads for both models.")] = None,
+    teacher_onnx: Annotated[Path | None, typer.Option(help="Teacher .onnx (run in onnxruntime locally).")] = None,
+    teacher_artifact: Annotated[
+        Path | None, typer.Option(help="Teacher compiled for the same target (needed over RPC).")
+    ] = None,
+    student_onnx: Annotated[
+        Path | None, typer.Option(help="The student's .onnx, for its 1/8/32-bit weight counts.")
+    ] = None,
+    teacher_int8_onnx: Annotated[
+        Path | None,
+        typer.Option(
+            help="The teacher quantized by onnxruntime (default: made from --teacher-onnx with quantize_dynamic for this run)."
+        ),
+    ] = None,
+    int8_teacher: Annotated[
+        bool,
+        typer.Option(
+            "--int8-teacher/--no-int8-teacher",
+            help="Also measure the teacher quantized to int8 by onnxruntime (locally).",
+        ),
+    ] = True,
+    rounds: Annotated[
+        int, typer.Option(help="Alternating blocks: the models take turns, each block after its own warm-up.")
+    ] = 5,
+    target: Annotated[
+        str | None, typer.Option(help="Target the artifacts must be built for (default: the student's).")
+    ] = None,
+    rpc: Annotated[
+        str | None, typer.Option(help="Board RPC server HOST:PORT (an emulated board is labelled emulated).")
+    ] = None,
+    tracker: Annotated[
+        str | None, typer.Option(help="Get a board from a TVM RPC tracker HOST:PORT (with --key).")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Board kind registered with the tracker.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Also measure accuracy and fidelity on this data set's val split.")
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder of that data set.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Accuracy on the first N val images only.")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report", help="Write report.json, report.md and PNG plots here.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for both models.")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up runs (discarded, counted).")] = 5,
     runs: Annotated[int, typer.Option(help="Timed runs.")] = 50,
     seed: Annotated[int, typer.Option(help="Seed of the input image.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Write the result JSON here.")] = None,
-    rpc_timeout: Annotated[Optional[float], typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
-    overwrite: Annotated[bool, typer.Option(
-        help="Replace the --report folder when it holds anything but an earlier report.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the result JSON here.")] = None,
+    rpc_timeout: Annotated[float | None, typer.Option(help=_RPC_TIMEOUT_HELP)] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the --report folder when it holds anything but an earlier report.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Latency of a student artifact vs its teacher on one target (batch 1, same process run)."""
@@ -643,25 +876,50 @@ def bench(
         check_output_folder(report_dir, "report", overwrite, option="--report")  # at once, not after the runs
     with _rpc_call_timeout(rpc_timeout, student if (rpc or tracker) else None):
         session = _tracker_session(tracker, key)
-        res = run_bench(student, teacher_onnx=teacher_onnx, teacher_artifact=teacher_artifact, target=target,
-                        threads=threads, rpc=session if session is not None else rpc, warmup=warmup, runs=runs,
-                        seed=seed, student_onnx=student_onnx, emulated=False if session is not None else None,
-                        teacher_int8_onnx=teacher_int8_onnx, int8_teacher=int8_teacher, rounds=rounds)
+        res = run_bench(
+            student,
+            teacher_onnx=teacher_onnx,
+            teacher_artifact=teacher_artifact,
+            target=target,
+            threads=threads,
+            rpc=session if session is not None else rpc,
+            warmup=warmup,
+            runs=runs,
+            seed=seed,
+            student_onnx=student_onnx,
+            emulated=False if session is not None else None,
+            teacher_int8_onnx=teacher_int8_onnx,
+            int8_teacher=int8_teacher,
+            rounds=rounds,
+        )
         if out is not None:
             res.save(out)
         if report_dir is not None:
             from bvit_edge.pipeline import bench_report
 
-            bench_report(res, report_dir, student, teacher_onnx=teacher_onnx, student_onnx=student_onnx, data=data,
-                         data_root=str(data_root) if data_root else None, limit=limit, rpc=rpc, session=session,
-                         teacher_int8_onnx=teacher_int8_onnx, overwrite=overwrite)
+            bench_report(
+                res,
+                report_dir,
+                student,
+                teacher_onnx=teacher_onnx,
+                student_onnx=student_onnx,
+                data=data,
+                data_root=str(data_root) if data_root else None,
+                limit=limit,
+                rpc=rpc,
+                session=session,
+                teacher_int8_onnx=teacher_int8_onnx,
+                overwrite=overwrite,
+            )
     d = res.to_dict()
     if as_json:
         _emit(d, True)
         return
     from rich.table import Table
 
-    table = Table(title=f"bench on {(d.get('target') or {}).get('name', '?')} ({d.get('timing_kind', '?')}, {d.get('threads')} threads)")
+    table = Table(
+        title=f"bench on {(d.get('target') or {}).get('name', '?')} ({d.get('timing_kind', '?')}, {d.get('threads')} threads)"
+    )
     for col in ("model", "median ms", "p90 ms", "min ms", "runs"):
         table.add_column(col)
     for role, label in (("student", "student"), ("teacher", "teacher"), ("teacher_int8", "teacher int8 (onnxruntime)")):
@@ -674,15 +932,24 @@ def bench(
     if d.get("ratio_teacher_int8_over_student_median") is not None:
         _console().print(f"int8 teacher / student median: {d['ratio_teacher_int8_over_student_median']:.2f}x")
 
+
 # ----------------------------------------------------------------------------------------------- report
 @app.command()
 def report(
-    json_paths: Annotated[list[Path], typer.Argument(help="Report JSON document(s), and/or bench JSON files (e.g. "
-                                                     "from bvit-edge-device bench on a board) to merge into it.",
-                                                     exists=True, dir_okay=False)],
+    json_paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Report JSON document(s), and/or bench JSON files (e.g. "
+            "from bvit-edge-device bench on a board) to merge into it.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output folder for report.md and the PNG plots.")] = Path("report"),
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {kind: path} of the written files as JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {kind: path} of the written files as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Render a report JSON to Markdown and PNG plots (latency, size by precision, accuracy vs latency); several
     files (the host's report and boards' bench JSONs) are merged into one report first (OUT/report.json)."""
@@ -713,23 +980,35 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bvit-edge-demo"),
     quick: Annotated[bool, typer.Option(help="A shorter run (~3 minutes) with fewer epochs.")] = False,
-    per_class: Annotated[int, typer.Option(help="Training images per class for the GSB student (limited samples).")] = 30,
-    board: Annotated[bool, typer.Option(help="Run the aarch64 artifact on the emulated board (builds it once).")] = True,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
-    deit_s: Annotated[bool, typer.Option("--deit-s/--no-deit-s", help="Add the DeiT-S-geometry row (random non-zero weights: compile, bench and size vs DeiT-S fp32/int8 in onnxruntime; a few minutes).")] = True,
-    overwrite: Annotated[bool, typer.Option(
-        help="Replace --out when it is not a demo folder (a demo folder is resumed).")] = False,
+    per_class: Annotated[
+        int, typer.Option(help="Training images per class for the GSB student (limited samples).")
+    ] = 30,
+    board: Annotated[
+        bool, typer.Option(help="Run the aarch64 artifact on the emulated board (builds it once).")
+    ] = True,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    deit_s: Annotated[
+        bool,
+        typer.Option(
+            "--deit-s/--no-deit-s",
+            help="Add the DeiT-S-geometry row (random non-zero weights: compile, bench and size vs DeiT-S fp32/int8 in onnxruntime; a few minutes).",
+        ),
+    ] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out when it is not a demo folder (a demo folder is resumed).")
+    ] = False,
 ) -> None:
     """The whole pipeline on the built-in digits data (what `make demo` runs); re-running resumes."""
     from bvit_edge.demo import run_demo
 
     _positive(per_class, "--per-class")
     _positive(threads, "--threads")
-    run_demo(out=out, quick=quick, threads=threads, per_class=per_class, board=board, deit_s=deit_s,
-             overwrite=overwrite)
+    run_demo(
+        out=out, quick=quick, threads=threads, per_class=per_class, board=board, deit_s=deit_s, overwrite=overwrite
+    )
 
 
-def _tracker_session(tracker: Optional[str], key: Optional[str]) -> Any:
+def _tracker_session(tracker: str | None, key: str | None) -> Any:
     """An RPC session from a tracker (--tracker HOST:PORT --key KIND), or None without --tracker."""
     if tracker is None:
         if key is not None:
@@ -744,7 +1023,7 @@ def _tracker_session(tracker: Optional[str], key: Optional[str]) -> Any:
     return connect_tracker(host, port, key)
 
 
-def _rpc_call_timeout(seconds: Optional[float], artifact: Optional[Path]) -> Any:
+def _rpc_call_timeout(seconds: float | None, artifact: Path | None) -> Any:
     """The per-call RPC timeout for sessions opened inside: --rpc-timeout, else the artifact's target preset
     (its manifest), else the default. A no-op context when nothing runs over RPC (``artifact`` None)."""
     import contextlib
@@ -764,7 +1043,7 @@ def _split(message: str) -> tuple[str, str]:
     return (parts[0] + ".", parts[1].strip()) if len(parts) == 2 else (message.strip(), "")
 
 
-def _stall() -> Optional[str]:
+def _stall() -> str | None:
     """The message of a board that stopped answering during this command, if any RPC session stalled."""
     mod = sys.modules.get("bvit_edge.targets.rpc")
     return mod.stalled() if mod is not None else None
@@ -779,7 +1058,7 @@ def _isolate_stdout() -> None:
     os.dup2(2, 1)
 
 
-def _fail(message: str, exit_code: int, as_json: bool, hint: Optional[str] = None) -> None:
+def _fail(message: str, exit_code: int, as_json: bool, hint: str | None = None) -> None:
     """Report an error (on stderr; with --json also as one JSON object on stdout) and exit with its code."""
     problem, rest = (message.strip(), hint) if hint is not None else _split(message)
     hint = rest
@@ -809,8 +1088,9 @@ def main() -> None:
             _write_json({"error": "No command given.", "exit_code": exc.exit_code, "hint": "Run `bvit-edge --help`."})
         sys.exit(exc.exit_code)
     except _click.exceptions.ClickException as exc:  # bad options and arguments
-        _fail(exc.format_message(), exc.exit_code, as_json,
-              hint="Run `bvit-edge --help`, or `bvit-edge COMMAND --help`.")
+        _fail(
+            exc.format_message(), exc.exit_code, as_json, hint="Run `bvit-edge --help`, or `bvit-edge COMMAND --help`."
+        )
     except _click.exceptions.Abort:
         _fail("Interrupted.", 130, as_json, hint="")
     except BvitEdgeError as exc:
@@ -824,8 +1104,13 @@ def main() -> None:
         if stall is not None:  # TVM's own error for the connection the relay closed
             _fail(stall, 4, as_json)
         if as_json:  # a bug: the traceback goes to stderr, stdout still gets its one JSON object
-            _write_json({"error": f"internal error: {type(exc).__name__}: {exc}", "exit_code": 1,
-                         "hint": "This is a bug in bvit-edge; the traceback is on stderr."})
+            _write_json(
+                {
+                    "error": f"internal error: {type(exc).__name__}: {exc}",
+                    "exit_code": 1,
+                    "hint": "This is a bug in bvit-edge; the traceback is on stderr.",
+                }
+            )
         raise
     sys.exit(rv if isinstance(rv, int) else 0)
 

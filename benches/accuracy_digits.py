@@ -46,8 +46,9 @@ def _run(out: Path, **kw) -> dict:
     return {"top1": cfg["metrics"]["val_top1"], "top5": cfg["metrics"].get("val_top5"), "epoch": cfg["epoch"]}
 
 
-def run_regime(root: Path, per_class: int | None, seed: int, epochs: int, teacher_epochs: int, threads: int,
-               eval_every: int) -> dict[str, dict]:
+def run_regime(
+    root: Path, per_class: int | None, seed: int, epochs: int, teacher_epochs: int, threads: int, eval_every: int
+) -> dict[str, dict]:
     common = dict(data="digits", per_class=per_class, seed=seed, threads=threads, epochs=epochs, eval_every=eval_every)
     res: dict[str, dict] = {}
     teacher = root / "fp"
@@ -74,19 +75,33 @@ def _fmt(values: list[float]) -> str:
 
 def render(doc: dict, out: Path) -> None:
     regimes = list(doc["regimes"])
-    lines = ["# Digits accuracy (val top-1 %, mean ± std over seeds " + ", ".join(map(str, doc["seeds"])) + ")", "",
-             "| model | " + " | ".join(regimes) + " |", "|---|" + "---|" * len(regimes)]
+    lines = [
+        "# Digits accuracy (val top-1 %, mean ± std over seeds " + ", ".join(map(str, doc["seeds"])) + ")",
+        "",
+        "| model | " + " | ".join(regimes) + " |",
+        "|---|" + "---|" * len(regimes),
+    ]
     for key, label in ROWS:
         cells = []
         for r in regimes:
-            vals = [doc["regimes"][r]["runs"][str(s)][key]["top1"] for s in doc["seeds"] if str(s) in doc["regimes"][r]["runs"]]
+            vals = [
+                doc["regimes"][r]["runs"][str(s)][key]["top1"]
+                for s in doc["seeds"]
+                if str(s) in doc["regimes"][r]["runs"]
+            ]
             cells.append(_fmt(vals) if vals else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     ep = doc["epochs"]
-    lines += ["", "Epochs: " + "; ".join(f"{r}: students {e[0]} (per GSB stage), teacher {e[1]}"
-                                         for r, e in zip(regimes, (ep["full"], ep["limited"])))
-              + f". Limited regime: {doc['per_class']} images per class. {doc['seconds']:.0f} s in all "
-              f"({doc.get('threads', '?')} thread(s)). Command: `{doc['command']}`."]
+    lines += [
+        "",
+        "Epochs: "
+        + "; ".join(
+            f"{r}: students {e[0]} (per GSB stage), teacher {e[1]}"
+            for r, e in zip(regimes, (ep["full"], ep["limited"]))
+        )
+        + f". Limited regime: {doc['per_class']} images per class. {doc['seconds']:.0f} s in all "
+        f"({doc.get('threads', '?')} thread(s)). Command: `{doc['command']}`.",
+    ]
     (out / "accuracy_digits.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -99,7 +114,11 @@ def render(doc: dict, out: Path) -> None:
     for i, r in enumerate(regimes):
         means, errs = [], []
         for key, _ in ROWS:
-            vals = [doc["regimes"][r]["runs"][str(s)][key]["top1"] * 100 for s in doc["seeds"] if str(s) in doc["regimes"][r]["runs"]]
+            vals = [
+                doc["regimes"][r]["runs"][str(s)][key]["top1"] * 100
+                for s in doc["seeds"]
+                if str(s) in doc["regimes"][r]["runs"]
+            ]
             means.append(statistics.mean(vals) if vals else 0)
             errs.append(statistics.stdev(vals) if len(vals) > 1 else 0)
         ax.bar([j + i * width for j in range(len(ROWS))], means, width, yerr=errs, capsize=3, label=r)
@@ -119,7 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--epochs-full", type=int, default=60, help="student epochs (per GSB stage), full data")
     p.add_argument("--epochs-limited", type=int, default=300, help="student epochs (per GSB stage), N per class")
-    p.add_argument("--teacher-epochs-full", type=int, default=None, help="teacher epochs, full data (default: as students)")
+    p.add_argument(
+        "--teacher-epochs-full", type=int, default=None, help="teacher epochs, full data (default: as students)"
+    )
     p.add_argument("--teacher-epochs-limited", type=int, default=None, help="teacher epochs, N per class")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate on val every N epochs (and at the end)")
     p.add_argument("--threads", type=int, default=2)
@@ -135,20 +156,29 @@ def main(argv: list[str] | None = None) -> None:
     a.teacher_epochs_limited = a.teacher_epochs_limited or a.epochs_limited
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    doc = {"schema_version": 1, "seeds": a.seeds, "per_class": a.per_class,
-           "epochs": {"full": [a.epochs_full, a.teacher_epochs_full],
-                      "limited": [a.epochs_limited, a.teacher_epochs_limited]},
-           "eval_every": a.eval_every, "threads": a.threads,
-           "command": "python benches/accuracy_digits.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "regimes": {"full": {"runs": {}}, f"{a.per_class}/class": {"runs": {}}}}
+    doc = {
+        "schema_version": 1,
+        "seeds": a.seeds,
+        "per_class": a.per_class,
+        "epochs": {
+            "full": [a.epochs_full, a.teacher_epochs_full],
+            "limited": [a.epochs_limited, a.teacher_epochs_limited],
+        },
+        "eval_every": a.eval_every,
+        "threads": a.threads,
+        "command": "python benches/accuracy_digits.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "regimes": {"full": {"runs": {}}, f"{a.per_class}/class": {"runs": {}}},
+    }
     for seed in a.seeds:
         for regime, per_class, epochs, t_epochs in (
-                ("full", None, a.epochs_full, a.teacher_epochs_full),
-                (f"{a.per_class}/class", a.per_class, a.epochs_limited, a.teacher_epochs_limited)):
+            ("full", None, a.epochs_full, a.teacher_epochs_full),
+            (f"{a.per_class}/class", a.per_class, a.epochs_limited, a.teacher_epochs_limited),
+        ):
             print(f"== {regime}, seed {seed}", file=sys.stderr, flush=True)
             root = a.out / "runs" / regime.replace("/", "_per_") / f"seed{seed}"
-            doc["regimes"][regime]["runs"][str(seed)] = run_regime(root, per_class, seed, epochs, t_epochs, a.threads,
-                                                                    a.eval_every)
+            doc["regimes"][regime]["runs"][str(seed)] = run_regime(
+                root, per_class, seed, epochs, t_epochs, a.threads, a.eval_every
+            )
             doc["seconds"] = time.time() - t0
             (a.out / "accuracy_digits.json").write_text(json.dumps(doc, indent=2) + "\n")
             render(doc, a.out)

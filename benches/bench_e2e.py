@@ -62,12 +62,17 @@ def export_models(tmp: Path, student: str, teacher: str, seed: int = 0) -> dict[
     q = quantize_teacher(tp, ip)
     rep = size_report(sp, tp, state_names(s))
     heads, tokens = s.blocks[0].attn.num_heads, s.blocks[0].attn.num_tokens
-    return {"student_onnx": sp, "teacher_onnx": tp, "teacher_int8_onnx": ip, "storage": res.storage,
-            "storage_bytes": rep.storage_bytes, "weights": {k: getattr(rep, k) for k in
-                                                            ("weights_1bit", "weights_8bit", "weights_16bit",
-                                                             "weights_32bit")},
-            "int8_teacher": q.to_dict(), "att_bias_shape": [heads, tokens, tokens],
-            "export_s": time.perf_counter() - t0}
+    return {
+        "student_onnx": sp,
+        "teacher_onnx": tp,
+        "teacher_int8_onnx": ip,
+        "storage": res.storage,
+        "storage_bytes": rep.storage_bytes,
+        "weights": {k: getattr(rep, k) for k in ("weights_1bit", "weights_8bit", "weights_16bit", "weights_32bit")},
+        "int8_teacher": q.to_dict(),
+        "att_bias_shape": [heads, tokens, tokens],
+        "export_s": time.perf_counter() - t0,
+    }
 
 
 def check_att_bias_kept(art: Path, shape: list[int]) -> list[str]:
@@ -105,8 +110,9 @@ def profile_ops(vm: Any, x: Any, params: list[Any], repeats: int = 5) -> list[di
                 per[k].append((v, calls[k]))
     finally:
         vm.set_instrument(lambda *a: 0)
-    rows = [{"op": k, "ms": float(np.median([v for v, _ in vals]) * 1e3), "calls": vals[0][1]}
-            for k, vals in per.items()]
+    rows = [
+        {"op": k, "ms": float(np.median([v for v, _ in vals]) * 1e3), "calls": vals[0][1]} for k, vals in per.items()
+    ]
     total = sum(r["ms"] for r in rows) or 1.0
     for r in rows:
         r["share_pct"] = 100.0 * r["ms"] / total
@@ -119,9 +125,14 @@ def group_of(op: str) -> str:
         return "binary linear (qkv/proj/fc1/fc2)"
     if "binary_matmul" in op:
         return "binary attention products"
-    for key, label in (("layer_norm", "LayerNorm"), ("softmax", "softmax"), ("erf", "GELU+clip"),
-                       ("conv2d", "patch embedding"), ("matmul", "float matmul (patch embedding, heads)"),
-                       ("quantize", "8-bit quant/dequant")):
+    for key, label in (
+        ("layer_norm", "LayerNorm"),
+        ("softmax", "softmax"),
+        ("erf", "GELU+clip"),
+        ("conv2d", "patch embedding"),
+        ("matmul", "float matmul (patch embedding, heads)"),
+        ("quantize", "8-bit quant/dequant"),
+    ):
         if key in op:
             return label
     if op.startswith("vm.") or "alloc" in op or "kill" in op:
@@ -156,8 +167,9 @@ def run_pair(key: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print(f"== {student} vs {teacher} (fp32 and int8 in onnxruntime), batch 1", flush=True)
     files = export_models(tmp, student, teacher, args.seed)
     t0 = time.perf_counter()
-    art = compile_model(files["student_onnx"], "host", tmp / f"{student}_host", fast_math=args.fast_math,
-                        tune=args.tune)
+    art = compile_model(
+        files["student_onnx"], "host", tmp / f"{student}_host", fast_math=args.fast_math, tune=args.tune
+    )
     compile_s = time.perf_counter() - t0
     kept = check_att_bias_kept(art, files["att_bias_shape"])
     from bvit_edge.runtime.artifact import read_manifest
@@ -167,32 +179,60 @@ def run_pair(key: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     t_onnx = files["teacher_onnx"].stat().st_size
     i_onnx = files["teacher_int8_onnx"].stat().st_size
     a_total = a_sizes["total_bytes"]
-    sizes = {"student_onnx_bytes": s_onnx, "student_artifact": a_sizes, "teacher_fp32_onnx_bytes": t_onnx,
-             "teacher_int8_onnx_bytes": i_onnx,
-             "fp32_onnx_over_student_onnx": t_onnx / s_onnx, "fp32_onnx_over_student_artifact": t_onnx / a_total,
-             "int8_onnx_over_student_onnx": i_onnx / s_onnx, "int8_onnx_over_student_artifact": i_onnx / a_total,
-             "student_onnx_bytes_by_storage": files["storage_bytes"], "student_weights": files["weights"],
-             "att_bias_in_params_npz": kept}
-    print(f"  sizes: GSB ONNX {_mb(s_onnx)}, artifact {_mb(a_total)} (lib.so {_mb(a_sizes['lib_bytes'])} "
-          f"+ params.npz {_mb(a_sizes['params_bytes'])}; B in params.npz: {kept[0]}) | fp32 ONNX {_mb(t_onnx)}: "
-          f"{sizes['fp32_onnx_over_student_onnx']:.1f}x / {sizes['fp32_onnx_over_student_artifact']:.1f}x smaller | "
-          f"int8 ONNX {_mb(i_onnx)}: {sizes['int8_onnx_over_student_onnx']:.1f}x / "
-          f"{sizes['int8_onnx_over_student_artifact']:.1f}x smaller (ONNX / artifact)", flush=True)
+    sizes = {
+        "student_onnx_bytes": s_onnx,
+        "student_artifact": a_sizes,
+        "teacher_fp32_onnx_bytes": t_onnx,
+        "teacher_int8_onnx_bytes": i_onnx,
+        "fp32_onnx_over_student_onnx": t_onnx / s_onnx,
+        "fp32_onnx_over_student_artifact": t_onnx / a_total,
+        "int8_onnx_over_student_onnx": i_onnx / s_onnx,
+        "int8_onnx_over_student_artifact": i_onnx / a_total,
+        "student_onnx_bytes_by_storage": files["storage_bytes"],
+        "student_weights": files["weights"],
+        "att_bias_in_params_npz": kept,
+    }
+    print(
+        f"  sizes: GSB ONNX {_mb(s_onnx)}, artifact {_mb(a_total)} (lib.so {_mb(a_sizes['lib_bytes'])} "
+        f"+ params.npz {_mb(a_sizes['params_bytes'])}; B in params.npz: {kept[0]}) | fp32 ONNX {_mb(t_onnx)}: "
+        f"{sizes['fp32_onnx_over_student_onnx']:.1f}x / {sizes['fp32_onnx_over_student_artifact']:.1f}x smaller | "
+        f"int8 ONNX {_mb(i_onnx)}: {sizes['int8_onnx_over_student_onnx']:.1f}x / "
+        f"{sizes['int8_onnx_over_student_artifact']:.1f}x smaller (ONNX / artifact)",
+        flush=True,
+    )
     for choice, b in (files["storage_bytes"] or {}).items():
         print(f"    student ONNX with {choice}: {_mb(b)} ({t_onnx / b:.1f}x fp32, {i_onnx / b:.1f}x int8)")
     results = []
     for th in args.threads:
-        r = bench(art, teacher_onnx=files["teacher_onnx"], teacher_int8_onnx=files["teacher_int8_onnx"], threads=th,
-                  warmup=args.warmup, runs=args.runs, rounds=args.rounds, student_onnx=files["student_onnx"]).to_dict()
+        r = bench(
+            art,
+            teacher_onnx=files["teacher_onnx"],
+            teacher_int8_onnx=files["teacher_int8_onnx"],
+            threads=th,
+            warmup=args.warmup,
+            runs=args.runs,
+            rounds=args.rounds,
+            student_onnx=files["student_onnx"],
+        ).to_dict()
         for side in ("student", "teacher", "teacher_int8"):
             r[side]["steady"].pop("samples_ms", None)
         s, t, i = (r[k]["steady"]["median_ms"] for k in ("student", "teacher", "teacher_int8"))
-        row = {"threads": th, "student_tvm": r["student"]["steady"], "teacher_ort_fp32": r["teacher"]["steady"],
-               "teacher_ort_int8": r["teacher_int8"]["steady"], "speedup_vs_fp32": t / s, "speedup_vs_int8": i / s,
-               "affinity": r["affinity"], "rounds": r["protocol"]["rounds"]}
+        row = {
+            "threads": th,
+            "student_tvm": r["student"]["steady"],
+            "teacher_ort_fp32": r["teacher"]["steady"],
+            "teacher_ort_int8": r["teacher_int8"]["steady"],
+            "speedup_vs_fp32": t / s,
+            "speedup_vs_int8": i / s,
+            "affinity": r["affinity"],
+            "rounds": r["protocol"]["rounds"],
+        }
         results.append(row)
-        print(f"  threads={th}: GSB (TVM) {s:.2f} ms | fp32 (ORT) {t:.2f} ms -> {t / s:.1f}x | int8 (ORT) {i:.2f} ms "
-              f"-> {i / s:.1f}x", flush=True)
+        print(
+            f"  threads={th}: GSB (TVM) {s:.2f} ms | fp32 (ORT) {t:.2f} ms -> {t / s:.1f}x | int8 (ORT) {i:.2f} ms "
+            f"-> {i / s:.1f}x",
+            flush=True,
+        )
     loaded = load_artifact(art, threads=1)
     shape = loaded.manifest["input"]["shape"]
     x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
@@ -202,9 +242,18 @@ def run_pair(key: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print("  per-op profile at 1 thread (instrumented, ms per inference):")
     for g, v in groups.items():
         print(f"    {g:40s} {v['ms']:8.2f} ms  {v['share_pct']:5.1f}%  {int(v['calls']):5d} calls")
-    return {"student": student, "teacher": teacher, "export_s": files["export_s"], "compile_s": compile_s,
-            "storage": files["storage"], "int8_teacher": files["int8_teacher"], "sizes": sizes, "results": results,
-            "profile_1thread_by_group": groups, "profile_1thread_ops": prof}
+    return {
+        "student": student,
+        "teacher": teacher,
+        "export_s": files["export_s"],
+        "compile_s": compile_s,
+        "storage": files["storage"],
+        "int8_teacher": files["int8_teacher"],
+        "sizes": sizes,
+        "results": results,
+        "profile_1thread_by_group": groups,
+        "profile_1thread_ops": prof,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,8 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_e2e.json")
     ap.add_argument("--tune", type=int, default=0, help="re-tune the binary kernels (N candidates each) first")
-    ap.add_argument("--no-fast-math", dest="fast_math", action="store_false",
-                    help="exact libm erf/exp instead of TVM's vectorized approximations")
+    ap.add_argument(
+        "--no-fast-math",
+        dest="fast_math",
+        action="store_false",
+        help="exact libm erf/exp instead of TVM's vectorized approximations",
+    )
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
@@ -235,15 +288,27 @@ def main(argv: list[str] | None = None) -> int:
         "schema_version": 2,
         "bench": "bench_e2e",
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_revision": git_revision(), "batch": 1, "target": "host", "fast_math": args.fast_math,
-        "protocol": {"order": "alternating_blocks", "rounds": args.rounds, "warmup_per_block": args.warmup,
-                     "runs": args.runs, "timer": "time.perf_counter_ns"},
-        "host": {"machine": platform.machine(), "cpu": platform.processor(), "cpu_count": os.cpu_count(),
-                 "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+        "git_revision": git_revision(),
+        "batch": 1,
+        "target": "host",
+        "fast_math": args.fast_math,
+        "protocol": {
+            "order": "alternating_blocks",
+            "rounds": args.rounds,
+            "warmup_per_block": args.warmup,
+            "runs": args.runs,
+            "timer": "time.perf_counter_ns",
+        },
+        "host": {
+            "machine": platform.machine(),
+            "cpu": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        },
         "versions": {"tvm": tvm.__version__, "onnxruntime": ort.__version__, "python": sys.version.split()[0]},
         "models": models,
         "note": "random weights with every parameter non-zero (bvit_edge.bench_models); speed does not depend on "
-                "the values beyond that. Shared machine: quote the ratios.",
+        "the values beyond that. Shared machine: quote the ratios.",
     }
     write_json(args.out, report)
     print(f"wrote {args.out}")

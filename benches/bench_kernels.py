@@ -64,28 +64,29 @@ def build_binary_linear(m: int, k: int, n: int, target: str = "host", vector_pop
 
     from bvit_edge.runtime.kernels import binary_linear_kernel
     from bvit_edge.runtime.schedules import family_params, schedule_binary_linear
-    from bvit_edge.targets import load_target
-
     from bvit_edge.runtime.tuning import KernelSpec, shipped_database
+    from bvit_edge.targets import load_target
 
     spec = load_target(target)
     fam = family_params(spec.family)
     if vector_popcount is not None:
         fam = dataclasses.replace(fam, vector_popcount=vector_popcount)
     else:  # the knobs `bvit-edge compile` applies: the shipped tuning record of this shape, else the rule
-        fam = shipped_database(spec.family).params_for(fam, KernelSpec("binary_linear", (m, k, n), ("signed",), fam.word_bits).key)
+        fam = shipped_database(spec.family).params_for(
+            fam, KernelSpec("binary_linear", (m, k, n), ("signed",), fam.word_bits).key
+        )
     func = schedule_binary_linear(binary_linear_kernel(m, k, n, "signed", fam.word_bits), fam)
     mod = tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")})
     return tvm.tirx.build(mod, target=spec.tvm()), spec
 
 
 def ort_matmul(k: int, n: int, w: np.ndarray, threads: int):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
         [numpy_helper.from_array(w, "w")],
@@ -107,8 +108,13 @@ def _median_s(fn, runs: int, warmup: int) -> dict:
         fn()
         ts.append(time.perf_counter() - t0)
     a = np.array(ts)
-    return {"median_us": float(np.median(a) * 1e6), "p90_us": float(np.percentile(a, 90) * 1e6),
-            "min_us": float(a.min() * 1e6), "runs": runs, "warmup": warmup}
+    return {
+        "median_us": float(np.median(a) * 1e6),
+        "p90_us": float(np.percentile(a, 90) * 1e6),
+        "min_us": float(a.min() * 1e6),
+        "runs": runs,
+        "warmup": warmup,
+    }
 
 
 def _kernel_args(m: int, k: int, n: int):
@@ -120,9 +126,22 @@ def _kernel_args(m: int, k: int, n: int):
     x = rng.standard_normal((m, k)).astype(np.float32)
     wf = rng.standard_normal((k, n)).astype(np.float32)
     words = np.ascontiguousarray(as_words(pack_bits(wf.T < 0)).T)
-    return x, wf, [tvm.runtime.tensor(a) for a in (x, np.zeros(k, np.float32), np.ones(1, np.float32), words,
-                                                   np.ones(n, np.float32), np.zeros(n, np.float32),
-                                                   np.zeros((m, n), np.float32))]
+    return (
+        x,
+        wf,
+        [
+            tvm.runtime.tensor(a)
+            for a in (
+                x,
+                np.zeros(k, np.float32),
+                np.ones(1, np.float32),
+                words,
+                np.ones(n, np.float32),
+                np.zeros(n, np.float32),
+                np.zeros((m, n), np.float32),
+            )
+        ],
+    )
 
 
 def avx2_popcount_variants(m: int, k: int, n: int, runs: int) -> dict:
@@ -157,11 +176,20 @@ def bench_shape(m: int, k: int, n: int, threads: int, runs: int, rounds: int, se
         theirs.append(_median_s(lambda: sess.run(None, feed), runs, warmup=max(3, runs // 10)))
     t_ours = float(np.median([r["median_us"] for r in ours]))
     t_ort = float(np.median([r["median_us"] for r in theirs]))
-    return {"m": m, "k": k, "n": n, "threads": threads, "binary_us": t_ours, "ort_f32_us": t_ort,
-            "speedup_vs_ort": t_ort / t_ours, "binary_mac_per_s": m * n * k / (t_ours * 1e-6),
-            "rounds": rounds, "runs_per_round": runs,
-            "binary_rounds_median_us": [r["median_us"] for r in ours],
-            "ort_rounds_median_us": [r["median_us"] for r in theirs]}
+    return {
+        "m": m,
+        "k": k,
+        "n": n,
+        "threads": threads,
+        "binary_us": t_ours,
+        "ort_f32_us": t_ort,
+        "speedup_vs_ort": t_ort / t_ours,
+        "binary_mac_per_s": m * n * k / (t_ours * 1e-6),
+        "rounds": rounds,
+        "runs_per_round": runs,
+        "binary_rounds_median_us": [r["median_us"] for r in ours],
+        "ort_rounds_median_us": [r["median_us"] for r in theirs],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,13 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     ceil = ceilings()
     rows = []
     for model in args.models:
-        for (m, k, n) in SHAPES[model]:
+        for m, k, n in SHAPES[model]:
             for t in args.threads:
                 r = bench_shape(m, k, n, t, args.runs, args.rounds, lambda th: pool(0, th))
                 r["model"] = model
                 rows.append(r)
-                print(f"{model:10s} {m}x{k}->{n:5d} t={t}: binary {r['binary_us']:8.1f} us  ORT f32 "
-                      f"{r['ort_f32_us']:8.1f} us  ratio {r['speedup_vs_ort']:5.1f}x", flush=True)
+                print(
+                    f"{model:10s} {m}x{k}->{n:5d} t={t}: binary {r['binary_us']:8.1f} us  ORT f32 "
+                    f"{r['ort_f32_us']:8.1f} us  ratio {r['speedup_vs_ort']:5.1f}x",
+                    flush=True,
+                )
     # the ceiling again after the kernels: on a shared machine the faster of the two is the ceiling
     ceil2 = ceilings()
     if ceil2["binary_mac_per_s"] > ceil["binary_mac_per_s"]:
@@ -197,27 +228,39 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["popcount_ceiling_mac_per_s"] = ceil["binary_mac_per_s"] * r["threads"]
         r["pct_of_popcount_ceiling"] = 100.0 * r["binary_mac_per_s"] / r["popcount_ceiling_mac_per_s"]
-        print(f"{r['model']:10s} {r['m']}x{r['k']}->{r['n']:5d} t={r['threads']}: "
-              f"{r['pct_of_popcount_ceiling']:5.1f}% of the popcount ceiling")
+        print(
+            f"{r['model']:10s} {r['m']}x{r['k']}->{r['n']:5d} t={r['threads']}: "
+            f"{r['pct_of_popcount_ceiling']:5.1f}% of the popcount ceiling"
+        )
     from bvit_edge.targets import load_target
 
     spec = load_target("host")
     avx2 = []
     if not args.no_avx2 and load_target("x86-64-avx2").runs_natively():
         pool(0, 1)
-        for (m, k, n) in SHAPES["deit_small"]:
+        for m, k, n in SHAPES["deit_small"]:
             v = avx2_popcount_variants(m, k, n, args.runs)
             avx2.append(v)
-            print(f"AVX2 {m}x{k}->{n:5d} t=1: nibble-LUT {v['nibble_lut_vector_us']:8.1f} us, scalar popcnt "
-                  f"{v['scalar_popcnt_us']:8.1f} us -> LUT {v['lut_speedup_vs_scalar']:.2f}x")
+            print(
+                f"AVX2 {m}x{k}->{n:5d} t=1: nibble-LUT {v['nibble_lut_vector_us']:8.1f} us, scalar popcnt "
+                f"{v['scalar_popcnt_us']:8.1f} us -> LUT {v['lut_speedup_vs_scalar']:.2f}x"
+            )
     report = {
         "schema_version": 1,
         "bench": "bench_kernels",
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"machine": platform.machine(), "cpu": spec.tvm_target.get("mcpu"), "family": spec.family,
-                 "cpu_count": os.cpu_count()},
-        "versions": {"tvm": tvm.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
-                     "python": sys.version.split()[0]},
+        "host": {
+            "machine": platform.machine(),
+            "cpu": spec.tvm_target.get("mcpu"),
+            "family": spec.family,
+            "cpu_count": os.cpu_count(),
+        },
+        "versions": {
+            "tvm": tvm.__version__,
+            "onnxruntime": ort.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        },
         "ceiling": ceil,
         "kernel": "BinaryLinear signed (pack fused + popcount GEMM + epilogue), batch of M tokens",
         "baseline": "onnxruntime CPU float32 MatMul",
@@ -229,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     from bvit_edge.atomic import write_json
 
     write_json(args.out, report)
-    print(f"ceiling per core: {ceil['binary_mac_per_s']:.3e} binary MAC/s ({ceil['popcount_isa']}), "
-          f"{ceil['fp32_mac_per_s']:.3e} fp32 MAC/s ({ceil['fma_isa']}); ratio {ceil['ratio']:.1f}x")
+    print(
+        f"ceiling per core: {ceil['binary_mac_per_s']:.3e} binary MAC/s ({ceil['popcount_isa']}), "
+        f"{ceil['fp32_mac_per_s']:.3e} fp32 MAC/s ({ceil['fma_isa']}); ratio {ceil['ratio']:.1f}x"
+    )
     print(f"wrote {args.out}")
     return 0
 

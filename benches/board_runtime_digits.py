@@ -40,15 +40,21 @@ def installed_sizes(site: str, root: str) -> dict:
         if name in seen or name not in dists:
             continue
         seen.add(name)
-        todo += [norm(re.split(r"[ ;<>=!~\[(]", r.strip(), maxsplit=1)[0]) for r in dists[name].requires or []
-                 if "extra ==" not in r]
+        todo += [
+            norm(re.split(r"[ ;<>=!~\[(]", r.strip(), maxsplit=1)[0])
+            for r in dists[name].requires or []
+            if "extra ==" not in r
+        ]
     sizes = {}
     for name in seen:
         d = dists[name]
         total = sum(Path(d.locate_file(f)).stat().st_size for f in d.files or [] if Path(d.locate_file(f)).is_file())
         sizes[f"{name}=={d.version}"] = round(total / 2**20, 1)
-    return {"packages": len(sizes), "total_mib": round(sum(sizes.values()), 1),
-            "by_package_mib": dict(sorted(sizes.items(), key=lambda kv: -kv[1]))}
+    return {
+        "packages": len(sizes),
+        "total_mib": round(sum(sizes.values()), 1),
+        "by_package_mib": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,8 +76,22 @@ def main(argv: list[str] | None = None) -> None:
     board.build("aarch64", log=print)
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp / "dist"), str(ROOT / "packaging" / "bvit-edge-runtime")], check=True, timeout=600)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(tmp / "dist"),
+                str(ROOT / "packaging" / "bvit-edge-runtime"),
+            ],
+            check=True,
+            timeout=600,
+        )
         site = board.install_site(list((tmp / "dist").glob("*.whl")), tmp / "site", log=print)
         torch_probe = board.run_python(["-c", "import torch"], site)
         torch_absent = torch_probe.returncode != 0 and b"No module named 'torch'" in torch_probe.stderr
@@ -83,10 +103,21 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(min(args.n, len(splits.val))):
             x, y = splits.val[i]
             Image.fromarray(np.rint(x.numpy().transpose(1, 2, 0) * 255).clip(0, 255).astype(np.uint8)).save(
-                pngs / f"val{i:03d}.png")
+                pngs / f"val{i:03d}.png"
+            )
             labels.append(int(y))
-        command = [str(site / "bin" / "bvit-edge-device"), "run", str(arm), str(pngs), "--json", "--logits",
-                   "--top-k", "1", "--threads", "2"]
+        command = [
+            str(site / "bin" / "bvit-edge-device"),
+            "run",
+            str(arm),
+            str(pngs),
+            "--json",
+            "--logits",
+            "--top-k",
+            "1",
+            "--threads",
+            "2",
+        ]
         t0 = time.monotonic()
         r = board.run_python(command, site, timeout_s=3600)
         board_s = time.monotonic() - t0
@@ -102,22 +133,30 @@ def main(argv: list[str] | None = None) -> None:
     y = np.array(labels)
     delta = np.abs(on_board - on_host)
     result = {
-        "demo": str(args.demo), "n_images": len(files), "torch_absent_on_board": bool(torch_absent),
+        "demo": str(args.demo),
+        "n_images": len(files),
+        "torch_absent_on_board": bool(torch_absent),
         "board_command": "qemu-aarch64 python3.11 " + " ".join([*command[:1], "run", "ART", "PNGS", *command[4:]]),
-        "max_abs_delta_logit": float(delta.max()), "logit_scale": float(np.abs(on_host).max()),
+        "max_abs_delta_logit": float(delta.max()),
+        "logit_scale": float(np.abs(on_host).max()),
         "images_beyond_1e-5_relative": int((delta.max(1) > 1e-5 * np.abs(on_host).max()).sum()),
         "top1_agreement": float((on_board.argmax(1) == on_host.argmax(1)).mean()),
         "top1_accuracy_board": float((on_board.argmax(1) == y).mean()),
         "top1_accuracy_host": float((on_host.argmax(1) == y).mean()),
-        "board_load_ms": doc["load_ms"], "board_wall_s_emulated": round(board_s, 1),
-        "installed": {"board_bvit_edge_runtime_aarch64": sizes_board,
-                      "host_full_toolkit": installed_sizes(sysconfig.get_paths()["purelib"], "bvit-edge")},
+        "board_load_ms": doc["load_ms"],
+        "board_wall_s_emulated": round(board_s, 1),
+        "installed": {
+            "board_bvit_edge_runtime_aarch64": sizes_board,
+            "host_full_toolkit": installed_sizes(sysconfig.get_paths()["purelib"], "bvit-edge"),
+        },
     }
     write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "installed"}, indent=2))
-    print(f"board install: {sizes_board['packages']} packages, {sizes_board['total_mib']} MiB; full toolkit: "
-          f"{result['installed']['host_full_toolkit']['packages']} packages, "
-          f"{result['installed']['host_full_toolkit']['total_mib']} MiB; written {args.out}")
+    print(
+        f"board install: {sizes_board['packages']} packages, {sizes_board['total_mib']} MiB; full toolkit: "
+        f"{result['installed']['host_full_toolkit']['packages']} packages, "
+        f"{result['installed']['host_full_toolkit']['total_mib']} MiB; written {args.out}"
+    )
 
 
 if __name__ == "__main__":

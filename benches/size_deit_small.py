@@ -23,8 +23,14 @@ PAIRS = {
     "deit_s": ("gsb_deit_small_patch16_224", "deit_small_distilled_patch16_224"),
     "deit_t": ("gsb_deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"),
 }
-CHOICES = [("float32", "float32"), ("float16", "float32"), ("int8", "float32"), ("int8", "float16"),
-           ("int4", "float32"), ("int4", "float16")]
+CHOICES = [
+    ("float32", "float32"),
+    ("float16", "float32"),
+    ("int8", "float32"),
+    ("int8", "float16"),
+    ("int4", "float32"),
+    ("int4", "float16"),
+]
 
 
 def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
@@ -46,10 +52,15 @@ def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
     for att_bias, float_params in CHOICES:
         sp = tmp / f"{student}.{att_bias}.{float_params}.onnx"
         res = export_onnx(model, sp, att_bias=att_bias, float_params=float_params)
-        row: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params,
-                               "onnx_bytes": res.bytes,
-                               "weights": weight_counts(load_model(sp)), "storage": res.storage["by_kind"],
-                               "fp32_over_onnx": fp32 / res.bytes, "int8_over_onnx": int8 / res.bytes}
+        row: dict[str, Any] = {
+            "att_bias": att_bias,
+            "float_params": float_params,
+            "onnx_bytes": res.bytes,
+            "weights": weight_counts(load_model(sp)),
+            "storage": res.storage["by_kind"],
+            "fp32_over_onnx": fp32 / res.bytes,
+            "int8_over_onnx": int8 / res.bytes,
+        }
         if artifacts:
             from bvit_edge.runtime.artifact import read_manifest
             from bvit_edge.runtime.bench import artifact_sizes
@@ -58,19 +69,38 @@ def sizes_of(key: str, tmp: Path, artifacts: bool) -> dict[str, Any]:
             art = compile_model(sp, "host", tmp / f"art.{att_bias}.{float_params}")
             a = artifact_sizes(art, read_manifest(art))
             b_dtypes = sorted(set(att_bias_in_artifact(art, heads, n)))
-            row.update({"artifact": a, "att_bias_dtype_in_params_npz": b_dtypes,
-                        "fp32_over_artifact": fp32 / a["total_bytes"], "int8_over_artifact": int8 / a["total_bytes"]})
+            row.update(
+                {
+                    "artifact": a,
+                    "att_bias_dtype_in_params_npz": b_dtypes,
+                    "fp32_over_artifact": fp32 / a["total_bytes"],
+                    "int8_over_artifact": int8 / a["total_bytes"],
+                }
+            )
         rows.append(row)
-        art_txt = (f", artifact {row['artifact']['total_bytes'] / 1e6:.2f} MB (lib.so "
-                   f"{row['artifact']['lib_bytes'] / 1e6:.2f} + params.npz "
-                   f"{row['artifact']['params_bytes'] / 1e6:.2f}, "
-                   f"B {row['att_bias_dtype_in_params_npz']}): {row['fp32_over_artifact']:.1f}x / "
-                   f"{row['int8_over_artifact']:.2f}x" if artifacts else "")
-        print(f"  {student} --att-bias {att_bias:7s} --float-params {float_params:7s}: ONNX {res.bytes / 1e6:.2f} MB: "
-              f"{row['fp32_over_onnx']:.1f}x smaller than fp32, {row['int8_over_onnx']:.2f}x than int8{art_txt}",
-              flush=True)
-    return {"student": student, "teacher": teacher, "teacher_fp32_onnx_bytes": fp32, "teacher_int8_onnx_bytes": int8,
-            "att_bias_shape": [heads, n, n], "choices": rows, "seconds": round(time.time() - t0, 1)}
+        art_txt = (
+            f", artifact {row['artifact']['total_bytes'] / 1e6:.2f} MB (lib.so "
+            f"{row['artifact']['lib_bytes'] / 1e6:.2f} + params.npz "
+            f"{row['artifact']['params_bytes'] / 1e6:.2f}, "
+            f"B {row['att_bias_dtype_in_params_npz']}): {row['fp32_over_artifact']:.1f}x / "
+            f"{row['int8_over_artifact']:.2f}x"
+            if artifacts
+            else ""
+        )
+        print(
+            f"  {student} --att-bias {att_bias:7s} --float-params {float_params:7s}: ONNX {res.bytes / 1e6:.2f} MB: "
+            f"{row['fp32_over_onnx']:.1f}x smaller than fp32, {row['int8_over_onnx']:.2f}x than int8{art_txt}",
+            flush=True,
+        )
+    return {
+        "student": student,
+        "teacher": teacher,
+        "teacher_fp32_onnx_bytes": fp32,
+        "teacher_int8_onnx_bytes": int8,
+        "att_bias_shape": [heads, n, n],
+        "choices": rows,
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {PAIRS[key][0]} vs {PAIRS[key][1]}: fp32 and int8 (onnxruntime quantize_dynamic) ONNX files")
             out["models"][key] = sizes_of(key, Path(tmpd), a.artifacts)
             m = out["models"][key]
-            print(f"  teacher fp32 ONNX {m['teacher_fp32_onnx_bytes'] / 1e6:.2f} MB, int8 ONNX "
-                  f"{m['teacher_int8_onnx_bytes'] / 1e6:.2f} MB")
+            print(
+                f"  teacher fp32 ONNX {m['teacher_fp32_onnx_bytes'] / 1e6:.2f} MB, int8 ONNX "
+                f"{m['teacher_int8_onnx_bytes'] / 1e6:.2f} MB"
+            )
     write_json(a.out, out)
     print(f"wrote {a.out}")
     return 0

@@ -20,8 +20,10 @@ def __getattr__(name: str) -> Any:
         if exc.name and exc.name.startswith("bvit_edge."):  # the board-side runtime has no training stack
             from bvit_edge.errors import MissingDependencyError
 
-            raise MissingDependencyError(f"bvit_edge.{name} is part of the full toolkit; this installation is the "
-                                         "board-side runtime (bvit-edge-runtime). Install bvit-edge for it.") from None
+            raise MissingDependencyError(
+                f"bvit_edge.{name} is part of the full toolkit; this installation is the "
+                "board-side runtime (bvit-edge-runtime). Install bvit-edge for it."
+            ) from None
         raise
 
 

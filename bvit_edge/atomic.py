@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -42,7 +43,7 @@ def sweep_stale(path: str | os.PathLike[str]) -> list[Path]:
         return removed
     head = f".{path.name}."
     for cand in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid_text = cand.name[len(head):].split(".", 1)[0]
+        pid_text = cand.name[len(head) :].split(".", 1)[0]
         if not pid_text.isdigit() or int(pid_text) == os.getpid() or _alive(int(pid_text)):
             continue
         if cand.is_dir() and not cand.is_symlink():

@@ -59,9 +59,11 @@ def assert_no_zero_parameters(model: Any) -> None:
     """ConfigError naming the tensors that still hold an exact zero."""
     zeros = zero_parameters(model)
     if zeros:
-        raise ConfigError(f"{len(zeros)} float tensors of the benchmark model hold exact zeros "
-                          f"({', '.join(zeros[:5])}{' ...' if len(zeros) > 5 else ''}): a compiler could fold them "
-                          "away. Fill them (bvit_edge.bench_models.fill_zero_parameters).")
+        raise ConfigError(
+            f"{len(zeros)} float tensors of the benchmark model hold exact zeros "
+            f"({', '.join(zeros[:5])}{' ...' if len(zeros) > 5 else ''}): a compiler could fold them "
+            "away. Fill them (bvit_edge.bench_models.fill_zero_parameters)."
+        )
 
 
 def random_frozen_student(name: str, seed: int = 0, **kw: Any) -> Any:
@@ -122,5 +124,13 @@ def att_bias_in_artifact(folder: Any, heads: int, tokens: int) -> list[str]:
     return found
 
 
-__all__ = ["ATT_BIAS_STD_TOKENS", "FILL_STD", "assert_no_zero_parameters", "att_bias_in_artifact",
-           "fill_zero_parameters", "random_frozen_student", "random_teacher", "zero_parameters"]
+__all__ = [
+    "ATT_BIAS_STD_TOKENS",
+    "FILL_STD",
+    "assert_no_zero_parameters",
+    "att_bias_in_artifact",
+    "fill_zero_parameters",
+    "random_frozen_student",
+    "random_teacher",
+    "zero_parameters",
+]

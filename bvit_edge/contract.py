@@ -102,8 +102,14 @@ DATA_METADATA = {
 """Field -> key of the data description (JSON values) that export records from the checkpoint and that
 compile copies into the artifact manifest and ``run`` uses to normalise and name classes."""
 
-EXPORT_METADATA_KEYS = (META_OPS, META_OP_DOMAIN, META_MODEL_NAME, META_DEFAULT_CFG, META_STORAGE,
-                        *DATA_METADATA.values())
+EXPORT_METADATA_KEYS = (
+    META_OPS,
+    META_OP_DOMAIN,
+    META_MODEL_NAME,
+    META_DEFAULT_CFG,
+    META_STORAGE,
+    *DATA_METADATA.values(),
+)
 """Every metadata key of an export."""
 
 

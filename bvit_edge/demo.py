@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bvit_edge.atomic import write_json
 from bvit_edge.errors import BvitEdgeError
@@ -52,8 +53,10 @@ def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:
         try:
             result = step.run()
         except BvitEdgeError as exc:
-            raise DemoStepFailed(f"Demo step '{step.title}' failed: {exc} Finished steps are kept in {out}; re-run to resume.") from exc
-        except Exception as exc:  # noqa: BLE001 - report any failure with the step's name, keep what finished
+            raise DemoStepFailed(
+                f"Demo step '{step.title}' failed: {exc} Finished steps are kept in {out}; re-run to resume."
+            ) from exc
+        except Exception as exc:
             tb = traceback.format_exc(limit=3)
             raise DemoStepFailed(
                 f"Demo step '{step.title}' failed: {type(exc).__name__}: {exc}. Finished steps are kept in {out}; "
@@ -64,9 +67,15 @@ def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:
     return state
 
 
-def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: int | None = None,
-             per_class: int = 30, board: bool = True, deit_s: bool = True,
-             overwrite: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: Path = Path("bvit-edge-demo"),
+    quick: bool = False,
+    threads: int | None = None,
+    per_class: int = 30,
+    board: bool = True,
+    deit_s: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """The demo pipeline on digits (see the module docstring). ``quick`` trains far fewer epochs;
     ``board=False`` skips the emulated aarch64 board (its first build downloads a Debian root file system);
     ``deit_s=False`` skips the DeiT-S-geometry row (random weights: compile, bench and size only).
@@ -90,19 +99,48 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
     t_epochs, s_epochs = (8, 12) if quick else (60, 60)
 
     def teacher_step() -> dict[str, Any]:
-        res = train(method="fp", model="demo", data="digits", epochs=t_epochs, out=str(teacher_dir), seed=0, threads=threads,
-                    resume=_started(teacher_dir))
+        res = train(
+            method="fp",
+            model="demo",
+            data="digits",
+            epochs=t_epochs,
+            out=str(teacher_dir),
+            seed=0,
+            threads=threads,
+            resume=_started(teacher_dir),
+        )
         ev = evaluate(teacher_dir)
-        return {"checkpoint": str(teacher_dir / "best"), "val_top1": ev.top1, "val_top5": ev.top5, "train_seconds": res.seconds}
+        return {
+            "checkpoint": str(teacher_dir / "best"),
+            "val_top1": ev.top1,
+            "val_top5": ev.top5,
+            "train_seconds": res.seconds,
+        }
 
     def gsb_step() -> dict[str, Any]:
-        res = train(method="gsb", stage="all", model="gsb_demo_patch4_32", data="digits", per_class=per_class,
-                    epochs=s_epochs, teacher=str(teacher_dir / "best"), out=str(gsb_dir), seed=0, threads=threads,
-                    resume=_started(gsb_dir))
+        res = train(
+            method="gsb",
+            stage="all",
+            model="gsb_demo_patch4_32",
+            data="digits",
+            per_class=per_class,
+            epochs=s_epochs,
+            teacher=str(teacher_dir / "best"),
+            out=str(gsb_dir),
+            seed=0,
+            threads=threads,
+            resume=_started(gsb_dir),
+        )
         s1 = read_config(gsb_dir / "stage1" / "best")["metrics"]["val_top1"]
         ev = evaluate(gsb_dir / "stage2")
-        return {"checkpoint": str(gsb_dir / "stage2" / "best"), "per_class": per_class, "stage1_val_top1": s1,
-                "val_top1": ev.top1, "val_top5": ev.top5, "train_seconds": res.seconds}
+        return {
+            "checkpoint": str(gsb_dir / "stage2" / "best"),
+            "per_class": per_class,
+            "stage1_val_top1": s1,
+            "val_top1": ev.top1,
+            "val_top5": ev.top5,
+            "train_seconds": res.seconds,
+        }
 
     def export_step() -> dict[str, Any]:
         from bvit_edge.export.int8_teacher import quantize_teacher
@@ -111,32 +149,49 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         int8 = quantize_teacher(export_dir / "teacher.onnx", export_dir / "teacher.int8.onnx")
         v = summ.validation
         st = summ.storage
-        return {"packed_bytes": summ.student["packed"]["bytes"], "standard_bytes": summ.student["standard"]["bytes"],
-                "teacher_bytes": summ.teacher["bytes"] if summ.teacher else None, "teacher_int8_bytes": int8.bytes,
-                "packed_max_rel_diff": v["packed"]["max_rel_diff"],
-                "packed_top1_agreement": v["packed"]["top1_agreement"],
-                "standard_max_rel_diff": v["standard"]["max_rel_diff"],
-                "standard_top1_agreement": v["standard"]["top1_agreement"],
-                "images_beyond_1e-5": v["packed"]["inputs_beyond_tolerance"],
-                "storage": {"att_bias": st["att_bias"], "float_params": st["float_params"],
-                            "packed_bytes": st["bytes"].get("packed", {}),
-                            "fidelity": {k: {"max_abs_logit_diff": f["max_abs_logit_diff"],
-                                             "top1_agreement": f["top1_agreement"], "n_images": f["n_images"]}
-                                         for k, f in (st.get("fidelity") or {}).items()}}}
+        return {
+            "packed_bytes": summ.student["packed"]["bytes"],
+            "standard_bytes": summ.student["standard"]["bytes"],
+            "teacher_bytes": summ.teacher["bytes"] if summ.teacher else None,
+            "teacher_int8_bytes": int8.bytes,
+            "packed_max_rel_diff": v["packed"]["max_rel_diff"],
+            "packed_top1_agreement": v["packed"]["top1_agreement"],
+            "standard_max_rel_diff": v["standard"]["max_rel_diff"],
+            "standard_top1_agreement": v["standard"]["top1_agreement"],
+            "images_beyond_1e-5": v["packed"]["inputs_beyond_tolerance"],
+            "storage": {
+                "att_bias": st["att_bias"],
+                "float_params": st["float_params"],
+                "packed_bytes": st["bytes"].get("packed", {}),
+                "fidelity": {
+                    k: {
+                        "max_abs_logit_diff": f["max_abs_logit_diff"],
+                        "top1_agreement": f["top1_agreement"],
+                        "n_images": f["n_images"],
+                    }
+                    for k, f in (st.get("fidelity") or {}).items()
+                },
+            },
+        }
 
     def compile_step() -> dict[str, Any]:
         from bvit_edge.runtime.compile import compile_model
 
         done = {}
-        for name, folder, src in (("student host", art_host, export_dir / "student.packed.onnx"),
-                                  ("student rpi4-aarch64", art_arm, export_dir / "student.packed.onnx"),
-                                  ("teacher host", out / "artifacts" / "teacher-host", export_dir / "teacher.onnx")):
+        for name, folder, src in (
+            ("student host", art_host, export_dir / "student.packed.onnx"),
+            ("student rpi4-aarch64", art_arm, export_dir / "student.packed.onnx"),
+            ("teacher host", out / "artifacts" / "teacher-host", export_dir / "teacher.onnx"),
+        ):
             target = "rpi4-aarch64" if "aarch64" in name else "host"
             t0 = time.time()
             compile_model(src, target, folder)
-            done[name] = {"folder": str(folder), "seconds": round(time.time() - t0, 1),
-                          "lib_bytes": (folder / "lib.so").stat().st_size,
-                          "params_bytes": (folder / "params.npz").stat().st_size if (folder / "params.npz").is_file() else 0}
+            done[name] = {
+                "folder": str(folder),
+                "seconds": round(time.time() - t0, 1),
+                "lib_bytes": (folder / "lib.so").stat().st_size,
+                "params_bytes": (folder / "params.npz").stat().st_size if (folder / "params.npz").is_file() else 0,
+            }
             _console().print(f"  {name}: {folder} ({done[name]['seconds']} s)")
         return done
 
@@ -154,10 +209,16 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         teacher_logits = run_session(ort_session(export_dir / "teacher.onnx"), x, batch_size=64)[0]
         int8_logits = run_session(ort_session(export_dir / "teacher.int8.onnx"), x, batch_size=64)[0]
         np.save(out / "artifacts" / "host_logits.npy", tvm_logits)
-        return {"n_images": int(len(y)), "teacher_onnx": accuracy(teacher_logits, y),
-                "teacher_int8_onnx": accuracy(int8_logits, y), "student_torch": accuracy(torch_logits, y),
-                "student_onnx": accuracy(ort_logits, y), "student_tvm_host": accuracy(tvm_logits, y),
-                "torch_vs_onnx": fidelity(torch_logits, ort_logits), "onnx_vs_tvm": fidelity(ort_logits, tvm_logits)}
+        return {
+            "n_images": len(y),
+            "teacher_onnx": accuracy(teacher_logits, y),
+            "teacher_int8_onnx": accuracy(int8_logits, y),
+            "student_torch": accuracy(torch_logits, y),
+            "student_onnx": accuracy(ort_logits, y),
+            "student_tvm_host": accuracy(tvm_logits, y),
+            "torch_vs_onnx": fidelity(torch_logits, ort_logits),
+            "onnx_vs_tvm": fidelity(ort_logits, tvm_logits),
+        }
 
     def board_step() -> dict[str, Any]:
         from bvit_edge.runtime.artifact import run_artifact
@@ -189,21 +250,34 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         rows: dict[str, Any] = {}
         docs = []
         for th in sorted({1, threads or physical_cores()}):
-            res = bench(art_host, teacher_onnx=export_dir / "teacher.onnx",
-                        student_onnx=export_dir / "student.packed.onnx",
-                        teacher_int8_onnx=export_dir / "teacher.int8.onnx", threads=th, warmup=10,
-                        runs=30 if quick else 100, rounds=5)
+            res = bench(
+                art_host,
+                teacher_onnx=export_dir / "teacher.onnx",
+                student_onnx=export_dir / "student.packed.onnx",
+                teacher_int8_onnx=export_dir / "teacher.int8.onnx",
+                threads=th,
+                warmup=10,
+                runs=30 if quick else 100,
+                rounds=5,
+            )
             res.save(out / f"bench_{th}t.json")
-            docs.append(res.to_report(student_name="gsb-demo (compiled, TVM)",
-                                      teacher_name="deit-demo fp32 (onnxruntime)",
-                                      teacher_int8_name="deit-demo int8 (onnxruntime quantize_dynamic)",
-                                      title="bvit-edge demo on digits"))
+            docs.append(
+                res.to_report(
+                    student_name="gsb-demo (compiled, TVM)",
+                    teacher_name="deit-demo fp32 (onnxruntime)",
+                    teacher_int8_name="deit-demo int8 (onnxruntime quantize_dynamic)",
+                    title="bvit-edge demo on digits",
+                )
+            )
             d = res.to_dict()
-            rows[str(th)] = {"student_median_ms": d["student"]["steady"]["median_ms"],
-                             "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
-                             "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
-                             "teacher_over_student": d["ratio_teacher_over_student_median"],
-                             "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"], "threads": th}
+            rows[str(th)] = {
+                "student_median_ms": d["student"]["steady"]["median_ms"],
+                "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
+                "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
+                "teacher_over_student": d["ratio_teacher_over_student_median"],
+                "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"],
+                "threads": th,
+            }
         doc = docs[0]
         for extra in docs[1:]:
             doc["latency"] += extra["latency"]
@@ -227,20 +301,42 @@ def run_demo(out: Path = Path("bvit-edge-demo"), quick: bool = False, threads: i
         return {k: str(v) for k, v in written.items()}
 
     steps = [
-        Step("teacher", f"train the full-precision teacher on digits ({t_epochs} epochs, all 1,437 images)", teacher_step),
-        Step("gsb", f"train GSB stage 1 + 2 from the teacher on {per_class} images per class ({s_epochs} epochs each)", gsb_step),
+        Step(
+            "teacher", f"train the full-precision teacher on digits ({t_epochs} epochs, all 1,437 images)", teacher_step
+        ),
+        Step(
+            "gsb",
+            f"train GSB stage 1 + 2 from the teacher on {per_class} images per class ({s_epochs} epochs each)",
+            gsb_step,
+        ),
         Step("export", "freeze, export to ONNX (packed + standard) and validate on the 360 val images", export_step),
-        Step("compile", "compile with TVM for the host and for rpi4-aarch64 (+ the teacher for the host)", compile_step),
+        Step(
+            "compile", "compile with TVM for the host and for rpi4-aarch64 (+ the teacher for the host)", compile_step
+        ),
         Step("fidelity", "accuracy and fidelity: torch -> ONNX reference -> compiled artifact", fidelity_step),
     ]
     if board:
-        steps.append(Step("board", "run the aarch64 artifact on the emulated board (qemu + TVM RPC) and compare", board_step))
-    steps += [Step("bench", "bench on the host, 1 thread and all cores: compiled student vs the teacher in "
-                            "onnxruntime, "
-                            "fp32 and int8 (batch 1)", bench_step)]
+        steps.append(
+            Step("board", "run the aarch64 artifact on the emulated board (qemu + TVM RPC) and compare", board_step)
+        )
+    steps += [
+        Step(
+            "bench",
+            "bench on the host, 1 thread and all cores: compiled student vs the teacher in "
+            "onnxruntime, "
+            "fp32 and int8 (batch 1)",
+            bench_step,
+        )
+    ]
     if deit_s:
-        steps.append(Step("deit_s", "DeiT-S geometry (random non-zero weights): compile, bench at 1 thread vs DeiT-S "
-                                    "fp32 and int8 in onnxruntime, sizes", deit_s_step))
+        steps.append(
+            Step(
+                "deit_s",
+                "DeiT-S geometry (random non-zero weights): compile, bench at 1 thread vs DeiT-S "
+                "fp32 and int8 in onnxruntime, sizes",
+                deit_s_step,
+            )
+        )
     steps.append(Step("report", "write the report (JSON, Markdown, PNG plots)", report_step))
     state = run_steps(out, steps)
     _summary(state)
@@ -266,8 +362,12 @@ def _report_doc(bench_doc: dict[str, Any], fid: dict[str, Any], state: dict[str,
         if m["role"] == "student":
             a = fid["student_tvm_host"]
             m["method"] = "gsb"
-            m["fidelity"] = {"reference": "onnx", "compared": "tvm", "max_abs_diff": fid["onnx_vs_tvm"]["max_abs_diff"],
-                             "top1_agreement_pct": fid["onnx_vs_tvm"]["top1_agreement"] * 100}
+            m["fidelity"] = {
+                "reference": "onnx",
+                "compared": "tvm",
+                "max_abs_diff": fid["onnx_vs_tvm"]["max_abs_diff"],
+                "top1_agreement_pct": fid["onnx_vs_tvm"]["top1_agreement"] * 100,
+            }
         elif m["role"] == "baseline":
             a = fid.get("teacher_int8_onnx")
             m["method"] = "fp, int8 by onnxruntime quantize_dynamic"
@@ -312,22 +412,39 @@ def deit_s_row(folder: Path, quick: bool = False, threads: int = 1) -> dict[str,
     t0 = time.time()
     art = compile_model(sp, "host", folder / "artifact")
     compile_s = time.time() - t0
-    b = bench(art, teacher_onnx=tp, teacher_int8_onnx=ip, student_onnx=sp, threads=threads, warmup=2,
-              runs=6 if quick else 20, rounds=2 if quick else 4)
+    b = bench(
+        art,
+        teacher_onnx=tp,
+        teacher_int8_onnx=ip,
+        student_onnx=sp,
+        threads=threads,
+        warmup=2,
+        runs=6 if quick else 20,
+        rounds=2 if quick else 4,
+    )
     b.save(folder / "bench.json")
     d = b.to_dict()
     art_bytes = d["sizes"]["student"]["artifact"]
-    return {"label": "random non-zero frozen weights: compile + bench + size only", "student": DEIT_S_STUDENT,
-            "teacher": DEIT_S_TEACHER, "threads": threads, "export_s": round(export_s, 1),
-            "compile_s": round(compile_s, 1), "att_bias": res.storage["att_bias"],
-            "student_onnx_bytes": sp.stat().st_size, "student_artifact_bytes": art_bytes["total_bytes"],
-            "student_lib_bytes": art_bytes["lib_bytes"], "student_params_bytes": art_bytes["params_bytes"],
-            "teacher_onnx_bytes": tp.stat().st_size, "teacher_int8_onnx_bytes": ip.stat().st_size,
-            "student_median_ms": d["student"]["steady"]["median_ms"],
-            "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
-            "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
-            "teacher_over_student": d["ratio_teacher_over_student_median"],
-            "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"]}
+    return {
+        "label": "random non-zero frozen weights: compile + bench + size only",
+        "student": DEIT_S_STUDENT,
+        "teacher": DEIT_S_TEACHER,
+        "threads": threads,
+        "export_s": round(export_s, 1),
+        "compile_s": round(compile_s, 1),
+        "att_bias": res.storage["att_bias"],
+        "student_onnx_bytes": sp.stat().st_size,
+        "student_artifact_bytes": art_bytes["total_bytes"],
+        "student_lib_bytes": art_bytes["lib_bytes"],
+        "student_params_bytes": art_bytes["params_bytes"],
+        "teacher_onnx_bytes": tp.stat().st_size,
+        "teacher_int8_onnx_bytes": ip.stat().st_size,
+        "student_median_ms": d["student"]["steady"]["median_ms"],
+        "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
+        "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
+        "teacher_over_student": d["ratio_teacher_over_student_median"],
+        "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"],
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -354,8 +471,11 @@ def _summary(state: dict[str, Any]) -> None:
     pct = lambda v: f"{v * 100:.2f}%" if isinstance(v, (int, float)) else "-"  # noqa: E731
     t, g, e, f, b, bo, ds = (r.get(k, {}) for k in ("teacher", "gsb", "export", "fidelity", "bench", "board", "deit_s"))
     threads = sorted((b.get("by_threads") or {}), key=int)
-    lat_head = "latency, batch 1 (" + " / ".join(f"{t_} thread{'s' if t_ != '1' else ''}" for t_ in threads) + ")" \
-        if threads else "latency (batch 1)"
+    lat_head = (
+        "latency, batch 1 (" + " / ".join(f"{t_} thread{'s' if t_ != '1' else ''}" for t_ in threads) + ")"
+        if threads
+        else "latency (batch 1)"
+    )
     table = Table(title="bvit-edge demo on digits (360 val images)")
     for col in ("stage of the pipeline", "val top-1", "size / fidelity", lat_head):
         table.add_column(col)
@@ -363,55 +483,84 @@ def _summary(state: dict[str, Any]) -> None:
         table.add_row("FP teacher (torch, all 1,437 train images)", pct(t.get("val_top1")), "", "")
     if g:
         table.add_row(f"GSB stage 1 (torch, {g.get('per_class')} images/class)", pct(g.get("stage1_val_top1")), "", "")
-        table.add_row("GSB stage 2 (torch, frozen)", pct(f.get("student_torch", {}).get("top1", g.get("val_top1"))), "", "")
+        table.add_row(
+            "GSB stage 2 (torch, frozen)", pct(f.get("student_torch", {}).get("top1", g.get("val_top1"))), "", ""
+        )
     if e:
         st = e.get("storage") or {}
-        table.add_row(f"GSB stage 2 -> ONNX, packed ops, B as {st.get('att_bias', 'float32')} (onnxruntime)",
-                      pct(f.get("student_onnx", {}).get("top1")),
-                      f"{e['packed_bytes']:,} B ({_x(e.get('teacher_bytes'), e['packed_bytes'])} smaller than fp32, "
-                      f"{_x(e.get('teacher_int8_bytes'), e['packed_bytes'])} than int8)", "")
+        table.add_row(
+            f"GSB stage 2 -> ONNX, packed ops, B as {st.get('att_bias', 'float32')} (onnxruntime)",
+            pct(f.get("student_onnx", {}).get("top1")),
+            f"{e['packed_bytes']:,} B ({_x(e.get('teacher_bytes'), e['packed_bytes'])} smaller than fp32, "
+            f"{_x(e.get('teacher_int8_bytes'), e['packed_bytes'])} than int8)",
+            "",
+        )
     if f:
         n = f.get("n_images", 0)
-        table.add_row("GSB stage 2 -> TVM artifact on the host", pct(f.get("student_tvm_host", {}).get("top1")),
-                      f"top-1 agrees with ONNX on {f['onnx_vs_tvm']['top1_agreement'] * n:.0f}/{n}",
-                      _ms(b, "student_median_ms"))
-        table.add_row("FP teacher -> ONNX fp32 (onnxruntime)", pct(f.get("teacher_onnx", {}).get("top1")),
-                      f"{e.get('teacher_bytes', 0):,} B" if e else "", _ms(b, "teacher_median_ms"))
-        table.add_row("FP teacher -> int8 by onnxruntime quantize_dynamic",
-                      pct(f.get("teacher_int8_onnx", {}).get("top1")),
-                      f"{e.get('teacher_int8_bytes', 0):,} B" if e.get("teacher_int8_bytes") else "",
-                      _ms(b, "teacher_int8_median_ms"))
+        table.add_row(
+            "GSB stage 2 -> TVM artifact on the host",
+            pct(f.get("student_tvm_host", {}).get("top1")),
+            f"top-1 agrees with ONNX on {f['onnx_vs_tvm']['top1_agreement'] * n:.0f}/{n}",
+            _ms(b, "student_median_ms"),
+        )
+        table.add_row(
+            "FP teacher -> ONNX fp32 (onnxruntime)",
+            pct(f.get("teacher_onnx", {}).get("top1")),
+            f"{e.get('teacher_bytes', 0):,} B" if e else "",
+            _ms(b, "teacher_median_ms"),
+        )
+        table.add_row(
+            "FP teacher -> int8 by onnxruntime quantize_dynamic",
+            pct(f.get("teacher_int8_onnx", {}).get("top1")),
+            f"{e.get('teacher_int8_bytes', 0):,} B" if e.get("teacher_int8_bytes") else "",
+            _ms(b, "teacher_int8_median_ms"),
+        )
     if bo:
         fid = bo["aarch64_vs_host"]
-        table.add_row("GSB stage 2 -> rpi4-aarch64 artifact on the emulated board (RPC)", "",
-                      f"max |diff| vs host {fid['max_abs_diff']:.1e} on {bo['n_images']} images, top-1 agreement {pct(fid['top1_agreement'])}",
-                      "emulated: not timed")
+        table.add_row(
+            "GSB stage 2 -> rpi4-aarch64 artifact on the emulated board (RPC)",
+            "",
+            f"max |diff| vs host {fid['max_abs_diff']:.1e} on {bo['n_images']} images, top-1 agreement {pct(fid['top1_agreement'])}",
+            "emulated: not timed",
+        )
     if ds:
-        table.add_row("GSB DeiT-S geometry, random non-zero frozen weights (compile + bench + size only; TVM)", "-",
-                      f"ONNX {ds['student_onnx_bytes'] / 1e6:.2f} MB, "
-                      f"artifact {ds['student_artifact_bytes'] / 1e6:.2f} MB",
-                      f"{ds['student_median_ms']:.1f} ms (1 thread)")
-        table.add_row("DeiT-S fp32, random weights (onnxruntime)", "-",
-                      f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB "
-                      f"({_x(ds['teacher_onnx_bytes'], ds['student_onnx_bytes'])} / "
-                      f"{_x(ds['teacher_onnx_bytes'], ds['student_artifact_bytes'])} the GSB ONNX / artifact)",
-                      f"{ds['teacher_median_ms']:.1f} ms ({ds['teacher_over_student']:.1f}x GSB)")
-        table.add_row("DeiT-S int8 by quantize_dynamic (onnxruntime)", "-",
-                      f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB "
-                      f"({_x(ds['teacher_int8_onnx_bytes'], ds['student_onnx_bytes'])} / "
-                      f"{_x(ds['teacher_int8_onnx_bytes'], ds['student_artifact_bytes'])})",
-                      f"{ds['teacher_int8_median_ms']:.1f} ms ({ds['teacher_int8_over_student']:.1f}x GSB)")
+        table.add_row(
+            "GSB DeiT-S geometry, random non-zero frozen weights (compile + bench + size only; TVM)",
+            "-",
+            f"ONNX {ds['student_onnx_bytes'] / 1e6:.2f} MB, artifact {ds['student_artifact_bytes'] / 1e6:.2f} MB",
+            f"{ds['student_median_ms']:.1f} ms (1 thread)",
+        )
+        table.add_row(
+            "DeiT-S fp32, random weights (onnxruntime)",
+            "-",
+            f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB "
+            f"({_x(ds['teacher_onnx_bytes'], ds['student_onnx_bytes'])} / "
+            f"{_x(ds['teacher_onnx_bytes'], ds['student_artifact_bytes'])} the GSB ONNX / artifact)",
+            f"{ds['teacher_median_ms']:.1f} ms ({ds['teacher_over_student']:.1f}x GSB)",
+        )
+        table.add_row(
+            "DeiT-S int8 by quantize_dynamic (onnxruntime)",
+            "-",
+            f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB "
+            f"({_x(ds['teacher_int8_onnx_bytes'], ds['student_onnx_bytes'])} / "
+            f"{_x(ds['teacher_int8_onnx_bytes'], ds['student_artifact_bytes'])})",
+            f"{ds['teacher_int8_median_ms']:.1f} ms ({ds['teacher_int8_over_student']:.1f}x GSB)",
+        )
     con = _console()
     con.print(table)
     for th in threads:
         row = b["by_threads"][th]
-        con.print(f"student vs teacher on this host at {th} thread{'s' if th != '1' else ''}: "
-                  f"{row['teacher_over_student']:.2f}x faster than fp32, "
-                  f"{row['teacher_int8_over_student']:.2f}x than int8 "
-                  "(onnxruntime; same process, alternating blocks)")
+        con.print(
+            f"student vs teacher on this host at {th} thread{'s' if th != '1' else ''}: "
+            f"{row['teacher_over_student']:.2f}x faster than fp32, "
+            f"{row['teacher_int8_over_student']:.2f}x than int8 "
+            "(onnxruntime; same process, alternating blocks)"
+        )
     st = (e or {}).get("storage") or {}
     if st.get("fidelity"):
-        parts = [f"{k.split(',')[0].split('=')[1]}{'+fp16' if 'float_params=float16' in k else ''}: max |d logit| "
-                 f"{v['max_abs_logit_diff']:.2g}, top-1 {v['top1_agreement'] * v['n_images']:.0f}/{v['n_images']}"
-                 for k, v in st["fidelity"].items()]
+        parts = [
+            f"{k.split(',')[0].split('=')[1]}{'+fp16' if 'float_params=float16' in k else ''}: max |d logit| "
+            f"{v['max_abs_logit_diff']:.2g}, top-1 {v['top1_agreement'] * v['n_images']:.0f}/{v['n_images']}"
+            for k, v in st["fidelity"].items()
+        ]
         con.print(f"storage of B (attention bias) vs float32, on the val images: {'; '.join(parts)}.")

@@ -51,8 +51,9 @@ def add_metadata(onnx_path: str | os.PathLike[str], cfg: dict[str, Any]) -> None
     write_bytes(onnx_path, proto.SerializeToString())
 
 
-def val_inputs(cfg: dict[str, Any], limit: int | None = None, data: str | None = None,
-               data_root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def val_inputs(
+    cfg: dict[str, Any], limit: int | None = None, data: str | None = None, data_root: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised val images [N, 3, S, S] float32 and labels of the data set a checkpoint was trained on."""
     import torch
 
@@ -149,20 +150,21 @@ def export_checkpoint(
             add_metadata(teacher_path, tcfg)
             summary.teacher = res.to_dict()
             if validate:
-                summary.validation["teacher"] = validate_onnx(tmodel, teacher_path, x, rtol=rtol, atol=atol,
-                                                              max_outliers=max_outliers).to_dict()
+                summary.validation["teacher"] = validate_onnx(
+                    tmodel, teacher_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers
+                ).to_dict()
 
         flavours = ("standard",) if is_fp else ops
         for flavour in flavours:
             path = tmp / ("model.onnx" if is_fp else f"student.{flavour}.onnx")
-            res = export_onnx(model, path, ops=flavour, input_shape=shape, att_bias=att_bias,
-                              float_params=float_params)
+            res = export_onnx(model, path, ops=flavour, input_shape=shape, att_bias=att_bias, float_params=float_params)
             add_metadata(path, cfg)
             summary.student[flavour] = res.to_dict()
             if validate:
                 stored = apply_to_model(model, res.encoded)  # the model as the file stores it
-                summary.validation[flavour] = validate_onnx(stored, path, x, rtol=rtol, atol=atol,
-                                                            max_outliers=max_outliers).to_dict()
+                summary.validation[flavour] = validate_onnx(
+                    stored, path, x, rtol=rtol, atol=atol, max_outliers=max_outliers
+                ).to_dict()
             summary.size[flavour] = size_report(path, teacher_path, state_names(model)).to_dict()
         summary.storage = _storage_summary(model, summary, att_bias, float_params, x if validate else None, is_fp)
         for part in (summary.student, summary.validation, summary.size, summary.storage):
@@ -180,7 +182,7 @@ def _rebased(obj: Any, tmp: Path, final: Path) -> Any:
     if isinstance(obj, list):
         return [_rebased(v, tmp, final) for v in obj]
     if isinstance(obj, str) and (obj == str(tmp) or obj.startswith(str(tmp) + os.sep)):
-        return str(final) + obj[len(str(tmp)):]
+        return str(final) + obj[len(str(tmp)) :]
     return obj
 
 
@@ -192,9 +194,14 @@ def storage_choices() -> list[tuple[str, str]]:
     return [(a, f) for f in FLOAT_PARAMS_CHOICES for a in ATT_BIAS_CHOICES]
 
 
-def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, tensors: dict[str, np.ndarray],
-                     choices: list[tuple[str, str]] | None = None, threads: int | None = None,
-                     batch_size: int = 120) -> dict[str, dict[str, Any]]:
+def storage_fidelity(
+    onnx_path: str | os.PathLike[str],
+    x: np.ndarray,
+    tensors: dict[str, np.ndarray],
+    choices: list[tuple[str, str]] | None = None,
+    threads: int | None = None,
+    batch_size: int = 120,
+) -> dict[str, dict[str, Any]]:
     """For each (att_bias, float_params) storage choice: the exported file re-encoded that way, run by
     onnxruntime on images ``x``, against the same file with every tensor in float32 (its compact tensors
     decoded and replaced by the model's own float32 values, ``tensors``: name -> array, the model's state):
@@ -212,6 +219,7 @@ def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, tensors: 
     state_names = list(tensors)
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bvit-edge-storage-") as tmp:
+
         def logits(proto: onnx.ModelProto, name: str) -> tuple[np.ndarray, int]:
             path = Path(tmp) / f"{name}.onnx"
             data = proto.SerializeToString()
@@ -227,15 +235,20 @@ def storage_fidelity(onnx_path: str | os.PathLike[str], x: np.ndarray, tensors: 
             diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
             agree = got.argmax(1) == ref.argmax(1)
             out[f"att_bias={att_bias},float_params={float_params}"] = {
-                "att_bias": att_bias, "float_params": float_params, "n_images": int(x.shape[0]),
+                "att_bias": att_bias,
+                "float_params": float_params,
+                "n_images": int(x.shape[0]),
                 "max_abs_logit_diff": float(diff.max()) if diff.size else 0.0,
-                "top1_agreement": float(agree.mean()), "top1_mismatches": int((~agree).sum()), "file_bytes": nbytes,
+                "top1_agreement": float(agree.mean()),
+                "top1_mismatches": int((~agree).sum()),
+                "file_bytes": nbytes,
             }
     return out
 
 
-def _storage_summary(model: Any, summary: ExportSummary, att_bias: str, float_params: str,
-                     x: np.ndarray | None, is_fp: bool) -> dict[str, Any]:
+def _storage_summary(
+    model: Any, summary: ExportSummary, att_bias: str, float_params: str, x: np.ndarray | None, is_fp: bool
+) -> dict[str, Any]:
     """The storage section of export.json: the choice, bytes of each file under every choice, fidelity."""
     doc: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params, "bytes": {}}
     for flavour in summary.student:
@@ -243,11 +256,15 @@ def _storage_summary(model: Any, summary: ExportSummary, att_bias: str, float_pa
             doc["bytes"][flavour] = summary.size[flavour]["storage_bytes"]
     if x is not None and not is_fp and summary.student:
         flavour = "standard" if "standard" in summary.student else next(iter(summary.student))
-        tensors = {n: t.detach().cpu().numpy() for n, t in list(model.named_parameters()) + list(model.named_buffers())
-                   if t is not None and t.is_floating_point()}
+        tensors = {
+            n: t.detach().cpu().numpy()
+            for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t is not None and t.is_floating_point()
+        }
         doc["fidelity"] = storage_fidelity(summary.student[flavour]["path"], x, tensors)
-        doc["fidelity_reference"] = (f"the {flavour} export with every tensor stored as float32, in onnxruntime, "
-                                     "on the val images")
+        doc["fidelity_reference"] = (
+            f"the {flavour} export with every tensor stored as float32, in onnxruntime, on the val images"
+        )
     return doc
 
 
@@ -305,12 +322,20 @@ def bench_report(
             res = {"student": student, "teacher": teacher, "baseline": baseline}[m["role"]]
             if res is None:
                 continue
-            m["accuracy"] = {"split": "val", "n_images": res["num_images"], "top1_pct": res["accuracy"]["top1"] * 100,
-                             "top5_pct": res["accuracy"]["top5"] * 100}
+            m["accuracy"] = {
+                "split": "val",
+                "n_images": res["num_images"],
+                "top1_pct": res["accuracy"]["top1"] * 100,
+                "top5_pct": res["accuracy"]["top5"] * 100,
+            }
             if m["role"] == "student" and reference is not None:
                 fid = fidelity(reference["logits"], student["logits"])
-                m["fidelity"] = {"reference": "onnx", "compared": "tvm", "max_abs_diff": fid["max_abs_diff"],
-                                 "top1_agreement_pct": fid["top1_agreement"] * 100}
+                m["fidelity"] = {
+                    "reference": "onnx",
+                    "compared": "tvm",
+                    "max_abs_diff": fid["max_abs_diff"],
+                    "top1_agreement_pct": fid["top1_agreement"] * 100,
+                }
     with output_folder(out, "report", overwrite, option="--report") as tmp:
         write_report(tmp / "report.json", doc)
         render_into(load_report(tmp / "report.json"), tmp)

@@ -104,22 +104,31 @@ class ModelSummary:
 
     def storage(self) -> dict[str, dict[str, Any]]:
         """Packed bytes under every storage choice, key "att_bias=X,float_params=Y" (module docstring)."""
-        from bvit_edge.contract import ATT_BIAS_STORAGES as ATT_BIAS_CHOICES  # noqa: PLC0415
-        from bvit_edge.contract import FLOAT_PARAMS_STORAGES as FLOAT_PARAMS_CHOICES  # noqa: PLC0415
+        from bvit_edge.contract import ATT_BIAS_STORAGES as ATT_BIAS_CHOICES
+        from bvit_edge.contract import FLOAT_PARAMS_STORAGES as FLOAT_PARAMS_CHOICES
 
         if self.storage_counts is None:
             return {}
         e_b, r_b, e_f = self.storage_counts
-        bias_bytes = {"float32": 4 * e_b, "int16": 2 * e_b + 4 * r_b, "float16": 2 * e_b, "int8": e_b + 4 * r_b,
-                      "int4": -(-e_b // 2) + 4 * r_b}
+        bias_bytes = {
+            "float32": 4 * e_b,
+            "int16": 2 * e_b + 4 * r_b,
+            "float16": 2 * e_b,
+            "int8": e_b + 4 * r_b,
+            "int4": -(-e_b // 2) + 4 * r_b,
+        }
         out: dict[str, dict[str, Any]] = {}
         for fp in FLOAT_PARAMS_CHOICES:
             for ab in ATT_BIAS_CHOICES:
                 packed = self.packed_bytes - 4 * e_b + bias_bytes[ab] - (2 * e_f if fp == "float16" else 0)
                 out[f"att_bias={ab},float_params={fp}"] = {
-                    "att_bias": ab, "float_params": fp, "att_bias_bytes": bias_bytes[ab],
-                    "float_params_bytes": (2 if fp == "float16" else 4) * e_f, "packed_bytes": packed,
-                    "compression_ratio": self.teacher_bytes / packed if packed else float("nan")}
+                    "att_bias": ab,
+                    "float_params": fp,
+                    "att_bias_bytes": bias_bytes[ab],
+                    "float_params_bytes": (2 if fp == "float16" else 4) * e_f,
+                    "packed_bytes": packed,
+                    "compression_ratio": self.teacher_bytes / packed if packed else float("nan"),
+                }
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,18 +159,45 @@ class ModelSummary:
         from rich.table import Table
 
         t = Table(title=f"{self.model_name} — input {'x'.join(map(str, self.input_size))}, batch 1")
-        for col in ("Layer", "Type", "1-bit", "8-bit", "32-bit", "Packed KiB", "BOPs (bin MACs)", "int8 MACs",
-                    "FP MACs"):
+        for col in (
+            "Layer",
+            "Type",
+            "1-bit",
+            "8-bit",
+            "32-bit",
+            "Packed KiB",
+            "BOPs (bin MACs)",
+            "int8 MACs",
+            "FP MACs",
+        ):
             t.add_column(col, justify="left" if col in ("Layer", "Type") else "right")
         rows = self.layers if max_rows is None else self.layers[:max_rows]
         for r in rows:
-            t.add_row(r.name or "(model)", r.kind, _n(r.params_1bit), _n(r.params_8bit), _n(r.params_32bit),
-                      f"{r.packed_bytes / 1024:.1f}", _n(r.binary_macs), _n(r.int8_macs), _n(r.float_macs))
+            t.add_row(
+                r.name or "(model)",
+                r.kind,
+                _n(r.params_1bit),
+                _n(r.params_8bit),
+                _n(r.params_32bit),
+                f"{r.packed_bytes / 1024:.1f}",
+                _n(r.binary_macs),
+                _n(r.int8_macs),
+                _n(r.float_macs),
+            )
         if max_rows is not None and len(self.layers) > max_rows:
             t.add_row(f"... {len(self.layers) - max_rows} more", "", "", "", "", "", "", "", "")
-        t.add_row("Total", "", _n(self.params_1bit), _n(self.params_8bit), _n(self.params_32bit),
-                  f"{self.packed_bytes / 1024:.1f}", _n(self.total("binary_macs")), _n(self.total("int8_macs")),
-                  _n(self.total("float_macs")), style="bold")
+        t.add_row(
+            "Total",
+            "",
+            _n(self.params_1bit),
+            _n(self.params_8bit),
+            _n(self.params_32bit),
+            f"{self.packed_bytes / 1024:.1f}",
+            _n(self.total("binary_macs")),
+            _n(self.total("int8_macs")),
+            _n(self.total("float_macs")),
+            style="bold",
+        )
         t.caption = (
             f"params {self.params_total:,} ({self.params_1bit / max(self.params_total, 1):.1%} 1-bit); packed "
             f"{self.packed_bytes / 1e6:.2f} MB vs float teacher {self.teacher_bytes / 1e6:.2f} MB "
@@ -177,18 +213,26 @@ class ModelSummary:
         rows = self.storage()
         if not rows or self.storage_counts is None or not any(self.storage_counts):
             return None
-        from bvit_edge.contract import DEFAULT_ATT_BIAS, DEFAULT_FLOAT_PARAMS  # noqa: PLC0415
+        from bvit_edge.contract import DEFAULT_ATT_BIAS, DEFAULT_FLOAT_PARAMS
 
         e_b, r_b, e_f = self.storage_counts
-        t = Table(title=f"storage of the float parameters: attention bias B {e_b:,} values in {r_b:,} rows, other "
-                        f"float tensors {e_f:,} values")
+        t = Table(
+            title=f"storage of the float parameters: attention bias B {e_b:,} values in {r_b:,} rows, other "
+            f"float tensors {e_f:,} values"
+        )
         for col in ("--att-bias", "--float-params", "B bytes", "other float bytes", "packed MB", "vs float teacher"):
             t.add_column(col, justify="left" if col.startswith("--") else "right")
         default = f"att_bias={DEFAULT_ATT_BIAS},float_params={DEFAULT_FLOAT_PARAMS}"
         for key, r in rows.items():
-            t.add_row(r["att_bias"], r["float_params"], f"{r['att_bias_bytes']:,}", f"{r['float_params_bytes']:,}",
-                      f"{r['packed_bytes'] / 1e6:.2f}", f"x{r['compression_ratio']:.1f}",
-                      style="bold" if key == default else None)
+            t.add_row(
+                r["att_bias"],
+                r["float_params"],
+                f"{r['att_bias_bytes']:,}",
+                f"{r['float_params_bytes']:,}",
+                f"{r['packed_bytes'] / 1e6:.2f}",
+                f"x{r['compression_ratio']:.1f}",
+                style="bold" if key == default else None,
+            )
         t.caption = "bold: the export default. Weight bytes of the .onnx file / the artifact's params.npz."
         return t
 
@@ -305,15 +349,19 @@ def _layer_macs(mod: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
         w = mod.weight if isinstance(mod, nn.Conv2d) else mod.w_int8
         # weight [C_out, C_in / groups, kh, kw]: each output element takes C_in/groups * kh * kw MACs
         return int(out.numel() // out.shape[0]) * int(w.shape[1]) * int(w.shape[2] * w.shape[3])
-    k = int(getattr(mod, "in_features"))
-    n = int(getattr(mod, "out_features"))
+    k = int(mod.in_features)
+    n = int(mod.out_features)
     tokens = int(inp.numel() // inp.shape[0] // k)
     return tokens * k * n
 
 
 def _is_compute_layer(mod: nn.Module) -> bool:
     return isinstance(mod, (nn.Linear, nn.Conv2d)) or type(mod).__name__ in (
-        "FrozenBinaryLinear", "FrozenInt8Linear", "FrozenInt8Conv2d", "FrozenACDLinear")
+        "FrozenBinaryLinear",
+        "FrozenInt8Linear",
+        "FrozenInt8Conv2d",
+        "FrozenACDLinear",
+    )
 
 
 def _attention_macs(mod: nn.Module, n_tokens: int) -> dict[str, int] | None:
@@ -331,7 +379,7 @@ def _teacher_params(model: nn.Module, teacher: nn.Module | None) -> int:
     if teacher is not None:
         return sum(p.numel() for p in teacher.parameters())
     cfg = getattr(model, "cfg", None)
-    from bvit_edge.models.vit import ViTConfig, VisionTransformer
+    from bvit_edge.models.vit import VisionTransformer, ViTConfig
 
     if isinstance(cfg, ViTConfig):
         plain = ViTConfig(**{**cfg.to_dict(), "extra": {}})
@@ -340,8 +388,9 @@ def _teacher_params(model: nn.Module, teacher: nn.Module | None) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def summary(model: nn.Module, input_size: tuple[int, int, int] | None = None,
-            teacher: nn.Module | None = None) -> ModelSummary:
+def summary(
+    model: nn.Module, input_size: tuple[int, int, int] | None = None, teacher: nn.Module | None = None
+) -> ModelSummary:
     """Summarise ``model`` (any registered bvit-edge model, trained, fresh or frozen) for one image.
 
     ``input_size`` (C, H, W) defaults to ``model.default_cfg["input_size"]``. The model itself is not run:
@@ -361,14 +410,16 @@ def summary(model: nn.Module, input_size: tuple[int, int, int] | None = None,
     handles = []
     for mname, mod in work.named_modules():
         if _is_compute_layer(mod) or hasattr(mod, "num_heads"):
+
             def hook(m: nn.Module, args: tuple, out: Any, _n: str = mname) -> None:  # type: ignore[type-arg]
                 if _n not in shapes and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
                     shapes[_n] = (args[0].detach(), out.detach())
+
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
             work(torch.randn(1, *input_size))
-    except Exception as exc:  # noqa: BLE001 - reported as a usage error with the cause
+    except Exception as exc:
         raise ConfigError(f"summary(): a forward pass of {name} on one {input_size} image failed: {exc}") from exc
     finally:
         for h in handles:
@@ -407,7 +458,7 @@ def _is_att_bias(name: str) -> bool:
 
 def _storage_counts(model: nn.Module, result: ModelSummary) -> tuple[int, int, int]:
     """(E_B, R_B, E_F): attention-bias values and rows, other 32-bit tensors of >= MIN_ELEMENTS values."""
-    from bvit_edge.contract import STORAGE_MIN_ELEMENTS as MIN_ELEMENTS  # noqa: PLC0415
+    from bvit_edge.contract import STORAGE_MIN_ELEMENTS as MIN_ELEMENTS
 
     e_b = r_b = e_f = 0
     tensors = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b is not None]

@@ -17,13 +17,13 @@ from bvit_edge.export.validate import (
 
 __all__ = [
     "ExportResult",
-    "export_onnx",
-    "export_teacher_onnx",
-    "validate_onnx",
-    "ValidationReport",
     "OutputNameMismatch",
     "ShapeMismatch",
-    "ValueMismatch",
     "SizeReport",
+    "ValidationReport",
+    "ValueMismatch",
+    "export_onnx",
+    "export_teacher_onnx",
     "size_report",
+    "validate_onnx",
 ]

@@ -82,8 +82,10 @@ def quantize_teacher(teacher_onnx: str | os.PathLike[str], out_onnx: str | os.Pa
             quantize_dynamic(str(src), str(raw), weight_type=QuantType.QInt8)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-            raise DataError(f"onnxruntime could not quantize {src} ({type(exc).__name__}: {first}). Give the "
-                            "float teacher exported by `bvit-edge export` (teacher.onnx).") from None
+            raise DataError(
+                f"onnxruntime could not quantize {src} ({type(exc).__name__}: {first}). Give the "
+                "float teacher exported by `bvit-edge export` (teacher.onnx)."
+            ) from None
         finally:
             root.setLevel(level)
         proto = _load(raw)
@@ -96,9 +98,16 @@ def quantize_teacher(teacher_onnx: str | os.PathLike[str], out_onnx: str | os.Pa
     data = proto.SerializeToString()
     write_bytes(out_onnx, data)
     quantized = sum(1 for n in proto.graph.node if n.op_type in INTEGER_OPS)
-    return Int8Teacher(path=str(out_onnx), bytes=len(data), source=str(src), source_bytes=src.stat().st_size,
-                       method=METHOD, weight_type=WEIGHT_TYPE, onnxruntime=onnxruntime.__version__,
-                       integer_nodes=quantized)
+    return Int8Teacher(
+        path=str(out_onnx),
+        bytes=len(data),
+        source=str(src),
+        source_bytes=src.stat().st_size,
+        method=METHOD,
+        weight_type=WEIGHT_TYPE,
+        onnxruntime=onnxruntime.__version__,
+        integer_nodes=quantized,
+    )
 
 
 __all__ = ["METHOD", "WEIGHT_TYPE", "Int8Teacher", "quantize_teacher"]

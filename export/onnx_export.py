@@ -19,9 +19,10 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import onnx
 
@@ -201,8 +202,10 @@ def _finalize(proto: onnx.ModelProto, ops: str, model: Any) -> onnx.ModelProto:
         )
     unknown = sorted(d for d in domains if d not in ("", "ai.onnx", DOMAIN))
     if unknown:
-        raise ConfigError(f"The export produced nodes in unsupported ONNX domains {unknown}; only standard ops and "
-                          f"{DOMAIN!r} are allowed.")
+        raise ConfigError(
+            f"The export produced nodes in unsupported ONNX domains {unknown}; only standard ops and "
+            f"{DOMAIN!r} are allowed."
+        )
     if ops == "standard" and DOMAIN in domains:
         raise ConfigError(f"A standard export still holds {DOMAIN!r} nodes: a translation was bypassed. This is a bug.")
     imports = {o.domain: o for o in proto.opset_import}
@@ -217,8 +220,7 @@ def _finalize(proto: onnx.ModelProto, ops: str, model: Any) -> onnx.ModelProto:
         META_OPS: ops if DOMAIN in domains else "standard",
         META_OP_DOMAIN: op_domain_tag(),
         META_MODEL_NAME: str(getattr(model, "model_name", type(model).__name__)),
-        META_DEFAULT_CFG: json.dumps({k: v for k, v in cfg.items()
-                                      if isinstance(v, (int, float, str, tuple, list))}),
+        META_DEFAULT_CFG: json.dumps({k: v for k, v in cfg.items() if isinstance(v, (int, float, str, tuple, list))}),
     }
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -244,8 +246,9 @@ def check_exported(proto: onnx.ModelProto) -> list[list[Any]]:
     for out in inferred.graph.output:
         tt = out.type.tensor_type
         if not tt.HasField("shape"):
-            raise ValidationError(f"ONNX shape inference gives no shape for output {out.name!r}; the export is "
-                                  "incomplete.")
+            raise ValidationError(
+                f"ONNX shape inference gives no shape for output {out.name!r}; the export is incomplete."
+            )
         shapes.append([d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim])
     return shapes
 
@@ -281,7 +284,7 @@ def export_onnx(
     example = _example_input(model, input_shape)
     proto = None
     errors: list[str] = []
-    for dyn in ([True, False] if dynamic_batch else [False]):
+    for dyn in [True, False] if dynamic_batch else [False]:
         try:
             with torch.no_grad():
                 proto = _torch_export(model, example, ops, dyn)
@@ -301,8 +304,7 @@ def export_onnx(
         )
     proto = _finalize(proto, ops, model)
     storage, encoded = compact_proto(proto, att_bias, float_params, state_names(model))
-    proto.metadata_props.add(key=META_STORAGE,
-                             value=json.dumps({"att_bias": att_bias, "float_params": float_params}))
+    proto.metadata_props.add(key=META_STORAGE, value=json.dumps({"att_bias": att_bias, "float_params": float_params}))
     out_shapes = check_exported(proto)
     data = proto.SerializeToString()
     write_bytes(path, data)
@@ -333,5 +335,12 @@ def export_teacher_onnx(model: Any, path: str | Path, **kwargs: Any) -> ExportRe
     return export_onnx(model, path, ops="standard", **kwargs)
 
 
-__all__ = ["ExportResult", "export_onnx", "export_teacher_onnx", "check_frozen", "check_exported", "IR_VERSION",
-           "OPSET"]
+__all__ = [
+    "IR_VERSION",
+    "OPSET",
+    "ExportResult",
+    "check_exported",
+    "check_frozen",
+    "export_onnx",
+    "export_teacher_onnx",
+]

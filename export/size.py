@@ -88,20 +88,27 @@ def largest_float32(proto: onnx.ModelProto, top: int = 5) -> list[tuple[str, int
     return sorted(sizes, key=lambda t: -t[1])[:top]
 
 
-def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None,
-                state_names: list[str] | None = None) -> SizeReport:
+def size_report(
+    onnx_path: str | Path, teacher_path: str | Path | None = None, state_names: list[str] | None = None
+) -> SizeReport:
     """Bytes on disk and weight counts of ``onnx_path``; compression ratio vs ``teacher_path`` if given;
     the file's bytes under every storage choice of B (and, given the model's ``state_names``, of its other
     float parameters) in ``storage_bytes``."""
-    from bvit_edge.export.storage import att_bias_names, decompacted, storage_bytes  # noqa: PLC0415
+    from bvit_edge.export.storage import att_bias_names, decompacted, storage_bytes
 
     proto = load_model(onnx_path)
     size = Path(onnx_path).stat().st_size
     counts = weight_counts(proto)
-    rep = SizeReport(path=str(onnx_path), bytes_on_disk=size, weights_1bit=counts["weights_1bit"],
-                     weights_8bit=counts["weights_8bit"], weights_32bit=counts["weights_32bit"],
-                     weights_other=counts["weights_other"], weights_16bit=counts["weights_16bit"],
-                     largest_32bit=largest_float32(proto))
+    rep = SizeReport(
+        path=str(onnx_path),
+        bytes_on_disk=size,
+        weights_1bit=counts["weights_1bit"],
+        weights_8bit=counts["weights_8bit"],
+        weights_32bit=counts["weights_32bit"],
+        weights_other=counts["weights_other"],
+        weights_16bit=counts["weights_16bit"],
+        largest_32bit=largest_float32(proto),
+    )
     if att_bias_names(decompacted(proto)) or state_names:
         rep.storage_bytes = storage_bytes(proto, state_names or [])
     if teacher_path is not None:
@@ -112,4 +119,4 @@ def size_report(onnx_path: str | Path, teacher_path: str | Path | None = None,
     return rep
 
 
-__all__ = ["SizeReport", "size_report", "weight_counts", "largest_float32"]
+__all__ = ["SizeReport", "largest_float32", "size_report", "weight_counts"]

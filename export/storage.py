@@ -77,8 +77,9 @@ def check_choice(att_bias: str, float_params: str) -> None:
     if att_bias not in ATT_BIAS_CHOICES:
         raise UsageError(f"att_bias={att_bias!r}: choose one of {', '.join(ATT_BIAS_CHOICES)} (--att-bias).")
     if float_params not in FLOAT_PARAMS_CHOICES:
-        raise UsageError(f"float_params={float_params!r}: choose one of {', '.join(FLOAT_PARAMS_CHOICES)} "
-                         "(--float-params).")
+        raise UsageError(
+            f"float_params={float_params!r}: choose one of {', '.join(FLOAT_PARAMS_CHOICES)} (--float-params)."
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -116,8 +117,9 @@ def encode(x: np.ndarray, dtype: str) -> Encoded:
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     shape = tuple(int(d) for d in x.shape)
     if not np.all(np.isfinite(x)):
-        raise UsageError("A parameter holds NaN or infinity; it cannot be stored compactly (train or load the "
-                         "model again).")
+        raise UsageError(
+            "A parameter holds NaN or infinity; it cannot be stored compactly (train or load the model again)."
+        )
     if dtype == "float32":
         return Encoded(dtype, shape, x.copy())
     if dtype == "float16":
@@ -155,8 +157,12 @@ def att_bias_names(proto: onnx.ModelProto) -> set[str]:
     inits = {i.name for i in proto.graph.initializer if i.data_type == _T.FLOAT}
     names = {n for n in inits if n.rsplit(".", 1)[-1] == ATT_BIAS_SUFFIX}
     for node in proto.graph.node:
-        if (node.op_type == "BinaryMatMul" and _attr_s(node, "a_mode") == "gsb_unsigned" and len(node.input) > 2
-                and node.input[2] in inits):
+        if (
+            node.op_type == "BinaryMatMul"
+            and _attr_s(node, "a_mode") == "gsb_unsigned"
+            and len(node.input) > 2
+            and node.input[2] in inits
+        ):
             names.add(node.input[2])
     return names
 
@@ -169,8 +175,11 @@ def float_param_names(proto: onnx.ModelProto, state_names: Iterable[str]) -> set
     """float32 initializers named after a model tensor (``state_names``), >= MIN_ELEMENTS, B excluded."""
     wanted = set(state_names)
     bias = att_bias_names(proto)
-    return {i.name for i in proto.graph.initializer
-            if i.data_type == _T.FLOAT and i.name in wanted and i.name not in bias and _numel(i) >= MIN_ELEMENTS}
+    return {
+        i.name
+        for i in proto.graph.initializer
+        if i.data_type == _T.FLOAT and i.name in wanted and i.name not in bias and _numel(i) >= MIN_ELEMENTS
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -212,11 +221,19 @@ class StorageReport:
             agg["elements"] += t.elements
             agg["float32_bytes"] += t.float32_bytes
             agg["stored_bytes"] += t.stored_bytes
-        return {"att_bias": self.att_bias, "float_params": self.float_params, "saved_bytes": self.saved_bytes,
-                "by_kind": by_kind, "max_abs_error": {k: max((t.max_abs_error for t in self.tensors
-                                                               if (t.name in self._bias) == (k == "att_bias")),
-                                                              default=0.0) for k in by_kind},
-                "tensors": [asdict(t) for t in self.tensors]}
+        return {
+            "att_bias": self.att_bias,
+            "float_params": self.float_params,
+            "saved_bytes": self.saved_bytes,
+            "by_kind": by_kind,
+            "max_abs_error": {
+                k: max(
+                    (t.max_abs_error for t in self.tensors if (t.name in self._bias) == (k == "att_bias")), default=0.0
+                )
+                for k in by_kind
+            },
+            "tensors": [asdict(t) for t in self.tensors],
+        }
 
     _bias: set[str] = field(default_factory=set, repr=False)
 
@@ -247,8 +264,10 @@ def _replace(proto: onnx.ModelProto, init: onnx.TensorProto, enc: Encoded) -> li
     rows = _unique(proto, f"{name}.rows")
     shape = _unique(proto, f"{name}.shape")
     graph.initializer.append(numpy_helper.from_array(np.asarray(enc.shape, np.int64), shape))
-    return [onnx.helper.make_node("DequantizeLinear", [stored, scale], [rows], name=f"{name}.decode", axis=0),
-            onnx.helper.make_node("Reshape", [rows, shape], [name], name=f"{name}.reshape")]
+    return [
+        onnx.helper.make_node("DequantizeLinear", [stored, scale], [rows], name=f"{name}.decode", axis=0),
+        onnx.helper.make_node("Reshape", [rows, shape], [name], name=f"{name}.reshape"),
+    ]
 
 
 def _int4(q: np.ndarray) -> np.ndarray:
@@ -266,9 +285,12 @@ def _use_opset(proto: onnx.ModelProto, version: int) -> None:
     proto.opset_import.append(onnx.helper.make_opsetid("", version))
 
 
-def compact_proto(proto: onnx.ModelProto, att_bias: str = DEFAULT_ATT_BIAS,
-                  float_params: str = DEFAULT_FLOAT_PARAMS, state_names: Iterable[str] = ()) -> tuple[
-                      StorageReport, dict[str, Encoded]]:
+def compact_proto(
+    proto: onnx.ModelProto,
+    att_bias: str = DEFAULT_ATT_BIAS,
+    float_params: str = DEFAULT_FLOAT_PARAMS,
+    state_names: Iterable[str] = (),
+) -> tuple[StorageReport, dict[str, Encoded]]:
     """Re-encode B (``att_bias``) and the model's other float tensors (``float_params``; only initializers
     named in ``state_names``) in place. The decoding nodes go first in the graph (they depend on
     initializers alone), so the node order stays topological. Returns the report and name -> Encoded."""
@@ -291,8 +313,17 @@ def compact_proto(proto: onnx.ModelProto, att_bias: str = DEFAULT_ATT_BIAS,
             dtype = "float16"  # per-row scales of a vector would cost more than the vector
         enc = encode(x, dtype)
         encoded[init.name] = enc
-        report.tensors.append(StoredTensor(init.name, dtype, list(enc.shape), int(x.size), int(x.nbytes), enc.nbytes,
-                                           float(np.max(np.abs(enc.decoded() - x))) if x.size else 0.0))
+        report.tensors.append(
+            StoredTensor(
+                init.name,
+                dtype,
+                list(enc.shape),
+                int(x.size),
+                int(x.nbytes),
+                enc.nbytes,
+                float(np.max(np.abs(enc.decoded() - x))) if x.size else 0.0,
+            )
+        )
         decoders += _replace(proto, init, enc)
     replaced = set(encoded)
     originals = [i for i in proto.graph.initializer if i.name not in replaced or i.data_type != _T.FLOAT]
@@ -306,14 +337,15 @@ def compact_proto(proto: onnx.ModelProto, att_bias: str = DEFAULT_ATT_BIAS,
     return report, encoded
 
 
-def storage_bytes(proto: onnx.ModelProto, state_names: Iterable[str] = (),
-                  choices: Iterable[tuple[str, str]] | None = None) -> dict[str, int]:
+def storage_bytes(
+    proto: onnx.ModelProto, state_names: Iterable[str] = (), choices: Iterable[tuple[str, str]] | None = None
+) -> dict[str, int]:
     """Serialized bytes of ``proto`` under each (att_bias, float_params) choice, key "att_bias=X,float_params=Y".
     ``proto`` is not modified (B is decoded back to float32 first when it is already compact)."""
     base = decompacted(proto)
     names = list(state_names)
     out: dict[str, int] = {}
-    for ab, fp in (choices or [(a, f) for f in FLOAT_PARAMS_CHOICES for a in ATT_BIAS_CHOICES]):
+    for ab, fp in choices or [(a, f) for f in FLOAT_PARAMS_CHOICES for a in ATT_BIAS_CHOICES]:
         work = onnx.ModelProto()
         work.CopyFrom(base)
         compact_proto(work, ab, fp, names)

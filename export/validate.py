@@ -26,9 +26,10 @@ torch model takes under the perturbations. An input that is stable under the pro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -100,8 +101,10 @@ def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> list[np.nd
 
 def per_input_max_diff(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> np.ndarray:
     """max |got - ref| per input (axis 0), over every output: float64 [B]."""
-    diffs = [np.abs(g.astype(np.float64) - r.astype(np.float64)).reshape(g.shape[0], -1).max(axis=1)
-             for g, r in zip(got, ref)]
+    diffs = [
+        np.abs(g.astype(np.float64) - r.astype(np.float64)).reshape(g.shape[0], -1).max(axis=1)
+        for g, r in zip(got, ref)
+    ]
     return np.max(np.stack(diffs), axis=0)
 
 
@@ -150,7 +153,7 @@ def validate_onnx(
     (see the module docstring), even when it does not. Raises the named mismatch error otherwise; returns the
     report when it passes.
     """
-    from bvit_edge.runtime.ort import run_session, ort_session
+    from bvit_edge.runtime.ort import ort_session, run_session
 
     x = _as_numpy(inputs)
     if x.ndim != 4 or x.shape[0] == 0:
@@ -164,8 +167,9 @@ def validate_onnx(
         )
     ref = torch_outputs(model, x, batch_size)
     if len(ref) != len(names):
-        raise OutputNameMismatch(f"{str(onnx_path)!r} has {len(names)} outputs {names}; the torch model gives "
-                                 f"{len(ref)}.")
+        raise OutputNameMismatch(
+            f"{str(onnx_path)!r} has {len(names)} outputs {names}; the torch model gives {len(ref)}."
+        )
     got = run_session(session, x, batch_size)
     max_abs, max_rel, top1, mism = compare_outputs(got, ref, names, rtol, atol)
     scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
@@ -175,8 +179,9 @@ def validate_onnx(
     ties: list[int] = []
     if 0 < beyond <= max_outliers:
         ties = [int(i) for i in outliers if tie_probe(model, x[i], [g[i] for g in got], tol)]
-    flipped: list[int] = (np.flatnonzero(got[0].argmax(axis=1) != ref[0].argmax(axis=1)).tolist()
-                          if got[0].ndim == 2 else [])
+    flipped: list[int] = (
+        np.flatnonzero(got[0].argmax(axis=1) != ref[0].argmax(axis=1)).tolist() if got[0].ndim == 2 else []
+    )
     on_ties = int(sum(1 for i in flipped if int(i) in ties))
     passed = beyond <= max_outliers and mism == on_ties
     report = ValidationReport(
@@ -208,8 +213,15 @@ def validate_onnx(
     return report
 
 
-def tie_probe(model: Any, x: np.ndarray, onnx_out: Sequence[np.ndarray], tol: float, probes: int = PROBES,
-              eps: float = PROBE_EPS, seed: int = 0) -> bool:
+def tie_probe(
+    model: Any,
+    x: np.ndarray,
+    onnx_out: Sequence[np.ndarray],
+    tol: float,
+    probes: int = PROBES,
+    eps: float = PROBE_EPS,
+    seed: int = 0,
+) -> bool:
     """True when input ``x`` [C, H, W] is a tie (module docstring): under ``probes`` perturbations
     x (1 + eps u), u random signs, the torch output moves beyond ``tol``, and the ONNX output ``onnx_out`` is
     within ``tol`` of the torch output at some perturbation (or at x itself)."""
@@ -229,11 +241,11 @@ def tie_probe(model: Any, x: np.ndarray, onnx_out: Sequence[np.ndarray], tol: fl
 __all__ = [
     "OutputNameMismatch",
     "ShapeMismatch",
-    "ValueMismatch",
     "ValidationReport",
-    "validate_onnx",
-    "torch_outputs",
+    "ValueMismatch",
     "compare_outputs",
     "per_input_max_diff",
     "tie_probe",
+    "torch_outputs",
+    "validate_onnx",
 ]

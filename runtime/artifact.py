@@ -45,8 +45,18 @@ from bvit_edge.digest import sha256_file
 from bvit_edge.errors import BvitEdgeError, ToolchainError, UsageError
 from bvit_edge.runtime.cpu_features import ARCHES, cpu_features, machine_arch, missing_features
 
-__all__ = ["LoadedArtifact", "check_machine", "load_artifact", "params_file", "read_manifest", "read_params",
-           "required_features", "run_artifact", "topk", "verify_files"]
+__all__ = [
+    "LoadedArtifact",
+    "check_machine",
+    "load_artifact",
+    "params_file",
+    "read_manifest",
+    "read_params",
+    "required_features",
+    "run_artifact",
+    "topk",
+    "verify_files",
+]
 
 #: Manifest versions this runtime reads: 1 (weights inside lib.so) and 2 (weights in params.npz, or embedded).
 SUPPORTED_SCHEMAS = (1, 2)
@@ -65,8 +75,11 @@ def _plain_name(value: Any) -> bool:
 
 
 def _int_list(value: Any, positive: bool = True) -> bool:
-    return (isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in value)
-            and all(d > 0 if positive else d >= 0 for d in value))
+    return (
+        isinstance(value, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in value)
+        and all(d > 0 if positive else d >= 0 for d in value)
+    )
 
 
 def _numbers(value: Any) -> bool:
@@ -87,8 +100,10 @@ def _schema_problems(m: dict[str, Any]) -> list[str]:
     bad: list[str] = []
     version = m.get("schema_version")
     if version not in SUPPORTED_SCHEMAS or isinstance(version, bool):
-        return [f"schema_version {version!r} is not supported (this bvit-edge reads "
-                f"{' and '.join(map(str, SUPPORTED_SCHEMAS))})"]
+        return [
+            f"schema_version {version!r} is not supported (this bvit-edge reads "
+            f"{' and '.join(map(str, SUPPORTED_SCHEMAS))})"
+        ]
     target = m.get("target")
     if not isinstance(target, dict):
         bad.append("target: missing or not an object")
@@ -155,8 +170,12 @@ def _params_problems(p: Any) -> list[str]:
     arrays = p.get("arrays")
     if arrays is not None:
         ok = isinstance(arrays, list) and all(
-            isinstance(a, dict) and isinstance(a.get("name"), str) and _int_list(a.get("shape"), positive=False)
-            and _dtype_ok(a.get("dtype")) for a in arrays)
+            isinstance(a, dict)
+            and isinstance(a.get("name"), str)
+            and _int_list(a.get("shape"), positive=False)
+            and _dtype_ok(a.get("dtype"))
+            for a in arrays
+        )
         if not ok:
             bad.append("params.arrays: not a list of {name, shape (integers), dtype (a numpy type name)}")
         elif [a["name"] for a in arrays] != names:
@@ -170,11 +189,14 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / "manifest.json"
     if not folder.is_dir():
-        raise UsageError(f"The artifact folder {folder} does not exist; compile one with `bvit-edge compile "
-                         "MODEL.onnx --target T --out FOLDER` and copy the whole folder.")
+        raise UsageError(
+            f"The artifact folder {folder} does not exist; compile one with `bvit-edge compile "
+            "MODEL.onnx --target T --out FOLDER` and copy the whole folder."
+        )
     if not path.is_file():
-        raise UsageError(f"{folder} is not a bvit-edge artifact (it has no manifest.json); compile one with "
-                         "bvit-edge compile.")
+        raise UsageError(
+            f"{folder} is not a bvit-edge artifact (it has no manifest.json); compile one with bvit-edge compile."
+        )
     try:
         text = path.read_text(encoding="utf-8")
         manifest = json.loads(text)
@@ -185,15 +207,18 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise UsageError(f"{path} holds a JSON {type(manifest).__name__}, not the manifest object; {_RECOMPILE}.")
     problems = _schema_problems(manifest)
     if problems:
-        raise UsageError(f"{path} is not a valid artifact manifest: {'; '.join(problems)}. {_RECOMPILE[0].upper()}"
-                         f"{_RECOMPILE[1:]}.")
+        raise UsageError(
+            f"{path} is not a valid artifact manifest: {'; '.join(problems)}. {_RECOMPILE[0].upper()}{_RECOMPILE[1:]}."
+        )
     lib = folder / manifest.get("lib", "lib.so")
     if not lib.is_file():
         raise UsageError(f"{folder} is not a complete bvit-edge artifact: {lib.name} is missing; {_RECOMPILE}.")
     pfile = params_file(folder, manifest)
     if pfile is not None and not pfile.is_file():
-        raise UsageError(f"{folder}: the parameter file {pfile.name} is missing (the manifest says the weights are "
-                         f"in it); copy the whole artifact folder, or recompile it with bvit-edge compile.")
+        raise UsageError(
+            f"{folder}: the parameter file {pfile.name} is missing (the manifest says the weights are "
+            f"in it); copy the whole artifact folder, or recompile it with bvit-edge compile."
+        )
     return manifest
 
 
@@ -210,9 +235,11 @@ def params_file(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> Pat
 
 
 def _digest_mismatch(path: Path, what: str) -> UsageError:
-    return UsageError(f"{path} does not match the artifact's manifest (its sha256 differs from the one recorded at "
-                      f"compile time): the {what} changed after compiling, and running it would give wrong results; "
-                      f"{_RECOMPILE}.")
+    return UsageError(
+        f"{path} does not match the artifact's manifest (its sha256 differs from the one recorded at "
+        f"compile time): the {what} changed after compiling, and running it would give wrong results; "
+        f"{_RECOMPILE}."
+    )
 
 
 def verify_files(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
@@ -233,8 +260,7 @@ def required_features(manifest: dict[str, Any]) -> list[str]:
     return sorted(set(manifest.get("required_cpu_features") or []) | set(target.get("required_cpu_flags") or []))
 
 
-def check_machine(folder: str | os.PathLike[str], manifest: dict[str, Any],
-                  available: set[str] | None = None) -> None:
+def check_machine(folder: str | os.PathLike[str], manifest: dict[str, Any], available: set[str] | None = None) -> None:
     """UsageError (exit 2) unless this machine can run the artifact: same architecture, every CPU feature it needs."""
     target = manifest["target"]
     name, arch = target.get("name", "?"), target["arch"]
@@ -244,14 +270,16 @@ def check_machine(folder: str | os.PathLike[str], manifest: dict[str, Any],
             f"{folder} is compiled for {name!r} ({arch}), but this machine runs {here or platform.machine()} code "
             f"(uname -m: {platform.machine()}). Compile the model for this machine (`bvit-edge compile MODEL.onnx "
             "--target PRESET`, e.g. rpi4-aarch64 for a Raspberry Pi 4 with a 64-bit OS, rpi3-armv7 for a 32-bit OS), "
-            "or run the artifact on the board it was compiled for.")
+            "or run the artifact on the board it was compiled for."
+        )
     need = required_features(manifest)
     lacking = missing_features(need, cpu_features(arch) if available is None else available)
     if lacking:
         raise UsageError(
             f"{folder} is compiled for {name!r}, whose code uses CPU features this CPU lacks: {', '.join(lacking)} "
             "(it would crash with an illegal instruction). Compile the model for this CPU (`bvit-edge compile "
-            "MODEL.onnx --target PRESET` with this board's preset, or `--target host` on it).")
+            "MODEL.onnx --target PRESET` with this board's preset, or `--target host` on it)."
+        )
 
 
 def read_params(folder: str | os.PathLike[str], manifest: dict[str, Any], verify: bool = True) -> list[np.ndarray]:
@@ -275,29 +303,35 @@ def read_params(folder: str | os.PathLike[str], manifest: dict[str, Any], verify
         with np.load(pfile, allow_pickle=False) as npz:
             missing = [n for n in [*names, *extras] if n not in npz.files]
             if missing or len(npz.files) != len(names) + len(extras):
-                raise UsageError(f"{pfile} does not hold the parameters the manifest names ({len(npz.files)} arrays, "
-                                 f"expected {len(names)}{', missing ' + ', '.join(missing[:3]) if missing else ''}); "
-                                 f"{_RECOMPILE}.")
+                raise UsageError(
+                    f"{pfile} does not hold the parameters the manifest names ({len(npz.files)} arrays, "
+                    f"expected {len(names)}{', missing ' + ', '.join(missing[:3]) if missing else ''}); "
+                    f"{_RECOMPILE}."
+                )
             arrays = [np.ascontiguousarray(npz[n]) for n in names]
             extra = {k: np.ascontiguousarray(npz[k]) for k in extras}
     except BvitEdgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - zipfile / numpy raise several types for a damaged file
-        raise UsageError(f"{pfile} is not a readable parameter file ({type(exc).__name__}: {exc}); "
-                         f"{_RECOMPILE}.") from None
+        raise UsageError(
+            f"{pfile} is not a readable parameter file ({type(exc).__name__}: {exc}); {_RECOMPILE}."
+        ) from None
     for name, a in zip(names, arrays, strict=True):
         want = expected.get(name)
         if want is None:
             continue
         if list(a.shape) != list(want["shape"]) or a.dtype != np.dtype(want["dtype"]):
-            raise UsageError(f"{pfile}: parameter {name} is {a.dtype}{list(a.shape)}, the manifest says "
-                             f"{want['dtype']}{list(want['shape'])}; {_RECOMPILE}.")
+            raise UsageError(
+                f"{pfile}: parameter {name} is {a.dtype}{list(a.shape)}, the manifest says "
+                f"{want['dtype']}{list(want['shape'])}; {_RECOMPILE}."
+            )
     if decode:  # int16 / int8 / int4 codes and float16 values rebuilt in float32 once, here
         try:
             arrays = decode_params(names, arrays, decode, extra)
         except (KeyError, ValueError) as exc:
-            raise UsageError(f"{pfile}: a compactly stored parameter cannot be rebuilt ({exc}); {_RECOMPILE}.") \
-                from None
+            raise UsageError(
+                f"{pfile}: a compactly stored parameter cannot be rebuilt ({exc}); {_RECOMPILE}."
+            ) from None
     return arrays
 
 
@@ -376,8 +410,10 @@ class LoadedArtifact:
         if x.ndim == len(shape) - 1:
             x = x[None]
         if x.ndim != len(shape) or list(x.shape[1:]) != shape[1:]:
-            raise UsageError(f"images of shape {list(np.shape(images))} do not fit the artifact's input "
-                             f"{shape} (batch first); resize them to {shape[1:]}.")
+            raise UsageError(
+                f"images of shape {list(np.shape(images))} do not fit the artifact's input "
+                f"{shape} (batch first); resize them to {shape[1:]}."
+            )
         norm = self.manifest.get("normalization") or {}
         mean, std = norm.get("mean"), norm.get("std")
         if normalize and mean is not None and std is not None:
@@ -397,14 +433,17 @@ class LoadedArtifact:
             except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
                 text = str(exc).strip()
                 last = text.splitlines()[-1] if text else type(exc).__name__
-                raise ToolchainError(f"Running {self.folder} failed: {last}. Check that the artifact folder is "
-                                     f"complete and unmodified; {_RECOMPILE}.") from None
+                raise ToolchainError(
+                    f"Running {self.folder} failed: {last}. Check that the artifact folder is "
+                    f"complete and unmodified; {_RECOMPILE}."
+                ) from None
             outs.append(_to_numpy(y))
         return np.concatenate(outs, axis=0)
 
 
-def _load_local(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray],
-                threads: int | None) -> LoadedArtifact:
+def _load_local(
+    folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray], threads: int | None
+) -> LoadedArtifact:
     from bvit_edge.runtime.tvm_runtime import runtime
 
     rt = runtime()
@@ -419,8 +458,15 @@ def _load_local(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray]
         text = str(exc).strip()
         last = text.splitlines()[-1] if text else type(exc).__name__
         raise ToolchainError(f"Loading {lib_path} failed ({last}); {_RECOMPILE}.") from None
-    return LoadedArtifact(folder, manifest, vm, device, remote=False, params=[rt.tensor(a, device) for a in arrays],
-                          extra={"runtime": rt.versions})
+    return LoadedArtifact(
+        folder,
+        manifest,
+        vm,
+        device,
+        remote=False,
+        params=[rt.tensor(a, device) for a in arrays],
+        extra={"runtime": rt.versions},
+    )
 
 
 def _load_remote(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray], session: Any) -> LoadedArtifact:
@@ -429,8 +475,9 @@ def _load_remote(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray
     except ImportError:
         from bvit_edge.errors import MissingDependencyError
 
-        raise MissingDependencyError("running an artifact over RPC needs the tvm package on this host: "
-                                     "pip install bvit-edge (the full toolkit).") from None
+        raise MissingDependencyError(
+            "running an artifact over RPC needs the tvm package on this host: pip install bvit-edge (the full toolkit)."
+        ) from None
     lib_path = folder / manifest.get("lib", "lib.so")
     try:
         session.upload(str(lib_path))
@@ -439,14 +486,17 @@ def _load_remote(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray
     except Exception as exc:
         text = str(exc).strip()
         last = text.splitlines()[-1] if text else type(exc).__name__
-        raise ToolchainError(f"Loading {lib_path} on the board failed ({last}); was it compiled for the board's "
-                             f"architecture? The manifest says {manifest['target'].get('arch')}.") from exc
+        raise ToolchainError(
+            f"Loading {lib_path} on the board failed ({last}); was it compiled for the board's "
+            f"architecture? The manifest says {manifest['target'].get('arch')}."
+        ) from exc
     vm = relax.VirtualMachine(lib, device)
     return LoadedArtifact(folder, manifest, vm, device, remote=True, params=params_to_device(arrays, device))
 
 
-def load_artifact(folder: str | os.PathLike[str], session: Any = None, threads: int | None = None,
-                  verify: bool = True) -> LoadedArtifact:
+def load_artifact(
+    folder: str | os.PathLike[str], session: Any = None, threads: int | None = None, verify: bool = True
+) -> LoadedArtifact:
     """Load ``folder`` locally, or on the RPC ``session``'s device (the library is uploaded first, the
     weights of params.npz are copied to the device). ``verify`` (default): the checks of the module docstring
     (files against their sha256, and locally this machine's architecture and CPU features) before loading."""

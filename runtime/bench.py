@@ -55,9 +55,10 @@ import contextlib
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -105,8 +106,18 @@ from bvit_edge.runtime.bench_record import (
 )
 from bvit_edge.runtime.timing import Timing, measure, time_once
 
-__all__ = ["BenchResult", "SideResult", "SCHEMA_VERSION", "artifact_sizes", "bench", "compile_seconds",
-           "git_revision", "is_bench_file", "is_emulated_board", "report_of"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "BenchResult",
+    "SideResult",
+    "artifact_sizes",
+    "bench",
+    "compile_seconds",
+    "git_revision",
+    "is_bench_file",
+    "is_emulated_board",
+    "report_of",
+]
 
 # ----------------------------------------------------------------------------------------------------
 # the result as a report
@@ -116,14 +127,22 @@ class BenchResult(BenchRecord):
     """One benchmark (:class:`~bvit_edge.runtime.bench_record.BenchRecord`: the JSON a board writes too), plus its
     report document."""
 
-    def to_report(self, student_name: str | None = None, teacher_name: str | None = None,
-                  title: str | None = None, teacher_int8_name: str | None = None) -> dict[str, Any]:
+    def to_report(
+        self,
+        student_name: str | None = None,
+        teacher_name: str | None = None,
+        title: str | None = None,
+        teacher_int8_name: str | None = None,
+    ) -> dict[str, Any]:
         """This benchmark as a report document (bvit_edge.report schema "bvit-edge/report" v1) that
         ``bvit_edge.report.render_report`` draws: one model entry per side (with its size when the weight
         counts are known: 1-bit bytes = ceil(n/8), 8-bit = n, 32-bit = 4n) and one latency entry per side.
         The int8 teacher is the report's "baseline". Names default to the models' file stems."""
-        sides = [("student", self.student, student_name), ("teacher", self.teacher, teacher_name),
-                 ("teacher_int8", self.teacher_int8, teacher_int8_name)]
+        sides = [
+            ("student", self.student, student_name),
+            ("teacher", self.teacher, teacher_name),
+            ("teacher_int8", self.teacher_int8, teacher_int8_name),
+        ]
         models: list[dict[str, Any]] = []
         latency: list[dict[str, Any]] = []
         for role, side, name in sides:
@@ -140,22 +159,47 @@ class BenchResult(BenchRecord):
                 entry["size"] = size
             models.append(entry)
             st = side.steady
-            latency.append({
-                "model": name, "target": str(self.target.get("name")), "emulated": self.emulated,
-                "threads": self.threads if self.threads is not None else 0, "batch": self.batch_size,
-                "warmup_runs": st.warmup, "runs": st.runs, "median_ms": st.median_ms, "p10_ms": st.p10_ms,
-                "p90_ms": st.p90_ms, "mean_ms": st.mean_ms, "std_ms": st.std_ms, "min_ms": st.min_ms,
-                "timing_kind": self.timing_kind, "runtime": side.runtime, "load_ms": side.load_ms,
-                "first_run_ms": side.first_run_ms, "compile_s": side.compile_s,
-            })
-        env: dict[str, Any] = {"git_revision": self.git_revision, "seed": self.seed, "timing_kind": self.timing_kind,
-                               "date_utc": self.date_utc, **self.versions}
+            latency.append(
+                {
+                    "model": name,
+                    "target": str(self.target.get("name")),
+                    "emulated": self.emulated,
+                    "threads": self.threads if self.threads is not None else 0,
+                    "batch": self.batch_size,
+                    "warmup_runs": st.warmup,
+                    "runs": st.runs,
+                    "median_ms": st.median_ms,
+                    "p10_ms": st.p10_ms,
+                    "p90_ms": st.p90_ms,
+                    "mean_ms": st.mean_ms,
+                    "std_ms": st.std_ms,
+                    "min_ms": st.min_ms,
+                    "timing_kind": self.timing_kind,
+                    "runtime": side.runtime,
+                    "load_ms": side.load_ms,
+                    "first_run_ms": side.first_run_ms,
+                    "compile_s": side.compile_s,
+                }
+            )
+        env: dict[str, Any] = {
+            "git_revision": self.git_revision,
+            "seed": self.seed,
+            "timing_kind": self.timing_kind,
+            "date_utc": self.date_utc,
+            **self.versions,
+        }
         if self.ratio is not None:
             env["ratio_teacher_over_student_median"] = self.ratio
         if self.ratio_int8 is not None:
             env["ratio_teacher_int8_over_student_median"] = self.ratio_int8
-        doc: dict[str, Any] = {"schema": "bvit-edge/report", "schema_version": 1, "created_utc": self.date_utc,
-                               "environment": env, "models": models, "latency": latency}
+        doc: dict[str, Any] = {
+            "schema": "bvit-edge/report",
+            "schema_version": 1,
+            "created_utc": self.date_utc,
+            "environment": env,
+            "models": models,
+            "latency": latency,
+        }
         if title:
             doc["title"] = title
         return doc
@@ -179,8 +223,13 @@ def _report_size(sizes: dict[str, Any], side: SideResult) -> dict[str, Any]:
         on_disk = int(sizes["onnx_bytes"])
     else:
         on_disk = int(sizes["artifact"]["total_bytes"]) if "artifact" in sizes else None
-    return size_entry(int(counts["weights_1bit"]), int(counts["weights_8bit"]), int(counts["weights_32bit"]),
-                      artifact_bytes=on_disk, weights_16bit=int(counts.get("weights_16bit", 0)))
+    return size_entry(
+        int(counts["weights_1bit"]),
+        int(counts["weights_8bit"]),
+        int(counts["weights_32bit"]),
+        artifact_bytes=on_disk,
+        weights_16bit=int(counts.get("weights_16bit", 0)),
+    )
 
 
 def report_of(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -203,8 +252,9 @@ def report_of(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         result = BenchResult.from_dict(doc)
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{p} is not a complete bench result ({type(exc).__name__}: {exc}); re-run the bench that "
-                        "wrote it.") from None
+        raise DataError(
+            f"{p} is not a complete bench result ({type(exc).__name__}: {exc}); re-run the bench that wrote it."
+        ) from None
     return validate_report(result.to_report(), source=str(p))
 
 
@@ -224,10 +274,13 @@ def is_bench_file(path: str | os.PathLike[str]) -> bool:
 
 
 def _versions() -> dict[str, str]:
-    import bvit_edge  # noqa: PLC0415
+    import bvit_edge
 
-    out = {"bvit_edge": getattr(bvit_edge, "__version__", "unknown"), "numpy": np.__version__,
-           "python": platform.python_version()}
+    out = {
+        "bvit_edge": getattr(bvit_edge, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     for name in ("tvm", "onnxruntime"):
         try:
             out[name] = __import__(name).__version__
@@ -243,13 +296,15 @@ def _versions() -> dict[str, str]:
 def _artifact(path: str | os.PathLike[str], role: str) -> tuple[Path, dict[str, Any]]:
     folder = Path(path)
     if not folder.is_dir():
-        raise UsageError(f"The {role} artifact folder {folder} does not exist; compile one with "
-                         "`bvit-edge compile MODEL.onnx --target T --out FOLDER`.")
+        raise UsageError(
+            f"The {role} artifact folder {folder} does not exist; compile one with "
+            "`bvit-edge compile MODEL.onnx --target T --out FOLDER`."
+        )
     return folder, read_manifest(folder)
 
 
 def _spec_of(manifest: dict[str, Any]) -> Any:
-    from bvit_edge.targets import load_target  # noqa: PLC0415
+    from bvit_edge.targets import load_target
 
     return load_target(manifest["target"])
 
@@ -259,7 +314,7 @@ def _check_target(manifest: dict[str, Any], target: Any, folder: Path) -> dict[s
     built = manifest["target"]
     if target is None:
         return built
-    from bvit_edge.targets import load_target  # noqa: PLC0415
+    from bvit_edge.targets import load_target
 
     spec = load_target(target)
     wanted = spec.to_dict()
@@ -315,7 +370,7 @@ def _rpc_session(rpc: Any, timeout_s: float) -> tuple[Any, str | None]:
     if hasattr(rpc, "upload") and hasattr(rpc, "load_module"):
         return rpc, None
     host, port = _parse_address(rpc)
-    from bvit_edge.targets import rpc as rpc_client  # noqa: PLC0415
+    from bvit_edge.targets import rpc as rpc_client
 
     return rpc_client.connect(host, port, timeout_s=timeout_s), f"{host}:{port}"
 
@@ -324,7 +379,7 @@ def is_emulated_board(address: str | None, arch: str | None) -> bool:
     """True when ``address`` is where bvit-edge's emulated (qemu) board for ``arch`` is serving."""
     if not address or not arch:
         return False
-    from bvit_edge.targets import board  # noqa: PLC0415
+    from bvit_edge.targets import board
 
     try:
         info = board.status(arch)
@@ -359,9 +414,9 @@ def _load_remote(folder: Path, manifest: dict[str, Any], session: Any, role: str
     Not ``load_artifact(folder, session=...)``: that uploads every artifact as "lib.so" into the session's
     one folder, so a second artifact (the teacher) would be dlopen-ed under the path of the first, and the
     loader hands back the already-loaded library of the student."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
-    from bvit_edge.runtime.artifact import params_to_device, read_params  # noqa: PLC0415
+    from bvit_edge.runtime.artifact import params_to_device, read_params
 
     arrays = read_params(folder, manifest)  # a missing or damaged params.npz fails before the upload
     lib = folder / manifest.get("lib", "lib.so")
@@ -391,20 +446,31 @@ class _Loaded:
     evaluate: Callable[[int, int], Timing] | None = None
 
     def result(self, steady: Timing, timer: str) -> SideResult:
-        return SideResult(role=self.role, runtime=self.runtime, path=self.path, input_shape=self.input_shape,
-                          output_shape=self.output_shape, compile_s=self.compile_s, load_ms=self.load_ms,
-                          first_run_ms=self.first_run_ms, steady=steady, timer=timer, model_sha256=self.model_sha256)
+        return SideResult(
+            role=self.role,
+            runtime=self.runtime,
+            path=self.path,
+            input_shape=self.input_shape,
+            output_shape=self.output_shape,
+            compile_s=self.compile_s,
+            load_ms=self.load_ms,
+            first_run_ms=self.first_run_ms,
+            steady=steady,
+            timer=timer,
+            model_sha256=self.model_sha256,
+        )
 
 
-def _load_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.ndarray, session: Any,
-              threads: int | None) -> _Loaded:
+def _load_tvm(
+    folder: Path, manifest: dict[str, Any], role: str, x_norm: np.ndarray, session: Any, threads: int | None
+) -> _Loaded:
     """Load and first run of a TVM artifact, locally or on the RPC ``session``'s board."""
-    import tvm  # noqa: PLC0415
+    import tvm
 
-    from bvit_edge.runtime.artifact import load_artifact  # noqa: PLC0415
+    from bvit_edge.runtime.artifact import load_artifact
 
     if session is not None:
-        from bvit_edge.targets import rpc as rpc_client  # noqa: PLC0415
+        from bvit_edge.targets import rpc as rpc_client
 
         rpc_client.check_arch(session, manifest["target"]["arch"], what=f"the {role} artifact {folder}")
         _remote_threads(session, threads)
@@ -445,39 +511,58 @@ def _load_tvm(folder: Path, manifest: dict[str, Any], role: str, x_norm: np.ndar
             raise failed(exc) from None
         return Timing.from_samples_ms([t * 1e3 for t in seconds[warmup:]], warmup=warmup + 1)
 
-    return _Loaded(role=role, runtime="tvm", path=str(folder), input_shape=list(manifest["input"]["shape"]),
-                   output_shape=out_shape, compile_s=compile_seconds(manifest), load_ms=load_ms, first_run_ms=first_ms,
-                   model_sha256=(manifest.get("model") or {}).get("sha256"),
-                   call=call if session is None else None, evaluate=evaluate if session is not None else None)
+    return _Loaded(
+        role=role,
+        runtime="tvm",
+        path=str(folder),
+        input_shape=list(manifest["input"]["shape"]),
+        output_shape=out_shape,
+        compile_s=compile_seconds(manifest),
+        load_ms=load_ms,
+        first_run_ms=first_ms,
+        model_sha256=(manifest.get("model") or {}).get("sha256"),
+        call=call if session is None else None,
+        evaluate=evaluate if session is not None else None,
+    )
 
 
 def _onnx_input_shape(path: Path) -> list[Any]:
-    from bvit_edge.runtime.ort import load_model  # noqa: PLC0415
+    from bvit_edge.runtime.ort import load_model
 
     proto = load_model(path)  # DataError (exit 2) for a missing or corrupt file
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     if len(inputs) != 1:
-        raise UsageError(f"The teacher {path} has {len(inputs)} graph inputs; bvit-edge benches models with one "
-                         "image input.")
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in inputs[0].type.tensor_type.shape.dim]
-
-
+        raise UsageError(
+            f"The teacher {path} has {len(inputs)} graph inputs; bvit-edge benches models with one image input."
+        )
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+        for d in inputs[0].type.tensor_type.shape.dim
+    ]
 
 
 def _load_ort(path: Path, role: str, x_norm: np.ndarray, threads: int | None) -> _Loaded:
     """Load (session creation) and first run of an ONNX model in onnxruntime."""
-    from bvit_edge.runtime.ort import ort_session  # noqa: PLC0415
+    from bvit_edge.runtime.ort import ort_session
 
     load_ms, sess = time_once(lambda: ort_session(path, threads=threads))
     inp = sess.get_inputs()[0]
     feed = {inp.name: x_norm}
     run: Callable[[], Any] = lambda: sess.run(None, feed)  # noqa: E731
     first_ms, y = time_once(run)
-    return _Loaded(role=role, runtime="onnxruntime", path=str(path),
-                   input_shape=[int(d) if isinstance(d, int) else 1 for d in inp.shape], output_shape=_output_shape(y),
-                   compile_s=None, load_ms=load_ms, first_run_ms=first_ms, model_sha256=_sha256(path), call=run)
+    return _Loaded(
+        role=role,
+        runtime="onnxruntime",
+        path=str(path),
+        input_shape=[int(d) if isinstance(d, int) else 1 for d in inp.shape],
+        output_shape=_output_shape(y),
+        compile_s=None,
+        load_ms=load_ms,
+        first_run_ms=first_ms,
+        model_sha256=_sha256(path),
+        call=run,
+    )
 
 
 def _blocks(runs: int, rounds: int) -> list[int]:
@@ -486,8 +571,9 @@ def _blocks(runs: int, rounds: int) -> list[int]:
     return [runs // rounds + (1 if i < runs % rounds else 0) for i in range(rounds)]
 
 
-def measure_alternating(calls: list[Callable[[], Any]], warmup: int, runs: int, rounds: int,
-                        around: Callable[[], Any] | None = None) -> list[Timing]:
+def measure_alternating(
+    calls: list[Callable[[], Any]], warmup: int, runs: int, rounds: int, around: Callable[[], Any] | None = None
+) -> list[Timing]:
     """Time every function of ``calls`` in alternating blocks (see the module docstring): per round, each in
     turn makes ``warmup`` untimed calls then its share of ``runs`` timed ones. ``around`` (a context manager
     factory) wraps each block. One Timing per function; its ``warmup`` counts every discarded call."""
@@ -495,7 +581,7 @@ def measure_alternating(calls: list[Callable[[], Any]], warmup: int, runs: int, 
     blocks = _blocks(runs, rounds)
     for per in blocks:
         for i, fn in enumerate(calls):
-            with (around() if around is not None else contextlib.nullcontext()):
+            with around() if around is not None else contextlib.nullcontext():
                 t = measure(fn, warmup=warmup, runs=per)
             samples[i].extend(t.samples_ms)
     return [Timing.from_samples_ms(s, warmup=warmup * len(blocks)) for s in samples]
@@ -510,21 +596,26 @@ def _check_student_onnx(student_onnx: Any, s_man: dict[str, Any], s_folder: Path
         raise UsageError(f"student_onnx={path} does not exist; give the .onnx the artifact was compiled from.")
     want = (s_man.get("model") or {}).get("sha256")
     if want and _sha256(path) != want:
-        raise UsageError(f"student_onnx={path} is not the model {s_folder} was compiled from (its sha256 differs "
-                         "from the manifest's); give that file, or leave student_onnx out.")
+        raise UsageError(
+            f"student_onnx={path} is not the model {s_folder} was compiled from (its sha256 differs "
+            "from the manifest's); give that file, or leave student_onnx out."
+        )
     return path
 
 
-def _check_teacher(teacher_onnx: Any, teacher_artifact: Any, built: dict[str, Any], s_shape: list[int],
-                   local: bool) -> tuple[Path | None, Path | None, dict[str, Any] | None]:
+def _check_teacher(
+    teacher_onnx: Any, teacher_artifact: Any, built: dict[str, Any], s_shape: list[int], local: bool
+) -> tuple[Path | None, Path | None, dict[str, Any] | None]:
     """(teacher .onnx, teacher artifact folder, its manifest) after checking they take the student's input
     and, for the artifact, were compiled for the student's target."""
     t_folder = t_man = None
     if teacher_artifact is not None:
         t_folder, t_man = _artifact(teacher_artifact, "teacher")
         if not _same_target(t_man["target"], built):
-            raise UsageError(f"The teacher artifact {t_folder} was compiled for {t_man['target'].get('name')!r}, "
-                             f"the student for {built.get('name')!r}: compile both for the same target.")
+            raise UsageError(
+                f"The teacher artifact {t_folder} was compiled for {t_man['target'].get('name')!r}, "
+                f"the student for {built.get('name')!r}: compile both for the same target."
+            )
         if list(t_man["input"]["shape"]) != s_shape:
             raise _shape_error(str(t_folder), list(t_man["input"]["shape"]), s_shape)
     t_onnx = Path(teacher_onnx) if teacher_onnx is not None else None
@@ -533,14 +624,16 @@ def _check_teacher(teacher_onnx: Any, teacher_artifact: Any, built: dict[str, An
         if not _shape_fits(t_shape, s_shape):
             raise _shape_error(str(t_onnx), t_shape, s_shape)
     if not local and t_onnx is not None and t_folder is None:
-        raise UsageError("Over RPC the teacher runs on the board as a TVM artifact: compile the teacher .onnx for "
-                         f"the target {built.get('name')!r} (`bvit-edge compile`) and pass it as teacher_artifact.")
+        raise UsageError(
+            "Over RPC the teacher runs on the board as a TVM artifact: compile the teacher .onnx for "
+            f"the target {built.get('name')!r} (`bvit-edge compile`) and pass it as teacher_artifact."
+        )
     return t_onnx, t_folder, t_man
 
 
 def _check_runs_here(s_man: dict[str, Any], s_folder: Path) -> None:
     """UsageError unless this host can run the artifact natively (same architecture, the CPU flags it needs)."""
-    from bvit_edge.targets.registry import host_arch  # noqa: PLC0415
+    from bvit_edge.targets.registry import host_arch
 
     spec = _spec_of(s_man)
     if spec.arch != host_arch() or not spec.runs_natively():
@@ -586,12 +679,13 @@ def bench(
     it). ``rounds``: alternating blocks (locally).
     """
     if int(warmup) < 0 or int(runs) < 1 or int(rounds) < 1:
-        raise UsageError(f"warmup must be >= 0, runs >= 1 and rounds >= 1 (got warmup={warmup}, runs={runs}, "
-                         f"rounds={rounds}).")
+        raise UsageError(
+            f"warmup must be >= 0, runs >= 1 and rounds >= 1 (got warmup={warmup}, runs={runs}, rounds={rounds})."
+        )
     notes: list[str] = []
     s_folder, s_man = _artifact(student_artifact, "student")  # before importing TVM: bad paths fail at once
     try:
-        import tvm  # noqa: PLC0415, F401
+        import tvm  # noqa: F401
     except ImportError:
         raise MissingDependencyError("bench needs the TVM runtime: pip install 'apache-tvm==0.27.*'.") from None
     built = _check_target(s_man, target, s_folder)
@@ -609,15 +703,25 @@ def bench(
     x = _normalized(x_raw, s_man, input_info)
 
     session, address = (None, None) if local else _rpc_session(rpc, rpc_timeout_s)
-    kind = "host" if local else (
-        "emulated" if (emulated if emulated is not None else is_emulated_board(address, built.get("arch")))
-        else "board")
+    kind = (
+        "host"
+        if local
+        else (
+            "emulated"
+            if (emulated if emulated is not None else is_emulated_board(address, built.get("arch")))
+            else "board"
+        )
+    )
     if kind == "emulated":
-        notes.append("Emulated timings (qemu user mode): they prove the code runs, not how fast a board is; "
-                     "never compare them with board timings.")
+        notes.append(
+            "Emulated timings (qemu user mode): they prove the code runs, not how fast a board is; "
+            "never compare them with board timings."
+        )
     if not local:
-        notes.append("Steady state timed on the board by tvm.time_evaluator; load and first-run times are taken "
-                     "on the host and include RPC transfers.")
+        notes.append(
+            "Steady state timed on the board by tvm.time_evaluator; load and first-run times are taken "
+            "on the host and include RPC transfers."
+        )
 
     i8_path = Path(teacher_int8_onnx) if teacher_int8_onnx is not None else None
     if i8_path is not None:
@@ -627,8 +731,9 @@ def bench(
     with contextlib.ExitStack() as stack:
         i8_info: dict[str, Any] | None = None
         if local and i8_path is None and int8_teacher and t_onnx is not None:
-            i8_path, i8_info = _quantized_teacher(t_onnx, Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix="bvit-edge-bench-"))))
+            i8_path, i8_info = _quantized_teacher(
+                t_onnx, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bvit-edge-bench-")))
+            )
         elif i8_path is not None:
             i8_info = {"path": str(i8_path), "bytes": i8_path.stat().st_size, "made_by": "given"}
         if not local and i8_path is not None:
@@ -641,24 +746,31 @@ def bench(
             if local and t_onnx is not None:
                 loaded.append(_load_ort(t_onnx, "teacher", x, n_threads))
                 if t_folder is not None:
-                    notes.append("Locally the teacher runs in onnxruntime from its .onnx; the teacher artifact was "
-                                 "not run.")
+                    notes.append(
+                        "Locally the teacher runs in onnxruntime from its .onnx; the teacher artifact was not run."
+                    )
             elif t_folder is not None and t_man is not None:
                 loaded.append(_load_tvm(t_folder, t_man, "teacher", x, session, n_threads))
             if local and i8_path is not None:
                 loaded.append(_load_ort(i8_path, "teacher_int8", x, n_threads))
         if local:
-            timings = measure_alternating([m.call for m in loaded if m.call is not None], warmup, runs, rounds,
-                                          around=_restored_affinity)
+            timings = measure_alternating(
+                [m.call for m in loaded if m.call is not None], warmup, runs, rounds, around=_restored_affinity
+            )
             sides = {m.role: m.result(t, "time.perf_counter_ns") for m, t in zip(loaded, timings)}
         else:
-            sides = {m.role: m.result(m.evaluate(warmup, runs), "tvm.time_evaluator")
-                     for m in loaded if m.evaluate is not None}
+            sides = {
+                m.role: m.result(m.evaluate(warmup, runs), "tvm.time_evaluator")
+                for m in loaded
+                if m.evaluate is not None
+            }
     student = sides["student"]
     teacher, teacher_i8 = sides.get("teacher"), sides.get("teacher_int8")
     if teacher is not None and teacher.output_shape != student.output_shape:
-        notes.append(f"Teacher output {teacher.output_shape} and student output {student.output_shape} differ in "
-                     "shape: check that they are the same task.")
+        notes.append(
+            f"Teacher output {teacher.output_shape} and student output {student.output_shape} differ in "
+            "shape: check that they are the same task."
+        )
     if compile_seconds(s_man) is None:
         notes.append("The artifact manifest records no compile time (compile_s is null).")
 
@@ -672,10 +784,24 @@ def bench(
         sizes["teacher_int8_over_student_bytes"] = i8["onnx_bytes"] / s_bytes if s_bytes else None
     spec_d = {k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")}
     return BenchResult(
-        date_utc=_now_utc(), git_revision=git_revision(), versions=_versions(), seed=int(seed), batch_size=1,
-        target=spec_d, timing_kind=kind, emulated=kind == "emulated", rpc=None if local else (address or "session"),
-        threads=n_threads, affinity=affinity, host=_host_facts(), input=input_info,
-        student=student, teacher=teacher, sizes=sizes, notes=notes, teacher_int8=teacher_i8,
+        date_utc=_now_utc(),
+        git_revision=git_revision(),
+        versions=_versions(),
+        seed=int(seed),
+        batch_size=1,
+        target=spec_d,
+        timing_kind=kind,
+        emulated=kind == "emulated",
+        rpc=None if local else (address or "session"),
+        threads=n_threads,
+        affinity=affinity,
+        host=_host_facts(),
+        input=input_info,
+        student=student,
+        teacher=teacher,
+        sizes=sizes,
+        notes=notes,
+        teacher_int8=teacher_i8,
         int8_teacher_info=i8_info if teacher_i8 is not None else None,
         rounds=len(_blocks(runs, rounds)) if local else 1,
     )
@@ -683,22 +809,37 @@ def bench(
 
 def _quantized_teacher(t_onnx: Path, folder: Path) -> tuple[Path, dict[str, Any]]:
     """The teacher quantized by onnxruntime into ``folder`` (bvit_edge.export.int8_teacher), with what it took."""
-    from bvit_edge.export.int8_teacher import quantize_teacher  # noqa: PLC0415
+    from bvit_edge.export.int8_teacher import quantize_teacher
 
     path = folder / f"{t_onnx.stem}.int8.onnx"
     ms, made = time_once(lambda: quantize_teacher(t_onnx, path))
     info = made.to_dict()
-    info.update({"made_by": "bench", "quantize_s": ms / 1e3, "weights": _weight_counts(path),
-                 "path": f"(temporary) {path.name}"})
+    info.update(
+        {
+            "made_by": "bench",
+            "quantize_s": ms / 1e3,
+            "weights": _weight_counts(path),
+            "path": f"(temporary) {path.name}",
+        }
+    )
     return path, info
 
 
 def _weight_counts(path: Path) -> dict[str, int]:
-    from bvit_edge.export.size import weight_counts  # noqa: PLC0415
-    from bvit_edge.runtime.ort import load_model  # noqa: PLC0415
+    from bvit_edge.export.size import weight_counts
+    from bvit_edge.runtime.ort import load_model
 
     return weight_counts(load_model(path))
-def _sizes(s_folder: Path, s_man: dict[str, Any], s_onnx: Path | None, t_onnx: Path | None,
-           t_folder: Path | None, t_man: dict[str, Any] | None, teacher: SideResult | None) -> dict[str, Any]:
+
+
+def _sizes(
+    s_folder: Path,
+    s_man: dict[str, Any],
+    s_onnx: Path | None,
+    t_onnx: Path | None,
+    t_folder: Path | None,
+    t_man: dict[str, Any] | None,
+    teacher: SideResult | None,
+) -> dict[str, Any]:
     """:func:`bvit_edge.runtime.bench_record.measured_sizes` with the .onnx files' 1/8/32-bit weight counts."""
     return measured_sizes(s_folder, s_man, s_onnx, t_onnx, t_folder, t_man, teacher, count_weights=_weight_counts)

@@ -165,15 +165,22 @@ class BenchRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
         """The result :meth:`to_dict` wrote (fields a later schema adds with defaults are ignored)."""
+
         def side(x: dict[str, Any] | None) -> SideResult | None:
             if x is None:
                 return None
             steady = {**x["steady"], "samples_ms": tuple(x["steady"].get("samples_ms") or ())}
             return _build(SideResult, x, steady=_build(Timing, steady))
 
-        return _build(cls, d, student=side(d["student"]), teacher=side(d.get("teacher")),
-                      teacher_int8=side(d.get("teacher_int8")), int8_teacher_info=d.get("int8_teacher"),
-                      rounds=int((d.get("protocol") or {}).get("rounds", 1)))
+        return _build(
+            cls,
+            d,
+            student=side(d["student"]),
+            teacher=side(d.get("teacher")),
+            teacher_int8=side(d.get("teacher_int8")),
+            int8_teacher_info=d.get("int8_teacher"),
+            rounds=int((d.get("protocol") or {}).get("rounds", 1)),
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_dict` as JSON to ``path`` atomically."""
@@ -238,12 +245,17 @@ def artifact_sizes(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if pfile:
         ppath = folder / pfile
         if not ppath.is_file():
-            raise UsageError(f"{folder}: the manifest names the parameter file {pfile!r}, which is missing; "
-                             "recompile the artifact.")
+            raise UsageError(
+                f"{folder}: the manifest names the parameter file {pfile!r}, which is missing; recompile the artifact."
+            )
         params_bytes = ppath.stat().st_size
     lib_bytes = lib.stat().st_size
-    return {"lib_bytes": lib_bytes, "params_bytes": params_bytes, "params_storage": storage,
-            "total_bytes": lib_bytes + params_bytes}
+    return {
+        "lib_bytes": lib_bytes,
+        "params_bytes": params_bytes,
+        "params_storage": storage,
+        "total_bytes": lib_bytes + params_bytes,
+    }
 
 
 def same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -274,8 +286,10 @@ def input_image(data: Any, shape: list[int], seed: int) -> tuple[np.ndarray, dic
     elif x.ndim == len(shape) - 1:
         x = x[None]
     if x.ndim != len(shape) or list(x.shape[1:]) != list(shape[1:]) or x.shape[0] != 1:
-        raise UsageError(f"data of shape {list(np.shape(data))} does not fit the artifact's input {shape}; give "
-                         f"images [N, {', '.join(map(str, shape[1:]))}] (the first one is used).")
+        raise UsageError(
+            f"data of shape {list(np.shape(data))} does not fit the artifact's input {shape}; give "
+            f"images [N, {', '.join(map(str, shape[1:]))}] (the first one is used)."
+        )
     return np.ascontiguousarray(x), {"source": source, "shape": list(x.shape)}
 
 
@@ -309,9 +323,16 @@ def normalized(x: np.ndarray, manifest: dict[str, Any], info: dict[str, Any]) ->
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def measured_sizes(s_folder: Path, s_man: dict[str, Any], s_onnx: Path | None, t_onnx: Path | None,
-                   t_folder: Path | None, t_man: dict[str, Any] | None, teacher: SideResult | None,
-                   count_weights: Callable[[Path], dict[str, int]] | None = None) -> dict[str, Any]:
+def measured_sizes(
+    s_folder: Path,
+    s_man: dict[str, Any],
+    s_onnx: Path | None,
+    t_onnx: Path | None,
+    t_folder: Path | None,
+    t_man: dict[str, Any] | None,
+    teacher: SideResult | None,
+    count_weights: Callable[[Path], dict[str, int]] | None = None,
+) -> dict[str, Any]:
     """Bytes on disk of the student artifact (lib.so + params) and of the teacher's .onnx and/or artifact;
     1/8/32-bit weight counts of the .onnx files given (``count_weights``, needs onnx: the host's bench passes
     it); teacher/student bytes of the forms that were run (the teacher's .onnx when it ran in onnxruntime, else

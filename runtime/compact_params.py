@@ -172,8 +172,9 @@ def keep_compact_pass(holder: Any, min_elements: int | None = None, entry: str =
         keep = _Keep(mod, plan)
         body = keep.visit_expr(func.body)
         holder.kept = len(holder)
-        new_func = relax.Function(list(func.params) + keep.new_params, body, func.ret_ty, func.is_pure,
-                                  func.attrs, func.span)
+        new_func = relax.Function(
+            list(func.params) + keep.new_params, body, func.ret_ty, func.is_pure, func.attrs, func.span
+        )
         if func.attrs is None or "num_input" not in func.attrs:  # the image input(s) first, then the weights
             new_func = new_func.with_attr("num_input", len(func.params))
         mod = mod.clone()
@@ -213,8 +214,11 @@ def cast_converter(stock: Any, base: type) -> type | None:
         from tvm.relax.frontend.onnx.onnx_frontend import get_type
 
         x: Any = inputs[0] if inputs else None
-        if _compact_const(x, MIN_COMPACT_ELEMENTS) and str(x.value.dtype) == "float16" \
-                and str(get_type(attr["to"])) == "float32":
+        if (
+            _compact_const(x, MIN_COMPACT_ELEMENTS)
+            and str(x.value.dtype) == "float16"
+            and str(get_type(attr["to"])) == "float32"
+        ):
             return relax.op.astype(x, "float32")
         return stock.get_converter(13)(bb, inputs, attr, params)
 

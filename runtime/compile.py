@@ -53,10 +53,8 @@ PARAMS_STORAGES = ("file", "embedded")
 META_KEYS = DATA_METADATA
 
 
-
-
 def _load_onnx(path: Path) -> Any:
-    import onnx  # noqa: PLC0415
+    import onnx
 
     if not path.is_file():
         raise UsageError(f"ONNX model {path} does not exist; export one first (bvit-edge export).")
@@ -108,20 +106,21 @@ def _input_shape(model: Any) -> tuple[str, list[int]]:
         elif i == 0:
             dims.append(1)  # symbolic batch: artifacts are compiled for batch 1
         else:
-            raise ConfigError(f"Input {inp.name!r} has a symbolic dimension {i} ({d.dim_param!r}); export "
-                              "with a static image size.")
+            raise ConfigError(
+                f"Input {inp.name!r} has a symbolic dimension {i} ({d.dim_param!r}); export with a static image size."
+            )
     return inp.name, dims
 
 
 def _tool_versions(compiler: str | None) -> dict[str, str]:
-    import onnx  # noqa: PLC0415
-    import tvm  # noqa: PLC0415
+    import onnx
+    import tvm
 
-    from bvit_edge.targets.toolchain import compiler_version  # noqa: PLC0415
+    from bvit_edge.targets.toolchain import compiler_version
 
     versions = {"tvm": tvm.__version__, "onnx": onnx.__version__}
     try:
-        import tvm_ffi  # noqa: PLC0415
+        import tvm_ffi
 
         versions["tvm_ffi"] = getattr(tvm_ffi, "__version__", "unknown")
     except ImportError:
@@ -155,14 +154,14 @@ def relax_pipeline(spec: Any, family: Any, fast_math: bool = False, params: Any 
     (after constant folding and the schedules, before dataflow lowering): ``main`` then takes them after the
     image. None (the default) keeps them embedded as constants.
     """
-    import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
-    from tvm.relax.backend.cpu_generic import pipeline as cpu  # noqa: PLC0415
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from bvit_edge.runtime.compact_params import keep_compact_pass  # noqa: PLC0415
+    from bvit_edge.runtime.compact_params import keep_compact_pass
     from bvit_edge.runtime.graph_passes import graph_passes
-    from bvit_edge.runtime.params import lift_params_pass  # noqa: PLC0415
-    from bvit_edge.runtime.schedules import float_schedule_pass  # noqa: PLC0415
+    from bvit_edge.runtime.params import lift_params_pass
+    from bvit_edge.runtime.schedules import float_schedule_pass
 
     target = spec.tvm()
     lift = [lift_params_pass(params)] if params is not None else []
@@ -191,13 +190,13 @@ def build_relax(mod: Any, spec: Any, family: Any, fast_math: bool = False, param
     """Legalize, fuse, schedule (float rules) and build a Relax module for ``spec``; returns the executable.
 
     ``params``: see :func:`relax_pipeline` (filled during the build; call ``main(x, *params.arrays)``)."""
-    import tvm  # noqa: PLC0415
+    import tvm
 
     try:
         return tvm.compile(mod, target=spec.tvm(), relax_pipeline=relax_pipeline(spec, family, fast_math, params))
     except BvitEdgeError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ToolchainError(f"TVM failed to build the model for {spec.name!r}: {last}") from exc
 
@@ -234,19 +233,21 @@ def compile_model(
     anything else), checked before any work.
     """
     try:
-        import tvm  # noqa: PLC0415, F401
+        import tvm  # noqa: F401
     except ImportError:
         raise MissingDependencyError("compiling needs apache-tvm: pip install 'apache-tvm==0.27.*'.") from None
-    from bvit_edge.runtime.params import LiftedParams  # noqa: PLC0415
-    from bvit_edge.runtime.schedules import family_params  # noqa: PLC0415
-    from bvit_edge.runtime.tvm_frontend import import_onnx  # noqa: PLC0415
-    from bvit_edge.targets import load_target  # noqa: PLC0415
-    from bvit_edge.targets.toolchain import find_compiler  # noqa: PLC0415
+    from bvit_edge.runtime.params import LiftedParams
+    from bvit_edge.runtime.schedules import family_params
+    from bvit_edge.runtime.tvm_frontend import import_onnx
+    from bvit_edge.targets import load_target
+    from bvit_edge.targets.toolchain import find_compiler
 
     if params_storage not in PARAMS_STORAGES:
-        raise ConfigError(f"params_storage={params_storage!r} (bvit-edge compile --params): use 'file' (weights in "
-                          "params.npz) or 'embedded' (weights inside lib.so).")
-    from bvit_edge.runtime import tuning  # noqa: PLC0415
+        raise ConfigError(
+            f"params_storage={params_storage!r} (bvit-edge compile --params): use 'file' (weights in "
+            "params.npz) or 'embedded' (weights inside lib.so)."
+        )
+    from bvit_edge.runtime import tuning
 
     if tune < 0:
         raise ConfigError(f"--tune {tune}: give the number of candidates per kernel (>= 1), or 0 for no tuning.")
@@ -265,8 +266,9 @@ def compile_model(
         mod = import_onnx(model, {input_name: shape}, family)
     tuned = None
     if tune:
-        tuned = tuning.tune_kernels(list(state.seen.values()), spec, family, tune, session=session,
-                                    compiler=compiler, log=log)
+        tuned = tuning.tune_kernels(
+            list(state.seen.values()), spec, family, tune, session=session, compiler=compiler, log=log
+        )
         if tuning_db is not None:
             user = tuning.TuningDatabase.load(tuning_db, spec.family)
             user.records.update(tuned.records)
@@ -308,10 +310,11 @@ def compile_model(
                 exe.export_library(str(lib_path))
             else:
                 exe.export_library(str(lib_path), cc=compiler)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ToolchainError(f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} "
-                                 f"failed: {last}") from exc
+            raise ToolchainError(
+                f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} failed: {last}"
+            ) from exc
         manifest["lib_bytes"] = lib_path.stat().st_size
         manifest["lib_sha256"] = _sha256(lib_path)
         if tuned is not None:
@@ -319,11 +322,17 @@ def compile_model(
         if lifted is not None:
             params_path = tmp / PARAMS_NAME
             lifted.save_npz(params_path)
-            manifest["params"] = {"storage": "file", "file": PARAMS_NAME, "count": len(lifted),
-                                  "bytes": params_path.stat().st_size, "sha256": _sha256(params_path),
-                                  "names": list(lifted.names),
-                                  "arrays": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
-                                             for n, a in lifted.as_dict().items()]}
+            manifest["params"] = {
+                "storage": "file",
+                "file": PARAMS_NAME,
+                "count": len(lifted),
+                "bytes": params_path.stat().st_size,
+                "sha256": _sha256(params_path),
+                "names": list(lifted.names),
+                "arrays": [
+                    {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in lifted.as_dict().items()
+                ],
+            }
             if lifted.decode:  # compactly stored weights, rebuilt at load (bvit_edge.runtime.compact_params)
                 manifest["params"]["decode"] = lifted.decode
         write_json(tmp / MANIFEST_NAME, manifest)

@@ -45,8 +45,9 @@ def _image_size(art: LoadedArtifact) -> int:
     return shape[-1]
 
 
-def _prediction(name: str, logits: np.ndarray, art: LoadedArtifact, top_k: int, ms: float,
-                with_logits: bool) -> dict[str, Any]:
+def _prediction(
+    name: str, logits: np.ndarray, art: LoadedArtifact, top_k: int, ms: float, with_logits: bool
+) -> dict[str, Any]:
     top = topk(logits[None], top_k, art.classes)[0]
     out: dict[str, Any] = {"input": name, "top": [[c, p] for c, p in top], "ms": ms}
     if with_logits:
@@ -59,8 +60,13 @@ def _check_top_k(top_k: int) -> None:
         raise UsageError(f"top_k must be >= 1 (got {top_k}).")
 
 
-def classify(artifact: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], top_k: int = 5,
-             threads: int | None = None, with_logits: bool = False) -> dict[str, Any]:
+def classify(
+    artifact: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    top_k: int = 5,
+    threads: int | None = None,
+    with_logits: bool = False,
+) -> dict[str, Any]:
     """Top-k classes of each image of ``inputs`` (files and folders; see bvit_edge.runtime.image_input).
 
     Every image is decoded before the first runs, so an unreadable one fails (DataError naming it) before any
@@ -75,13 +81,27 @@ def classify(artifact: str | os.PathLike[str], inputs: Sequence[str | os.PathLik
     for f, img in zip(files, images, strict=True):
         ms, logits = time_once(partial(art.run, img))
         preds.append(_prediction(str(f), logits[0], art, top_k, ms, with_logits))
-    return {"artifact": str(art.folder), "target": art.manifest["target"].get("name"), "threads": threads,
-            "load_ms": load_ms, "num_images": len(preds), "predictions": preds}
+    return {
+        "artifact": str(art.folder),
+        "target": art.manifest["target"].get("name"),
+        "threads": threads,
+        "load_ms": load_ms,
+        "num_images": len(preds),
+        "predictions": preds,
+    }
 
 
-def classify_frames(artifact: str | os.PathLike[str], stream: IO[bytes], width: int, height: int,
-                    pixel_format: str = "rgb24", top_k: int = 5, threads: int | None = None, limit: int | None = None,
-                    with_logits: bool = False) -> Iterator[dict[str, Any]]:
+def classify_frames(
+    artifact: str | os.PathLike[str],
+    stream: IO[bytes],
+    width: int,
+    height: int,
+    pixel_format: str = "rgb24",
+    top_k: int = 5,
+    threads: int | None = None,
+    limit: int | None = None,
+    with_logits: bool = False,
+) -> Iterator[dict[str, Any]]:
     """One prediction per raw frame of ``stream`` (``input`` is ``frame:N``), yielded as each frame arrives."""
     _check_top_k(top_k)
     art = load_artifact(artifact, threads=threads)
@@ -124,8 +144,14 @@ def versions() -> dict[str, str]:
         tvm_version = importlib.metadata.version("apache-tvm")
     except importlib.metadata.PackageNotFoundError:
         tvm_version = "runtime-only"
-    return {"bvit_edge": _own_version(), "numpy": np.__version__,
-            "python": platform.python_version(), "tvm": tvm_version, **rt.versions, "onnxruntime": "not used"}
+    return {
+        "bvit_edge": _own_version(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "tvm": tvm_version,
+        **rt.versions,
+        "onnxruntime": "not used",
+    }
 
 
 def _time_side(folder: Path, role: str, x_norm: np.ndarray, threads: int | None, warmup: int, runs: int) -> Any:
@@ -137,15 +163,31 @@ def _time_side(folder: Path, role: str, x_norm: np.ndarray, threads: int | None,
         return lambda: main(arg, *params)
 
     times, art, y = time_protocol(lambda: load_artifact(folder, threads=threads), call_of, warmup, runs)
-    return SideResult(role=role, runtime="tvm", path=str(folder), input_shape=art.input_shape,
-                      output_shape=output_shape(y), compile_s=compile_seconds(art.manifest), load_ms=times.load_ms,
-                      first_run_ms=times.first_run_ms, steady=times.steady, timer="time.perf_counter_ns",
-                      model_sha256=(art.manifest.get("model") or {}).get("sha256"))
+    return SideResult(
+        role=role,
+        runtime="tvm",
+        path=str(folder),
+        input_shape=art.input_shape,
+        output_shape=output_shape(y),
+        compile_s=compile_seconds(art.manifest),
+        load_ms=times.load_ms,
+        first_run_ms=times.first_run_ms,
+        steady=times.steady,
+        timer="time.perf_counter_ns",
+        model_sha256=(art.manifest.get("model") or {}).get("sha256"),
+    )
 
 
-def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os.PathLike[str] | None = None,
-                    threads: int | None = None, warmup: int = 5, runs: int = 50, seed: int = 0,
-                    image: str | os.PathLike[str] | None = None, emulated: bool | None = None) -> Any:
+def bench_on_device(
+    artifact: str | os.PathLike[str],
+    teacher_artifact: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+    warmup: int = 5,
+    runs: int = 50,
+    seed: int = 0,
+    image: str | os.PathLike[str] | None = None,
+    emulated: bool | None = None,
+) -> Any:
     """``bvit-edge bench``'s protocol run on this machine (see the module docstring): a BenchRecord.
 
     The input is seeded uniform noise of the artifact's input shape (``seed``), or ``image`` (a file,
@@ -168,11 +210,15 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
         t_man = read_manifest(t_folder)
         check_machine(t_folder, t_man)
         if not protocol.same_target(t_man["target"], s_man["target"]):
-            raise UsageError(f"The teacher artifact {t_folder} was compiled for {t_man['target'].get('name')!r}, "
-                             f"the student for {s_man['target'].get('name')!r}: compile both for the same target.")
+            raise UsageError(
+                f"The teacher artifact {t_folder} was compiled for {t_man['target'].get('name')!r}, "
+                f"the student for {s_man['target'].get('name')!r}: compile both for the same target."
+            )
         if [int(d) for d in t_man["input"]["shape"]] != shape:
-            raise UsageError(f"The teacher {t_folder} takes input {t_man['input']['shape']} but the student takes "
-                             f"{shape}: they must see the same image.")
+            raise UsageError(
+                f"The teacher {t_folder} takes input {t_man['input']['shape']} but the student takes "
+                f"{shape}: they must see the same image."
+            )
     data: Any = None
     if image is not None:
         p = Path(image)
@@ -184,13 +230,17 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
         input_info["source"] = str(image)
     x = protocol.normalized(x_raw, s_man, input_info)
     kind = "host" if machine_arch() == "x86_64" else "board"
-    if (is_emulated() if emulated is None else emulated):
+    if is_emulated() if emulated is None else emulated:
         kind = "emulated"
-    notes = ["Run on the device itself by bvit-edge-device (bvit_edge.runtime.device): TVM runtime only, no RPC; "
-             "load times include the artifact checks (sha256 of lib.so and params.npz)."]
+    notes = [
+        "Run on the device itself by bvit-edge-device (bvit_edge.runtime.device): TVM runtime only, no RPC; "
+        "load times include the artifact checks (sha256 of lib.so and params.npz)."
+    ]
     if kind == "emulated":
-        notes.append("Emulated timings (qemu user mode): they prove the code runs, not how fast a board is; "
-                     "never compare them with board timings.")
+        notes.append(
+            "Emulated timings (qemu user mode): they prove the code runs, not how fast a board is; "
+            "never compare them with board timings."
+        )
     with protocol.restored_affinity():
         student = _time_side(s_folder, "student", x, n_threads, warmup, runs)
     teacher = None
@@ -198,17 +248,33 @@ def bench_on_device(artifact: str | os.PathLike[str], teacher_artifact: str | os
         with protocol.restored_affinity():
             teacher = _time_side(t_folder, "teacher", x, n_threads, warmup, runs)
         if teacher.output_shape != student.output_shape:
-            notes.append(f"Teacher output {teacher.output_shape} and student output {student.output_shape} differ "
-                         "in shape: check that they are the same task.")
+            notes.append(
+                f"Teacher output {teacher.output_shape} and student output {student.output_shape} differ "
+                "in shape: check that they are the same task."
+            )
     if protocol.compile_seconds(s_man) is None:
         notes.append("The artifact manifest records no compile time (compile_s is null).")
     sizes = protocol.measured_sizes(s_folder, s_man, None, None, t_folder, t_man, teacher)
     built = s_man["target"]
     return protocol.BenchRecord(
-        date_utc=protocol.now_utc(), git_revision="unknown", versions=versions(), seed=int(seed),
-        batch_size=1, target={k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")},
-        timing_kind=kind, emulated=kind == "emulated", rpc=None, threads=n_threads, affinity=affinity,
-        host=protocol.host_facts(), input=input_info, student=student, teacher=teacher, sizes=sizes, notes=notes)
+        date_utc=protocol.now_utc(),
+        git_revision="unknown",
+        versions=versions(),
+        seed=int(seed),
+        batch_size=1,
+        target={k: built.get(k) for k in ("name", "arch", "family", "tvm_target", "word_bits")},
+        timing_kind=kind,
+        emulated=kind == "emulated",
+        rpc=None,
+        threads=n_threads,
+        affinity=affinity,
+        host=protocol.host_facts(),
+        input=input_info,
+        student=student,
+        teacher=teacher,
+        sizes=sizes,
+        notes=notes,
+    )
 
 
 def check(artifact: str | os.PathLike[str], threads: int | None = None) -> dict[str, Any]:
@@ -217,13 +283,25 @@ def check(artifact: str | os.PathLike[str], threads: int | None = None) -> dict[
     m = art.manifest
     params = m.get("params") or {}
     return {
-        "artifact": str(art.folder), "ok": True, "target": m["target"].get("name"), "arch": m["target"]["arch"],
-        "machine": {"arch": machine_arch(), "uname_m": platform.machine(), "emulated": is_emulated(),
-                    "cpu_features": sorted(cpu_features())},
+        "artifact": str(art.folder),
+        "ok": True,
+        "target": m["target"].get("name"),
+        "arch": m["target"]["arch"],
+        "machine": {
+            "arch": machine_arch(),
+            "uname_m": platform.machine(),
+            "emulated": is_emulated(),
+            "cpu_features": sorted(cpu_features()),
+        },
         "required_cpu_features": required_features(m),
-        "verified": {"manifest_schema": m["schema_version"], "lib_sha256": bool(m.get("lib_sha256")),
-                     "params_sha256": params.get("storage") == "file",
-                     "params_shapes_dtypes": bool(params.get("arrays"))},
-        "input": m["input"], "classes": m.get("classes"), "params": len(art.params),
+        "verified": {
+            "manifest_schema": m["schema_version"],
+            "lib_sha256": bool(m.get("lib_sha256")),
+            "params_sha256": params.get("storage") == "file",
+            "params_shapes_dtypes": bool(params.get("arrays")),
+        },
+        "input": m["input"],
+        "classes": m.get("classes"),
+        "params": len(art.params),
         "runtime": art.extra.get("runtime"),
     }

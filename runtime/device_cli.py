@@ -58,9 +58,12 @@ def _non_negative(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     from bvit_edge.runtime.image_input import PIXEL_FORMATS
 
-    ap = argparse.ArgumentParser(prog=PROG, description="Run a compiled bvit-edge artifact on this machine (a "
-                                 "Raspberry Pi or any board with the TVM runtime): classify images, folders or "
-                                 "camera frames, benchmark it, or check it.")
+    ap = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a compiled bvit-edge artifact on this machine (a "
+        "Raspberry Pi or any board with the TVM runtime): classify images, folders or "
+        "camera frames, benchmark it, or check it.",
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="classify image files, folders, or raw frames from stdin")
@@ -68,8 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("inputs", nargs="*", help="image files and/or folders of images")
     run.add_argument("--top-k", type=_positive, default=3, help="classes shown per image (default 3)")
     run.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: TVM's pool)")
-    run.add_argument("--stdin-frames", metavar="WxH", default=None,
-                     help="read raw frames of this size from stdin instead of files (e.g. 640x480)")
+    run.add_argument(
+        "--stdin-frames",
+        metavar="WxH",
+        default=None,
+        help="read raw frames of this size from stdin instead of files (e.g. 640x480)",
+    )
     run.add_argument("--pixel-format", choices=PIXEL_FORMATS, default="rgb24", help="layout of stdin frames")
     run.add_argument("--max-frames", type=_positive, default=None, help="stop after this many frames")
     run.add_argument("--logits", action="store_true", help="include the raw logits in --json output")
@@ -78,14 +85,22 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="latency with bvit-edge bench's protocol and JSON")
     bench.add_argument("artifact", help="the student artifact folder")
     bench.add_argument("--teacher", default=None, help="a teacher artifact compiled for the same target")
-    bench.add_argument("--threads", type=_positive, default=None, help="threads (default: the artifact's, capped "
-                       "to this process's CPUs)")
+    bench.add_argument(
+        "--threads",
+        type=_positive,
+        default=None,
+        help="threads (default: the artifact's, capped to this process's CPUs)",
+    )
     bench.add_argument("--warmup", type=_non_negative, default=5, help="warm-up runs, discarded and counted")
     bench.add_argument("--runs", type=_positive, default=50, help="timed runs")
     bench.add_argument("--seed", type=int, default=0, help="seed of the random input image")
     bench.add_argument("--image", default=None, help="time on this image (or .npy of images) instead of noise")
-    bench.add_argument("--emulated", action=argparse.BooleanOptionalAction, default=None,
-                       help="label the timings emulated (default: detected)")
+    bench.add_argument(
+        "--emulated",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="label the timings emulated (default: detected)",
+    )
     bench.add_argument("--out", default=None, help="write the result JSON here (atomically)")
     bench.add_argument("--json", dest="as_json", action="store_true", help="print the result JSON on stdout")
 
@@ -108,9 +123,17 @@ def _run(args: argparse.Namespace) -> None:
         if args.inputs:
             raise UsageError("Give image files/folders or --stdin-frames, not both.")
         width, height = parse_frame_size(args.stdin_frames)
-        for pred in device.classify_frames(args.artifact, sys.stdin.buffer, width, height, args.pixel_format,
-                                           top_k=args.top_k, threads=args.threads, limit=args.max_frames,
-                                           with_logits=args.logits):
+        for pred in device.classify_frames(
+            args.artifact,
+            sys.stdin.buffer,
+            width,
+            height,
+            args.pixel_format,
+            top_k=args.top_k,
+            threads=args.threads,
+            limit=args.max_frames,
+            with_logits=args.logits,
+        ):
             if args.as_json:
                 _out_json(pred, indent=None)
             else:
@@ -118,8 +141,7 @@ def _run(args: argparse.Namespace) -> None:
         return
     if not args.inputs:
         raise UsageError("Give image files or folders to classify, or --stdin-frames WxH to read camera frames.")
-    res = device.classify(args.artifact, args.inputs, top_k=args.top_k, threads=args.threads,
-                          with_logits=args.logits)
+    res = device.classify(args.artifact, args.inputs, top_k=args.top_k, threads=args.threads, with_logits=args.logits)
     if args.as_json:
         _out_json(res)
         return
@@ -131,8 +153,16 @@ def _run(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from bvit_edge.runtime.device import bench_on_device
 
-    res = bench_on_device(args.artifact, teacher_artifact=args.teacher, threads=args.threads, warmup=args.warmup,
-                          runs=args.runs, seed=args.seed, image=args.image, emulated=args.emulated)
+    res = bench_on_device(
+        args.artifact,
+        teacher_artifact=args.teacher,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        seed=args.seed,
+        image=args.image,
+        emulated=args.emulated,
+    )
     if args.out:
         res.save(args.out)
     d = res.to_dict()
@@ -144,8 +174,10 @@ def _bench(args: argparse.Namespace) -> None:
         side = d.get(role)
         if side:
             t = side["steady"]
-            _say(f"  {role}: median {t['median_ms']:.3f} ms, p90 {t['p90_ms']:.3f} ms, min {t['min_ms']:.3f} ms "
-                 f"over {t['runs']} runs (load {side['load_ms']:.0f} ms, first run {side['first_run_ms']:.1f} ms)")
+            _say(
+                f"  {role}: median {t['median_ms']:.3f} ms, p90 {t['p90_ms']:.3f} ms, min {t['min_ms']:.3f} ms "
+                f"over {t['runs']} runs (load {side['load_ms']:.0f} ms, first run {side['first_run_ms']:.1f} ms)"
+            )
     if d.get("ratio_teacher_over_student_median") is not None:
         _say(f"  teacher / student median: {d['ratio_teacher_over_student_median']:.2f}x")
     if args.out:
@@ -160,11 +192,13 @@ def _check(args: argparse.Namespace) -> None:
         _out_json(res)
         return
     v = res["verified"]
-    _say(f"{res['artifact']}: OK for this machine ({res['machine']['arch']}): target {res['target']}, manifest "
-         f"schema {v['manifest_schema']}, lib.so sha256 {'checked' if v['lib_sha256'] else 'not recorded'}, "
-         f"params sha256 {'checked' if v['params_sha256'] else 'embedded weights'}, CPU features "
-         f"{', '.join(res['required_cpu_features']) or 'none recorded'} present; {res['params']} weight tensors "
-         "loaded.")
+    _say(
+        f"{res['artifact']}: OK for this machine ({res['machine']['arch']}): target {res['target']}, manifest "
+        f"schema {v['manifest_schema']}, lib.so sha256 {'checked' if v['lib_sha256'] else 'not recorded'}, "
+        f"params sha256 {'checked' if v['params_sha256'] else 'embedded weights'}, CPU features "
+        f"{', '.join(res['required_cpu_features']) or 'none recorded'} present; {res['params']} weight tensors "
+        "loaded."
+    )
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -23,8 +23,16 @@ import numpy as np
 
 from bvit_edge.errors import DataError, UsageError
 
-__all__ = ["IMAGE_SUFFIXES", "PIXEL_FORMATS", "expand_inputs", "frame_bytes", "frame_to_input", "load_image",
-           "parse_frame_size", "read_frames"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "PIXEL_FORMATS",
+    "expand_inputs",
+    "frame_bytes",
+    "frame_to_input",
+    "load_image",
+    "parse_frame_size",
+    "read_frames",
+]
 
 #: File suffixes taken from a folder (files named explicitly may have any suffix Pillow reads).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
@@ -72,8 +80,10 @@ def expand_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise DataError(f"The folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder of "
-                                "image files, or the files themselves.")
+                raise DataError(
+                    f"The folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)}); give a folder of "
+                    "image files, or the files themselves."
+                )
             out += found
         elif p.is_file():
             out.append(p)
@@ -113,8 +123,9 @@ def _yuv420_to_rgb(buf: bytes, width: int, height: int) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def read_frames(stream: IO[bytes], width: int, height: int, pixel_format: str = "rgb24",
-                limit: int | None = None) -> Iterator[np.ndarray]:
+def read_frames(
+    stream: IO[bytes], width: int, height: int, pixel_format: str = "rgb24", limit: int | None = None
+) -> Iterator[np.ndarray]:
     """Frames from ``stream`` as H x W x 3 uint8 RGB arrays, until the stream ends (or ``limit`` frames). A stream
     ending inside a frame is a DataError (the size or pixel format does not match what the camera sends)."""
     size = frame_bytes(width, height, pixel_format)
@@ -129,9 +140,11 @@ def read_frames(stream: IO[bytes], width: int, height: int, pixel_format: str = 
         if not buf:
             return
         if len(buf) < size:
-            raise DataError(f"The input ended inside frame {count + 1}: {len(buf)} of its {size} bytes "
-                            f"({width}x{height} {pixel_format}). Check the frame size and pixel format against "
-                            "what the camera sends.")
+            raise DataError(
+                f"The input ended inside frame {count + 1}: {len(buf)} of its {size} bytes "
+                f"({width}x{height} {pixel_format}). Check the frame size and pixel format against "
+                "what the camera sends."
+            )
         count += 1
         if pixel_format == "yuv420":
             yield _yuv420_to_rgb(bytes(buf), width, height)

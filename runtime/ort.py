@@ -21,8 +21,9 @@ raises the recorded error as a DataError once ``run`` returns.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -96,23 +97,51 @@ def _register_python_ops() -> None:
 
         @onnx_op(op_type=BINARY_LINEAR, inputs=[f, f, f, u8, f, f], outputs=[f], attrs={"mode": s, "in_features": i64})
         def _binary_linear(x, shift, alpha, w_bits, w_scale, bias, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
-            return _guarded(BINARY_LINEAR, lambda: binary_linear_reference(
-                x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features)),
-                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],))
+            return _guarded(
+                BINARY_LINEAR,
+                lambda: binary_linear_reference(
+                    x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features)
+                ),
+                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],),
+            )
 
         @onnx_op(op_type=_NO_BIAS, inputs=[f, f, f, u8, f], outputs=[f], attrs={"mode": s, "in_features": i64})
         def _binary_linear_nb(x, shift, alpha, w_bits, w_scale, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
-            return _guarded(BINARY_LINEAR, lambda: binary_linear_reference(
-                x, shift, alpha, w_bits, w_scale, None, mode=mode, in_features=int(in_features)),
-                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],))
+            return _guarded(
+                BINARY_LINEAR,
+                lambda: binary_linear_reference(
+                    x, shift, alpha, w_bits, w_scale, None, mode=mode, in_features=int(in_features)
+                ),
+                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],),
+            )
 
         @onnx_op(op_type=BINARY_MATMUL, inputs=[f] * 6, outputs=[f], attrs={"a_mode": s, "b_mode": s, "gsb_ratios": s})
-        def _binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode="signed", b_mode="signed",
-                           gsb_ratios=_float_list_as_string(DEFAULT_GSB_RATIOS)):  # type: ignore[no-untyped-def]
-            return _guarded(BINARY_MATMUL, lambda: binary_matmul_reference(
-                a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode=a_mode, b_mode=b_mode,
-                gsb_ratios=[float(r) for r in str(gsb_ratios).split(",")]),
-                lambda: tuple(np.shape(a)[:-1]) + (np.shape(b)[-1],))
+        def _binary_matmul(
+            a,
+            b,
+            a_shift,
+            a_alpha,
+            b_shift,
+            b_alpha,
+            a_mode="signed",
+            b_mode="signed",
+            gsb_ratios=_float_list_as_string(DEFAULT_GSB_RATIOS),
+        ):  # type: ignore[no-untyped-def]
+            return _guarded(
+                BINARY_MATMUL,
+                lambda: binary_matmul_reference(
+                    a,
+                    b,
+                    a_shift,
+                    a_alpha,
+                    b_shift,
+                    b_alpha,
+                    a_mode=a_mode,
+                    b_mode=b_mode,
+                    gsb_ratios=[float(r) for r in str(gsb_ratios).split(",")],
+                ),
+                lambda: tuple(np.shape(a)[:-1]) + (np.shape(b)[-1],),
+            )
 
         _registered = True
 
@@ -160,9 +189,11 @@ class CheckedSession:
         with _lock:
             failed = list(_op_errors)
         reason = failed[0] if failed else (ort_message.strip().splitlines() or ["unknown error"])[0][:400].rstrip(".")
-        return (f"Running {self._path!r} in onnxruntime failed: {reason}. The model and its input do not fit "
-                "together (a damaged model, or an input of another size): export the model again, or check the "
-                "input's shape.")
+        return (
+            f"Running {self._path!r} in onnxruntime failed: {reason}. The model and its input do not fit "
+            "together (a damaged model, or an input of another size): export the model again, or check the "
+            "input's shape."
+        )
 
 
 def _float_list_as_string(values: Sequence[float]) -> str:
@@ -253,10 +284,19 @@ def run_session(session: Any, x: np.ndarray, batch_size: int | None = None) -> l
     return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(parts[0]))]
 
 
-def ort_run(path: str | Path, x: np.ndarray, threads: int | None = None, batch_size: int | None = None) -> list[np.ndarray]:
+def ort_run(
+    path: str | Path, x: np.ndarray, threads: int | None = None, batch_size: int | None = None
+) -> list[np.ndarray]:
     """Load ``path`` and run it on ``x``: convenience for scripts and tests."""
     return run_session(ort_session(path, threads), x, batch_size)
 
 
-__all__ = ["CheckedSession", "load_model", "uses_bvit_ops", "rewrite_for_extensions", "ort_session", "run_session",
-           "ort_run"]
+__all__ = [
+    "CheckedSession",
+    "load_model",
+    "ort_run",
+    "ort_session",
+    "rewrite_for_extensions",
+    "run_session",
+    "uses_bvit_ops",
+]

@@ -24,8 +24,6 @@ DECODE_KINDS = ("dequantize", "cast")
 __all__ = ["DECODE_KINDS", "decode_param", "decode_params", "extra_names", "pack_int4", "unpack_int4"]
 
 
-
-
 def pack_int4(q: np.ndarray) -> np.ndarray:
     """int8 codes in [-8, 7] -> uint8 [ceil(n / 2)], two a byte, low nibble first (the flattened order)."""
     flat = np.asarray(q, np.int8).reshape(-1).astype(np.uint8) & 0x0F
@@ -59,8 +57,9 @@ def decode_param(stored: np.ndarray, spec: dict[str, Any], extra: dict[str, np.n
         view = [1] * stored.ndim
         if scale.size > 1 or zero.size > 1:
             view[axis] = -1
-        x = (stored.astype(np.float32) - zero.reshape(view if zero.size > 1 else ())) * \
-            scale.reshape(view if scale.size > 1 else ())
+        x = (stored.astype(np.float32) - zero.reshape(view if zero.size > 1 else ())) * scale.reshape(
+            view if scale.size > 1 else ()
+        )
     elif kind == "cast":
         x = stored.astype(np.float32)
     else:
@@ -68,8 +67,9 @@ def decode_param(stored: np.ndarray, spec: dict[str, Any], extra: dict[str, np.n
     return np.ascontiguousarray(x.astype(np.float32).reshape([int(d) for d in spec["shape"]]))
 
 
-def decode_params(names: list[str], arrays: list[np.ndarray], decode: dict[str, dict[str, Any]],
-                  extra: dict[str, np.ndarray]) -> list[np.ndarray]:
+def decode_params(
+    names: list[str], arrays: list[np.ndarray], decode: dict[str, dict[str, Any]], extra: dict[str, np.ndarray]
+) -> list[np.ndarray]:
     """``arrays`` (params.npz, in ``names`` order) with the entries ``decode`` names rebuilt in float32."""
     if not decode:
         return arrays

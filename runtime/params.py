@@ -77,10 +77,10 @@ def _liftable(const: Any, min_elements: int) -> bool:
 
 def lift_params_pass(holder: LiftedParams, min_elements: int = MIN_ELEMENTS, entry: str = ENTRY) -> Any:
     """A module pass lifting the large constants of ``entry`` into parameters; fills ``holder``."""
-    import tvm  # noqa: PLC0415
-    from tvm import relax  # noqa: PLC0415
-    from tvm.ir import GenericConst  # noqa: PLC0415
-    from tvm.relax.expr_functor import PyExprMutator, mutator  # noqa: PLC0415
+    import tvm
+    from tvm import relax
+    from tvm.ir import GenericConst
+    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
     class _Lift(PyExprMutator):
@@ -90,7 +90,7 @@ def lift_params_pass(holder: LiftedParams, min_elements: int = MIN_ELEMENTS, ent
             self.new_params: list[Any] = []
             self.keep: list[Any] = []  # the lifted constants, alive until the pass ends (addresses stay unique)
 
-        def visit_generic_const_(self, op: GenericConst) -> Any:  # noqa: N802 - TVM's name
+        def visit_generic_const_(self, op: GenericConst) -> Any:
             if not _liftable(op, min_elements):
                 return op
             key = int(op.__chandle__())
@@ -107,7 +107,7 @@ def lift_params_pass(holder: LiftedParams, min_elements: int = MIN_ELEMENTS, ent
 
     @tvm.transform.module_pass(opt_level=0, name="BvitEdgeLiftParams")
     def _pass(mod: Any, _ctx: Any) -> Any:
-        del holder.names[holder.kept:], holder.arrays[holder.kept:]
+        del holder.names[holder.kept :], holder.arrays[holder.kept :]
         gv = next((g for g in mod.get_global_vars() if g.name_hint == entry), None)
         func = mod[gv] if gv is not None else None
         if not isinstance(func, relax.Function):
@@ -116,8 +116,9 @@ def lift_params_pass(holder: LiftedParams, min_elements: int = MIN_ELEMENTS, ent
         body = lift.visit_expr(func.body)
         if not lift.new_params:
             return mod
-        new_func = relax.Function(list(func.params) + lift.new_params, body, func.ret_ty, func.is_pure,
-                                  func.attrs, func.span)
+        new_func = relax.Function(
+            list(func.params) + lift.new_params, body, func.ret_ty, func.is_pure, func.attrs, func.span
+        )
         if func.attrs is None or "num_input" not in func.attrs:  # the image input(s) first, then the weights
             new_func = new_func.with_attr("num_input", len(func.params))
         mod = mod.clone()

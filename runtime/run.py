@@ -36,8 +36,9 @@ def _onnx_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _dataset_images(name: str, root: str | None, image_size: int,
-                    limit: int | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _dataset_images(
+    name: str, root: str | None, image_size: int, limit: int | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import torch
 
     from bvit_edge.data import load_dataset
@@ -122,15 +123,17 @@ def predict(
     out: dict[str, Any] = {"model": str(path), "num_images": len(names), "predictions": preds}
     if labels is not None:
         full = np.argsort(-probs, axis=1)[:, :5]
-        out["accuracy"] = {"top1": float((full[:, 0] == labels).mean()),
-                           "top5": float((full == labels[:, None]).any(1).mean())}
+        out["accuracy"] = {
+            "top1": float((full[:, 0] == labels).mean()),
+            "top5": float((full == labels[:, None]).any(1).mean()),
+        }
     if return_logits:
         out["logits"] = np.asarray(logits)
     return out
 
 
 def parse_address(text: str, what: str) -> tuple[str, int]:
-    """"HOST:PORT" -> (host, port), or a UsageError naming the option."""
+    """ "HOST:PORT" -> (host, port), or a UsageError naming the option."""
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"{what} must be HOST:PORT (got {text!r}).")

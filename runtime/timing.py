@@ -64,8 +64,10 @@ class Timing:
         if t.size == 0:
             raise UsageError("A timing needs at least one timed run; ask for runs >= 1.")
         if not np.all(np.isfinite(t)) or np.any(t < 0):
-            raise UsageError("Timed durations must be finite and non-negative; the clock went backwards or "
-                             "the timer returned garbage.")
+            raise UsageError(
+                "Timed durations must be finite and non-negative; the clock went backwards or "
+                "the timer returned garbage."
+            )
         p10, p50, p90 = np.percentile(t, [10.0, 50.0, 90.0])
         return cls(
             median_ms=float(p50),
@@ -162,8 +164,13 @@ class ProtocolTimes:
     steady: Timing
 
 
-def time_protocol(load: Callable[[], T], call_of: Callable[[T], Callable[[], Any]], warmup: int = 5,
-                  runs: int = 50, clock: Clock = time.perf_counter_ns) -> tuple[ProtocolTimes, T, Any]:
+def time_protocol(
+    load: Callable[[], T],
+    call_of: Callable[[T], Callable[[], Any]],
+    warmup: int = 5,
+    runs: int = 50,
+    clock: Clock = time.perf_counter_ns,
+) -> tuple[ProtocolTimes, T, Any]:
     """``load()`` timed once; ``call = call_of(loaded)`` (untimed: e.g. the input put on the device); ``call()``
     timed once (the first run); then :func:`measure` of ``call`` (``warmup`` discarded, ``runs`` timed).
     Returns (the times, what ``load`` returned, what the first call returned)."""

@@ -72,20 +72,21 @@ class KernelSpec:
 
     def build(self, params: FamilyParams) -> Any:
         """The scheduled prim func of this kernel with ``params``' knobs."""
-        from bvit_edge.runtime.kernels import binary_linear_kernel, binary_matmul_kernel  # noqa: PLC0415
-        from bvit_edge.runtime.schedules import schedule_binary_linear, schedule_binary_matmul  # noqa: PLC0415
+        from bvit_edge.runtime.kernels import binary_linear_kernel, binary_matmul_kernel
+        from bvit_edge.runtime.schedules import schedule_binary_linear, schedule_binary_matmul
 
         if self.op == "binary_linear":
             m, k, n = self.shape
             return schedule_binary_linear(binary_linear_kernel(m, k, n, self.modes[0], self.word_bits), params)
         b, h, m, k, n = self.shape
-        func = binary_matmul_kernel(b, h, m, k, n, self.modes[0], self.modes[1], self.ratios or DEFAULT_GSB_RATIOS,
-                                    self.word_bits)
+        func = binary_matmul_kernel(
+            b, h, m, k, n, self.modes[0], self.modes[1], self.ratios or DEFAULT_GSB_RATIOS, self.word_bits
+        )
         return schedule_binary_matmul(func, params)
 
     def random_args(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Inputs and output buffer of the prim func, in argument order (random values, right dtypes)."""
-        from bvit_edge.runtime.kernels.words import n_words, word_dtype  # noqa: PLC0415
+        from bvit_edge.runtime.kernels.words import n_words, word_dtype
 
         wd = np.dtype(word_dtype(self.word_bits))
         f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
@@ -94,17 +95,22 @@ class KernelSpec:
             kw = n_words(k, self.word_bits)
             words = rng.integers(0, np.iinfo(wd).max, size=(kw, n), dtype=wd, endpoint=True)
             return [f32(m, k), f32(k), np.ones(1, np.float32), words, f32(n), f32(n), np.zeros((m, n), np.float32)]
-        from bvit_edge.runtime.kernels.binary_matmul import n_planes  # noqa: PLC0415
+        from bvit_edge.runtime.kernels.binary_matmul import n_planes
 
         b, h, m, k, n = self.shape
-        return [f32(b, h, m, k), f32(b, h, k, n), np.abs(f32(n_planes(self.modes[0]))),
-                np.abs(f32(n_planes(self.modes[1]))), np.zeros((b, h, m, n), np.float32)]
+        return [
+            f32(b, h, m, k),
+            f32(b, h, k, n),
+            np.abs(f32(n_planes(self.modes[0]))),
+            np.abs(f32(n_planes(self.modes[1]))),
+            np.zeros((b, h, m, n), np.float32),
+        ]
 
 
 def candidates(spec: KernelSpec, family: FamilyParams, trials: int) -> list[FamilyParams]:
     """At most ``trials`` knob settings for ``spec``: the family's rule first, then other n tiles dividing N
     (and, for BinaryLinear, the scalar-popcount variant of the rule)."""
-    from bvit_edge.runtime.schedules.binary import _tile  # noqa: PLC0415
+    from bvit_edge.runtime.schedules.binary import _tile
 
     rule_tile = _tile(spec.n, family.n_tile) or family.n_tile  # the tile the rule itself ends up using
     base = dataclasses.replace(family, n_tile=rule_tile)
@@ -138,25 +144,29 @@ class TuningDatabase:
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"Tuning database {path} is not readable JSON ({exc}); delete it or pass another "
-                             "--tuning-db.") from None
+            raise UsageError(
+                f"Tuning database {path} is not readable JSON ({exc}); delete it or pass another --tuning-db."
+            ) from None
         if doc.get("schema_version") != SCHEMA_VERSION or not isinstance(doc.get("records"), dict):
-            raise UsageError(f"Tuning database {path} has schema_version {doc.get('schema_version')!r} "
-                             f"(expected {SCHEMA_VERSION}) or no records; re-tune with --tune N.")
+            raise UsageError(
+                f"Tuning database {path} has schema_version {doc.get('schema_version')!r} "
+                f"(expected {SCHEMA_VERSION}) or no records; re-tune with --tune N."
+            )
         if doc.get("family") not in (None, family):
-            raise UsageError(f"Tuning database {path} was tuned for the {doc.get('family')} family, not {family}; "
-                             "pass a database of this target's family or re-tune.")
+            raise UsageError(
+                f"Tuning database {path} was tuned for the {doc.get('family')} family, not {family}; "
+                "pass a database of this target's family or re-tune."
+            )
         return cls(family, doc["records"], source=str(path))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file + rename)."""
-        from bvit_edge.atomic import write_json  # noqa: PLC0415
+        from bvit_edge.atomic import write_json
 
         write_json(Path(path), self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "family": self.family,
-                "records": dict(sorted(self.records.items()))}
+        return {"schema_version": SCHEMA_VERSION, "family": self.family, "records": dict(sorted(self.records.items()))}
 
     def merged(self, other: TuningDatabase | None) -> TuningDatabase:
         """A new database: these records, overridden by ``other``'s."""
@@ -219,7 +229,7 @@ def kernel_params(family: FamilyParams, spec: KernelSpec) -> FamilyParams:
 
 def _time_local(func: Any, target: Any, args: list[np.ndarray], number: int, repeat: int) -> tuple[float, np.ndarray]:
     """(median seconds per call, the output of one call) of the kernel built for this machine."""
-    import tvm  # noqa: PLC0415
+    import tvm
 
     ex = tvm.compile(tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")}), target=target)
     dev = tvm.cpu()
@@ -233,9 +243,10 @@ def _time_local(func: Any, target: Any, args: list[np.ndarray], number: int, rep
 _UPLOADS = itertools.count()
 
 
-def _time_remote(func: Any, target: Any, args: list[np.ndarray], number: int, repeat: int, session: Any,
-                 compiler: str | None) -> tuple[float, np.ndarray]:
-    import tvm  # noqa: PLC0415
+def _time_remote(
+    func: Any, target: Any, args: list[np.ndarray], number: int, repeat: int, session: Any, compiler: str | None
+) -> tuple[float, np.ndarray]:
+    import tvm
 
     ex = tvm.compile(tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")}), target=target)
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,7 +287,7 @@ def tune_kernels(
     the same output as the family rule's schedule (exactly: the kernels are integer-exact up to the f32
     epilogue, which every candidate computes in the same order).
     """
-    import platform  # noqa: PLC0415
+    import platform
 
     if trials < 1:
         raise ConfigError(f"--tune {trials}: the number of candidates per kernel must be >= 1.")
@@ -306,8 +317,7 @@ def tune_kernels(
                 if session is None:
                     secs, out = _time_local(func, target, [a.copy() for a in args], number, repeat)
                 else:
-                    secs, out = _time_remote(func, target, [a.copy() for a in args], number, repeat, session,
-                                             compiler)
+                    secs, out = _time_remote(func, target, [a.copy() for a in args], number, repeat, session, compiler)
             except Exception as exc:  # noqa: BLE001 - one failing candidate is skipped, not fatal
                 say(f"  {spec.key} {_label(cand)}: failed ({str(exc).strip().splitlines()[-1][:120]})")
                 continue
@@ -315,17 +325,23 @@ def tune_kernels(
                 if ref is None:
                     ref = out
                 elif not np.allclose(out, ref, rtol=1e-5, atol=1e-5):
-                    raise ToolchainError(f"Tuning {spec.key}: candidate {_label(cand)} computes a different result "
-                                         "than the rule schedule; this is a bug in bvit_edge's schedules.")
+                    raise ToolchainError(
+                        f"Tuning {spec.key}: candidate {_label(cand)} computes a different result "
+                        "than the rule schedule; this is a bug in bvit_edge's schedules."
+                    )
             tried[_label(cand)] = round(secs * 1e6, 2)
             if best is None or secs < best[0]:
                 best = (secs, cand)
         if best is None:
             continue
         secs, cand = best
-        db.records[spec.key] = {"n_tile": cand.n_tile, "vector_popcount": cand.vector_popcount,
-                                "us": round(secs * 1e6, 2), "tried": tried, "cpu": cpu,
-                                "date": dt.date.today().isoformat()}
+        db.records[spec.key] = {
+            "n_tile": cand.n_tile,
+            "vector_popcount": cand.vector_popcount,
+            "us": round(secs * 1e6, 2),
+            "tried": tried,
+            "cpu": cpu,
+            "date": dt.date.today().isoformat(),
+        }
         say(f"[{i + 1}] {spec.key}: best {_label(cand)} {secs * 1e6:.1f} us (tried {len(tried)})")
     return db
-

@@ -40,7 +40,7 @@ _FAMILY: contextvars.ContextVar[Any] = contextvars.ContextVar("bvit_edge_family_
 def convert_map_hook() -> ModuleType:
     """The TVM module whose ``_get_convert_map`` we extend; ToolchainError if TVM moved it."""
     try:
-        from tvm.relax.frontend.onnx import onnx_frontend  # noqa: PLC0415
+        from tvm.relax.frontend.onnx import onnx_frontend
     except ImportError as exc:
         raise ToolchainError(
             f"TVM's Relax ONNX importer (tvm.relax.frontend.onnx.onnx_frontend) cannot be imported: {exc}. "
@@ -94,7 +94,7 @@ def _attr_str(attr: dict, key: str, default: str | None = None) -> str:
 
 
 def _static_shape(expr: Any, what: str) -> list[int]:
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
     sinfo = expr.ty
     if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
@@ -102,15 +102,13 @@ def _static_shape(expr: Any, what: str) -> list[int]:
     dims = []
     for d in sinfo.shape.values:
         if not hasattr(d, "value"):
-            raise ConfigError(
-                f"{what}: dimension {d} is symbolic; compile with a static input shape (batch 1)."
-            )
+            raise ConfigError(f"{what}: dimension {d} is symbolic; compile with a static input shape (batch 1).")
         dims.append(int(d.value))
     return dims
 
 
 def _constant(expr: Any, what: str) -> np.ndarray:
-    from tvm.ir.expr import Constant  # noqa: PLC0415 - relax.Constant moved to tvm.ir in 0.27
+    from tvm.ir.expr import Constant
 
     if not isinstance(expr, Constant):
         raise ConfigError(f"{what} must be an ONNX initializer (a constant) for the TVM lowering.")
@@ -119,7 +117,7 @@ def _constant(expr: Any, what: str) -> np.ndarray:
 
 def _as_vector(bb: Any, expr: Any, length: int, what: str) -> Any:
     """Reshape a scalar/vector input to f32[length] (ConfigError when its size does not fit)."""
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
     size = int(np.prod(_static_shape(expr, what))) if _static_shape(expr, what) else 1
     if size != length:
@@ -140,10 +138,10 @@ def _add_kernel(bb: Any, func: Any, name: str) -> Any:
 
 
 def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
-    from bvit_edge.runtime.kernels import binary_linear_kernel  # noqa: PLC0415
-    from bvit_edge.runtime.schedules import schedule_binary_linear  # noqa: PLC0415
+    from bvit_edge.runtime.kernels import binary_linear_kernel
+    from bvit_edge.runtime.schedules import schedule_binary_linear
 
     fam = _family()
     mode = _attr_str(attr, "mode")
@@ -163,14 +161,12 @@ def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
     kw = -(-k // fam.word_bits)
     words = np.ascontiguousarray(as_words(wb, fam.word_bits)[:, :kw].T)  # [KW, N]
     m = int(np.prod(xs[:-1])) if len(xs) > 1 else 1
-    from bvit_edge.runtime.tuning import KernelSpec, kernel_params  # noqa: PLC0415
+    from bvit_edge.runtime.tuning import KernelSpec, kernel_params
 
     knobs = kernel_params(fam, KernelSpec("binary_linear", (m, k, n), (mode,), fam.word_bits))
     func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, fam.word_bits), knobs)
     gv = _add_kernel(bb, func, f"bvit_binary_linear_{mode}")
-    bias_v = (
-        relax.const(np.zeros(n, np.float32)) if bias is None else _as_vector(bb, bias, n, "BinaryLinear bias")
-    )
+    bias_v = relax.const(np.zeros(n, np.float32)) if bias is None else _as_vector(bb, bias, n, "BinaryLinear bias")
     args = [
         bb.normalize(relax.op.reshape(x, (m, k))),
         _as_vector(bb, shift, k, "BinaryLinear shift"),
@@ -194,17 +190,17 @@ def _to4d(shape: list[int], what: str) -> tuple[int, ...]:
 
 
 def _is_zero_const(expr: Any) -> bool:
-    from tvm.ir.expr import Constant  # noqa: PLC0415
+    from tvm.ir.expr import Constant
 
     return expr is None or (isinstance(expr, Constant) and not np.any(expr.value.numpy()))
 
 
 def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
-    from bvit_edge.runtime.kernels import binary_matmul_kernel  # noqa: PLC0415
-    from bvit_edge.runtime.kernels.binary_matmul import n_planes  # noqa: PLC0415
-    from bvit_edge.runtime.schedules import schedule_binary_matmul  # noqa: PLC0415
+    from bvit_edge.runtime.kernels import binary_matmul_kernel
+    from bvit_edge.runtime.kernels.binary_matmul import n_planes
+    from bvit_edge.runtime.schedules import schedule_binary_matmul
 
     fam = _family()
     a_mode = _attr_str(attr, "a_mode")
@@ -221,10 +217,11 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         b = bb.normalize(relax.op.add(b, b_shift))
     batch, heads, m, k = a4
     n = b4[3]
-    from bvit_edge.runtime.tuning import KernelSpec, kernel_params  # noqa: PLC0415
+    from bvit_edge.runtime.tuning import KernelSpec, kernel_params
 
-    knobs = kernel_params(fam, KernelSpec("binary_matmul", (batch, heads, m, k, n), (a_mode, b_mode), fam.word_bits,
-                                          tuple(ratios)))
+    knobs = kernel_params(
+        fam, KernelSpec("binary_matmul", (batch, heads, m, k, n), (a_mode, b_mode), fam.word_bits, tuple(ratios))
+    )
     func = binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits)
     func = schedule_binary_matmul(func, knobs)
     gv = _add_kernel(bb, func, f"bvit_binary_matmul_{a_mode}_{b_mode}")
@@ -247,7 +244,7 @@ def _patchify_conv(bb: Any, inputs: list, attr: dict) -> Any | None:
     along the 14 output columns with stride-P reads (measured ~40x slower). Returns None when the node is
     not of that form (the stock converter handles it).
     """
-    from tvm import relax  # noqa: PLC0415
+    from tvm import relax
 
     try:
         xs = _static_shape(inputs[0], "Conv input")
@@ -263,8 +260,16 @@ def _patchify_conv(bb: Any, inputs: list, attr: dict) -> Any | None:
     auto_pad = attr.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     ph, pw = kernel
-    if (kernel != strides or any(pads) or dil != [1, 1] or int(attr.get("group", 1)) != 1
-            or auto_pad not in ("NOTSET", "VALID") or xs[2] % ph or xs[3] % pw or ws[1] != xs[1]):
+    if (
+        kernel != strides
+        or any(pads)
+        or dil != [1, 1]
+        or int(attr.get("group", 1)) != 1
+        or auto_pad not in ("NOTSET", "VALID")
+        or xs[2] % ph
+        or xs[3] % pw
+        or ws[1] != xs[1]
+    ):
         return None
     c, o = xs[1], ws[0]
     hp, wp = xs[2] // ph, xs[3] // pw
@@ -300,7 +305,7 @@ def _converter_classes(base: type, stock: dict) -> dict[str, type]:
             return out if out is not None else conv.get_converter(11)(bb, inputs, attr, params)
 
         table["Conv"] = type("PatchifyConv", (base,), {"_impl_v11": classmethod(conv_impl)})
-    from bvit_edge.runtime.compact_params import cast_converter  # noqa: PLC0415
+    from bvit_edge.runtime.compact_params import cast_converter
 
     cast = cast_converter(stock.get("Cast"), base)  # float16-stored weights stay float16 in params.npz
     if cast is not None:
@@ -315,8 +320,10 @@ def _int8_converters(base: type, stock: dict) -> dict[str, type]:
     from bvit_edge.runtime import int8_lowering
 
     table = {}
-    for op, lower in (("Gemm", lambda bb, i, at: int8_lowering.gemm(bb, i, at, _family())),
-                      ("MatMul", lambda bb, i, at: int8_lowering.matmul(bb, i, _family()))):
+    for op, lower in (
+        ("Gemm", lambda bb, i, at: int8_lowering.gemm(bb, i, at, _family())),
+        ("MatMul", lambda bb, i, at: int8_lowering.matmul(bb, i, _family())),
+    ):
         conv = stock.get(op)
         if conv is None:
             continue
@@ -341,7 +348,7 @@ def _int8_converters(base: type, stock: dict) -> dict[str, type]:
 def bvit_converters(family_params: Any) -> Iterator[None]:
     """Within the block, TVM's ONNX importer converts bvit_edge ops for ``family_params``' target."""
     frontend = convert_map_hook()
-    original = frontend._get_convert_map  # noqa: SLF001 - the hook this module exists to own
+    original = frontend._get_convert_map
     ours = _converter_classes(frontend.OnnxOpConverter, original())
 
     def extended() -> dict:
@@ -350,20 +357,20 @@ def bvit_converters(family_params: Any) -> Iterator[None]:
         return table
 
     token = _FAMILY.set(family_params)
-    frontend._get_convert_map = extended  # noqa: SLF001
+    frontend._get_convert_map = extended
     try:
         yield
     finally:
-        frontend._get_convert_map = original  # noqa: SLF001
+        frontend._get_convert_map = original
         _FAMILY.reset(token)
 
 
 def import_onnx(model: Any, shape_dict: dict[str, list[int]], family_params: Any) -> Any:
     """ONNX ModelProto -> Relax IRModule with bvit_edge ops lowered to scheduled TIR kernels."""
-    from tvm.relax.frontend.onnx import from_onnx  # noqa: PLC0415
+    from tvm.relax.frontend.onnx import from_onnx
 
     check_domains(model)
-    from bvit_edge.runtime.compact_params import widen_int4  # noqa: PLC0415
+    from bvit_edge.runtime.compact_params import widen_int4
 
     model = widen_int4(model)  # TVM cannot read 4-bit initializers; int8 holds the same values
     with bvit_converters(family_params):
@@ -371,7 +378,7 @@ def import_onnx(model: Any, shape_dict: dict[str, list[int]], family_params: Any
             return from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
         except (ConfigError, UsageError, ToolchainError):
             raise
-        except Exception as exc:  # noqa: BLE001 - TVM raises many types; name the op and the fix
+        except Exception as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise ToolchainError(
                 f"TVM could not import the ONNX model: {type(exc).__name__}: {first}. If an op is not "

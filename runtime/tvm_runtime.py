@@ -44,8 +44,10 @@ ENV_VAR = "BVIT_EDGE_TVM_RUNTIME"
 _LIB_NAME = "libtvm_runtime.so"
 _KDL_CPU = 1  # DLPack's device type of the CPU
 _POOLED_ALLOCATOR = 2  # the Relax VM's allocator kinds: 1 naive, 2 pooled (tvm.relax.VirtualMachine's default)
-_INSTALL_HINT = ("Install the board-side runtime (`pip install bvit-edge-runtime`, which brings apache-tvm-ffi and "
-                 f"apache-tvm), or point {ENV_VAR} at a libtvm_runtime.so of TVM 0.27.")
+_INSTALL_HINT = (
+    "Install the board-side runtime (`pip install bvit-edge-runtime`, which brings apache-tvm-ffi and "
+    f"apache-tvm), or point {ENV_VAR} at a libtvm_runtime.so of TVM 0.27."
+)
 
 
 def find_runtime_library() -> Path:
@@ -54,8 +56,10 @@ def find_runtime_library() -> Path:
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise MissingDependencyError(f"{ENV_VAR}={env} is not a file; point it at a libtvm_runtime.so of TVM 0.27, "
-                                         "or unset it to use the apache-tvm package's.")
+            raise MissingDependencyError(
+                f"{ENV_VAR}={env} is not a file; point it at a libtvm_runtime.so of TVM 0.27, "
+                "or unset it to use the apache-tvm package's."
+            )
         return path
     loaded = sys.modules.get("tvm")
     origin = getattr(loaded, "__file__", None) if loaded is not None else None
@@ -121,8 +125,9 @@ def runtime() -> TVMRuntime:
     try:
         import tvm_ffi
     except ImportError:
-        raise MissingDependencyError(f"Running an artifact needs apache-tvm-ffi, which is not installed. "
-                                     f"{_INSTALL_HINT}") from None
+        raise MissingDependencyError(
+            f"Running an artifact needs apache-tvm-ffi, which is not installed. {_INSTALL_HINT}"
+        ) from None
     from bvit_edge.runtime.threadpool import ensure_thread_limit
 
     ensure_thread_limit()  # before the runtime's thread pool starts
@@ -130,13 +135,21 @@ def runtime() -> TVMRuntime:
     try:
         ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
-        raise ToolchainError(f"Loading the TVM runtime {path} failed ({exc}); it must be TVM 0.27's "
-                             "libtvm_runtime.so built for this machine's architecture.") from None
+        raise ToolchainError(
+            f"Loading the TVM runtime {path} failed ({exc}); it must be TVM 0.27's "
+            "libtvm_runtime.so built for this machine's architecture."
+        ) from None
     try:
         get = tvm_ffi.get_global_func
-        return TVMRuntime(ffi=tvm_ffi, library=path, _alloc=get("runtime.TVMTensorAllocWithScope"),
-                          _copy_from_bytes=get("runtime.TVMTensorCopyFromBytes"),
-                          _config_threadpool=get("runtime.config_threadpool"))
+        return TVMRuntime(
+            ffi=tvm_ffi,
+            library=path,
+            _alloc=get("runtime.TVMTensorAllocWithScope"),
+            _copy_from_bytes=get("runtime.TVMTensorCopyFromBytes"),
+            _config_threadpool=get("runtime.config_threadpool"),
+        )
     except Exception as exc:  # noqa: BLE001 - tvm_ffi raises its own error when a function is not registered
-        raise ToolchainError(f"{path} does not provide the TVM runtime functions bvit-edge needs ({exc}); use "
-                             "libtvm_runtime.so of TVM 0.27 with apache-tvm-ffi 0.1.14.") from None
+        raise ToolchainError(
+            f"{path} does not provide the TVM runtime functions bvit-edge needs ({exc}); use "
+            "libtvm_runtime.so of TVM 0.27 with apache-tvm-ffi 0.1.14."
+        ) from None

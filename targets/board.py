@@ -51,8 +51,18 @@ from bvit_edge.errors import ConfigError, ToolchainError
 from bvit_edge.targets.rpc import probe as rpc_probe
 from bvit_edge.targets.toolchain import require_tool
 
-__all__ = ["BoardInfo", "build", "default_cache_dir", "emulate", "install_site", "run_python", "start", "status",
-           "stop", "wheelhouse"]
+__all__ = [
+    "BoardInfo",
+    "build",
+    "default_cache_dir",
+    "emulate",
+    "install_site",
+    "run_python",
+    "start",
+    "status",
+    "stop",
+    "wheelhouse",
+]
 
 #: What a board image is built from; any change here makes older caches stale.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -177,9 +187,15 @@ def _paths(arch: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     return _root(arch, cache_dir) / arch
 
 
-_REQUIRED_FILES = ("rootfs/usr/bin/python3.11", "site/tvm/__init__.py", "site/tvm_ffi/__init__.py",
-                   "site/numpy/__init__.py", "site/cloudpickle/__init__.py", "site/sitecustomize.py",
-                   "stamp.json")
+_REQUIRED_FILES = (
+    "rootfs/usr/bin/python3.11",
+    "site/tvm/__init__.py",
+    "site/tvm_ffi/__init__.py",
+    "site/numpy/__init__.py",
+    "site/cloudpickle/__init__.py",
+    "site/sitecustomize.py",
+    "stamp.json",
+)
 
 
 def _check_image(root: Path, arch: str) -> tuple[bool, str]:
@@ -193,8 +209,10 @@ def _check_image(root: Path, arch: str) -> tuple[bool, str]:
         return False, f"{stamp_path} is missing or unreadable (a half-built or foreign folder)"
     if stamp.get("recipe") != _recipe(arch):
         old = (stamp.get("recipe") or {}).get("recipe_version")
-        return False, (f"it is stale (built from board recipe version {old}, this bvit-edge expects version "
-                       f"{_recipe(arch)['recipe_version']})")
+        return False, (
+            f"it is stale (built from board recipe version {old}, this bvit-edge expects version "
+            f"{_recipe(arch)['recipe_version']})"
+        )
     missing = [f for f in _REQUIRED_FILES if not (root / f).exists()]
     if missing:
         return False, f"files are missing from it: {', '.join(missing)}"
@@ -216,16 +234,25 @@ def _run(cmd: list[str], what: str, timeout_s: float, env: dict[str, str] | None
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        raise ToolchainError(f"{what} did not finish in {timeout_s:.0f} s (`{' '.join(cmd[:4])} ...`). "
-                             "Check the network to Debian's mirror and PyPI, then retry.") from None
+        raise ToolchainError(
+            f"{what} did not finish in {timeout_s:.0f} s (`{' '.join(cmd[:4])} ...`). "
+            "Check the network to Debian's mirror and PyPI, then retry."
+        ) from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise ToolchainError(f"{what} failed (exit {proc.returncode}): `{' '.join(cmd[:6])} ...`:\n{tail}\n"
-                             "Fix the cause above (network, disk space, permissions) and retry.")
+        raise ToolchainError(
+            f"{what} failed (exit {proc.returncode}): `{' '.join(cmd[:6])} ...`:\n{tail}\n"
+            "Fix the cause above (network, disk space, permissions) and retry."
+        )
 
 
-def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None, rebuild: bool = False,
-          mirror: str | None = None, log=None) -> BoardInfo:
+def build(
+    arch: str = "aarch64",
+    cache_dir: str | os.PathLike[str] | None = None,
+    rebuild: bool = False,
+    mirror: str | None = None,
+    log=None,
+) -> BoardInfo:
     """Build the board image into ``cache_dir/<arch>`` unless a complete one is there, and its wheelhouse
     (:func:`wheelhouse`, for board-side installs) unless that is there too.
 
@@ -257,30 +284,64 @@ def build(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
     with atomic_dir(root) as tmp:
         rootfs, site = tmp / "rootfs", tmp / "site"
         say(f"debootstrap {recipe['debian_suite']} ({recipe['debian_arch']}) into {rootfs}")
-        _run(["debootstrap", f"--arch={recipe['debian_arch']}", "--foreign",
-              f"--variant={recipe['debootstrap_variant']}", f"--include={','.join(recipe['debootstrap_include'])}",
-              recipe["debian_suite"], str(rootfs), mirror], "debootstrap", timeout_s=1800)
+        _run(
+            [
+                "debootstrap",
+                f"--arch={recipe['debian_arch']}",
+                "--foreign",
+                f"--variant={recipe['debootstrap_variant']}",
+                f"--include={','.join(recipe['debootstrap_include'])}",
+                recipe["debian_suite"],
+                str(rootfs),
+                mirror,
+            ],
+            "debootstrap",
+            timeout_s=1800,
+        )
         debs = sorted((rootfs / "var/cache/apt/archives").glob("*.deb"))
         say(f"unpacking {len(debs)} packages with dpkg -x")
         for deb in debs:
             _run(["dpkg", "-x", str(deb), str(rootfs)], f"dpkg -x {deb.name}", timeout_s=300)
         py = rootfs / f"usr/bin/python{recipe['python']}"
         if not py.exists():
-            raise ToolchainError(f"After unpacking, {py} is missing: the Debian suite no longer ships "
-                                 f"python{recipe['python']}. Update RECIPES in bvit_edge/targets/board.py.")
+            raise ToolchainError(
+                f"After unpacking, {py} is missing: the Debian suite no longer ships "
+                f"python{recipe['python']}. Update RECIPES in bvit_edge/targets/board.py."
+            )
         say(f"pip: {' '.join(recipe['wheels'])} for {recipe['pip_platform']}")
-        _run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--target",
-              str(site), "--platform", recipe["pip_platform"], "--python-version", recipe["python"],
-              "--only-binary=:all:", "--no-deps", "--no-compile", *recipe["wheels"]], "pip install (aarch64 wheels)",
-             timeout_s=1800)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--target",
+                str(site),
+                "--platform",
+                recipe["pip_platform"],
+                "--python-version",
+                recipe["python"],
+                "--only-binary=:all:",
+                "--no-deps",
+                "--no-compile",
+                *recipe["wheels"],
+            ],
+            "pip install (aarch64 wheels)",
+            timeout_s=1800,
+        )
         write_text(site / "sitecustomize.py", _SITECUSTOMIZE)
-        write_json(tmp / "stamp.json", {
-            "recipe": recipe,
-            "mirror": mirror,
-            "built_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_s": round(time.monotonic() - t0, 1),
-            "packages_unpacked": len(debs),
-        })
+        write_json(
+            tmp / "stamp.json",
+            {
+                "recipe": recipe,
+                "mirror": mirror,
+                "built_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "build_s": round(time.monotonic() - t0, 1),
+                "packages_unpacked": len(debs),
+            },
+        )
     wheelhouse(arch, cache_dir, log=log)
     say(f"board image ready in {time.monotonic() - t0:.0f} s: {root}")
     return status(arch, cache_dir)
@@ -329,9 +390,16 @@ def status(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = Non
             stamp = json.loads((root / "stamp.json").read_text())
     rec = _server_record(root)
     running = bool(rec) and _pid_alive(int(rec["pid"])) and _is_our_server(int(rec["pid"]), root)
-    return BoardInfo(arch=arch, root=root, built=built, running=running,
-                     port=rec["port"] if running else None, pid=int(rec["pid"]) if running else None,
-                     log=root / "server.log", stamp=stamp)
+    return BoardInfo(
+        arch=arch,
+        root=root,
+        built=built,
+        running=running,
+        port=rec["port"] if running else None,
+        pid=int(rec["pid"]) if running else None,
+        log=root / "server.log",
+        stamp=stamp,
+    )
 
 
 def _free_port(host: str, first: int, count: int = 100) -> int:
@@ -354,8 +422,12 @@ def port_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
         return False
 
 
-def start(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None, port: int = DEFAULT_PORT,
-          timeout_s: float = 180.0) -> BoardInfo:
+def start(
+    arch: str = "aarch64",
+    cache_dir: str | os.PathLike[str] | None = None,
+    port: int = DEFAULT_PORT,
+    timeout_s: float = 180.0,
+) -> BoardInfo:
     """Start the RPC server on 127.0.0.1 (the first free port from ``port``); return once it answers.
 
     A server already running for this cache is returned once it answers. Raises ToolchainError (with the tail
@@ -365,45 +437,87 @@ def start(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None
     root = _paths(arch, cache_dir)
     ok, reason = _check_image(root, arch)
     if not ok:
-        raise _stale_error(root, reason) if root.exists() else ToolchainError(
-            f"The emulated {arch} board is not built at {root}. Build it with `bvit-edge board emulate`.")
+        raise (
+            _stale_error(root, reason)
+            if root.exists()
+            else ToolchainError(
+                f"The emulated {arch} board is not built at {root}. Build it with `bvit-edge board emulate`."
+            )
+        )
     info = status(arch, cache_dir)
     if info.running:  # started by an earlier call (maybe another process): wait until it serves
         if _wait_ready(info.host, int(info.port), lambda: _pid_alive(int(info.pid)), timeout_s):
             return status(arch, cache_dir)
-        raise ToolchainError(f"The emulated board's server (PID {info.pid}) runs but did not answer on "
-                             f"{info.host}:{info.port} within {timeout_s:.0f} s. Stop it with `bvit-edge board "
-                             f"stop` and start again. Last lines of {info.log}:\n{_tail(root / 'server.log')}")
+        raise ToolchainError(
+            f"The emulated board's server (PID {info.pid}) runs but did not answer on "
+            f"{info.host}:{info.port} within {timeout_s:.0f} s. Stop it with `bvit-edge board "
+            f"stop` and start again. Last lines of {info.log}:\n{_tail(root / 'server.log')}"
+        )
     qemu = require_tool(recipe["qemu"], purpose="to run the emulated board")
     host = "127.0.0.1"
     port = _free_port(host, port)
     rootfs, site = root / "rootfs", root / "site"
     wrapper = root / "python-wrapper.sh"
-    write_text(wrapper, (
-        "#!/bin/sh\n# Written by bvit-edge: the board's Python, run by qemu user mode.\n"
-        f"export PYTHONPATH='{site}'\nexport BVIT_EDGE_BOARD_PYTHON='{wrapper}'\n"
-        f"exec '{qemu}' -L '{rootfs}' '{rootfs}/usr/bin/python{recipe['python']}' \"$@\"\n"))
+    write_text(
+        wrapper,
+        (
+            "#!/bin/sh\n# Written by bvit-edge: the board's Python, run by qemu user mode.\n"
+            f"export PYTHONPATH='{site}'\nexport BVIT_EDGE_BOARD_PYTHON='{wrapper}'\n"
+            f"exec '{qemu}' -L '{rootfs}' '{rootfs}/usr/bin/python{recipe['python']}' \"$@\"\n"
+        ),
+    )
     wrapper.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "LD_"))}
     env.update({"PYTHONPATH": str(site), "BVIT_EDGE_BOARD_PYTHON": str(wrapper), "PYTHONUNBUFFERED": "1"})
-    cmd = [qemu, "-L", str(rootfs), str(rootfs / f"usr/bin/python{recipe['python']}"), "-m",
-           "tvm.exec.rpc_server", "--host", host, "--port", str(port), "--port-end", str(port + 1)]
+    cmd = [
+        qemu,
+        "-L",
+        str(rootfs),
+        str(rootfs / f"usr/bin/python{recipe['python']}"),
+        "-m",
+        "tvm.exec.rpc_server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--port-end",
+        str(port + 1),
+    ]
     log_path = root / "server.log"
     with open(log_path, "wb") as log_fh:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
-                                env=env, cwd=str(root), start_new_session=True)
-    write_json(root / "server.json", {"pid": proc.pid, "port": port, "host": host, "arch": arch,
-                                      "started_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(root),
+            start_new_session=True,
+        )
+    write_json(
+        root / "server.json",
+        {
+            "pid": proc.pid,
+            "port": port,
+            "host": host,
+            "arch": arch,
+            "started_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
     write_text(root / "server.pid", f"{proc.pid}\n")
     if _wait_ready(host, port, lambda: proc.poll() is None, timeout_s):
         return status(arch, cache_dir)
     if proc.poll() is not None:
         _forget(root)
-        raise ToolchainError(f"The emulated board's RPC server exited (code {proc.returncode}) before "
-                             f"serving. Last lines of {log_path}:\n{_tail(log_path)}")
+        raise ToolchainError(
+            f"The emulated board's RPC server exited (code {proc.returncode}) before "
+            f"serving. Last lines of {log_path}:\n{_tail(log_path)}"
+        )
     stop(arch, cache_dir)
-    raise ToolchainError(f"The emulated board's RPC server did not answer on {host}:{port} within "
-                         f"{timeout_s:.0f} s. Last lines of {log_path}:\n{_tail(log_path)}")
+    raise ToolchainError(
+        f"The emulated board's RPC server did not answer on {host}:{port} within "
+        f"{timeout_s:.0f} s. Last lines of {log_path}:\n{_tail(log_path)}"
+    )
 
 
 def _wait_ready(host: str, port: int, alive, timeout_s: float) -> bool:
@@ -420,8 +534,7 @@ def _wait_ready(host: str, port: int, alive, timeout_s: float) -> bool:
     return False
 
 
-def stop(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None,
-         timeout_s: float = 10.0) -> bool:
+def stop(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None, timeout_s: float = 10.0) -> bool:
     """Stop the server recorded in ``server.json`` (its process group: SIGTERM, then SIGKILL).
 
     Returns True if a server was stopped, False if none was running. Only the recorded PID's group
@@ -446,12 +559,19 @@ def stop(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None,
                 _forget(root)
                 return True
             time.sleep(0.1)
-    raise ToolchainError(f"The emulated board's server (PID {pid}) did not exit after SIGKILL; check it "
-                         f"with `ps -p {pid}`.")
+    raise ToolchainError(
+        f"The emulated board's server (PID {pid}) did not exit after SIGKILL; check it with `ps -p {pid}`."
+    )
 
 
-def emulate(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None, rebuild: bool = False,
-            port: int = DEFAULT_PORT, timeout_s: float = 180.0, log=None) -> BoardInfo:
+def emulate(
+    arch: str = "aarch64",
+    cache_dir: str | os.PathLike[str] | None = None,
+    rebuild: bool = False,
+    port: int = DEFAULT_PORT,
+    timeout_s: float = 180.0,
+    log=None,
+) -> BoardInfo:
     """Build the board if needed (once), then start its RPC server; what ``bvit-edge board emulate`` does."""
     build(arch, cache_dir, rebuild=rebuild, log=log)
     return start(arch, cache_dir, port=port, timeout_s=timeout_s)
@@ -492,16 +612,41 @@ def wheelhouse(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None =
             return root
     say(f"pip download {' '.join(recipe['wheels'])} for {recipe['pip_platform']} into {root}")
     with atomic_dir(root) as tmp:
-        _run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--dest", str(tmp),
-              "--platform", recipe["pip_platform"], "--python-version", recipe["python"], "--only-binary=:all:",
-              "--no-deps", *recipe["wheels"]], "pip download (board wheels)", timeout_s=1800)
-        write_json(tmp / "stamp.json", {"recipe": recipe,
-                                        "built_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--dest",
+                str(tmp),
+                "--platform",
+                recipe["pip_platform"],
+                "--python-version",
+                recipe["python"],
+                "--only-binary=:all:",
+                "--no-deps",
+                *recipe["wheels"],
+            ],
+            "pip download (board wheels)",
+            timeout_s=1800,
+        )
+        write_json(
+            tmp / "stamp.json", {"recipe": recipe, "built_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        )
     return root
 
 
-def install_site(wheels: list[str | os.PathLike[str]], dest: str | os.PathLike[str], arch: str = "aarch64",
-                 cache_dir: str | os.PathLike[str] | None = None, no_deps: bool = False, log=None) -> Path:
+def install_site(
+    wheels: list[str | os.PathLike[str]],
+    dest: str | os.PathLike[str],
+    arch: str = "aarch64",
+    cache_dir: str | os.PathLike[str] | None = None,
+    no_deps: bool = False,
+    log=None,
+) -> Path:
     """pip-install ``wheels`` (e.g. the bvit-edge-runtime wheel) for the board into the new folder ``dest``,
     their dependencies resolved offline from :func:`wheelhouse` (``--no-index --find-links``): a dependency the
     distribution declares but the wheelhouse lacks fails the install, one it does not declare is not installed.
@@ -511,18 +656,39 @@ def install_site(wheels: list[str | os.PathLike[str]], dest: str | os.PathLike[s
     if dest.exists():
         raise ConfigError(f"{dest} exists; install_site writes a fresh site folder only.")
     house = wheelhouse(arch, cache_dir, log=log)
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--no-index",
-           "--find-links", str(house), "--target", str(dest), "--platform", recipe["pip_platform"],
-           "--python-version", recipe["python"], "--only-binary=:all:", "--no-compile"]
-    _run(cmd + (["--no-deps"] if no_deps else []) + [str(w) for w in wheels], "pip install (board site)",
-         timeout_s=900)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--no-index",
+        "--find-links",
+        str(house),
+        "--target",
+        str(dest),
+        "--platform",
+        recipe["pip_platform"],
+        "--python-version",
+        recipe["python"],
+        "--only-binary=:all:",
+        "--no-compile",
+    ]
+    _run(cmd + (["--no-deps"] if no_deps else []) + [str(w) for w in wheels], "pip install (board site)", timeout_s=900)
     return dest
 
 
-def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str = "aarch64",
-               cache_dir: str | os.PathLike[str] | None = None, timeout_s: float = 600.0,
-               env: dict[str, str] | None = None, stdin: bytes | None = None,
-               cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess:
+def run_python(
+    args: list[str],
+    site: str | os.PathLike[str] | None,
+    arch: str = "aarch64",
+    cache_dir: str | os.PathLike[str] | None = None,
+    timeout_s: float = 600.0,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run the board's Python natively under qemu user mode (no RPC): ``python3.X ARGS`` with ``PYTHONPATH=site``
     only (not the image's own site folder, unless ``site`` is it; nor the working folder). Returns the finished
     process (bytes output);
@@ -531,8 +697,13 @@ def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str =
     root = _paths(arch, cache_dir)
     ok, reason = _check_image(root, arch)
     if not ok:
-        raise _stale_error(root, reason) if root.exists() else ToolchainError(
-            f"The emulated {arch} board is not built at {root}. Build it with `bvit-edge board emulate`.")
+        raise (
+            _stale_error(root, reason)
+            if root.exists()
+            else ToolchainError(
+                f"The emulated {arch} board is not built at {root}. Build it with `bvit-edge board emulate`."
+            )
+        )
     qemu = require_tool(recipe["qemu"], purpose="to run the emulated board")
     rootfs = root / "rootfs"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "LD_", "BVIT_EDGE"))}
@@ -544,9 +715,10 @@ def run_python(args: list[str], site: str | os.PathLike[str] | None, arch: str =
     full_env.update(env or {})
     cmd = [qemu, "-L", str(rootfs), str(rootfs / f"usr/bin/python{recipe['python']}"), *args]
     try:
-        return subprocess.run(cmd, input=stdin, capture_output=True, env=full_env, timeout=timeout_s,
-                              cwd=str(cwd) if cwd else None)
+        return subprocess.run(
+            cmd, input=stdin, capture_output=True, env=full_env, timeout=timeout_s, cwd=str(cwd) if cwd else None
+        )
     except subprocess.TimeoutExpired:
-        raise ToolchainError(f"The board's Python did not finish in {timeout_s:.0f} s: "
-                             f"{' '.join(args[:4])} ...") from None
-
+        raise ToolchainError(
+            f"The board's Python did not finish in {timeout_s:.0f} s: {' '.join(args[:4])} ..."
+        ) from None

@@ -27,8 +27,9 @@ import dataclasses
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bvit_edge.errors import ConfigError, MissingDependencyError
 
@@ -62,8 +63,18 @@ _DETECT = "detect"
 #: how long one RPC call to a board may take before it counts as stalled (seconds); presets may say otherwise
 DEFAULT_RPC_TIMEOUT_S = 120.0
 _KNOWN_KEYS = {
-    "name", "description", "arch", "family", "word_bits", "threads", "cross_compiler", "apt_package",
-    "emulated_by", "required_cpu_flags", "tvm_target", "rpc_timeout_s",
+    "name",
+    "description",
+    "arch",
+    "family",
+    "word_bits",
+    "threads",
+    "cross_compiler",
+    "apt_package",
+    "emulated_by",
+    "required_cpu_flags",
+    "tvm_target",
+    "rpc_timeout_s",
     "source",  # written by TargetSpec.to_dict(); ignored on load so a dict round-trips
 }
 
@@ -205,8 +216,10 @@ def load_target(target: str | os.PathLike[str] | Mapping[str, Any] | TargetSpec)
     path = Path(text).expanduser()
     if text.endswith(".toml") or os.sep in text:
         if not path.is_file():
-            raise ConfigError(f"Target file {path} does not exist. Give an existing .toml file or a preset "
-                              f"name ({', '.join(list_targets())}).")
+            raise ConfigError(
+                f"Target file {path} does not exist. Give an existing .toml file or a preset "
+                f"name ({', '.join(list_targets())})."
+            )
         return _from_file(path, source=str(path))
     files = _preset_files()
     if text not in files:
@@ -236,7 +249,7 @@ def _from_table(table: dict[str, Any], source: str) -> TargetSpec:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_KNOWN_KEYS)}.")
     tvm_target = table.get("tvm_target")
     if not isinstance(tvm_target, dict) or "kind" not in tvm_target:
-        raise ConfigError(f"{where}: needs a [tvm_target] table with at least kind = \"llvm\".")
+        raise ConfigError(f'{where}: needs a [tvm_target] table with at least kind = "llvm".')
     tvm_target = dict(tvm_target)
     if _DETECT in (table.get("arch"), table.get("family"), tvm_target.get("mcpu"), tvm_target.get("mtriple")):
         table, tvm_target = _fill_host(dict(table), tvm_target)
@@ -265,9 +278,18 @@ def _from_table(table: dict[str, Any], source: str) -> TargetSpec:
     if isinstance(rpc_timeout, bool) or not isinstance(rpc_timeout, (int, float)) or not 0 < rpc_timeout < 1e6:
         raise ConfigError(f"{where}: rpc_timeout_s must be a positive number of seconds, got {rpc_timeout!r}.")
     return TargetSpec(
-        name=name, arch=arch, family=family, tvm_target=tvm_target, cross_compiler=cc, apt_package=apt,
-        word_bits=int(word_bits), threads=threads, emulated_by=table.get("emulated_by"),
-        required_cpu_flags=tuple(flags), description=str(table.get("description", "")), source=source,
+        name=name,
+        arch=arch,
+        family=family,
+        tvm_target=tvm_target,
+        cross_compiler=cc,
+        apt_package=apt,
+        word_bits=int(word_bits),
+        threads=threads,
+        emulated_by=table.get("emulated_by"),
+        required_cpu_flags=tuple(flags),
+        description=str(table.get("description", "")),
+        source=source,
         rpc_timeout_s=float(rpc_timeout),
     )
 
@@ -297,9 +319,17 @@ def _from_raw_tvm(tvm_target: dict[str, Any]) -> TargetSpec:
     native = arch == host_arch()
     cc, apt, qemu = (None, None, None) if native else _CROSS[arch]
     return TargetSpec(
-        name=f"custom-{arch}", arch=arch, family=family, tvm_target=tvm_target, cross_compiler=cc,
-        apt_package=apt, word_bits=_WORD_BITS[arch], threads=int(tvm_target.get("num-cores", 1)),
-        emulated_by=qemu, description="raw TVM target dict", source="dict",
+        name=f"custom-{arch}",
+        arch=arch,
+        family=family,
+        tvm_target=tvm_target,
+        cross_compiler=cc,
+        apt_package=apt,
+        word_bits=_WORD_BITS[arch],
+        threads=int(tvm_target.get("num-cores", 1)),
+        emulated_by=qemu,
+        description="raw TVM target dict",
+        source="dict",
     )
 
 

@@ -30,26 +30,42 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bvit_edge.errors import MissingDependencyError, ToolchainError
 from bvit_edge.targets.registry import DEFAULT_RPC_TIMEOUT_S
 from bvit_edge.targets.rpc_relay import RelayProcess, stalls
 
-__all__ = ["DEFAULT_RPC_TIMEOUT_S", "StalledBoard", "call_timeout", "check_arch", "connect", "connect_tracker",
-           "elf_arch", "probe", "remote_arch", "stall_message", "stalled", "upload_and_load"]
+__all__ = [
+    "DEFAULT_RPC_TIMEOUT_S",
+    "StalledBoard",
+    "call_timeout",
+    "check_arch",
+    "connect",
+    "connect_tracker",
+    "elf_arch",
+    "probe",
+    "remote_arch",
+    "stall_message",
+    "stalled",
+    "upload_and_load",
+]
+
 
 class StalledBoard(ToolchainError):
     """A board completed the RPC handshake, then did not answer a call within the per-call timeout."""
 
 
 def stall_message(host: str, port: int, timeout_s: float, during: str = "an RPC call") -> str:
-    return (f"The board at {host}:{port} stopped answering: {during} got no reply within {timeout_s:g} s. Check "
-            "that the board is up and reachable, that its RPC server (`python -m tvm.exec.rpc_server`) still runs "
-            "and is not out of memory or swapping (a model too big for the board), and restart that server if it "
-            "hangs; for a slow board or a large model raise the per-call timeout (--rpc-timeout, or rpc_timeout_s "
-            "in the target preset). bvit-edge closed its connection, so the server accepts a new session.")
+    return (
+        f"The board at {host}:{port} stopped answering: {during} got no reply within {timeout_s:g} s. Check "
+        "that the board is up and reachable, that its RPC server (`python -m tvm.exec.rpc_server`) still runs "
+        "and is not out of memory or swapping (a model too big for the board), and restart that server if it "
+        "hangs; for a slow board or a large model raise the per-call timeout (--rpc-timeout, or rpc_timeout_s "
+        "in the target preset). bvit-edge closed its connection, so the server accepts a new session."
+    )
 
 
 def stalled() -> str | None:
@@ -101,6 +117,7 @@ def artifact_call_timeout(folder: str | os.PathLike[str]) -> float | None:
         return None
     return preset_call_timeout(manifest.get("target")) if isinstance(manifest, dict) else None
 
+
 _ELF_MACHINE = {62: "x86_64", 183: "aarch64", 40: "armv7"}  # e_machine: EM_X86_64, EM_AARCH64, EM_ARM
 
 
@@ -122,14 +139,17 @@ def probe(host: str, port: int, timeout_s: float, tracker: bool = False) -> None
     in C++ holding the GIL and has no timeout, so this is what keeps a bad address from hanging.
     """
     what = "TVM RPC tracker" if tracker else "TVM RPC server"
-    hint = ("Check the address and that the server runs there (`python -m tvm.exec.rpc_server --host 0.0.0.0 "
-            "--port 9090` on the board, or `bvit-edge board emulate` for the emulated aarch64 board).")
+    hint = (
+        "Check the address and that the server runs there (`python -m tvm.exec.rpc_server --host 0.0.0.0 "
+        "--port 9090` on the board, or `bvit-edge board emulate` for the emulated aarch64 board)."
+    )
     try:
         sock = socket.create_connection((host, port), timeout=timeout_s)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
-        raise ToolchainError(f"Cannot reach the {what} at {host}:{port} ({reason}, timeout {timeout_s:g} s). "
-                             f"{hint}") from None
+        raise ToolchainError(
+            f"Cannot reach the {what} at {host}:{port} ({reason}, timeout {timeout_s:g} s). {hint}"
+        ) from None
     with sock:
         try:
             if tracker:
@@ -147,7 +167,8 @@ def probe(host: str, port: int, timeout_s: float, tracker: bool = False) -> None
             raise ToolchainError(
                 f"{host}:{port} accepts connections but did not answer the {what} handshake ({reason} within "
                 f"{timeout_s:g} s): it is not a TVM RPC endpoint, or the server is busy with another session "
-                f"(it serves one at a time). {hint}") from None
+                f"(it serves one at a time). {hint}"
+            ) from None
     code = struct.unpack("<i", reply)[0] if len(reply) == 4 else None
     ok = code == _RPC_TRACKER_MAGIC if tracker else code in _RPC_CODES
     if not ok:
@@ -166,14 +187,22 @@ def _rpc() -> Any:
     try:
         from tvm import rpc
     except ImportError as exc:
-        raise MissingDependencyError(f"TVM is needed for RPC but cannot be imported ({exc}). Install "
-                                     "apache-tvm==0.27.0.post1 and apache-tvm-ffi==0.1.14.post1.") from None
+        raise MissingDependencyError(
+            f"TVM is needed for RPC but cannot be imported ({exc}). Install "
+            "apache-tvm==0.27.0.post1 and apache-tvm-ffi==0.1.14.post1."
+        ) from None
     return rpc
 
 
-def connect(host: str = "127.0.0.1", port: int = 9090, timeout_s: float = 10.0,
-            session_timeout_s: float = 0.0, call_timeout_s: float | None = None, key: str = "",
-            probe_first: bool = True) -> Any:
+def connect(
+    host: str = "127.0.0.1",
+    port: int = 9090,
+    timeout_s: float = 10.0,
+    session_timeout_s: float = 0.0,
+    call_timeout_s: float | None = None,
+    key: str = "",
+    probe_first: bool = True,
+) -> Any:
     """An RPC session with the server at host:port (``tvm.rpc.RPCSession``), every call bounded.
 
     ``timeout_s`` bounds the TCP probe and the handshake; ``call_timeout_s`` each later call (see the
@@ -203,8 +232,16 @@ def connect(host: str = "127.0.0.1", port: int = 9090, timeout_s: float = 10.0,
     return session
 
 
-def connect_tracker(host: str, port: int, key: str, timeout_s: float = 10.0, request_timeout_s: float = 60.0,
-                    priority: int = 1, session_timeout_s: float = 0.0, call_timeout_s: float | None = None) -> Any:
+def connect_tracker(
+    host: str,
+    port: int,
+    key: str,
+    timeout_s: float = 10.0,
+    request_timeout_s: float = 60.0,
+    priority: int = 1,
+    session_timeout_s: float = 0.0,
+    call_timeout_s: float | None = None,
+) -> Any:
     """A session with a board of kind ``key`` obtained from the RPC tracker at host:port.
 
     Fails if the tracker is unreachable, if no board registered ``key`` (listing the keys it has), or
@@ -215,24 +252,41 @@ def connect_tracker(host: str, port: int, key: str, timeout_s: float = 10.0, req
     where = f"TVM RPC tracker {host}:{port}"
     with _TrackerConnection(host, port, timeout_s, where) as tracker:
         summary = tracker.ask([_TRACKER_SUMMARY], timeout_s, f"{where} summary")
-        queue = summary[1].get("queue_info") if isinstance(summary, list) and len(summary) > 1 and \
-            isinstance(summary[1], dict) else None
+        queue = (
+            summary[1].get("queue_info")
+            if isinstance(summary, list) and len(summary) > 1 and isinstance(summary[1], dict)
+            else None
+        )
         keys = sorted((queue or {}).keys())
         if key not in keys:
-            raise ToolchainError(f"No board registered with key {key!r} at the tracker {host}:{port}; it knows: "
-                                 f"{', '.join(keys) or 'none'}. Start the board's server with "
-                                 f"`--tracker {host}:{port} --key {key}`.")
-        reply = tracker.ask([_TRACKER_REQUEST, key, "", priority], request_timeout_s,
-                            f"Request for a {key!r} board from the tracker {host}:{port}")
+            raise ToolchainError(
+                f"No board registered with key {key!r} at the tracker {host}:{port}; it knows: "
+                f"{', '.join(keys) or 'none'}. Start the board's server with "
+                f"`--tracker {host}:{port} --key {key}`."
+            )
+        reply = tracker.ask(
+            [_TRACKER_REQUEST, key, "", priority],
+            request_timeout_s,
+            f"Request for a {key!r} board from the tracker {host}:{port}",
+        )
     try:
         code, (board_host, board_port, match_key) = reply
         if code != _TRACKER_SUCCESS:
             raise ValueError(code)
     except (TypeError, ValueError):
-        raise ToolchainError(f"The tracker {host}:{port} answered the request for a {key!r} board with {reply!r}. "
-                             "Check the tracker and its boards (`python -m tvm.exec.query_rpc_tracker`).") from None
-    return connect(str(board_host), int(board_port), timeout_s=timeout_s, session_timeout_s=session_timeout_s,
-                   call_timeout_s=call_timeout_s, key=str(match_key), probe_first=False)
+        raise ToolchainError(
+            f"The tracker {host}:{port} answered the request for a {key!r} board with {reply!r}. "
+            "Check the tracker and its boards (`python -m tvm.exec.query_rpc_tracker`)."
+        ) from None
+    return connect(
+        str(board_host),
+        int(board_port),
+        timeout_s=timeout_s,
+        session_timeout_s=session_timeout_s,
+        call_timeout_s=call_timeout_s,
+        key=str(match_key),
+        probe_first=False,
+    )
 
 
 # TVM RPC tracker wire protocol (tvm/rpc/base.py TrackerCode): after the magic, int32-length-prefixed JSON.
@@ -246,7 +300,7 @@ class _TrackerConnection:
         self.host, self.port, self.timeout_s, self.where = host, port, timeout_s, where
         self.sock: socket.socket | None = None
 
-    def __enter__(self) -> "_TrackerConnection":
+    def __enter__(self) -> _TrackerConnection:
         try:
             self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
             self.sock.sendall(struct.pack("<i", _RPC_TRACKER_MAGIC))
@@ -286,12 +340,15 @@ class _TrackerConnection:
             self.sock.sendall(struct.pack("<i", len(data)) + data)
             size = struct.unpack("<i", self._recv(4))[0]
             return json.loads(self._recv(size).decode("utf-8"))
-        except socket.timeout:
-            raise ToolchainError(f"{what} did not complete within {timeout_s:g} s. Check that the boards of that "
-                                 "key are up and free (`python -m tvm.exec.query_rpc_tracker`).") from None
+        except TimeoutError:
+            raise ToolchainError(
+                f"{what} did not complete within {timeout_s:g} s. Check that the boards of that "
+                "key are up and free (`python -m tvm.exec.query_rpc_tracker`)."
+            ) from None
         except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise ToolchainError(f"{what} failed: {exc}. Check that the tracker runs a compatible TVM "
-                                 "(0.27).") from None
+            raise ToolchainError(
+                f"{what} failed: {exc}. Check that the tracker runs a compatible TVM (0.27)."
+            ) from None
 
 
 def _arch_of_triple(triple: str) -> str | None:
@@ -341,8 +398,9 @@ def check_arch(session: Any, expected: str, what: str = "the artifact") -> str |
     return got
 
 
-def upload_and_load(session: Any, lib_path: str | os.PathLike[str], expected_arch: str | None = None,
-                    remote_name: str | None = None) -> Any:
+def upload_and_load(
+    session: Any, lib_path: str | os.PathLike[str], expected_arch: str | None = None, remote_name: str | None = None
+) -> Any:
     """Upload ``lib_path`` to the board and load it there; returns the remote module.
 
     ``expected_arch`` defaults to the library's ELF architecture; a mismatch with the board is a
@@ -365,12 +423,22 @@ def upload_and_load(session: Any, lib_path: str | os.PathLike[str], expected_arc
         return session.load_module(remote_name)
     except Exception as exc:
         text = str(exc)
-        if any(s in text for s in ("wrong ELF class", "ELF file's phentsize", "cannot open shared object",
-                                   "invalid ELF header", "Exec format error", "wrong machine")):
+        if any(
+            s in text
+            for s in (
+                "wrong ELF class",
+                "ELF file's phentsize",
+                "cannot open shared object",
+                "invalid ELF header",
+                "Exec format error",
+                "wrong machine",
+            )
+        ):
             raise ToolchainError(
                 f"The board cannot load {lib_path.name} (built for {expected or 'an unknown arch'}): "
                 f"{text.strip().splitlines()[-1]}. The board's architecture differs from the artifact's "
                 "target: compile for the board's target."
             ) from None
-        raise ToolchainError(f"Loading {lib_path.name} on the board failed: "
-                             f"{text.strip().splitlines()[-1] if text.strip() else exc!r}") from None
+        raise ToolchainError(
+            f"Loading {lib_path.name} on the board failed: {text.strip().splitlines()[-1] if text.strip() else exc!r}"
+        ) from None

@@ -43,7 +43,7 @@ def require_tool(tool: str, apt_package: str | None = None, purpose: str = "") -
     )
 
 
-def find_compiler(spec: "TargetSpec") -> str | None:
+def find_compiler(spec: TargetSpec) -> str | None:
     """The C compiler ``export_library`` should link ``spec``'s code with.
 
     Returns ``None`` for a target compiled with the host's own toolchain (TVM then uses its default,
@@ -65,7 +65,7 @@ def compiler_version(compiler: str | None) -> str:
     return out.stdout.splitlines()[0].strip() if out.stdout else exe
 
 
-def availability(spec: "TargetSpec") -> dict[str, object]:
+def availability(spec: TargetSpec) -> dict[str, object]:
     """What this machine can do with ``spec``, for ``bvit-edge targets list|show``.
 
     ``compiler``: the linker's path (None = host default), ``compiler_found``; ``emulator_found``: the

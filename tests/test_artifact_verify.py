@@ -34,19 +34,40 @@ def _tiny_onnx(path: Path) -> Path:
     """image [1, 3, 4, 4] -> Flatten -> BinaryLinear(48->32) -> Gemm(32->5): a real artifact in seconds."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((N, K)) < 0
-    inits = [nh.from_array(np.zeros(K, np.float32), "shift"), nh.from_array(np.array(np.float32(0.25)), "alpha"),
-             nh.from_array(pack_bits(w), "wb"), nh.from_array((rng.random(N) + 0.5).astype(np.float32), "ws"),
-             nh.from_array(rng.standard_normal(N).astype(np.float32), "b"),
-             nh.from_array(rng.standard_normal((C, N)).astype(np.float32), "head")]
-    nodes = [oh.make_node("Flatten", ["image"], ["flat"], axis=1),
-             oh.make_node("BinaryLinear", ["flat", "shift", "alpha", "wb", "ws", "b"], ["h"], domain="bvit_edge",
-                          mode="signed", in_features=K),
-             oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1)]
-    g = oh.make_graph(nodes, "tiny", [oh.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
-                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, C])], inits)
+    inits = [
+        nh.from_array(np.zeros(K, np.float32), "shift"),
+        nh.from_array(np.array(np.float32(0.25)), "alpha"),
+        nh.from_array(pack_bits(w), "wb"),
+        nh.from_array((rng.random(N) + 0.5).astype(np.float32), "ws"),
+        nh.from_array(rng.standard_normal(N).astype(np.float32), "b"),
+        nh.from_array(rng.standard_normal((C, N)).astype(np.float32), "head"),
+    ]
+    nodes = [
+        oh.make_node("Flatten", ["image"], ["flat"], axis=1),
+        oh.make_node(
+            "BinaryLinear",
+            ["flat", "shift", "alpha", "wb", "ws", "b"],
+            ["h"],
+            domain="bvit_edge",
+            mode="signed",
+            in_features=K,
+        ),
+        oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1),
+    ]
+    g = oh.make_graph(
+        nodes,
+        "tiny",
+        [oh.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, C])],
+        inits,
+    )
     model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", 1)], ir_version=10)
-    for key, val in {"bvit_edge.mean": [0.5, 0.5, 0.5], "bvit_edge.std": [0.5, 0.5, 0.5],
-                     "bvit_edge.classes": [f"c{i}" for i in range(C)], "bvit_edge.image_size": [4, 4]}.items():
+    for key, val in {
+        "bvit_edge.mean": [0.5, 0.5, 0.5],
+        "bvit_edge.std": [0.5, 0.5, 0.5],
+        "bvit_edge.classes": [f"c{i}" for i in range(C)],
+        "bvit_edge.image_size": [4, 4],
+    }.items():
         model.metadata_props.add(key=key, value=json.dumps(val))
     onnx.save(model, str(path))
     return path
@@ -76,8 +97,14 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 def _assert_refused(folder: Path, png: Path, tmp_path: Path, *needles: str) -> None:
@@ -91,9 +118,11 @@ def _assert_refused(folder: Path, png: Path, tmp_path: Path, *needles: str) -> N
     work = tmp_path / "cwd"
     work.mkdir(exist_ok=True)
     out = work / "bench.json"
-    for args in (["-m", "bvit_edge", "run", str(folder), "--image", str(png)],
-                 ["-m", "bvit_edge.runtime.device_cli", "run", str(folder), str(png)],
-                 ["-m", "bvit_edge.runtime.device_cli", "bench", str(folder), "--runs", "1", "--out", str(out)]):
+    for args in (
+        ["-m", "bvit_edge", "run", str(folder), "--image", str(png)],
+        ["-m", "bvit_edge.runtime.device_cli", "run", str(folder), str(png)],
+        ["-m", "bvit_edge.runtime.device_cli", "bench", str(folder), "--runs", "1", "--out", str(out)],
+    ):
         r = _cli(args, work)
         assert r.returncode == 2, (args, r.returncode, r.stderr[-2000:])
         assert "Traceback" not in r.stderr, r.stderr[-2000:]
@@ -110,8 +139,9 @@ def test_compile_records_what_the_loader_verifies(built):
         m = read_manifest(folder)
         assert m["lib_sha256"] == hashlib.sha256((folder / "lib.so").read_bytes()).hexdigest()
         with np.load(folder / "params.npz") as npz:
-            assert m["params"]["arrays"] == [{"name": n, "shape": list(npz[n].shape), "dtype": str(npz[n].dtype)}
-                                             for n in m["params"]["names"]]
+            assert m["params"]["arrays"] == [
+                {"name": n, "shape": list(npz[n].shape), "dtype": str(npz[n].dtype)} for n in m["params"]["names"]
+            ]
     # Cortex-A72: NEON, FP, CRC32; not LLVM's optional crypto (a Raspberry Pi 4 has none).
     assert read_manifest(built["arm"])["required_cpu_features"] == ["asimd", "crc32", "fp"]
     host_flags = set()
@@ -123,10 +153,16 @@ def test_compile_records_what_the_loader_verifies(built):
     assert "popcnt" in needed and needed <= host_flags
 
 
-@pytest.mark.parametrize("content, needle", [
-    ("{not json", "is not valid JSON"), ("", "is empty"), ("[1, 2]", "holds a JSON list"),
-    ('{"schema_version": 2}', "target: missing"), ('{"schema_version": 7}', "schema_version 7 is not supported"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("{not json", "is not valid JSON"),
+        ("", "is empty"),
+        ("[1, 2]", "holds a JSON list"),
+        ('{"schema_version": 2}', "target: missing"),
+        ('{"schema_version": 7}', "schema_version 7 is not supported"),
+    ],
+)
 def test_a_broken_manifest_is_refused_naming_it(art, built, tmp_path, content, needle):
     (art / "manifest.json").write_text(content)
     _assert_refused(art, built["png"], tmp_path, "manifest.json", needle, "ecompile")
@@ -222,10 +258,15 @@ def test_missing_and_unreadable_inputs(built, tmp_path):
     empty.mkdir()
     work = tmp_path / "cwd"
     work.mkdir()
-    for inputs, needle in (([str(bad)], "is not a readable image"), ([str(empty)], "holds no images"),
-                           ([str(tmp_path / "nope.png")], "does not exist")):
-        for args in (["-m", "bvit_edge", "run", str(built["host"]), *[a for i in inputs for a in ("--image", i)]],
-                     ["-m", "bvit_edge.runtime.device_cli", "run", str(built["host"]), *inputs]):
+    for inputs, needle in (
+        ([str(bad)], "is not a readable image"),
+        ([str(empty)], "holds no images"),
+        ([str(tmp_path / "nope.png")], "does not exist"),
+    ):
+        for args in (
+            ["-m", "bvit_edge", "run", str(built["host"]), *[a for i in inputs for a in ("--image", i)]],
+            ["-m", "bvit_edge.runtime.device_cli", "run", str(built["host"]), *inputs],
+        ):
             r = _cli(args, work)
             text = " ".join(r.stderr.split())
             assert r.returncode == 2 and needle in text and "Traceback" not in text, (args, r.stderr[-800:])

@@ -132,14 +132,24 @@ def test_time_once_returns_milliseconds_and_the_result():
 
 def test_timing_json_has_units_in_field_names():
     d = Timing.from_samples_ms([1.0, 2.0, 3.0], warmup=4).to_dict()
-    assert set(d) == {"median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "runs", "warmup",
-                      "samples_ms"}
+    assert set(d) == {
+        "median_ms",
+        "p10_ms",
+        "p90_ms",
+        "mean_ms",
+        "std_ms",
+        "min_ms",
+        "max_ms",
+        "runs",
+        "warmup",
+        "samples_ms",
+    }
     assert "samples_ms" not in Timing.from_samples_ms([1.0]).to_dict(samples=False)
     json.dumps(d)
 
 
 # ====================================================================================== result schema
-from bvit_edge.runtime.bench import (  # noqa: E402
+from bvit_edge.runtime.bench import (
     SCHEMA_VERSION,
     BenchResult,
     SideResult,
@@ -152,23 +162,62 @@ from bvit_edge.runtime.bench import (  # noqa: E402
 
 
 def _side(role, median_samples):
-    return SideResult(role=role, runtime="tvm", path=f"/x/{role}", input_shape=[1, 3, 16, 16], output_shape=[1, 10],
-                      compile_s=None, load_ms=1.0, first_run_ms=2.0, steady=Timing.from_samples_ms(median_samples, 5),
-                      timer="time.perf_counter_ns")
+    return SideResult(
+        role=role,
+        runtime="tvm",
+        path=f"/x/{role}",
+        input_shape=[1, 3, 16, 16],
+        output_shape=[1, 10],
+        compile_s=None,
+        load_ms=1.0,
+        first_run_ms=2.0,
+        steady=Timing.from_samples_ms(median_samples, 5),
+        timer="time.perf_counter_ns",
+    )
 
 
 def _result(teacher=True):
-    return BenchResult(date_utc="2026-01-01T00:00:00Z", git_revision="unknown", versions={"tvm": "0"}, seed=0,
-                       batch_size=1, target={"name": "host"}, timing_kind="host", emulated=False, rpc=None, threads=1,
-                       affinity=[0], host={}, input={}, student=_side("student", [1.0, 2.0, 3.0]),
-                       teacher=_side("teacher", [7.0, 8.0, 9.0]) if teacher else None, sizes={})
+    return BenchResult(
+        date_utc="2026-01-01T00:00:00Z",
+        git_revision="unknown",
+        versions={"tvm": "0"},
+        seed=0,
+        batch_size=1,
+        target={"name": "host"},
+        timing_kind="host",
+        emulated=False,
+        rpc=None,
+        threads=1,
+        affinity=[0],
+        host={},
+        input={},
+        student=_side("student", [1.0, 2.0, 3.0]),
+        teacher=_side("teacher", [7.0, 8.0, 9.0]) if teacher else None,
+        sizes={},
+    )
 
 
 def test_report_json_schema_fields(tmp_path):
     d = _result().to_dict()
-    for key in ("schema_version", "kind", "date_utc", "git_revision", "versions", "seed", "batch_size", "target",
-                "timing_kind", "emulated", "threads", "affinity", "student", "teacher", "sizes",
-                "ratio_teacher_over_student_median", "notes"):
+    for key in (
+        "schema_version",
+        "kind",
+        "date_utc",
+        "git_revision",
+        "versions",
+        "seed",
+        "batch_size",
+        "target",
+        "timing_kind",
+        "emulated",
+        "threads",
+        "affinity",
+        "student",
+        "teacher",
+        "sizes",
+        "ratio_teacher_over_student_median",
+        "notes",
+    ):
         assert key in d, key
     assert d["schema_version"] == SCHEMA_VERSION == 1
     for side in ("student", "teacher"):
@@ -214,10 +263,16 @@ def _fake_artifact(folder: Path, target="host", shape=(1, 3, 16, 16)) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "lib.so").write_bytes(b"\x7fELF not really")
-    manifest = {"schema_version": 1, "target": load_target(target).to_dict(),
-                "model": {"file": "m.onnx", "sha256": "0" * 64}, "input": {"name": "image", "shape": list(shape)},
-                "normalization": {"mean": None, "std": None}, "lib": "lib.so", "params": {"storage": "embedded"},
-                "threads": 1}
+    manifest = {
+        "schema_version": 1,
+        "target": load_target(target).to_dict(),
+        "model": {"file": "m.onnx", "sha256": "0" * 64},
+        "input": {"name": "image", "shape": list(shape)},
+        "normalization": {"mean": None, "std": None},
+        "lib": "lib.so",
+        "params": {"storage": "embedded"},
+        "threads": 1,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -233,11 +288,18 @@ def _onnx_linear(path: Path, shape, classes=10, seed=0) -> Path:
     k = int(np.prod(shape[1:]))
     w = (rng.standard_normal((k, classes)) / np.sqrt(k)).astype(np.float32)
     b = rng.standard_normal(classes).astype(np.float32)
-    nodes = [oh.make_node("Flatten", ["image"], ["f"], axis=1), oh.make_node("MatMul", ["f", "w"], ["z"]),
-             oh.make_node("Add", ["z", "b"], ["logits"])]
-    g = oh.make_graph(nodes, "teacher", [oh.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))],
-                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], classes])],
-                      [nh.from_array(w, "w"), nh.from_array(b, "b")])
+    nodes = [
+        oh.make_node("Flatten", ["image"], ["f"], axis=1),
+        oh.make_node("MatMul", ["f", "w"], ["z"]),
+        oh.make_node("Add", ["z", "b"], ["logits"]),
+    ]
+    g = oh.make_graph(
+        nodes,
+        "teacher",
+        [oh.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], classes])],
+        [nh.from_array(w, "w"), nh.from_array(b, "b")],
+    )
     model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
     onnx.save(model, str(path))
     return path
@@ -255,14 +317,31 @@ def _onnx_binary(path: Path, shape, classes=10, seed=1) -> Path:
     rng = np.random.default_rng(seed)
     k = int(np.prod(shape[1:]))
     w = rng.standard_normal((classes, k))
-    inits = [nh.from_array(np.full(k, -0.5, np.float32), "shift"), nh.from_array(np.array(0.1, np.float32), "alpha"),
-             nh.from_array(pack_bits(w < 0), "w_bits"), nh.from_array(np.full(classes, 0.02, np.float32), "w_scale"),
-             nh.from_array(np.zeros(classes, np.float32), "bias")]
-    nodes = [oh.make_node("Flatten", ["image"], ["f"], axis=1),
-             oh.make_node("BinaryLinear", ["f", "shift", "alpha", "w_bits", "w_scale", "bias"], ["logits"],
-                          domain="bvit_edge", mode="signed", in_features=k)]
-    g = oh.make_graph(nodes, "student", [oh.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))],
-                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], classes])], inits)
+    inits = [
+        nh.from_array(np.full(k, -0.5, np.float32), "shift"),
+        nh.from_array(np.array(0.1, np.float32), "alpha"),
+        nh.from_array(pack_bits(w < 0), "w_bits"),
+        nh.from_array(np.full(classes, 0.02, np.float32), "w_scale"),
+        nh.from_array(np.zeros(classes, np.float32), "bias"),
+    ]
+    nodes = [
+        oh.make_node("Flatten", ["image"], ["f"], axis=1),
+        oh.make_node(
+            "BinaryLinear",
+            ["f", "shift", "alpha", "w_bits", "w_scale", "bias"],
+            ["logits"],
+            domain="bvit_edge",
+            mode="signed",
+            in_features=k,
+        ),
+    ]
+    g = oh.make_graph(
+        nodes,
+        "student",
+        [oh.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [shape[0], classes])],
+        inits,
+    )
     model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", 1)], ir_version=10)
     onnx.save(model, str(path))
     return path
@@ -363,8 +442,16 @@ def _check_side(side: dict, warmup: int, runs: int) -> None:
 
 def test_local_bench_of_a_compiled_student_against_an_onnx_teacher(tiny, tmp_path):
     before = os.sched_getaffinity(0)
-    r = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], threads=1, warmup=2, runs=7, seed=3,
-              student_onnx=tiny["student_onnx"], rounds=3)
+    r = bench(
+        tiny["student"],
+        teacher_onnx=tiny["teacher_onnx"],
+        threads=1,
+        warmup=2,
+        runs=7,
+        seed=3,
+        student_onnx=tiny["student_onnx"],
+        rounds=3,
+    )
     d = json.loads(json.dumps(r.to_dict()))
     assert os.sched_getaffinity(0) == before  # TVM's pinning of this thread was undone
     assert d["timing_kind"] == "host" and d["emulated"] is False and d["rpc"] is None
@@ -376,13 +463,15 @@ def test_local_bench_of_a_compiled_student_against_an_onnx_teacher(tiny, tmp_pat
         _check_side(d[side], 2 * 3, 7)  # 2 warm-up calls before each of the 3 blocks
     assert d["student"]["output_shape"] == d["teacher"]["output_shape"] == d["teacher_int8"]["output_shape"] == [1, 10]
     assert d["ratio_teacher_over_student_median"] == pytest.approx(
-        d["teacher"]["steady"]["median_ms"] / d["student"]["steady"]["median_ms"])
+        d["teacher"]["steady"]["median_ms"] / d["student"]["steady"]["median_ms"]
+    )
     # the int8 teacher: onnxruntime's quantize_dynamic of the teacher, made for the run, measured beside it
     assert d["teacher_int8"]["runtime"] == "onnxruntime"
     assert d["int8_teacher"]["method"] == "onnxruntime.quantization.quantize_dynamic"
     assert d["int8_teacher"]["integer_nodes"] >= 1 and d["int8_teacher"]["quantize_s"] > 0
     assert d["ratio_teacher_int8_over_student_median"] == pytest.approx(
-        d["teacher_int8"]["steady"]["median_ms"] / d["student"]["steady"]["median_ms"])
+        d["teacher_int8"]["steady"]["median_ms"] / d["student"]["steady"]["median_ms"]
+    )
     assert d["sizes"]["teacher_int8"]["weights"]["weights_8bit"] >= 768 * 10
     assert d["sizes"]["teacher_int8"]["onnx_bytes"] < d["sizes"]["teacher"]["onnx_bytes"]
     sizes = d["sizes"]
@@ -418,11 +507,13 @@ def test_a_given_int8_teacher_is_measured_and_none_without_a_teacher(tiny, tmp_p
 
     i8 = quantize_teacher(tiny["teacher_onnx"], tmp_path / "t.int8.onnx")
     assert i8.bytes == (tmp_path / "t.int8.onnx").stat().st_size < Path(tiny["teacher_onnx"]).stat().st_size
-    d = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], teacher_int8_onnx=i8.path, threads=1, warmup=0,
-              runs=2).to_dict()
+    d = bench(
+        tiny["student"], teacher_onnx=tiny["teacher_onnx"], teacher_int8_onnx=i8.path, threads=1, warmup=0, runs=2
+    ).to_dict()
     assert d["int8_teacher"]["made_by"] == "given" and d["teacher_int8"]["path"] == i8.path
-    off = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], int8_teacher=False, threads=1, warmup=0,
-                runs=1).to_dict()
+    off = bench(
+        tiny["student"], teacher_onnx=tiny["teacher_onnx"], int8_teacher=False, threads=1, warmup=0, runs=1
+    ).to_dict()
     assert off["teacher_int8"] is None and off["ratio_teacher_int8_over_student_median"] is None
     alone = bench(tiny["student"], threads=1, warmup=0, runs=1).to_dict()
     assert alone["teacher_int8"] is None and alone["int8_teacher"] is None
@@ -448,9 +539,22 @@ def host_rpc_server():
     """A TVM RPC server on this host (a 'board' of the host's architecture), stopped by its PID."""
     pytest.importorskip("tvm")
     port = _closed_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -476,8 +580,15 @@ def host_rpc_server():
 
 
 def test_rpc_bench_runs_both_artifacts_on_the_board_with_time_evaluator(tiny, host_rpc_server):
-    r = bench(tiny["student"], teacher_artifact=tiny["teacher"], teacher_onnx=tiny["teacher_onnx"],
-              rpc=host_rpc_server, threads=1, warmup=2, runs=5)
+    r = bench(
+        tiny["student"],
+        teacher_artifact=tiny["teacher"],
+        teacher_onnx=tiny["teacher_onnx"],
+        rpc=host_rpc_server,
+        threads=1,
+        warmup=2,
+        runs=5,
+    )
     d = r.to_dict()
     assert d["timing_kind"] == "board" and d["emulated"] is False and d["rpc"] == host_rpc_server
     assert d["affinity"] is None  # the board's affinity is not known from here
@@ -515,8 +626,16 @@ def test_bench_on_the_emulated_board_is_labelled_emulated(tmp_path):
     board.build("aarch64")
     info = board.start("aarch64")
     try:
-        d = bench(s_art, teacher_artifact=t_art, rpc=f"127.0.0.1:{info.port}", threads=1, warmup=1, runs=3,
-                  target="rpi4-aarch64", rpc_timeout_s=60).to_dict()
+        d = bench(
+            s_art,
+            teacher_artifact=t_art,
+            rpc=f"127.0.0.1:{info.port}",
+            threads=1,
+            warmup=1,
+            runs=3,
+            target="rpi4-aarch64",
+            rpc_timeout_s=60,
+        ).to_dict()
     finally:
         if not was_running:
             board.stop("aarch64")
@@ -525,8 +644,10 @@ def test_bench_on_the_emulated_board_is_labelled_emulated(tmp_path):
     _check_side(d["student"], 1 + 1, 3)
     _check_side(d["teacher"], 1 + 1, 3)
     assert d["student"]["output_shape"] == d["teacher"]["output_shape"] == [1, 10]
-    print(f"\nemulated: student {d['student']['steady']['median_ms']:.3f} ms, teacher "
-          f"{d['teacher']['steady']['median_ms']:.3f} ms (emulated, not a board timing)")
+    print(
+        f"\nemulated: student {d['student']['steady']['median_ms']:.3f} ms, teacher "
+        f"{d['teacher']['steady']['median_ms']:.3f} ms (emulated, not a board timing)"
+    )
 
 
 # ====================================================================================== benchmark models
@@ -565,8 +686,15 @@ def test_bench_of_a_frozen_gsb_student_against_its_deit_teacher(tmp_path):
     export_onnx(student, tmp_path / "student.onnx")
     export_teacher_onnx(create_model("deit_test_patch4_16").eval(), tmp_path / "teacher.onnx")
     art = compile_model(tmp_path / "student.onnx", "host", tmp_path / "student_art")
-    d = bench(art, teacher_onnx=tmp_path / "teacher.onnx", threads=1, warmup=2, runs=5,
-              student_onnx=tmp_path / "student.onnx", rounds=2).to_dict()
+    d = bench(
+        art,
+        teacher_onnx=tmp_path / "teacher.onnx",
+        threads=1,
+        warmup=2,
+        runs=5,
+        student_onnx=tmp_path / "student.onnx",
+        rounds=2,
+    ).to_dict()
     _check_side(d["student"], 2 * 2, 5)  # 2 warm-up calls before each of the 2 alternating blocks
     _check_side(d["teacher"], 2 * 2, 5)
     assert d["student"]["output_shape"] == d["teacher"]["output_shape"]
@@ -583,8 +711,14 @@ def test_errors_are_bvit_edge_errors_with_one_paragraph(tmp_path):
 def test_the_result_converts_to_a_valid_report_document(tiny):
     from bvit_edge.report.schema import validate_report
 
-    r = bench(tiny["student"], teacher_onnx=tiny["teacher_onnx"], threads=1, warmup=1, runs=4,
-              student_onnx=tiny["student_onnx"])
+    r = bench(
+        tiny["student"],
+        teacher_onnx=tiny["teacher_onnx"],
+        threads=1,
+        warmup=1,
+        runs=4,
+        student_onnx=tiny["student_onnx"],
+    )
     doc = validate_report(json.loads(json.dumps(r.to_report(title="tiny"))))
     assert [m["role"] for m in doc["models"]] == ["student", "teacher", "baseline"]
     assert doc["models"][2]["size"]["weights_8bit_count"] >= 768 * 10

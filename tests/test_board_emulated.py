@@ -102,9 +102,12 @@ def test_emulated_board_runs_cross_compiled_code_like_the_host(tmp_path):
 
         dev = sess.cpu()
         ev = remote.time_evaluator("affine", dev, number=20, repeat=3)(
-            tvm.runtime.tensor(x, dev), tvm.runtime.tensor(np.zeros(64, np.float32), dev))
-        print(f"\nemulated board: build/check {t_build:.1f} s, server start {t_start:.1f} s, "
-              f"remote affine(64) median {ev.median * 1e6:.1f} us (emulated, not a Pi timing)")
+            tvm.runtime.tensor(x, dev), tvm.runtime.tensor(np.zeros(64, np.float32), dev)
+        )
+        print(
+            f"\nemulated board: build/check {t_build:.1f} s, server start {t_start:.1f} s, "
+            f"remote affine(64) median {ev.median * 1e6:.1f} us (emulated, not a Pi timing)"
+        )
         del remote, sess, dev
     finally:
         if not was_running:
@@ -152,8 +155,10 @@ def test_compiled_gsb_model_runs_over_rpc_on_the_emulated_board_like_the_host(tm
         np.testing.assert_allclose(on_board, on_host, rtol=1e-5, atol=1e-6)
         assert (on_board.argmax(1) == on_host.argmax(1)).all()
         np.testing.assert_allclose(on_host, reference, rtol=1e-4, atol=1e-5)
-        print(f"\ncompiled GSB model over RPC: export+compile {t_compile:.1f} s, 6 images on the emulated board "
-              f"{t_board:.1f} s (emulated, not a Pi timing)")
+        print(
+            f"\ncompiled GSB model over RPC: export+compile {t_compile:.1f} s, 6 images on the emulated board "
+            f"{t_board:.1f} s (emulated, not a Pi timing)"
+        )
         del sess
     finally:
         if not was_running:
@@ -171,16 +176,20 @@ def test_tuning_over_rpc_measures_candidates_on_the_emulated_board(tmp_path):
 
     spec = load_target("rpi4-aarch64")
     fam = family_params(spec.family)
-    kernels = [tuning.KernelSpec("binary_linear", (6, 96, 32), ("signed",), fam.word_bits),
-               tuning.KernelSpec("binary_matmul", (1, 1, 5, 70, 16), ("gsb_unsigned", "gsb_signed"), fam.word_bits,
-                                 (0.7, 0.9))]
+    kernels = [
+        tuning.KernelSpec("binary_linear", (6, 96, 32), ("signed",), fam.word_bits),
+        tuning.KernelSpec(
+            "binary_matmul", (1, 1, 5, 70, 16), ("gsb_unsigned", "gsb_signed"), fam.word_bits, (0.7, 0.9)
+        ),
+    ]
     was_running = board.status("aarch64").running
     board.build("aarch64", log=print)
     info = board.start("aarch64")
     try:
         sess = rpc.connect("127.0.0.1", info.port, timeout_s=30)
-        db = tuning.tune_kernels(kernels, spec, fam, trials=2, session=sess, compiler=find_compiler(spec),
-                                 number=2, repeat=2, log=print)
+        db = tuning.tune_kernels(
+            kernels, spec, fam, trials=2, session=sess, compiler=find_compiler(spec), number=2, repeat=2, log=print
+        )
         del sess
     finally:
         if not was_running:

@@ -42,9 +42,23 @@ def board_site(tmp_path_factory):
     _require_board()
     board.build("aarch64", log=print)  # the image and its wheelhouse (cached: downloads only the first time)
     tmp = tmp_path_factory.mktemp("board-site")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp / "dist"), str(ROOT / "packaging" / "bvit-edge-runtime")], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(ROOT / "packaging" / "bvit-edge-runtime"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = (tmp / "dist").glob("bvit_edge_runtime-*.whl")
     return board.install_site([wheel], tmp / "site", log=print)
@@ -80,28 +94,50 @@ def student(tmp_path_factory):
     model.freeze()
     onnx_path = tmp / "student.packed.onnx"
     export_onnx(model, onnx_path, ops="packed", input_shape=(1, 3, 32, 32))
-    add_metadata(onnx_path, {"mean": list(info.mean), "std": list(info.std), "classes": list(info.classes),
-                             "image_size": 32})
+    add_metadata(
+        onnx_path, {"mean": list(info.mean), "std": list(info.std), "classes": list(info.classes), "image_size": 32}
+    )
     pngs = tmp / "val-png"
     pngs.mkdir()
     for i in range(N_IMAGES):
         x, y = splits.val[i]
         arr = np.rint(x.numpy().transpose(1, 2, 0) * 255).clip(0, 255).astype(np.uint8)
         Image.fromarray(arr).save(pngs / f"val{i:03d}_label{int(y)}.png")
-    return {"arm": compile_model(onnx_path, "rpi4-aarch64", tmp / "art-rpi4"),
-            "host": compile_model(onnx_path, "host", tmp / "art-host"), "pngs": pngs}
+    return {
+        "arm": compile_model(onnx_path, "rpi4-aarch64", tmp / "art-rpi4"),
+        "host": compile_model(onnx_path, "host", tmp / "art-host"),
+        "pngs": pngs,
+    }
 
 
 def test_the_board_install_has_no_torch_and_no_training_stack(board_site):
-    r = _board(board_site, "-c", "import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) is not "
-               "None for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib', 'sklearn', 'typer', 'numpy', 'PIL', "
-               "'tvm_ffi', 'bvit_edge.runtime.device')}))")
+    r = _board(
+        board_site,
+        "-c",
+        "import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) is not "
+        "None for m in ('torch', 'onnx', 'onnxruntime', 'matplotlib', 'sklearn', 'typer', 'numpy', 'PIL', "
+        "'tvm_ffi', 'bvit_edge.runtime.device')}))",
+    )
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     found = json.loads(r.stdout.decode().strip().splitlines()[-1])
-    assert found == {"torch": False, "onnx": False, "onnxruntime": False, "matplotlib": False, "sklearn": False,
-                     "typer": False, "numpy": True, "PIL": True, "tvm_ffi": True, "bvit_edge.runtime.device": True}
-    r = _board(board_site, "-c", "import bvit_edge\ntry:\n    bvit_edge.train\nexcept Exception as e:\n    "
-               "print(type(e).__name__, e)\nimport torch")
+    assert found == {
+        "torch": False,
+        "onnx": False,
+        "onnxruntime": False,
+        "matplotlib": False,
+        "sklearn": False,
+        "typer": False,
+        "numpy": True,
+        "PIL": True,
+        "tvm_ffi": True,
+        "bvit_edge.runtime.device": True,
+    }
+    r = _board(
+        board_site,
+        "-c",
+        "import bvit_edge\ntry:\n    bvit_edge.train\nexcept Exception as e:\n    "
+        "print(type(e).__name__, e)\nimport torch",
+    )
     assert r.returncode != 0 and b"No module named 'torch'" in r.stderr
     assert r.stdout.decode().startswith("MissingDependencyError") and "full toolkit" in r.stdout.decode()
 
@@ -111,8 +147,19 @@ def test_the_rpi4_artifact_runs_on_the_board_like_the_host_artifact(board_site, 
     from bvit_edge.runtime.image_input import expand_inputs, load_image
 
     script = str(board_site / "bin" / "bvit-edge-device")  # the console script pip wrote, run by the board's Python
-    r = _board(board_site, script, "run", str(student["arm"]), str(student["pngs"]), "--json", "--logits",
-               "--top-k", "3", "--threads", "2")
+    r = _board(
+        board_site,
+        script,
+        "run",
+        str(student["arm"]),
+        str(student["pngs"]),
+        "--json",
+        "--logits",
+        "--top-k",
+        "3",
+        "--threads",
+        "2",
+    )
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     doc = json.loads(r.stdout.decode())
     files = expand_inputs([student["pngs"]])
@@ -121,8 +168,10 @@ def test_the_rpi4_artifact_runs_on_the_board_like_the_host_artifact(board_site, 
     on_host = run_artifact(student["host"], np.stack([load_image(f, 32) for f in files]))
     delta = float(np.abs(on_board - on_host).max())
     scale = float(np.abs(on_host).max())
-    print(f"\nbvit-edge-device on the emulated board: {N_IMAGES} PNGs, max |dlogit| vs host artifact {delta:.3g} "
-          f"(logit scale {scale:.3g}); top-1 {[p['top'][0][0] for p in doc['predictions']]}")
+    print(
+        f"\nbvit-edge-device on the emulated board: {N_IMAGES} PNGs, max |dlogit| vs host artifact {delta:.3g} "
+        f"(logit scale {scale:.3g}); top-1 {[p['top'][0][0] for p in doc['predictions']]}"
+    )
     assert delta <= 1e-5 * scale
     assert (on_board.argmax(1) == on_host.argmax(1)).all()
     classes = [str(i) for i in range(10)]

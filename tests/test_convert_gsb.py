@@ -21,16 +21,30 @@ def _r(*shape: int) -> torch.Tensor:
     return torch.randn(*shape) * 0.05
 
 
-def official_stage2(depth: int = DEPTH, D: int = D, H: int = H, P: int = P, T: int = T, C: int = C) -> dict[str, torch.Tensor]:  # noqa: N803
+def official_stage2(
+    depth: int = DEPTH, D: int = D, H: int = H, P: int = P, T: int = T, C: int = C
+) -> dict[str, torch.Tensor]:
     s: dict[str, torch.Tensor] = {"cls_token": _r(1, 1, D), "dist_token": _r(1, 1, D), "pos_embed": _r(1, T, D)}
-    s.update({"patch_embed.proj.weight": _r(D, 3, P, P), "patch_embed.proj.bias": _r(D), "patch_embed.proj.alpha": torch.rand(D) * 0.01 + 0.001, "patch_embed.proj.init_state": torch.ones(1)})
+    s.update(
+        {
+            "patch_embed.proj.weight": _r(D, 3, P, P),
+            "patch_embed.proj.bias": _r(D),
+            "patch_embed.proj.alpha": torch.rand(D) * 0.01 + 0.001,
+            "patch_embed.proj.init_state": torch.ones(1),
+        }
+    )
     for i in range(depth):
         b = f"blocks.{i}."
         for n in ("norm1", "norm2"):
             s[b + n + ".weight"], s[b + n + ".bias"] = 1 + _r(D), _r(D)
         for n in ("query", "key", "value", "value2", "value3", "attn", "attn2", "attn3"):
             s[b + f"attn.clip_{n}"] = torch.rand(()) + 0.1
-        for n, (o, k) in {"attn.qkv": (3 * D, D), "attn.proj": (D, D), "mlp.fc1": (4 * D, D), "mlp.fc2": (D, 4 * D)}.items():
+        for n, (o, k) in {
+            "attn.qkv": (3 * D, D),
+            "attn.proj": (D, D),
+            "mlp.fc1": (4 * D, D),
+            "mlp.fc2": (D, 4 * D),
+        }.items():
             s[b + n + ".weight"], s[b + n + ".bias"] = _r(o, k), _r(o)
             s[b + n + ".input_clip_val"] = torch.rand(()) + 0.1
             s[b + n + ".move.bias"] = _r(k)
@@ -39,14 +53,30 @@ def official_stage2(depth: int = DEPTH, D: int = D, H: int = H, P: int = P, T: i
         s[b + "attn.move_att.bias"] = _r(H, T, T) * 0.01
     s["norm.weight"], s["norm.bias"] = 1 + _r(D), _r(D)
     for h in ("head", "head_dist"):
-        s.update({f"{h}.weight": _r(C, D), f"{h}.bias": _r(C), f"{h}.weight_clip_val": torch.tensor(0.003), f"{h}.input_clip_val": torch.tensor(0.05), f"{h}.move.bias": _r(D)})
+        s.update(
+            {
+                f"{h}.weight": _r(C, D),
+                f"{h}.bias": _r(C),
+                f"{h}.weight_clip_val": torch.tensor(0.003),
+                f"{h}.input_clip_val": torch.tensor(0.05),
+                f"{h}.move.bias": _r(D),
+            }
+        )
     return s
 
 
 def official_stage1(depth: int = DEPTH) -> dict[str, torch.Tensor]:
     s: dict[str, torch.Tensor] = {"cls_token": _r(1, 1, D), "dist_token": _r(1, 1, D), "pos_embed": _r(1, T, D)}
     s.update({"patch_embed.proj.weight": _r(D, 3, P, P), "patch_embed.proj.bias": _r(D)})
-    s.update({"patch_embed.norm.weight": 1 + _r(D), "patch_embed.norm.bias": _r(D), "patch_embed.norm.running_mean": _r(D), "patch_embed.norm.running_var": 1 + torch.rand(D), "patch_embed.norm.num_batches_tracked": torch.tensor(100)})
+    s.update(
+        {
+            "patch_embed.norm.weight": 1 + _r(D),
+            "patch_embed.norm.bias": _r(D),
+            "patch_embed.norm.running_mean": _r(D),
+            "patch_embed.norm.running_var": 1 + torch.rand(D),
+            "patch_embed.norm.num_batches_tracked": torch.tensor(100),
+        }
+    )
     for i in range(depth):
         b = f"blocks.{i}."
         for n in ("norm1", "norm2"):
@@ -75,9 +105,24 @@ def test_stage2_checkpoint_converts_every_key(tmp_path) -> None:
     torch.manual_seed(0)
     state = official_stage2()
     path = tmp_path / "checkpoint.pth"
-    torch.save({"model": state, "optimizer": {}, "lr_scheduler": {}, "epoch": 299, "scaler": {}, "args": argparse.Namespace(lr=1e-3, model="gsb")}, path)
+    torch.save(
+        {
+            "model": state,
+            "optimizer": {},
+            "lr_scheduler": {},
+            "epoch": 299,
+            "scaler": {},
+            "args": argparse.Namespace(lr=1e-3, model="gsb"),
+        },
+        path,
+    )
     model, rep = convert_gsb_official(path)
-    assert rep.stage == 2 and rep.geometry["embed_dim"] == D and rep.geometry["depth"] == DEPTH and rep.geometry["img_size"] == IMG
+    assert (
+        rep.stage == 2
+        and rep.geometry["embed_dim"] == D
+        and rep.geometry["depth"] == DEPTH
+        and rep.geometry["img_size"] == IMG
+    )
     a = model.blocks[1].attn
     assert a.quant_q.alpha.item() == state["blocks.1.attn.clip_query"].item()
     assert a.quant_v.alpha3.item() == state["blocks.1.attn.clip_value3"].item()
@@ -150,6 +195,13 @@ def test_a_deit_s_stage2_checkpoint_maps_all_403_keys_onto_gsb_deit_small() -> N
     assert len(state) == 403
     model, rep = convert_gsb_official({"model": state})
     g = rep.geometry
-    assert (g["img_size"], g["patch_size"], g["embed_dim"], g["depth"], g["num_heads"], g["mlp_ratio"]) == (224, 16, 384, 12, 6, 4.0)
+    assert (g["img_size"], g["patch_size"], g["embed_dim"], g["depth"], g["num_heads"], g["mlp_ratio"]) == (
+        224,
+        16,
+        384,
+        12,
+        6,
+        4.0,
+    )
     assert model.blocks[11].attn.move_att.bias.shape == (6, 198, 198) and model.head.out_features == 100
     assert len(rep.renamed) == 12 * 12 + 4 and not rep.dropped

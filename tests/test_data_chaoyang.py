@@ -40,7 +40,7 @@ def test_chaoyang_labels_classes_and_shapes(tmp_path):
     for ds, entries in ((s.train, lists["train"]), (s.val, lists["test"])):
         for i, e in enumerate(entries):
             x, y = ds[i]
-            assert x.shape == (3, 16, 16) and 0 <= x.min() and x.max() <= 1
+            assert x.shape == (3, 16, 16) and x.min() >= 0 and x.max() <= 1
             assert y == e["label"] and ds.samples[i][0] == tmp_path / e["name"]
 
 

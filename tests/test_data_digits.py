@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from bvit_edge.data import load_dataset, list_datasets
+from bvit_edge.data import list_datasets, load_dataset
 from bvit_edge.errors import DataError, UsageError
 
 torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def test_digits_split_sizes_classes_and_types(native):
     assert info.default_augment == "light" and info.root is None and info.skipped_bad == 0
     x, y = native.train[0]
     assert x.dtype == torch.float32 and x.shape == (3, 8, 8) and isinstance(y, int)
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
 
 
 def test_digits_pixels_and_labels_are_the_sklearn_images_over_16(native, raw):

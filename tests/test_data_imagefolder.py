@@ -50,7 +50,7 @@ def test_imagefolder_classes_labels_shapes(tmp_path):
     for ds in (s.train, s.val):
         for i in range(len(ds)):
             x, y = ds[i]
-            assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+            assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
             assert CLASSES[y] == ds.samples[i][0].parent.name
     assert load_dataset("flowers102", root=tmp_path, image_size=16).info.name == "flowers102"
 
@@ -85,7 +85,9 @@ def test_jpeg_and_grey_and_rgba_files_decode_to_rgb(tmp_path):
     rng = np.random.default_rng(1)
     Image.fromarray(_img(rng, 24, 24)).save(tmp_path / "train" / "rose" / "x.jpg", quality=95)
     Image.fromarray(_img(rng, 24, 24)[..., 0]).save(tmp_path / "train" / "rose" / "grey.png")
-    Image.fromarray(np.dstack([_img(rng, 24, 24), np.full((24, 24), 255, np.uint8)])).save(tmp_path / "train" / "rose" / "rgba.png")
+    Image.fromarray(np.dstack([_img(rng, 24, 24), np.full((24, 24), 255, np.uint8)])).save(
+        tmp_path / "train" / "rose" / "rgba.png"
+    )
     s = load_dataset("imagefolder", root=tmp_path, image_size=24)
     got = {p.name: s.train[i][0] for i, (p, _) in enumerate(s.train.samples)}
     grey = got["grey.png"]

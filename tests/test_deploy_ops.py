@@ -64,7 +64,11 @@ def _planes_a(a: np.ndarray, alphas: np.ndarray, mode: str) -> list[tuple[float,
     mx = a.max(axis=(1, 2, 3), keepdims=True).astype(np.float32)
     m1 = a > np.float32(0.7) * mx
     m2 = a > np.float32(0.9) * mx
-    return [(alphas[0], (a > alphas[0] / 2).astype(np.int64)), (alphas[1], m1.astype(np.int64)), (alphas[2], m2.astype(np.int64))]
+    return [
+        (alphas[0], (a > alphas[0] / 2).astype(np.int64)),
+        (alphas[1], m1.astype(np.int64)),
+        (alphas[2], m2.astype(np.int64)),
+    ]
 
 
 def _planes_b(b: np.ndarray, alphas: np.ndarray, mode: str) -> list[tuple[float, np.ndarray]]:
@@ -81,7 +85,8 @@ def _planes_b(b: np.ndarray, alphas: np.ndarray, mode: str) -> list[tuple[float,
 
 
 @pytest.mark.parametrize(
-    "a_mode,b_mode", [("signed", "signed"), ("unsigned", "signed"), ("gsb_unsigned", "gsb_signed"), ("signed", "gsb_signed")]
+    "a_mode,b_mode",
+    [("signed", "signed"), ("unsigned", "signed"), ("gsb_unsigned", "gsb_signed"), ("signed", "gsb_signed")],
 )
 def test_binary_matmul_matches_plane_sums_of_integer_dots(a_mode: str, b_mode: str) -> None:
     bsz, h, m, k, n = 2, 3, 5, 70, 4
@@ -112,7 +117,14 @@ def test_binary_matmul_gsb_masks_are_per_sample() -> None:
     a = torch.rand(3, 2, 4, 6)
     b = torch.randn(3, 2, 6, 5)
     b[1] *= 50
-    args = (torch.zeros(2, 4, 6), torch.tensor([0.1, 0.2, 0.3]), torch.zeros(2, 1, 5), torch.tensor([0.4, 0.5, 0.6]), "gsb_unsigned", "gsb_signed")
+    args = (
+        torch.zeros(2, 4, 6),
+        torch.tensor([0.1, 0.2, 0.3]),
+        torch.zeros(2, 1, 5),
+        torch.tensor([0.4, 0.5, 0.6]),
+        "gsb_unsigned",
+        "gsb_signed",
+    )
     full = torch.ops.bvit.binary_matmul(a, b, *args)
     for i in range(3):
         assert torch.equal(torch.ops.bvit.binary_matmul(a[i : i + 1], b[i : i + 1], *args)[0], full[i])
@@ -127,16 +139,32 @@ def test_int8_ops_round_half_to_even_clamp_and_scale_per_channel() -> None:
     np.testing.assert_array_equal(
         torch.ops.bvit.dequantize_int8(w, s, 0).numpy(), w.numpy().astype(np.float32) * s.numpy().reshape(4, 1, 1, 1)
     )
-    np.testing.assert_array_equal(torch.ops.bvit.dequantize_int8(w, torch.tensor(0.5), 0).numpy(), w.numpy().astype(np.float32) * 0.5)
+    np.testing.assert_array_equal(
+        torch.ops.bvit.dequantize_int8(w, torch.tensor(0.5), 0).numpy(), w.numpy().astype(np.float32) * 0.5
+    )
 
 
 def test_ops_have_fake_implementations_with_output_shapes() -> None:
     with FakeTensorMode():
         y = torch.ops.bvit.binary_linear(
-            torch.empty(2, 9, 70), torch.empty(70), torch.empty(()), torch.empty(5, 16, dtype=torch.uint8), torch.empty(5), None, "signed", 70
+            torch.empty(2, 9, 70),
+            torch.empty(70),
+            torch.empty(()),
+            torch.empty(5, 16, dtype=torch.uint8),
+            torch.empty(5),
+            None,
+            "signed",
+            70,
         )
         z = torch.ops.bvit.binary_matmul(
-            torch.empty(2, 3, 9, 9), torch.empty(2, 3, 9, 4), torch.empty(3, 9, 9), torch.empty(3), torch.empty(3, 1, 4), torch.empty(3), "gsb_unsigned", "gsb_signed"
+            torch.empty(2, 3, 9, 9),
+            torch.empty(2, 3, 9, 4),
+            torch.empty(3, 9, 9),
+            torch.empty(3),
+            torch.empty(3, 1, 4),
+            torch.empty(3),
+            "gsb_unsigned",
+            "gsb_signed",
         )
         d = torch.ops.bvit.dequantize_int8(torch.empty(4, 3, dtype=torch.int8), torch.empty(4), 0)
         q = torch.ops.bvit.quantize_dequantize_int8(torch.empty(2, 3), torch.empty(()))
@@ -146,5 +174,14 @@ def test_ops_have_fake_implementations_with_output_shapes() -> None:
 
 def test_bad_mode_is_refused_with_a_named_error() -> None:
     with pytest.raises(ValueError, match="mode"):
-        torch.ops.bvit.binary_linear(torch.zeros(1, 3), torch.zeros(3), torch.tensor(1.0), torch.zeros(1, 8, dtype=torch.uint8), torch.ones(1), None, "ternary", 3)
+        torch.ops.bvit.binary_linear(
+            torch.zeros(1, 3),
+            torch.zeros(3),
+            torch.tensor(1.0),
+            torch.zeros(1, 8, dtype=torch.uint8),
+            torch.ones(1),
+            None,
+            "ternary",
+            3,
+        )
     assert deploy.DEFAULT_GSB_RATIOS == (0.7, 0.9)

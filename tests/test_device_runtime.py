@@ -40,20 +40,46 @@ def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("device")
     rng = np.random.default_rng(0)
     w = rng.standard_normal((N, K)) < 0
-    p = {"w_pm": np.where(w, -1, 1), "ws": (rng.random(N) + 0.5).astype(np.float32),
-         "bias": rng.standard_normal(N).astype(np.float32), "head": rng.standard_normal((C, N)).astype(np.float32)}
-    inits = [nh.from_array(np.zeros(K, np.float32), "shift"), nh.from_array(np.array(np.float32(0.25)), "alpha"),
-             nh.from_array(pack_bits(w), "wb"), nh.from_array(p["ws"], "ws"), nh.from_array(p["bias"], "b"),
-             nh.from_array(p["head"], "head")]
-    nodes = [oh.make_node("Flatten", ["image"], ["flat"], axis=1),
-             oh.make_node("BinaryLinear", ["flat", "shift", "alpha", "wb", "ws", "b"], ["h"], domain="bvit_edge",
-                          mode="signed", in_features=K),
-             oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1)]
-    g = oh.make_graph(nodes, "tiny", [oh.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, S, S])],
-                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, C])], inits)
+    p = {
+        "w_pm": np.where(w, -1, 1),
+        "ws": (rng.random(N) + 0.5).astype(np.float32),
+        "bias": rng.standard_normal(N).astype(np.float32),
+        "head": rng.standard_normal((C, N)).astype(np.float32),
+    }
+    inits = [
+        nh.from_array(np.zeros(K, np.float32), "shift"),
+        nh.from_array(np.array(np.float32(0.25)), "alpha"),
+        nh.from_array(pack_bits(w), "wb"),
+        nh.from_array(p["ws"], "ws"),
+        nh.from_array(p["bias"], "b"),
+        nh.from_array(p["head"], "head"),
+    ]
+    nodes = [
+        oh.make_node("Flatten", ["image"], ["flat"], axis=1),
+        oh.make_node(
+            "BinaryLinear",
+            ["flat", "shift", "alpha", "wb", "ws", "b"],
+            ["h"],
+            domain="bvit_edge",
+            mode="signed",
+            in_features=K,
+        ),
+        oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1),
+    ]
+    g = oh.make_graph(
+        nodes,
+        "tiny",
+        [oh.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, S, S])],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, C])],
+        inits,
+    )
     model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", 1)], ir_version=10)
-    for key, val in {"bvit_edge.mean": MEAN, "bvit_edge.std": STD, "bvit_edge.classes": CLASSES,
-                     "bvit_edge.image_size": [S, S]}.items():
+    for key, val in {
+        "bvit_edge.mean": MEAN,
+        "bvit_edge.std": STD,
+        "bvit_edge.classes": CLASSES,
+        "bvit_edge.image_size": [S, S],
+    }.items():
         model.metadata_props.add(key=key, value=json.dumps(val))
     onnx.save(model, str(tmp / "tiny.onnx"))
     return compile_model(tmp / "tiny.onnx", "host", tmp / "art"), p
@@ -151,9 +177,26 @@ def test_a_stream_ending_inside_a_frame_is_a_clear_error(tiny, tmp_path):
 def test_device_cli_reads_frames_from_stdin_as_json_lines(tiny, tmp_path):
     art, _ = tiny
     frames = np.random.default_rng(4).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
-    r = subprocess.run([sys.executable, "-m", "bvit_edge.runtime.device_cli", "run", str(art), "--stdin-frames", "4x4",
-                        "--json", "--top-k", "2", "--threads", "1"], input=frames.tobytes(), capture_output=True,
-                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bvit_edge.runtime.device_cli",
+            "run",
+            str(art),
+            "--stdin-frames",
+            "4x4",
+            "--json",
+            "--top-k",
+            "2",
+            "--threads",
+            "1",
+        ],
+        input=frames.tobytes(),
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(line) for line in r.stdout.decode().splitlines()]
     assert [d["input"] for d in lines] == ["frame:1", "frame:2"] and all(len(d["top"]) == 2 for d in lines)
@@ -174,9 +217,29 @@ def test_device_bench_writes_bvit_edge_bench_json_that_the_report_reads(tiny, tm
 
     art, _ = tiny
     out = tmp_path / "board.json"
-    r = subprocess.run([sys.executable, "-m", "bvit_edge.runtime.device_cli", "bench", str(art), "--teacher", str(art),
-                        "--warmup", "1", "--runs", "4", "--threads", "1", "--out", str(out)], capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bvit_edge.runtime.device_cli",
+            "bench",
+            str(art),
+            "--teacher",
+            str(art),
+            "--warmup",
+            "1",
+            "--runs",
+            "4",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(out.read_text())
     host = bench(art, teacher_artifact=art, warmup=1, runs=4, threads=1).to_dict()
@@ -199,8 +262,19 @@ def test_device_bench_writes_bvit_edge_bench_json_that_the_report_reads(tiny, tm
     assert rep["latency"][0]["emulated"] is True and rep["latency"][0]["timing_kind"] == "emulated"
 
 
-BLOCKED = ("torch", "onnx", "onnxruntime", "onnxscript", "matplotlib", "sklearn", "scipy", "kornia", "tvm", "typer",
-           "rich")
+BLOCKED = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "matplotlib",
+    "sklearn",
+    "scipy",
+    "kornia",
+    "tvm",
+    "typer",
+    "rich",
+)
 
 
 def _board_modules() -> list[str]:
@@ -241,8 +315,14 @@ print(json.dumps({{"top": res["predictions"][0]["top"], "runs": bench["student"]
     import importlib.util
 
     lib = Path(importlib.util.find_spec("tvm").origin).parent / "lib" / "libtvm_runtime.so"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "BVIT_EDGE_TVM_RUNTIME": str(lib)})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "BVIT_EDGE_TVM_RUNTIME": str(lib)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     assert doc["heavy"] == [] and doc["runs"] == 2 and doc["top"][0][0] in CLASSES
@@ -281,8 +361,23 @@ def test_board_side_wheel_is_built_from_the_trees_own_files(tmp_path):
     """packaging/bvit-edge-runtime builds a wheel holding exactly the listed runtime modules, byte for byte the
     repository's files (no copies to drift), depending on numpy, Pillow and the TVM runtime only, with the
     bvit-edge-device console script; the full toolkit declares the same script."""
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path), str(RUNTIME_DIST)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(RUNTIME_DIST),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("bvit_edge_runtime-*.whl")
     cfg = tomllib.loads((RUNTIME_DIST / "pyproject.toml").read_text())
@@ -294,8 +389,11 @@ def test_board_side_wheel_is_built_from_the_trees_own_files(tmp_path):
             assert zf.read(dst) == (RUNTIME_DIST / src).resolve().read_bytes(), dst
         meta = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
         entry = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt"))).decode()
-    requires = sorted(line.split(":", 1)[1].strip().split("=")[0].split(">")[0].strip()
-                      for line in meta.splitlines() if line.startswith("Requires-Dist:"))
+    requires = sorted(
+        line.split(":", 1)[1].strip().split("=")[0].split(">")[0].strip()
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:")
+    )
     assert requires == ["apache-tvm", "apache-tvm-ffi", "numpy", "pillow"]
     assert "bvit-edge-device = bvit_edge.runtime.device_cli:main" in entry
     import bvit_edge
@@ -313,9 +411,13 @@ def test_report_merges_a_boards_bench_into_the_hosts(tiny, tmp_path):
     art, _ = tiny
     host_json = bench(art, warmup=0, runs=2, threads=1).save(tmp_path / "host.json")
     board_json = device.bench_on_device(art, warmup=0, runs=2, threads=1, emulated=True).save(tmp_path / "pi.json")
-    r = subprocess.run([sys.executable, "-m", "bvit_edge", "report", str(host_json), str(board_json), "--out",
-                        str(tmp_path / "rep")], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [sys.executable, "-m", "bvit_edge", "report", str(host_json), str(board_json), "--out", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert [m["name"] for m in doc["models"]] == ["art"]
@@ -330,8 +432,9 @@ def test_time_protocol_times_load_and_first_run_apart_from_the_steady_state():
 
     ticks = iter(range(0, 10**12, 1_000_000))
     calls: list[str] = []
-    times, loaded, first = time_protocol(lambda: "model", lambda m: (lambda: calls.append(m) or len(calls)),
-                                         warmup=2, runs=3, clock=lambda: next(ticks))
+    times, loaded, first = time_protocol(
+        lambda: "model", lambda m: lambda: calls.append(m) or len(calls), warmup=2, runs=3, clock=lambda: next(ticks)
+    )
     assert loaded == "model" and first == 1 and len(calls) == 1 + 2 + 3
     assert times.load_ms == times.first_run_ms == 1.0
     assert times.steady.runs == 3 and times.steady.warmup == 2 and times.steady.samples_ms == (1.0, 1.0, 1.0)

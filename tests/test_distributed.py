@@ -14,9 +14,35 @@ import pytest
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes_stay_in_sync_and_scale_the_lr(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "bvit_edge",
-           "train", "--method", "fp", "--model", "deit_test_patch4_16", "--image-size", "16", "--per-class", "8",
-           "--epochs", "1", "--batch-size", "8", "--lr-base", "1e-3", "--threads", "1", "--out", str(tmp_path / "ddp"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "bvit_edge",
+        "train",
+        "--method",
+        "fp",
+        "--model",
+        "deit_test_patch4_16",
+        "--image-size",
+        "16",
+        "--per-class",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--lr-base",
+        "1e-3",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--json",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)

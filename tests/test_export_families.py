@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import bvit_edge.models.acdbit  # noqa: F401
-import bvit_edge.models.binaryvit  # noqa: F401
+import bvit_edge.models.acdbit
+import bvit_edge.models.binaryvit
 import bvit_edge.models.bit  # noqa: F401
 from bvit_edge.export import export_onnx, validate_onnx
 from bvit_edge.models import create_model

@@ -62,7 +62,10 @@ def test_packed_export_has_bvit_edge_nodes_on_packed_weights(exports, frozen):
         else:
             assert (attrs["a_mode"], attrs["b_mode"]) in {(b"signed", b"signed"), (b"gsb_unsigned", b"gsb_signed")}
             np.testing.assert_allclose(attrs["gsb_ratios"], [0.7, 0.9], rtol=1e-7)
-    assert not any(i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and i.dims[0] * i.dims[1] >= 32 * 32 for i in inits.values()), "no float weight matrices"
+    assert not any(
+        i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and i.dims[0] * i.dims[1] >= 32 * 32
+        for i in inits.values()
+    ), "no float weight matrices"
     assert res.op_counts["bvit_edge::BinaryLinear"] == 4 * depth
 
 
@@ -106,7 +109,9 @@ def test_teacher_exports_as_plain_onnx(tmp_path):
     proto = onnx.load(res.path)
     assert all(n.domain in ("", "ai.onnx") for n in proto.graph.node)
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    np.testing.assert_allclose(ort_run(res.path, x)[0], teacher(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        ort_run(res.path, x)[0], teacher(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5
+    )
 
 
 def _no_files(folder):

@@ -95,8 +95,9 @@ def test_float16_storage_rounds_to_nearest_within_half_an_ulp():
 def test_load_time_decoding_is_the_dequantize_formula():
     q = np.array([[-3, 0, 5], [127, -127, 1]], np.int8)
     scale, zero = np.array([0.5, 0.25], np.float32), np.array(1, np.int8)
-    got = decode_param(q, {"kind": "dequantize", "axis": 0, "scale": "s", "zero_point": "z", "shape": [3, 2]},
-                       {"s": scale, "z": zero})
+    got = decode_param(
+        q, {"kind": "dequantize", "axis": 0, "scale": "s", "zero_point": "z", "shape": [3, 2]}, {"s": scale, "z": zero}
+    )
     want = ((q.astype(np.float32) - 1.0) * scale[:, None]).reshape(3, 2)
     assert got.dtype == np.float32 and np.array_equal(got, want)
     h = np.array([1.5, -0.1], np.float16)
@@ -114,9 +115,14 @@ def student():
 def exports(student, tmp_path_factory):
     d = tmp_path_factory.mktemp("storage")
     out = {}
-    for ops, ab, fp in (("packed", "int8", "float16"), ("packed", "float16", "float32"),
-                        ("standard", "int16", "float32"), ("packed", "float32", "float32"),
-                        ("packed", "int4", "float32"), ("packed", "int16", "float32")):
+    for ops, ab, fp in (
+        ("packed", "int8", "float16"),
+        ("packed", "float16", "float32"),
+        ("standard", "int16", "float32"),
+        ("packed", "float32", "float32"),
+        ("packed", "int4", "float32"),
+        ("packed", "int16", "float32"),
+    ):
         path = d / f"{ops}_{ab}_{fp}.onnx"
         out[(ops, ab, fp)] = (path, export_onnx(student, path, ops=ops, att_bias=ab, float_params=fp))
     return out
@@ -131,8 +137,11 @@ def test_compact_exports_are_standard_onnx_computing_the_decoded_model(student, 
         inits = {i.name: i for i in proto.graph.initializer}
         biases = [k for k in inits if k.startswith("blocks.") and ".att_bias" in k]
         assert biases, (ops, ab)
-        dtypes = {onnx.TensorProto.DataType.Name(inits[k].data_type) for k in biases if not k.endswith(".scale")
-                  and not k.endswith(".shape")}
+        dtypes = {
+            onnx.TensorProto.DataType.Name(inits[k].data_type)
+            for k in biases
+            if not k.endswith(".scale") and not k.endswith(".shape")
+        }
         want = {"int16": "INT16", "int8": "INT8", "int4": "INT4", "float16": "FLOAT16", "float32": "FLOAT"}[ab]
         assert dtypes == {want}, (ops, ab, dtypes)
         opset = {o.domain: o.version for o in proto.opset_import}[""]
@@ -142,8 +151,10 @@ def test_compact_exports_are_standard_onnx_computing_the_decoded_model(student, 
             assert any(nd.op_type == "DequantizeLinear" and ".att_bias" in nd.output[0] for nd in proto.graph.node)
         if fp == "float16":
             assert inits["pos_embed.float16"].data_type == onnx.TensorProto.FLOAT16
-        assert json.loads({p.key: p.value for p in proto.metadata_props}[META_STORAGE]) == \
-            {"att_bias": ab, "float_params": fp}
+        assert json.loads({p.key: p.value for p in proto.metadata_props}[META_STORAGE]) == {
+            "att_bias": ab,
+            "float_params": fp,
+        }
         with torch.no_grad():
             want = apply_to_model(student, res.encoded)(torch.from_numpy(x)).numpy()
         got = run_session(ort_session(path), x, 6)[0]
@@ -172,8 +183,11 @@ def test_bytes_of_every_choice_and_decompacting(exports):
     sizes = storage_bytes(proto)
     # float32 storage weighs what the float32 export weighs (the graphs differ only in metadata and names)
     assert sizes["att_bias=float32,float_params=float32"] == pytest.approx(res32.bytes, rel=0.01)
-    assert sizes["att_bias=int8,float_params=float32"] < sizes["att_bias=float16,float_params=float32"] \
+    assert (
+        sizes["att_bias=int8,float_params=float32"]
+        < sizes["att_bias=float16,float_params=float32"]
         < sizes["att_bias=float32,float_params=float32"]
+    )
 
 
 @pytest.mark.slow

@@ -111,9 +111,9 @@ def test_size_report_counts_weights_by_precision(setup):
     # the bytes of this very file under every storage choice: the default's is the file's size
     assert rep.storage_bytes["att_bias=int16,float_params=float32"] == rep.bytes_on_disk
     assert rep.storage_bytes["att_bias=float32,float_params=float32"] - rep.bytes_on_disk == pytest.approx(
-        2 * bias, abs=4 * bias // 16 + 2048)  # 4 bytes instead of 2 a value, minus the per-row scales
-    assert rep.storage_bytes["att_bias=int8,float_params=float32"] - rep.bytes_on_disk == pytest.approx(
-        -bias, abs=2048)
+        2 * bias, abs=4 * bias // 16 + 2048
+    )  # 4 bytes instead of 2 a value, minus the per-row scales
+    assert rep.storage_bytes["att_bias=int8,float_params=float32"] - rep.bytes_on_disk == pytest.approx(-bias, abs=2048)
     assert rep.bytes_on_disk == len(open(packed.path, "rb").read())
     t_floats = sum(p.numel() for p in teacher.parameters())
     # the exporter's constant folding merges a few small tensors (tokens + position embedding), so the

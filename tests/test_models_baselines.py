@@ -73,11 +73,21 @@ class ZeroCounter:
 def test_all_baseline_families_are_registered():
     names = set(list_models())
     for n in (
-        "bit_deit_tiny_patch16_224", "bit_deit_small_patch16_224", "bit_demo_patch4_32", "bit_test_patch4_16",
-        "binaryvit_deit_tiny_patch16_224", "binaryvit_deit_small_patch16_224", "binaryvit_demo_patch4_32",
-        "binaryvit_test_patch4_16", "binaryvit_pyramid_patch4_224", "binaryvit_pyramid_demo_patch2_32",
+        "bit_deit_tiny_patch16_224",
+        "bit_deit_small_patch16_224",
+        "bit_demo_patch4_32",
+        "bit_test_patch4_16",
+        "binaryvit_deit_tiny_patch16_224",
+        "binaryvit_deit_small_patch16_224",
+        "binaryvit_demo_patch4_32",
+        "binaryvit_test_patch4_16",
+        "binaryvit_pyramid_patch4_224",
+        "binaryvit_pyramid_demo_patch2_32",
         "binaryvit_pyramid_test_patch2_16",
-        "acdbit_deit_tiny_patch16_224", "acdbit_deit_small_patch16_224", "acdbit_demo_patch4_32", "acdbit_test_patch4_16",
+        "acdbit_deit_tiny_patch16_224",
+        "acdbit_deit_small_patch16_224",
+        "acdbit_demo_patch4_32",
+        "acdbit_test_patch4_16",
     ):
         assert n in names, n
 
@@ -90,7 +100,9 @@ def test_forward_backward_every_parameter_gets_a_gradient(name: str, kw: dict):
     y = m(x)
     assert y.shape == (3, 10)
     y.logsumexp(-1).sum().backward()
-    missing = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not missing, missing
 
 
@@ -144,7 +156,10 @@ def test_frozen_model_uses_the_deploy_ops_and_refuses_training():
         m.train()
 
 
-@pytest.mark.parametrize("name", ["bit_test_patch4_16", "acdbit_test_patch4_16", "binaryvit_test_patch4_16", "binaryvit_pyramid_test_patch2_16"])
+@pytest.mark.parametrize(
+    "name",
+    ["bit_test_patch4_16", "acdbit_test_patch4_16", "binaryvit_test_patch4_16", "binaryvit_pyramid_test_patch2_16"],
+)
 def test_frozen_prediction_is_batch_independent(name: str):
     m = _model(name, {})
     x = _image(m, b=4)
@@ -190,7 +205,9 @@ def test_record_intermediates_on_the_teacher_matches_a_manual_forward():
         for i, blk in enumerate(t.blocks):
             a = blk.attn
             z = blk.norm1(h)
-            qkv = torch.nn.functional.linear(z, a.qkv.weight, a.qkv.bias).reshape(2, h.shape[1], 3, a.num_heads, a.head_dim)
+            qkv = torch.nn.functional.linear(z, a.qkv.weight, a.qkv.bias).reshape(
+                2, h.shape[1], 3, a.num_heads, a.head_dim
+            )
             q, k, v = qkv.permute(2, 0, 3, 1, 4)
             scores = (q @ k.transpose(-2, -1)) * a.head_dim**-0.5
             torch.testing.assert_close(rec["q"][i], q)
@@ -216,7 +233,13 @@ def test_student_from_teacher_copies_the_timm_layout_weights(name: str):
     teacher = create_model("deit_test_patch4_16")
     student = create_model(name)
     report = student_from_teacher(student, teacher)
-    for key in ("blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "patch_embed.proj.weight", "pos_embed", "head.weight"):
+    for key in (
+        "blocks.0.attn.qkv.weight",
+        "blocks.1.mlp.fc2.weight",
+        "patch_embed.proj.weight",
+        "pos_embed",
+        "head.weight",
+    ):
         assert key in report.loaded
         assert torch.equal(student.state_dict()[key], teacher.state_dict()[key])
 

@@ -13,7 +13,7 @@ import torch
 from bvit_edge.errors import ConfigError
 from bvit_edge.models import create_model, list_models
 from bvit_edge.models.gsb import GSBLinear, load_from_stage1, student_from_teacher
-from bvit_edge.models.vit import TEST_GEOMETRY, ViTConfig, VisionTransformer
+from bvit_edge.models.vit import TEST_GEOMETRY, VisionTransformer, ViTConfig
 from bvit_edge.quant.deploy import FrozenBinaryLinear
 from bvit_edge.quant.gsb import AttentionGroupBinarizer, SignedBinarizer, UnsignedBinarizer, ValueGroupBinarizer
 
@@ -114,7 +114,7 @@ def _count_ties(model: torch.nn.Module, x: torch.Tensor) -> int:
     signed ones (sgn(0) = 0 vs +1), x' == alpha/2 exactly for the unsigned ones."""
     count = 0
 
-    def pre(mod, args):  # noqa: ANN001
+    def pre(mod, args):
         nonlocal count
         t = args[0]
         if isinstance(mod, (SignedBinarizer, ValueGroupBinarizer)):
@@ -124,7 +124,11 @@ def _count_ties(model: torch.nn.Module, x: torch.Tensor) -> int:
         elif isinstance(mod, AttentionGroupBinarizer):
             count += int((t == mod.alpha1 / 2).sum())
 
-    hooks = [mod.register_forward_pre_hook(pre) for mod in model.modules() if isinstance(mod, (SignedBinarizer, UnsignedBinarizer, ValueGroupBinarizer, AttentionGroupBinarizer))]
+    hooks = [
+        mod.register_forward_pre_hook(pre)
+        for mod in model.modules()
+        if isinstance(mod, (SignedBinarizer, UnsignedBinarizer, ValueGroupBinarizer, AttentionGroupBinarizer))
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:

@@ -8,34 +8,60 @@ import numpy as np
 import pytest
 import torch
 
-from bvit_edge.models import create_model, list_models, model_default_cfg
 from bvit_edge.errors import ConfigError
+from bvit_edge.models import create_model, list_models, model_default_cfg
 
 
-def _timm_state_dict(rng: np.random.Generator, dim: int, depth: int, heads: int, patch: int, img: int,
-                     classes: int, distilled: bool, mlp_ratio: float = 4.0) -> dict[str, np.ndarray]:
+def _timm_state_dict(
+    rng: np.random.Generator,
+    dim: int,
+    depth: int,
+    heads: int,
+    patch: int,
+    img: int,
+    classes: int,
+    distilled: bool,
+    mlp_ratio: float = 4.0,
+) -> dict[str, np.ndarray]:
     """A random state_dict with exactly timm's vision_transformer / deit key names and shapes."""
     n = (img // patch) ** 2 + (2 if distilled else 1)
     hid = int(dim * mlp_ratio)
     r = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
-    sd = {"cls_token": r(1, 1, dim), "pos_embed": r(1, n, dim), "patch_embed.proj.weight": r(dim, 3, patch, patch),
-          "patch_embed.proj.bias": r(dim)}
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, n, dim),
+        "patch_embed.proj.weight": r(dim, 3, patch, patch),
+        "patch_embed.proj.bias": r(dim),
+    }
     if distilled:
         sd["dist_token"] = r(1, 1, dim)
     for i in range(depth):
         p = f"blocks.{i}."
-        sd.update({p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim), p + "attn.qkv.weight": r(3 * dim, dim),
-                   p + "attn.qkv.bias": r(3 * dim), p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
-                   p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim), p + "mlp.fc1.weight": r(hid, dim),
-                   p + "mlp.fc1.bias": r(hid), p + "mlp.fc2.weight": r(dim, hid), p + "mlp.fc2.bias": r(dim)})
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(dim),
+                p + "norm1.bias": r(dim),
+                p + "attn.qkv.weight": r(3 * dim, dim),
+                p + "attn.qkv.bias": r(3 * dim),
+                p + "attn.proj.weight": r(dim, dim),
+                p + "attn.proj.bias": r(dim),
+                p + "norm2.weight": 1 + r(dim),
+                p + "norm2.bias": r(dim),
+                p + "mlp.fc1.weight": r(hid, dim),
+                p + "mlp.fc1.bias": r(hid),
+                p + "mlp.fc2.weight": r(dim, hid),
+                p + "mlp.fc2.bias": r(dim),
+            }
+        )
     sd.update({"norm.weight": 1 + r(dim), "norm.bias": r(dim), "head.weight": r(classes, dim), "head.bias": r(classes)})
     if distilled:
         sd.update({"head_dist.weight": r(classes, dim), "head_dist.bias": r(classes)})
     return sd
 
 
-def _reference_forward(sd: dict[str, np.ndarray], x: np.ndarray, depth: int, heads: int, patch: int,
-                       distilled: bool, eps: float = 1e-6) -> np.ndarray:
+def _reference_forward(
+    sd: dict[str, np.ndarray], x: np.ndarray, depth: int, heads: int, patch: int, distilled: bool, eps: float = 1e-6
+) -> np.ndarray:
     """DeiT's forward written out in float64 numpy from the paper's equations (not from the code under test)."""
     from math import erf
 
@@ -85,7 +111,9 @@ def test_timm_layout_state_dict_loads_and_logits_match_reference(distilled: bool
     dim, depth, heads, patch, img, classes = 32, 2, 4, 4, 16, 7
     sd = _timm_state_dict(rng, dim, depth, heads, patch, img, classes, distilled)
     name = "deit_tiny_distilled_patch16_224" if distilled else "deit_tiny_patch16_224"
-    model = create_model(name, img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, num_classes=classes)
+    model = create_model(
+        name, img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, num_classes=classes
+    )
     own = model.state_dict()
     assert set(own) == set(sd), "key set differs from timm's layout"
     for k, v in sd.items():
@@ -125,8 +153,13 @@ def test_distilled_model_returns_both_heads_in_training_and_their_mean_in_eval()
 
 def test_registry_lists_variants_and_refuses_unknown_names() -> None:
     names = list_models("deit_*")
-    for n in ["deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
-              "deit_small_distilled_patch16_224", "deit_demo_patch4_32"]:
+    for n in [
+        "deit_tiny_patch16_224",
+        "deit_small_patch16_224",
+        "deit_base_patch16_224",
+        "deit_small_distilled_patch16_224",
+        "deit_demo_patch4_32",
+    ]:
         assert n in names
     assert model_default_cfg("demo")["input_size"] == (3, 32, 32)
     with pytest.raises(ConfigError, match="Unknown model"):

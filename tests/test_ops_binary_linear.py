@@ -74,7 +74,9 @@ def test_accumulators_equal_unpacked_integer_matmul(params, mode):
 def test_output_is_acc_times_alpha_wscale_plus_bias(params, mode, with_bias):
     seed, lead, k, n, zeros = params
     x, shift, alpha, w_sign, w_bits, w_scale, bias = _case(seed, lead, k, n, zeros)
-    y = bl.binary_linear_reference(x, shift, alpha, w_bits, w_scale, bias if with_bias else None, mode=mode, in_features=k)
+    y = bl.binary_linear_reference(
+        x, shift, alpha, w_bits, w_scale, bias if with_bias else None, mode=mode, in_features=k
+    )
     s = np.float32(alpha) * w_scale  # float32 first, then acc * s, then + bias
     want = _expected_acc(x, shift, alpha, w_sign, mode).astype(np.float32) * s
     if with_bias:
@@ -90,7 +92,12 @@ def test_sign_of_exact_zero_is_plus_one():
     acc = bl.binary_linear_accumulators(x, np.zeros(k, np.float32), np.array(1.0, np.float32), w_bits, "signed", k)
     assert acc[0, 0] == k  # every sgn(0) = +1 and pads add nothing
     neg = np.full((1, k), -0.0, np.float32)  # -0.0 is not < 0: also +1
-    assert bl.binary_linear_accumulators(neg, np.zeros(k, np.float32), np.array(1.0, np.float32), w_bits, "signed", k)[0, 0] == k
+    assert (
+        bl.binary_linear_accumulators(neg, np.zeros(k, np.float32), np.array(1.0, np.float32), w_bits, "signed", k)[
+            0, 0
+        ]
+        == k
+    )
 
 
 def test_unsigned_threshold_is_strict():
@@ -105,10 +112,15 @@ def test_unsigned_threshold_is_strict():
 def test_standard_decomposition_in_onnxruntime_equals_reference(params, mode, with_bias):
     seed, lead, k, n, zeros = params
     x, shift, alpha, _, w_bits, w_scale, bias = _case(seed, lead, k, n, zeros)
-    inputs = {"X": x, "shift": shift, "alpha": alpha, "W_bits": w_bits, "w_scale": w_scale, "bias": bias if with_bias else None}
-    model = build_model(
-        lambda op, *v: bl.binary_linear_standard(op, *v, mode=mode, in_features=k), inputs
-    )
+    inputs = {
+        "X": x,
+        "shift": shift,
+        "alpha": alpha,
+        "W_bits": w_bits,
+        "w_scale": w_scale,
+        "bias": bias if with_bias else None,
+    }
+    model = build_model(lambda op, *v: bl.binary_linear_standard(op, *v, mode=mode, in_features=k), inputs)
     onnx.checker.check_model(model, full_check=True)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, feeds(inputs))[0]
@@ -137,8 +149,14 @@ def test_bad_inputs_give_clear_errors():
     k = 10
     x = np.zeros((1, k), np.float32)
     with pytest.raises(UsageError, match="mode"):
-        bl.binary_linear_accumulators(x, np.zeros(k, np.float32), np.array(1.0, np.float32), np.zeros((2, 8), np.uint8), "ternary", k)
+        bl.binary_linear_accumulators(
+            x, np.zeros(k, np.float32), np.array(1.0, np.float32), np.zeros((2, 8), np.uint8), "ternary", k
+        )
     with pytest.raises(UsageError, match="in_features"):
-        bl.binary_linear_accumulators(x, np.zeros(k, np.float32), np.array(1.0, np.float32), np.zeros((2, 8), np.uint8), "signed", 11)
+        bl.binary_linear_accumulators(
+            x, np.zeros(k, np.float32), np.array(1.0, np.float32), np.zeros((2, 8), np.uint8), "signed", 11
+        )
     with pytest.raises(UsageError, match="W_bits"):
-        bl.binary_linear_accumulators(x, np.zeros(k, np.float32), np.array(1.0, np.float32), np.zeros((2, 4), np.uint8), "signed", k)
+        bl.binary_linear_accumulators(
+            x, np.zeros(k, np.float32), np.array(1.0, np.float32), np.zeros((2, 4), np.uint8), "signed", k
+        )

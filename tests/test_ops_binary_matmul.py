@@ -134,8 +134,14 @@ def test_gsb_signed_planes_superpose_to_three_levels():
     eye = np.eye(k, dtype=np.float32)[None, None]
     beta = np.array([1.0, 10.0, 100.0], np.float32)
     y = bm.binary_matmul_reference(
-        eye, v, np.zeros((1, 1, k), np.float32), np.array([1.0], np.float32), np.zeros((1, 1, n), np.float32), beta,
-        a_mode="unsigned", b_mode="gsb_signed",
+        eye,
+        v,
+        np.zeros((1, 1, k), np.float32),
+        np.array([1.0], np.float32),
+        np.zeros((1, 1, n), np.float32),
+        beta,
+        a_mode="unsigned",
+        b_mode="gsb_signed",
     )[0, 0]
     x = v[0, 0]
     s = np.where(x < 0, -1.0, 1.0)

@@ -37,7 +37,9 @@ def test_formulas_written_out():
     np.testing.assert_array_equal(dequantize_int8_reference(w, np.float32(2.0), 0), w.astype(np.float32) * 2)
     x = np.array([0.25, 0.75, -0.25, 100.0, -100.0], np.float32)
     # halves round to even: 0.5 -> 0, 1.5 -> 2, -0.5 -> -0; saturation at -128 / 127
-    np.testing.assert_array_equal(quantize_dequantize_int8_reference(x, np.float32(0.5)), np.array([0.0, 1.0, -0.0, 63.5, -64.0], np.float32))
+    np.testing.assert_array_equal(
+        quantize_dequantize_int8_reference(x, np.float32(0.5)), np.array([0.0, 1.0, -0.0, 63.5, -64.0], np.float32)
+    )
 
 
 @pytest.mark.parametrize("ops", ["packed", "standard"])

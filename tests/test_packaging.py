@@ -41,8 +41,23 @@ def test_package_resolves_mapped_subpackages() -> None:
 
 @pytest.mark.slow
 def test_wheel_has_one_namespace_and_the_presets(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     (wheel,) = tmp_path.glob("bvit_edge-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -66,8 +81,11 @@ def test_shipped_tuning_database_loads() -> None:
 def test_console_script_and_module_entry_point(tmp_path: Path) -> None:
     exe = shutil.which("bvit-edge", path=os.path.dirname(sys.executable))
     assert exe is not None, "console script bvit-edge is not installed"
-    for cmd, cwd in (([exe, "--help"], tmp_path), ([sys.executable, "-m", "bvit_edge", "--help"], tmp_path),
-                     ([sys.executable, "-m", "bvit_edge", "--help"], ROOT)):
+    for cmd, cwd in (
+        ([exe, "--help"], tmp_path),
+        ([sys.executable, "-m", "bvit_edge", "--help"], tmp_path),
+        ([sys.executable, "-m", "bvit_edge", "--help"], ROOT),
+    ):
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=120)
         assert r.returncode == 0, r.stderr
         for command in ("train", "eval", "export", "compile", "run", "bench", "report", "targets", "demo"):

@@ -63,9 +63,9 @@ def test_signed_gradients_match_bit_formulas():
     x, a, b, g, gx, ga, gb = _grads("signed", 2)
     xs = x - b
     inside = (np.abs(xs) <= a).astype(float)
-    np.testing.assert_allclose(gx, g * inside, rtol=0, atol=1e-12)          # d/dx = 1[|x-b| <= a]
-    np.testing.assert_allclose(gb, -(g * inside).sum(), rtol=1e-12)          # d/dbeta = -1[|x-b| <= a]
-    np.testing.assert_allclose(ga, (g * np.sign(xs)).sum(), rtol=1e-12)      # d/dalpha = sgn(x-b) only
+    np.testing.assert_allclose(gx, g * inside, rtol=0, atol=1e-12)  # d/dx = 1[|x-b| <= a]
+    np.testing.assert_allclose(gb, -(g * inside).sum(), rtol=1e-12)  # d/dbeta = -1[|x-b| <= a]
+    np.testing.assert_allclose(ga, (g * np.sign(xs)).sum(), rtol=1e-12)  # d/dalpha = sgn(x-b) only
 
 
 def test_unsigned_gradients_match_bit_formulas():

@@ -257,8 +257,22 @@ def test_lazy_init_is_averaged_over_ranks_so_ddp_replicas_agree(tmp_path) -> Non
 
     script = tmp_path / "worker.py"
     script.write_text(_DDP_WORKER)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
-                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert out[0] == out[1]

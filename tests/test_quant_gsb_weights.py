@@ -18,7 +18,7 @@ def test_bwn_scale_matches_a_float64_reference_better_than_fp32_norm() -> None:
     w = torch.randn(1536, 384) * 0.02 + 0.003
     ref = np.abs(w.double().numpy()).mean()  # float64 reference
     m = bwn_scale(w).item()
-    assert abs(m - ref) / ref <= 2 ** -24  # correctly rounded to float32
+    assert abs(m - ref) / ref <= 2**-24  # correctly rounded to float32
     assert bwn_scale(w).dtype == torch.float32 and bwn_scale(w).ndim == 0
 
 
@@ -52,7 +52,9 @@ def test_lsq_conv_weights_are_8bit_per_channel_with_lsq_gradients() -> None:
     conv = LSQConv2d(3, 4, kernel_size=2, stride=2)
     conv(torch.randn(1, 3, 4, 4))  # lazy init
     wn = conv.weight.detach().double().numpy()
-    np.testing.assert_allclose(conv.alpha.detach().numpy(), np.full(4, 2 * np.abs(wn).mean() / math.sqrt(127)), rtol=1e-5)
+    np.testing.assert_allclose(
+        conv.alpha.detach().numpy(), np.full(4, 2 * np.abs(wn).mean() / math.sqrt(127)), rtol=1e-5
+    )
     with torch.no_grad():
         conv.alpha.copy_(torch.tensor([0.002, 0.01, 0.05, 0.2]))
     wq = conv.quantized_weight()

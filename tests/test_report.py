@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 
 from bvit_edge.errors import DataError
-from bvit_edge.report import (latency_entry, load_report, render_report, size_entry, summarize_latency,
-                              validate_report, write_report)
+from bvit_edge.report import (
+    latency_entry,
+    load_report,
+    render_report,
+    size_entry,
+    summarize_latency,
+    validate_report,
+    write_report,
+)
 
 
 def test_summarize_latency_matches_numpy_written_out():
@@ -49,21 +56,62 @@ def _doc():
         "created_utc": "2026-11-22T05:00:00Z",
         "environment": {"git_revision": "abc123", "seed": 0},
         "models": [
-            {"name": "teacher", "role": "teacher", "method": "fp",
-             "accuracy": {"split": "val", "n_images": 360, "top1_pct": 97.5, "top5_pct": 100.0},
-             "size": size_entry(0, 0, 1_000_000, artifact_bytes=4_100_000)},
-            {"name": "gsb", "role": "student", "method": "gsb",
-             "accuracy": {"split": "val", "n_images": 360, "top1_pct": 91.25, "top5_pct": 99.0},
-             "size": size_entry(950_000, 0, 50_000, artifact_bytes=400_000),
-             "fidelity": {"reference": "onnx", "compared": "tvm", "max_abs_diff": 2e-6, "top1_agreement_pct": 100.0}},
+            {
+                "name": "teacher",
+                "role": "teacher",
+                "method": "fp",
+                "accuracy": {"split": "val", "n_images": 360, "top1_pct": 97.5, "top5_pct": 100.0},
+                "size": size_entry(0, 0, 1_000_000, artifact_bytes=4_100_000),
+            },
+            {
+                "name": "gsb",
+                "role": "student",
+                "method": "gsb",
+                "accuracy": {"split": "val", "n_images": 360, "top1_pct": 91.25, "top5_pct": 99.0},
+                "size": size_entry(950_000, 0, 50_000, artifact_bytes=400_000),
+                "fidelity": {"reference": "onnx", "compared": "tvm", "max_abs_diff": 2e-6, "top1_agreement_pct": 100.0},
+            },
         ],
         "latency": [
-            {"model": "teacher", "target": "host", "threads": 1, "batch": 1, "runs": 50, "warmup_runs": 5,
-             "median_ms": 8.0, "p10_ms": 7.5, "p90_ms": 9.0, "mean_ms": 8.1, "std_ms": 0.4, "min_ms": 7.2},
-            {"model": "gsb", "target": "host", "threads": 1, "batch": 1, "runs": 50, "warmup_runs": 5,
-             "median_ms": 2.0, "p10_ms": 1.8, "p90_ms": 2.5, "mean_ms": 2.1, "std_ms": 0.2, "min_ms": 1.7},
-            {"model": "gsb", "target": "rpi4-aarch64", "emulated": True, "threads": 1, "batch": 1, "runs": 10,
-             "median_ms": 40.0, "p10_ms": 38.0, "p90_ms": 45.0},
+            {
+                "model": "teacher",
+                "target": "host",
+                "threads": 1,
+                "batch": 1,
+                "runs": 50,
+                "warmup_runs": 5,
+                "median_ms": 8.0,
+                "p10_ms": 7.5,
+                "p90_ms": 9.0,
+                "mean_ms": 8.1,
+                "std_ms": 0.4,
+                "min_ms": 7.2,
+            },
+            {
+                "model": "gsb",
+                "target": "host",
+                "threads": 1,
+                "batch": 1,
+                "runs": 50,
+                "warmup_runs": 5,
+                "median_ms": 2.0,
+                "p10_ms": 1.8,
+                "p90_ms": 2.5,
+                "mean_ms": 2.1,
+                "std_ms": 0.2,
+                "min_ms": 1.7,
+            },
+            {
+                "model": "gsb",
+                "target": "rpi4-aarch64",
+                "emulated": True,
+                "threads": 1,
+                "batch": 1,
+                "runs": 10,
+                "median_ms": 40.0,
+                "p10_ms": 38.0,
+                "p90_ms": 45.0,
+            },
         ],
     }
 
@@ -91,11 +139,27 @@ def test_render_report_writes_markdown_and_three_pngs(tmp_path):
 
 def test_a_baseline_gets_its_own_speed_up_and_compression_columns(tmp_path):
     doc = _doc()
-    doc["models"].append({"name": "teacher-int8", "role": "baseline", "method": "fp, int8 by onnxruntime",
-                          "accuracy": {"split": "val", "n_images": 360, "top1_pct": 97.0},
-                          "size": size_entry(0, 1_000_000, 2_000, artifact_bytes=1_100_000)})
-    doc["latency"].append({"model": "teacher-int8", "target": "host", "threads": 1, "batch": 1, "runs": 50,
-                           "median_ms": 5.0, "p10_ms": 4.5, "p90_ms": 6.0})
+    doc["models"].append(
+        {
+            "name": "teacher-int8",
+            "role": "baseline",
+            "method": "fp, int8 by onnxruntime",
+            "accuracy": {"split": "val", "n_images": 360, "top1_pct": 97.0},
+            "size": size_entry(0, 1_000_000, 2_000, artifact_bytes=1_100_000),
+        }
+    )
+    doc["latency"].append(
+        {
+            "model": "teacher-int8",
+            "target": "host",
+            "threads": 1,
+            "batch": 1,
+            "runs": 50,
+            "median_ms": 5.0,
+            "p10_ms": 4.5,
+            "p90_ms": 6.0,
+        }
+    )
     out = render_report(write_report(tmp_path / "r.json", doc), tmp_path / "out")
     md = out["markdown"].read_text()
     assert "speed-up vs teacher-int8 (int8)" in md and "vs teacher-int8 (int8)" in md
@@ -139,9 +203,11 @@ def test_size_plot_stacks_bytes_by_precision():
 def test_plots_need_only_the_json(tmp_path):
     """Rendering imports neither torch nor tvm (a board-side or CI report step needs neither)."""
     path = write_report(tmp_path / "r.json", _doc())
-    code = ("import sys; from bvit_edge.report import render_report; "
-            f"render_report({str(path)!r}, {str(tmp_path / 'o')!r}); "
-            "print(sorted(m for m in ('torch', 'tvm', 'onnx') if m in sys.modules))")
+    code = (
+        "import sys; from bvit_edge.report import render_report; "
+        f"render_report({str(path)!r}, {str(tmp_path / 'o')!r}); "
+        "print(sorted(m for m in ('torch', 'tvm', 'onnx') if m in sys.modules))"
+    )
     res = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
@@ -156,16 +222,19 @@ def test_partial_reports_render_what_they_have(tmp_path):
     assert set(out) == {"markdown", "latency"}
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.update(schema_version=2), "schema_version"),
-    (lambda d: d["latency"][1].update(p90_ms=1.0), "latency[1]"),
-    (lambda d: d["latency"][0].update(model="nobody"), "latency[0].model"),
-    (lambda d: d["models"][1].update(role="pupil"), "models[1].role"),
-    (lambda d: d["models"][0]["accuracy"].update(top1_pct=101), "models[0].accuracy.top1_pct"),
-    (lambda d: d["models"][1]["size"].pop("weights_1bit_bytes"), "models[1].size.weights_1bit_bytes"),
-    (lambda d: d["models"].append(dict(d["models"][0])), "duplicate"),
-    (lambda d: d["latency"][2].update(median_ms="fast"), "latency[2].median_ms"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d["latency"][1].update(p90_ms=1.0), "latency[1]"),
+        (lambda d: d["latency"][0].update(model="nobody"), "latency[0].model"),
+        (lambda d: d["models"][1].update(role="pupil"), "models[1].role"),
+        (lambda d: d["models"][0]["accuracy"].update(top1_pct=101), "models[0].accuracy.top1_pct"),
+        (lambda d: d["models"][1]["size"].pop("weights_1bit_bytes"), "models[1].size.weights_1bit_bytes"),
+        (lambda d: d["models"].append(dict(d["models"][0])), "duplicate"),
+        (lambda d: d["latency"][2].update(median_ms="fast"), "latency[2].median_ms"),
+    ],
+)
 def test_bad_documents_are_data_errors_naming_the_field(tmp_path, mutate, field):
     doc = {"schema_version": 1, **_doc()}
     mutate(doc)

@@ -59,7 +59,10 @@ def test_packed_binary_matmul_keeps_exact_non_default_ratios(tmp_path):
         "b_alpha": np.array([0.3, 0.2, 0.1], np.float32),
     }
     ratios = [0.61234567, 0.8765432]
-    path = _save(single_node_model("BinaryMatMul", inputs, a_mode="gsb_unsigned", b_mode="gsb_signed", gsb_ratios=ratios), tmp_path / "bm.onnx")
+    path = _save(
+        single_node_model("BinaryMatMul", inputs, a_mode="gsb_unsigned", b_mode="gsb_signed", gsb_ratios=ratios),
+        tmp_path / "bm.onnx",
+    )
     got = ort_session(path).run(None, feeds(inputs))[0]
     want = binary_matmul_reference(*inputs.values(), a_mode="gsb_unsigned", b_mode="gsb_signed", gsb_ratios=ratios)
     np.testing.assert_array_equal(got, want)
@@ -68,7 +71,9 @@ def test_packed_binary_matmul_keeps_exact_non_default_ratios(tmp_path):
 
 
 def _good_model_path(tmp_path) -> str:
-    return _save(single_node_model("BinaryLinear", _linear_inputs(True), mode="signed", in_features=100), tmp_path / "good.onnx")
+    return _save(
+        single_node_model("BinaryLinear", _linear_inputs(True), mode="signed", in_features=100), tmp_path / "good.onnx"
+    )
 
 
 def test_missing_file(tmp_path):

@@ -16,7 +16,13 @@ torch.set_num_threads(1)
 N, D, H, DH, HID, C = 17, 32, 2, 16, 128, 10
 PATCH_CONV = D * 3 * 4 * 4 + D  # 1568
 TOKENS = 1 * D + N * D  # cls + pos = 576
-TEACHER = TOKENS + PATCH_CONV + 2 * (2 * 2 * D + (D * 3 * D + 3 * D) + (D * D + D) + (D * HID + HID) + (HID * D + D)) + 2 * D + (D * C + C)
+TEACHER = (
+    TOKENS
+    + PATCH_CONV
+    + 2 * (2 * 2 * D + (D * 3 * D + 3 * D) + (D * D + D) + (D * HID + HID) + (HID * D + D))
+    + 2 * D
+    + (D * C + C)
+)
 
 
 def test_teacher_counts_by_hand():

@@ -17,8 +17,14 @@ from bvit_edge.targets import board
 
 def _fake_image(root, recipe):
     """The files a complete image has, empty, and a stamp with ``recipe``."""
-    for rel in ("rootfs/usr/bin/python3.11", "site/tvm/__init__.py", "site/tvm_ffi/__init__.py",
-                "site/numpy/__init__.py", "site/cloudpickle/__init__.py", "site/sitecustomize.py"):
+    for rel in (
+        "rootfs/usr/bin/python3.11",
+        "site/tvm/__init__.py",
+        "site/tvm_ffi/__init__.py",
+        "site/numpy/__init__.py",
+        "site/cloudpickle/__init__.py",
+        "site/sitecustomize.py",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("")
     (root / "stamp.json").write_text(json.dumps({"recipe": recipe}))

@@ -14,15 +14,40 @@ from bvit_edge.targets import TargetSpec, list_targets, load_target
 
 # The facts of each board written out independently of the preset files.
 EXPECTED = {
-    "rpi3-armv7": dict(arch="armv7", family="armv7-neon", word_bits=32, threads=4, mcpu="cortex-a53",
-                       cc="arm-linux-gnueabihf-gcc", apt="gcc-arm-linux-gnueabihf", qemu="qemu-arm"),
-    "rpi4-aarch64": dict(arch="aarch64", family="aarch64-neon", word_bits=64, threads=4, mcpu="cortex-a72",
-                         cc="aarch64-linux-gnu-gcc", apt="gcc-aarch64-linux-gnu", qemu="qemu-aarch64"),
-    "rpi5-aarch64": dict(arch="aarch64", family="aarch64-neon", word_bits=64, threads=4, mcpu="cortex-a76",
-                         cc="aarch64-linux-gnu-gcc", apt="gcc-aarch64-linux-gnu", qemu="qemu-aarch64"),
+    "rpi3-armv7": dict(
+        arch="armv7",
+        family="armv7-neon",
+        word_bits=32,
+        threads=4,
+        mcpu="cortex-a53",
+        cc="arm-linux-gnueabihf-gcc",
+        apt="gcc-arm-linux-gnueabihf",
+        qemu="qemu-arm",
+    ),
+    "rpi4-aarch64": dict(
+        arch="aarch64",
+        family="aarch64-neon",
+        word_bits=64,
+        threads=4,
+        mcpu="cortex-a72",
+        cc="aarch64-linux-gnu-gcc",
+        apt="gcc-aarch64-linux-gnu",
+        qemu="qemu-aarch64",
+    ),
+    "rpi5-aarch64": dict(
+        arch="aarch64",
+        family="aarch64-neon",
+        word_bits=64,
+        threads=4,
+        mcpu="cortex-a76",
+        cc="aarch64-linux-gnu-gcc",
+        apt="gcc-aarch64-linux-gnu",
+        qemu="qemu-aarch64",
+    ),
     "x86-64-avx2": dict(arch="x86_64", family="x86-avx2", word_bits=64, mcpu="haswell", cc=None, apt=None, qemu=None),
-    "x86-64-avx512": dict(arch="x86_64", family="x86-avx512", word_bits=64, mcpu="icelake-server", cc=None,
-                          apt=None, qemu=None),
+    "x86-64-avx512": dict(
+        arch="x86_64", family="x86-avx512", word_bits=64, mcpu="icelake-server", cc=None, apt=None, qemu=None
+    ),
 }
 
 
@@ -167,15 +192,18 @@ def test_to_dict_is_json_and_round_trips():
     assert again.to_dict() | {"source": ""} == spec.to_dict() | {"source": ""}
 
 
-@pytest.mark.parametrize("text, words", [
-    ("name = 'x'\narch = 'aarch64'\nfamily = 'aarch64-neon'\n", ["tvm_target"]),
-    (BOARD_TOML.format(name="x").replace('family = "aarch64-neon"', 'family = "x86-avx2"'), ["family", "aarch64"]),
-    (BOARD_TOML.format(name="x").replace('arch = "aarch64"', 'arch = "riscv64"'), ["arch", "riscv64"]),
-    ("bogus = 1\n" + BOARD_TOML.format(name="x"), ["unknown keys", "bogus"]),
-    (BOARD_TOML.format(name="x").replace("threads = 2", "threads = 0"), ["threads"]),
-    (BOARD_TOML.format(name="x").replace('apt_package = "gcc-aarch64-linux-gnu"\n', ""), ["apt_package"]),
-    ("name = [unclosed\n", ["TOML"]),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("name = 'x'\narch = 'aarch64'\nfamily = 'aarch64-neon'\n", ["tvm_target"]),
+        (BOARD_TOML.format(name="x").replace('family = "aarch64-neon"', 'family = "x86-avx2"'), ["family", "aarch64"]),
+        (BOARD_TOML.format(name="x").replace('arch = "aarch64"', 'arch = "riscv64"'), ["arch", "riscv64"]),
+        ("bogus = 1\n" + BOARD_TOML.format(name="x"), ["unknown keys", "bogus"]),
+        (BOARD_TOML.format(name="x").replace("threads = 2", "threads = 0"), ["threads"]),
+        (BOARD_TOML.format(name="x").replace('apt_package = "gcc-aarch64-linux-gnu"\n', ""), ["apt_package"]),
+        ("name = [unclosed\n", ["TOML"]),
+    ],
+)
 def test_bad_preset_files_are_config_errors_naming_the_problem(tmp_path, text, words):
     f = _write(tmp_path / "bad.toml", text)
     with pytest.raises(ConfigError) as err:

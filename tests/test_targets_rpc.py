@@ -232,8 +232,7 @@ class _FakeTracker:
                 while True:
                     msg = json.loads(recv(struct.unpack("<i", recv(4))[0]))
                     if msg[0] == 6:
-                        send([0, {"queue_info": {k: {"free": 1, "pending": 0} for k in self.keys},
-                                  "server_info": []}])
+                        send([0, {"queue_info": {k: {"free": 1, "pending": 0} for k in self.keys}, "server_info": []}])
                     elif msg[0] == 4:
                         send([0, list(self.keys[msg[1]])])
             except (EOFError, OSError, AssertionError):
@@ -281,7 +280,8 @@ def test_two_artifacts_named_lib_so_do_not_alias_on_the_board(host_server, tmp_p
 
         folder.mkdir()
         tvm.tirx.build(tvm.IRModule({"add": add}), target=load_target("host").tvm_target).export_library(
-            str(folder / "lib.so"))
+            str(folder / "lib.so")
+        )
         return folder / "lib.so"
 
     sess = rpc.connect("127.0.0.1", host_server, timeout_s=10)

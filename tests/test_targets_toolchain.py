@@ -19,8 +19,14 @@ def test_host_targets_use_the_default_compiler():
 
 
 def test_missing_cross_compiler_names_its_apt_package():
-    spec = TargetSpec(name="fake", arch="aarch64", family="aarch64-neon", tvm_target={"kind": "llvm"},
-                      cross_compiler="zz-nonexistent-linux-gnu-gcc", apt_package="gcc-zz-linux-gnu")
+    spec = TargetSpec(
+        name="fake",
+        arch="aarch64",
+        family="aarch64-neon",
+        tvm_target={"kind": "llvm"},
+        cross_compiler="zz-nonexistent-linux-gnu-gcc",
+        apt_package="gcc-zz-linux-gnu",
+    )
     with pytest.raises(ToolchainError) as err:
         find_compiler(spec)
     assert err.value.exit_code == 4

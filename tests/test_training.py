@@ -30,8 +30,17 @@ def _files_left(folder: Path) -> list[str]:
 
 def test_short_fp_run_writes_self_describing_checkpoints(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = train(method="fp", model="deit_test_patch4_16", data="digits", per_class=8, epochs=2, batch_size=16,
-                out=str(out), threads=1, image_size=16)
+    res = train(
+        method="fp",
+        model="deit_test_patch4_16",
+        data="digits",
+        per_class=8,
+        epochs=2,
+        batch_size=16,
+        out=str(out),
+        threads=1,
+        image_size=16,
+    )
     assert res.epochs_done == 2 and res.steps == 2 * math.ceil(80 / 16)
     for sub in ("last", "best"):
         cfg = json.loads((out / sub / "config.json").read_text())
@@ -58,8 +67,9 @@ def test_lr_schedule_is_cosine_to_min_then_cooldown() -> None:
 
 def test_config_resolution_recipe_then_toml_then_flags(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text('method = "gsb"\nepochs = 7\nbatch_size = 32\nlr_base = 2e-3\n'
-                    '[method_options]\nstage1_epochs = 5\n')
+    toml.write_text(
+        'method = "gsb"\nepochs = 7\nbatch_size = 32\nlr_base = 2e-3\n[method_options]\nstage1_epochs = 5\n'
+    )
     cfg = resolve_config({"data": "cifar100", "batch_size": 128}, toml)
     assert cfg.recipe == "gsb" and cfg.weight_decay == 0.05 and cfg.cooldown_epochs == 10
     assert cfg.epochs == 7 and cfg.batch_size == 128
@@ -69,8 +79,24 @@ def test_config_resolution_recipe_then_toml_then_flags(tmp_path: Path) -> None:
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:
-    return CLI + ["train", "--model", "deit_test_patch4_16", "--image-size", "16", "--per-class", "20",
-                  "--epochs", "3", "--batch-size", "16", "--threads", "1", "--out", str(out), *extra]
+    return CLI + [
+        "train",
+        "--model",
+        "deit_test_patch4_16",
+        "--image-size",
+        "16",
+        "--per-class",
+        "20",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -78,7 +104,13 @@ def test_killed_run_resumes_to_the_same_steps_and_weights(tmp_path: Path) -> Non
     ref = tmp_path / "ref"
     subprocess.run(_train_cmd(ref), check=True, env=ENV, capture_output=True, timeout=600, cwd=tmp_path)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, "--save-every-steps", "3"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    proc = subprocess.Popen(
+        _train_cmd(killed, "--save-every-steps", "3"),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     deadline = time.time() + 300
     state = killed / "last" / "trainer_state.safetensors"
     while time.time() < deadline and not state.exists():
@@ -91,7 +123,15 @@ def test_killed_run_resumes_to_the_same_steps_and_weights(tmp_path: Path) -> Non
     assert state.exists(), "no checkpoint was written before the kill"
     before = load_trainer_state(killed / "last")
     assert before["step"] < 3 * 13
-    out = subprocess.run(_train_cmd(killed, "--resume", "--json"), check=True, env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = subprocess.run(
+        _train_cmd(killed, "--resume", "--json"),
+        check=True,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     result = json.loads(out.stdout)
     assert result["steps"] == 3 * math.ceil(200 / 16)
     a, b = load_file(str(ref / "last" / "model.safetensors")), load_file(str(killed / "last" / "model.safetensors"))
@@ -102,20 +142,44 @@ def test_killed_run_resumes_to_the_same_steps_and_weights(tmp_path: Path) -> Non
 
 
 def test_cli_unknown_method_is_a_usage_error(tmp_path: Path) -> None:
-    r = subprocess.run(CLI + ["train", "--method", "nope", "--out", str(tmp_path / "x")], env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        CLI + ["train", "--method", "nope", "--out", str(tmp_path / "x")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "nope" in r.stderr
     assert not (tmp_path / "x").exists()
 
 
 def test_cli_resume_without_checkpoint_explains(tmp_path: Path) -> None:
-    r = subprocess.run(CLI + ["train", "--resume", "--out", str(tmp_path / "none")], env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        CLI + ["train", "--resume", "--out", str(tmp_path / "none")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "nothing to resume" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_eval_prints_json_metrics(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    train(method="fp", model="deit_test_patch4_16", data="digits", per_class=5, epochs=1, batch_size=25, out=str(out), threads=1, image_size=16)
-    r = subprocess.run(CLI + ["eval", str(out), "--json"], env=ENV, capture_output=True, text=True, check=True, cwd=tmp_path)
+    train(
+        method="fp",
+        model="deit_test_patch4_16",
+        data="digits",
+        per_class=5,
+        epochs=1,
+        batch_size=25,
+        out=str(out),
+        threads=1,
+        image_size=16,
+    )
+    r = subprocess.run(
+        CLI + ["eval", str(out), "--json"], env=ENV, capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     res = json.loads(r.stdout)
     assert res["num_images"] == 360 and 0.0 <= res["top1"] <= res["top5"] <= 1.0
     assert set(res["per_class"]) == {str(i) for i in range(10)}

@@ -27,10 +27,21 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("method,model", [("gsb", "gsb_test_patch4_16"), ("bit", "bit_test_patch4_16"),
-                                          ("binaryvit", "binaryvit_test_patch4_16"), ("acdbit", "acdbit_test_patch4_16")])
-def test_each_method_trains_from_the_teacher_and_checkpoints(method: str, model: str, teacher: Path, tmp_path: Path) -> None:
-    res = train(method=method, model=model, teacher=str(teacher / "best"), out=str(tmp_path / method), stage="all", **COMMON)
+@pytest.mark.parametrize(
+    "method,model",
+    [
+        ("gsb", "gsb_test_patch4_16"),
+        ("bit", "bit_test_patch4_16"),
+        ("binaryvit", "binaryvit_test_patch4_16"),
+        ("acdbit", "acdbit_test_patch4_16"),
+    ],
+)
+def test_each_method_trains_from_the_teacher_and_checkpoints(
+    method: str, model: str, teacher: Path, tmp_path: Path
+) -> None:
+    res = train(
+        method=method, model=model, teacher=str(teacher / "best"), out=str(tmp_path / method), stage="all", **COMMON
+    )
     assert res.steps == 3 and res.epochs_done == 1
     best = tmp_path / method / ("stage2" if method == "gsb" else "") / "best" / "config.json"
     cfg = json.loads(best.read_text())
@@ -68,7 +79,9 @@ def test_binaryvit_loss_is_soft_cross_entropy_to_the_teacher(teacher: Path) -> N
     t, _ = load_model(teacher / "best")
     student = create_model("binaryvit_test_patch4_16")
     x = torch.randn(3, 3, 16, 16)
-    loss, logits = get_method("binaryvit").loss(student, x, torch.zeros(3, dtype=torch.long), t, resolve_config({"method": "binaryvit"}))
+    loss, logits = get_method("binaryvit").loss(
+        student, x, torch.zeros(3, dtype=torch.long), t, resolve_config({"method": "binaryvit"})
+    )
     with torch.no_grad():
         p = F.softmax(t(x), -1)
     want = -(p * F.log_softmax(logits, -1)).sum(-1).mean()
@@ -76,7 +89,14 @@ def test_binaryvit_loss_is_soft_cross_entropy_to_the_teacher(teacher: Path) -> N
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bvit_edge", "train", *args], env=ENV, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bvit_edge", "train", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_distillation_without_teacher_is_a_clear_usage_error(tmp_path: Path) -> None:
@@ -86,8 +106,19 @@ def test_distillation_without_teacher_is_a_clear_usage_error(tmp_path: Path) -> 
 
 
 def test_teacher_with_other_classes_or_input_size_is_refused(teacher: Path, tmp_path: Path) -> None:
-    r = _cli(tmp_path, "--method", "bit", "--model", "bit_test_patch4_16", "--teacher", str(teacher), "--image-size", "32",
-             "--out", str(tmp_path / "x"))
+    r = _cli(
+        tmp_path,
+        "--method",
+        "bit",
+        "--model",
+        "bit_test_patch4_16",
+        "--teacher",
+        str(teacher),
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert r.returncode == 2 and "16x16" in r.stderr and not (tmp_path / "x").exists()
     # A teacher trained for another number of classes: fake one by editing a copy's config.
     import shutil
@@ -104,8 +135,21 @@ def test_teacher_with_other_classes_or_input_size_is_refused(teacher: Path, tmp_
 
 
 def test_gsb_stage_two_without_stage_one_checkpoint_is_refused(teacher: Path, tmp_path: Path) -> None:
-    r = _cli(tmp_path, "--method", "gsb", "--stage", "2", "--model", "gsb_test_patch4_16", "--teacher", str(teacher),
-             "--image-size", "16", "--out", str(tmp_path / "x"))
+    r = _cli(
+        tmp_path,
+        "--method",
+        "gsb",
+        "--stage",
+        "2",
+        "--model",
+        "gsb_test_patch4_16",
+        "--teacher",
+        str(teacher),
+        "--image-size",
+        "16",
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert r.returncode == 2 and "stage-1 checkpoint" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()
 
@@ -118,20 +162,29 @@ def test_bit_distillation_chain_fp_then_w1a2_then_w1a1(teacher: Path, tmp_path: 
     from bvit_edge.training.checkpoint import load_model
 
     w1a2 = tmp_path / "w1a2"
-    train(method="bit", model="bit_test_patch4_16", teacher=str(teacher / "best"), out=str(w1a2),
-          method_options={"act_bits": 2}, **COMMON)
+    train(
+        method="bit",
+        model="bit_test_patch4_16",
+        teacher=str(teacher / "best"),
+        out=str(w1a2),
+        method_options={"act_bits": 2},
+        **COMMON,
+    )
     cfg = json.loads((w1a2 / "best" / "config.json").read_text())
     assert cfg["model_kwargs"]["act_bits"] == 2
     mid, _ = load_model(w1a2 / "best")
     assert {m.bits for m in mid.modules() if isinstance(m, ElasticBinarizer)} == {2}
     method = get_method("bit")
-    student = method.build(type("C", (), {"model": "bit_test_patch4_16", "drop_path": 0.0, "method_options": {}})(),
-                           10, 16, mid)
+    student = method.build(
+        type("C", (), {"model": "bit_test_patch4_16", "drop_path": 0.0, "method_options": {}})(), 10, 16, mid
+    )
     assert torch.equal(student.blocks[0].attn.qkv.weight, mid.blocks[0].attn.qkv.weight)
     bins = [m for m in student.modules() if isinstance(m, ElasticBinarizer)]
     assert bins and all(m.bits == 1 and bool(m.initialized) for m in bins)
     assert torch.equal(student.blocks[0].attn.q_bin.alpha, mid.blocks[0].attn.q_bin.alpha)
-    res = train(method="bit", model="bit_test_patch4_16", teacher=str(w1a2 / "best"), out=str(tmp_path / "w1a1"), **COMMON)
+    res = train(
+        method="bit", model="bit_test_patch4_16", teacher=str(w1a2 / "best"), out=str(tmp_path / "w1a1"), **COMMON
+    )
     assert res.steps == 3
     assert json.loads((tmp_path / "w1a1" / "best" / "config.json").read_text())["model_kwargs"].get("act_bits", 1) == 1
 

@@ -17,15 +17,15 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 tvm = pytest.importorskip("tvm")
-from onnx import TensorProto  # noqa: E402
-from onnx import helper as oh  # noqa: E402
-from onnx import numpy_helper as nh  # noqa: E402
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
 
-from bvit_edge.errors import ConfigError, ToolchainError, UsageError  # noqa: E402
-from bvit_edge.packing import as_words, pack_bits  # noqa: E402
-from bvit_edge.runtime.artifact import read_manifest, run_artifact, topk  # noqa: E402
-from bvit_edge.runtime.compile import compile_model  # noqa: E402
-from bvit_edge.targets import load_target  # noqa: E402
+from bvit_edge.errors import ConfigError, ToolchainError, UsageError
+from bvit_edge.packing import as_words, pack_bits
+from bvit_edge.runtime.artifact import read_manifest, run_artifact, topk
+from bvit_edge.runtime.compile import compile_model
+from bvit_edge.targets import load_target
 
 K, N, C = 48, 32, 5  # features of a flattened 1x3x4x4 image, hidden, classes
 
@@ -37,19 +37,42 @@ def tiny_classifier(domain_version: int = 1) -> tuple[onnx.ModelProto, dict]:
     ws = (rng.random(N) + 0.5).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
     head = rng.standard_normal((C, N)).astype(np.float32)
-    inits = [nh.from_array(np.zeros(K, np.float32), "shift"), nh.from_array(np.array(np.float32(0.25)), "alpha"),
-             nh.from_array(pack_bits(w), "wb"), nh.from_array(ws, "ws"), nh.from_array(bias, "b"),
-             nh.from_array(head, "head")]
-    nodes = [oh.make_node("Flatten", ["image"], ["flat"], axis=1),
-             oh.make_node("BinaryLinear", ["flat", "shift", "alpha", "wb", "ws", "b"], ["h"], domain="bvit_edge",
-                          mode="signed", in_features=K),
-             oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1)]
-    g = oh.make_graph(nodes, "tiny", [oh.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 4, 4])],
-                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])], inits)
-    model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", domain_version)],
-                          ir_version=10)
-    meta = {"bvit_edge.mean": json.dumps([0.5, 0.4, 0.3]), "bvit_edge.std": json.dumps([0.2, 0.25, 0.3]),
-            "bvit_edge.classes": json.dumps([f"c{i}" for i in range(C)]), "bvit_edge.image_size": json.dumps([4, 4])}
+    inits = [
+        nh.from_array(np.zeros(K, np.float32), "shift"),
+        nh.from_array(np.array(np.float32(0.25)), "alpha"),
+        nh.from_array(pack_bits(w), "wb"),
+        nh.from_array(ws, "ws"),
+        nh.from_array(bias, "b"),
+        nh.from_array(head, "head"),
+    ]
+    nodes = [
+        oh.make_node("Flatten", ["image"], ["flat"], axis=1),
+        oh.make_node(
+            "BinaryLinear",
+            ["flat", "shift", "alpha", "wb", "ws", "b"],
+            ["h"],
+            domain="bvit_edge",
+            mode="signed",
+            in_features=K,
+        ),
+        oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1),
+    ]
+    g = oh.make_graph(
+        nodes,
+        "tiny",
+        [oh.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", C])],
+        inits,
+    )
+    model = oh.make_model(
+        g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", domain_version)], ir_version=10
+    )
+    meta = {
+        "bvit_edge.mean": json.dumps([0.5, 0.4, 0.3]),
+        "bvit_edge.std": json.dumps([0.2, 0.25, 0.3]),
+        "bvit_edge.classes": json.dumps([f"c{i}" for i in range(C)]),
+        "bvit_edge.image_size": json.dumps([4, 4]),
+    }
     for key, val in meta.items():
         model.metadata_props.add(key=key, value=val)
     params = {"w_pm": np.where(w, -1, 1), "ws": ws, "bias": bias, "head": head, "alpha": np.float32(0.25)}
@@ -207,16 +230,21 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.mark.parametrize("target,sysroot", [("rpi4-aarch64", "/usr/aarch64-linux-gnu"),
-                                            ("rpi3-armv7", "/usr/arm-linux-gnueabihf")])
+@pytest.mark.parametrize(
+    "target,sysroot", [("rpi4-aarch64", "/usr/aarch64-linux-gnu"), ("rpi3-armv7", "/usr/arm-linux-gnueabihf")]
+)
 def test_arm_binary_linear_kernel_runs_exactly_under_qemu(tmp_path, target, sysroot):
     """The ARM popcount kernel, cross-built, run by a C harness under qemu user mode: exact accumulators."""
     from bvit_edge.runtime.kernels import binary_linear_kernel
     from bvit_edge.runtime.schedules import family_params, schedule_binary_linear
 
     spec = load_target(target)
-    if not (shutil.which(spec.cross_compiler) and spec.emulated_by and shutil.which(spec.emulated_by)
-            and Path(sysroot).is_dir()):
+    if not (
+        shutil.which(spec.cross_compiler)
+        and spec.emulated_by
+        and shutil.which(spec.emulated_by)
+        and Path(sysroot).is_dir()
+    ):
         pytest.skip("cross compiler, qemu user mode or the target's sysroot is missing")
     fam = family_params(spec.family)
     m, k, n = 6, 100, 32
@@ -228,20 +256,43 @@ def test_arm_binary_linear_kernel_runs_exactly_under_qemu(tmp_path, target, sysr
     src.write_text(HARNESS_C)
     include = Path(__import__("tvm_ffi").__file__).parent / "include"
     exe = tmp_path / "harness"
-    subprocess.run([spec.cross_compiler, "-O1", f"-I{include}", "-o", str(exe), str(src), "-ldl", "-rdynamic"],
-                   check=True)
+    subprocess.run(
+        [spec.cross_compiler, "-O1", f"-I{include}", "-o", str(exe), str(src), "-ldl", "-rdynamic"], check=True
+    )
     rng = np.random.default_rng(7)
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((n, k)) < 0
     kw = -(-k // fam.word_bits)
     words = np.ascontiguousarray(as_words(pack_bits(w), fam.word_bits)[:, :kw].T)
     ones, zeros = np.ones(n, np.float32), np.zeros(n, np.float32)
-    (tmp_path / "in.bin").write_bytes(b"".join(a.tobytes() for a in (x, np.zeros(k, np.float32),
-                                                                       np.ones(1, np.float32), words, ones, zeros)))
-    specs = [f"2:32:{m},{k}", f"2:32:{k}", "2:32:1", f"1:{fam.word_bits}:{kw},{n}", f"2:32:{n}", f"2:32:{n}",
-             f"2:32:{m},{n}"]
-    r = subprocess.run([spec.emulated_by, "-L", sysroot, str(exe), str(so), "kernel", str(tmp_path / "in.bin"),
-                        str(tmp_path / "out.bin"), *specs], capture_output=True, text=True, timeout=120)
+    (tmp_path / "in.bin").write_bytes(
+        b"".join(a.tobytes() for a in (x, np.zeros(k, np.float32), np.ones(1, np.float32), words, ones, zeros))
+    )
+    specs = [
+        f"2:32:{m},{k}",
+        f"2:32:{k}",
+        "2:32:1",
+        f"1:{fam.word_bits}:{kw},{n}",
+        f"2:32:{n}",
+        f"2:32:{n}",
+        f"2:32:{m},{n}",
+    ]
+    r = subprocess.run(
+        [
+            spec.emulated_by,
+            "-L",
+            sysroot,
+            str(exe),
+            str(so),
+            "kernel",
+            str(tmp_path / "in.bin"),
+            str(tmp_path / "out.bin"),
+            *specs,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     y = np.fromfile(tmp_path / "out.bin", np.float32).reshape(m, n)
     ref = np.where(x < 0, -1, 1).astype(np.int64) @ np.where(w, -1, 1).T.astype(np.int64)

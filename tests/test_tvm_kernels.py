@@ -12,10 +12,10 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from bvit_edge.packing import as_words, pack_bits  # noqa: E402
-from bvit_edge.runtime.kernels import binary_linear_kernel, binary_matmul_kernel  # noqa: E402
-from bvit_edge.runtime.schedules import family_params, schedule_binary_linear, schedule_binary_matmul  # noqa: E402
-from bvit_edge.targets import load_target  # noqa: E402
+from bvit_edge.packing import as_words, pack_bits
+from bvit_edge.runtime.kernels import binary_linear_kernel, binary_matmul_kernel
+from bvit_edge.runtime.schedules import family_params, schedule_binary_linear, schedule_binary_matmul
+from bvit_edge.targets import load_target
 
 
 def _build(func, target_name):
@@ -57,8 +57,9 @@ def test_binary_linear_assembly_uses_vector_popcount(target, needle):
 def test_binary_matmul_assembly_uses_vector_popcount(target, needle):
     spec = load_target(target)
     fam = family_params(spec.family)
-    func = schedule_binary_matmul(binary_matmul_kernel(1, 2, 8, 128, 64, "gsb_unsigned", "gsb_signed",
-                                                       word_bits=fam.word_bits), fam)
+    func = schedule_binary_matmul(
+        binary_matmul_kernel(1, 2, 8, 128, 64, "gsb_unsigned", "gsb_signed", word_bits=fam.word_bits), fam
+    )
     assert needle in _asm(_build(func, target))
 
 
@@ -98,8 +99,16 @@ def test_binary_linear_integer_accumulators_exact(mode, k, word_bits, target):
     fam = type(fam)(fam.family, word_bits, fam.n_tile, fam.float_lanes, fam.vector_popcount)
     func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, word_bits), fam)
     lib = _build(func, target)
-    y = _run(lib, x, shift, np.array([alpha]), words, np.ones(n, np.float32), np.zeros(n, np.float32),
-             np.zeros((m, n), np.float32))
+    y = _run(
+        lib,
+        x,
+        shift,
+        np.array([alpha]),
+        words,
+        np.ones(n, np.float32),
+        np.zeros(n, np.float32),
+        np.zeros((m, n), np.float32),
+    )
     xp = x + shift
     w_pm = np.where(w, -1, 1).astype(np.int64)
     if mode == "signed":
@@ -112,15 +121,18 @@ def test_binary_linear_integer_accumulators_exact(mode, k, word_bits, target):
         a_bits = xp > alpha / 2
         ref_int = a_bits.astype(np.int64) @ w_pm.T
         aw = as_words(pack_bits(a_bits))
-        ref_pc = (np.bitwise_count(aw).sum(-1)[:, None].astype(np.int64)
-                  - 2 * np.bitwise_count(aw[:, None, :] & as_words(packed)[None, :, :]).sum(-1).astype(np.int64))
+        ref_pc = np.bitwise_count(aw).sum(-1)[:, None].astype(np.int64) - 2 * np.bitwise_count(
+            aw[:, None, :] & as_words(packed)[None, :, :]
+        ).sum(-1).astype(np.int64)
     np.testing.assert_array_equal(ref_pc, ref_int)  # the two references agree
     np.testing.assert_array_equal(y.astype(np.int64), ref_int)
     assert np.all(y == np.round(y))
 
 
-@pytest.mark.parametrize("a_mode,b_mode", [("signed", "signed"), ("unsigned", "signed"),
-                                           ("gsb_unsigned", "gsb_signed"), ("signed", "gsb_signed")])
+@pytest.mark.parametrize(
+    "a_mode,b_mode",
+    [("signed", "signed"), ("unsigned", "signed"), ("gsb_unsigned", "gsb_signed"), ("signed", "gsb_signed")],
+)
 def test_binary_matmul_plane_dots_exact(a_mode, b_mode):
     """Each plane pair's integer dot, read out with one-hot alphas, equals the int64 plane matmul."""
     rng = np.random.default_rng(3)
@@ -130,7 +142,9 @@ def test_binary_matmul_plane_dots_exact(a_mode, b_mode):
         a = np.abs(a) * 0.1
     b = rng.standard_normal((batch, heads, k, n)).astype(np.float32)
     pa_n, pb_n = (3 if a_mode.startswith("gsb") else 1), (3 if b_mode.startswith("gsb") else 1)
-    func = schedule_binary_matmul(binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode), family_params("x86-avx512"))
+    func = schedule_binary_matmul(
+        binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode), family_params("x86-avx512")
+    )
     lib = _build(func, "host")
     a1 = np.float32(0.08)
     # independent planes, max/min per sample (axes 1..3)

@@ -11,13 +11,13 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 tvm = pytest.importorskip("tvm")
-from onnx import TensorProto  # noqa: E402
-from onnx import helper as oh  # noqa: E402
-from onnx import numpy_helper as nh  # noqa: E402
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
 
-from bvit_edge.packing import pack_bits  # noqa: E402
-from bvit_edge.runtime.artifact import run_artifact  # noqa: E402
-from bvit_edge.runtime.compile import compile_model  # noqa: E402
+from bvit_edge.packing import pack_bits
+from bvit_edge.runtime.artifact import run_artifact
+from bvit_edge.runtime.compile import compile_model
 
 R1, R2 = 0.7, 0.9
 
@@ -38,8 +38,11 @@ def planes_a(a, mode, alpha):
     if mode == "unsigned":
         return [(a > alpha[0] * np.float32(0.5)).astype(int)]
     mx = a.reshape(a.shape[0], -1).max(axis=1).reshape(-1, 1, 1, 1)
-    return [(a > alpha[0] * np.float32(0.5)).astype(int), (a > np.float32(R1) * mx).astype(int),
-            (a > np.float32(R2) * mx).astype(int)]
+    return [
+        (a > alpha[0] * np.float32(0.5)).astype(int),
+        (a > np.float32(R1) * mx).astype(int),
+        (a > np.float32(R2) * mx).astype(int),
+    ]
 
 
 def planes_b(b, mode):
@@ -67,8 +70,9 @@ def ref_binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode, b_mode):
 # ---------------------------------------------------------------- graph building
 def _model(nodes, inputs, outputs, inits, domain_version=1):
     g = oh.make_graph(nodes, "g", inputs, outputs, inits)
-    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", domain_version)],
-                         ir_version=10)
+    return oh.make_model(
+        g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", domain_version)], ir_version=10
+    )
 
 
 def linear_case(rng, m, k, n, mode):
@@ -78,13 +82,27 @@ def linear_case(rng, m, k, n, mode):
     w = rng.standard_normal((n, k))
     w_scale = (rng.random(n) + 0.1).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    inits = [nh.from_array(shift, "shift"), nh.from_array(np.array(alpha), "alpha"),
-             nh.from_array(pack_bits(w < 0), "w_bits"), nh.from_array(w_scale, "w_scale"),
-             nh.from_array(bias, "bias")]
-    node = oh.make_node("BinaryLinear", ["x", "shift", "alpha", "w_bits", "w_scale", "bias"], ["y"],
-                        domain="bvit_edge", mode=mode, in_features=k)
-    model = _model([node], [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
-                   [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])], inits)
+    inits = [
+        nh.from_array(shift, "shift"),
+        nh.from_array(np.array(alpha), "alpha"),
+        nh.from_array(pack_bits(w < 0), "w_bits"),
+        nh.from_array(w_scale, "w_scale"),
+        nh.from_array(bias, "bias"),
+    ]
+    node = oh.make_node(
+        "BinaryLinear",
+        ["x", "shift", "alpha", "w_bits", "w_scale", "bias"],
+        ["y"],
+        domain="bvit_edge",
+        mode=mode,
+        in_features=k,
+    )
+    model = _model(
+        [node],
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, k])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, m, n])],
+        inits,
+    )
     ref = ref_binary_linear(x, shift, alpha, np.where(w < 0, -1, 1), w_scale, bias, mode)
     return model, x, ref
 
@@ -102,20 +120,42 @@ def matmul_case(rng, a_mode, b_mode, heads=2, m=9, k=70, n=24):
     if a_mode != "signed":
         nodes.append(oh.make_node("Softmax", ["x"], ["p"], axis=-1))
         a_name = "p"
-    nodes.append(oh.make_node("BinaryMatMul", [a_name, "b", "a_shift", "a_alpha", "b_shift", "b_alpha"], ["y"],
-                              domain="bvit_edge", a_mode=a_mode, b_mode=b_mode, gsb_ratios=[R1, R2]))
-    inits = [nh.from_array(b, "b"), nh.from_array(a_shift, "a_shift"), nh.from_array(a_alpha, "a_alpha"),
-             nh.from_array(b_shift, "b_shift"), nh.from_array(b_alpha, "b_alpha")]
-    model = _model(nodes, [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, heads, m, k])],
-                   [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, heads, m, n])], inits)
+    nodes.append(
+        oh.make_node(
+            "BinaryMatMul",
+            [a_name, "b", "a_shift", "a_alpha", "b_shift", "b_alpha"],
+            ["y"],
+            domain="bvit_edge",
+            a_mode=a_mode,
+            b_mode=b_mode,
+            gsb_ratios=[R1, R2],
+        )
+    )
+    inits = [
+        nh.from_array(b, "b"),
+        nh.from_array(a_shift, "a_shift"),
+        nh.from_array(a_alpha, "a_alpha"),
+        nh.from_array(b_shift, "b_shift"),
+        nh.from_array(b_alpha, "b_alpha"),
+    ]
+    model = _model(
+        nodes,
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, heads, m, k])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, heads, m, n])],
+        inits,
+    )
     a = x
     if a_mode != "signed":
         e = np.exp(x - x.max(axis=-1, keepdims=True))
         a = (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
         a_alpha = a_alpha * np.float32(0.05)  # thresholds a1/2 inside the softmax range
         inits[2] = nh.from_array(a_alpha, "a_alpha")
-        model = _model(nodes, [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, heads, m, k])],
-                       [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, heads, m, n])], inits)
+        model = _model(
+            nodes,
+            [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, heads, m, k])],
+            [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, heads, m, n])],
+            inits,
+        )
     ref = ref_binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode, b_mode)
     return model, x, ref, a
 
@@ -140,8 +180,14 @@ def test_binary_linear_graph_matches_numpy(tmp_path, mode, k):
     _close(_compile_run(tmp_path, model, x, f"lin_{mode}_{k}"), ref)
 
 
-MATMUL_MODES = [("signed", "signed"), ("unsigned", "signed"), ("gsb_unsigned", "gsb_signed"),
-                ("signed", "gsb_signed"), ("unsigned", "gsb_signed"), ("gsb_unsigned", "signed")]
+MATMUL_MODES = [
+    ("signed", "signed"),
+    ("unsigned", "signed"),
+    ("gsb_unsigned", "gsb_signed"),
+    ("signed", "gsb_signed"),
+    ("unsigned", "gsb_signed"),
+    ("gsb_unsigned", "signed"),
+]
 
 
 @pytest.mark.parametrize("a_mode,b_mode", MATMUL_MODES)
@@ -170,21 +216,50 @@ def test_linear_then_matmul_graph(tmp_path):
     ws = [rng.standard_normal((d, d)) for _ in range(2)]
     inits, nodes = [], []
     for i, w in enumerate(ws):
-        inits += [nh.from_array(np.zeros(d, np.float32), f"s{i}"), nh.from_array(np.array(np.float32(0.5)), f"al{i}"),
-                  nh.from_array(pack_bits(w < 0), f"wb{i}"), nh.from_array(np.full(d, 0.1, np.float32), f"sc{i}"),
-                  nh.from_array(np.zeros(d, np.float32), f"b{i}")]
-        nodes.append(oh.make_node("BinaryLinear", ["x", f"s{i}", f"al{i}", f"wb{i}", f"sc{i}", f"b{i}"], [f"y{i}"],
-                                  domain="bvit_edge", mode="signed", in_features=d))
-    inits += [nh.from_array(np.array([np.float32(0.3)]), "aa"), nh.from_array(np.array([np.float32(0.2)]), "ba"),
-              nh.from_array(np.zeros((1, m, d), np.float32), "zs"), nh.from_array(np.zeros((1, d, m), np.float32), "zt")]
+        inits += [
+            nh.from_array(np.zeros(d, np.float32), f"s{i}"),
+            nh.from_array(np.array(np.float32(0.5)), f"al{i}"),
+            nh.from_array(pack_bits(w < 0), f"wb{i}"),
+            nh.from_array(np.full(d, 0.1, np.float32), f"sc{i}"),
+            nh.from_array(np.zeros(d, np.float32), f"b{i}"),
+        ]
+        nodes.append(
+            oh.make_node(
+                "BinaryLinear",
+                ["x", f"s{i}", f"al{i}", f"wb{i}", f"sc{i}", f"b{i}"],
+                [f"y{i}"],
+                domain="bvit_edge",
+                mode="signed",
+                in_features=d,
+            )
+        )
+    inits += [
+        nh.from_array(np.array([np.float32(0.3)]), "aa"),
+        nh.from_array(np.array([np.float32(0.2)]), "ba"),
+        nh.from_array(np.zeros((1, m, d), np.float32), "zs"),
+        nh.from_array(np.zeros((1, d, m), np.float32), "zt"),
+    ]
     nodes.append(oh.make_node("Transpose", ["y1"], ["y1t"], perm=[0, 2, 1]))
-    nodes.append(oh.make_node("BinaryMatMul", ["y0", "y1t", "zs", "aa", "zt", "ba"], ["out"], domain="bvit_edge",
-                              a_mode="signed", b_mode="signed"))
-    model = _model(nodes, [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, d])],
-                   [oh.make_tensor_value_info("out", TensorProto.FLOAT, [1, m, m])], inits)
+    nodes.append(
+        oh.make_node(
+            "BinaryMatMul",
+            ["y0", "y1t", "zs", "aa", "zt", "ba"],
+            ["out"],
+            domain="bvit_edge",
+            a_mode="signed",
+            b_mode="signed",
+        )
+    )
+    model = _model(
+        nodes,
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, m, d])],
+        [oh.make_tensor_value_info("out", TensorProto.FLOAT, [1, m, m])],
+        inits,
+    )
     y = _compile_run(tmp_path, model, x, "attn")
     q = ref_binary_linear(x, 0, 0.5, np.where(ws[0] < 0, -1, 1), np.full(d, 0.1, np.float32), 0, "signed")
     k = ref_binary_linear(x, 0, 0.5, np.where(ws[1] < 0, -1, 1), np.full(d, 0.1, np.float32), 0, "signed")
-    ref = ref_binary_matmul(q[:, None], np.swapaxes(k, 1, 2)[:, None], 0, [np.float32(0.3)], 0, [np.float32(0.2)],
-                            "signed", "signed")[:, 0]
+    ref = ref_binary_matmul(
+        q[:, None], np.swapaxes(k, 1, 2)[:, None], 0, [np.float32(0.3)], 0, [np.float32(0.2)], "signed", "signed"
+    )[:, 0]
     _close(y, ref)

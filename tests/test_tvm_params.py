@@ -17,17 +17,17 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 tvm = pytest.importorskip("tvm")
-from onnx import TensorProto  # noqa: E402
-from onnx import helper as oh  # noqa: E402
-from onnx import numpy_helper as nh  # noqa: E402
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
 
-from bvit_edge.errors import ConfigError, UsageError  # noqa: E402
-from bvit_edge.packing import pack_bits  # noqa: E402
-from bvit_edge.runtime.artifact import load_artifact, read_manifest, read_params, run_artifact  # noqa: E402
-from bvit_edge.runtime.compile import build_relax, compile_model  # noqa: E402
-from bvit_edge.runtime.params import MIN_ELEMENTS, LiftedParams, lift_params_pass  # noqa: E402
-from bvit_edge.runtime.schedules import family_params  # noqa: E402
-from bvit_edge.targets import load_target  # noqa: E402
+from bvit_edge.errors import ConfigError, UsageError
+from bvit_edge.packing import pack_bits
+from bvit_edge.runtime.artifact import load_artifact, read_manifest, read_params, run_artifact
+from bvit_edge.runtime.compile import build_relax, compile_model
+from bvit_edge.runtime.params import MIN_ELEMENTS, LiftedParams, lift_params_pass
+from bvit_edge.runtime.schedules import family_params
+from bvit_edge.targets import load_target
 
 SHAPE = [1, 3, 16, 16]
 K, HIDDEN, CLASSES = 3 * 16 * 16, 512, 10
@@ -37,17 +37,33 @@ def binary_model(path: Path) -> Path:
     """image [1, 3, 16, 16] -> Flatten -> BinaryLinear(768 -> 512, signed, packed) -> Gemm(512 -> 10)."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((HIDDEN, K)) < 0
-    inits = [nh.from_array((rng.standard_normal(K) * 0.1).astype(np.float32), "shift"),
-             nh.from_array(np.array(np.float32(0.05)), "alpha"), nh.from_array(pack_bits(w), "w_bits"),
-             nh.from_array((rng.random(HIDDEN) + 0.5).astype(np.float32), "w_scale"),
-             nh.from_array(rng.standard_normal(HIDDEN).astype(np.float32), "bias"),
-             nh.from_array((rng.standard_normal((CLASSES, HIDDEN)) * 0.1).astype(np.float32), "head")]
-    nodes = [oh.make_node("Flatten", ["image"], ["flat"], axis=1),
-             oh.make_node("BinaryLinear", ["flat", "shift", "alpha", "w_bits", "w_scale", "bias"], ["h"],
-                          domain="bvit_edge", mode="signed", in_features=K),
-             oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1)]
-    g = oh.make_graph(nodes, "binary", [oh.make_tensor_value_info("image", TensorProto.FLOAT, SHAPE)],
-                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, CLASSES])], inits)
+    inits = [
+        nh.from_array((rng.standard_normal(K) * 0.1).astype(np.float32), "shift"),
+        nh.from_array(np.array(np.float32(0.05)), "alpha"),
+        nh.from_array(pack_bits(w), "w_bits"),
+        nh.from_array((rng.random(HIDDEN) + 0.5).astype(np.float32), "w_scale"),
+        nh.from_array(rng.standard_normal(HIDDEN).astype(np.float32), "bias"),
+        nh.from_array((rng.standard_normal((CLASSES, HIDDEN)) * 0.1).astype(np.float32), "head"),
+    ]
+    nodes = [
+        oh.make_node("Flatten", ["image"], ["flat"], axis=1),
+        oh.make_node(
+            "BinaryLinear",
+            ["flat", "shift", "alpha", "w_bits", "w_scale", "bias"],
+            ["h"],
+            domain="bvit_edge",
+            mode="signed",
+            in_features=K,
+        ),
+        oh.make_node("Gemm", ["h", "head"], ["logits"], transB=1),
+    ]
+    g = oh.make_graph(
+        nodes,
+        "binary",
+        [oh.make_tensor_value_info("image", TensorProto.FLOAT, SHAPE)],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, CLASSES])],
+        inits,
+    )
     model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid("bvit_edge", 1)], ir_version=10)
     onnx.save(model, str(path))
     return path
@@ -66,9 +82,11 @@ def arts(tmp_path_factory):
     """The same model compiled with its weights in params.npz and embedded in lib.so."""
     root = tmp_path_factory.mktemp("params")
     src = binary_model(root / "binary.onnx")
-    return {"onnx": src,
-            "file": compile_model(src, "host", root / "file"),
-            "embedded": compile_model(src, "host", root / "embedded", params_storage="embedded")}
+    return {
+        "onnx": src,
+        "file": compile_model(src, "host", root / "file"),
+        "embedded": compile_model(src, "host", root / "embedded", params_storage="embedded"),
+    }
 
 
 # ------------------------------------------------------------------------------------------ the pass
@@ -100,7 +118,7 @@ def test_the_pass_lifts_large_constants_once_and_keeps_tiny_ones():
     assert holder.names == ["p0"] and len(holder) == 1
     np.testing.assert_array_equal(holder.arrays[0], c)
     assert holder.nbytes == c.nbytes
-    assert MIN_ELEMENTS <= c.size
+    assert c.size >= MIN_ELEMENTS
     assert "p0" in lifted["main"].script() and lifted["main"].attrs["num_input"] == 1
     # the original module is left as it was
     assert [p.name for p in mod["main"].params] == ["x"]
@@ -142,8 +160,9 @@ def test_the_artifact_folder_holds_lib_params_and_manifest(arts):
     words = [a for a in arrays if a.dtype.kind == "u"]
     assert len(words) == 1 and words[0].nbytes == w_bits.nbytes and _popcount(words[0]) == _popcount(w_bits)
     head = _initializer(arts["onnx"], "head")
-    assert any(a.size == head.size and np.array_equal(np.sort(a, axis=None), np.sort(head, axis=None))
-               for a in arrays)  # the float head (maybe transposed by constant folding)
+    assert any(
+        a.size == head.size and np.array_equal(np.sort(a, axis=None), np.sort(head, axis=None)) for a in arrays
+    )  # the float head (maybe transposed by constant folding)
     assert npz_path.stat().st_size >= w_bits.nbytes + head.nbytes
     assert read_manifest(arts["embedded"])["params"] == {"storage": "embedded"}
     assert sorted(p.name for p in arts["embedded"].iterdir()) == [".bvit-edge-output.json", "lib.so", "manifest.json"]
@@ -206,8 +225,13 @@ def test_a_missing_params_file_is_a_usage_error_from_the_cli(arts, tmp_path):
         read_manifest(broken)
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
-    r = subprocess.run([sys.executable, "-m", "bvit_edge", "run", str(broken), "--image", str(image)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "bvit_edge", "run", str(broken), "--image", str(image)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert r.returncode == UsageError.exit_code == 2, r.stdout + r.stderr
     out = " ".join((r.stdout + r.stderr).split())
     assert "params.npz" in out and "recompile" in out

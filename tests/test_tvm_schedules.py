@@ -14,15 +14,15 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 tvm = pytest.importorskip("tvm")
-from onnx import TensorProto  # noqa: E402
-from onnx import helper as oh  # noqa: E402
-from onnx import numpy_helper as nh  # noqa: E402
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
 
-from bvit_edge.errors import ToolchainError  # noqa: E402
-from bvit_edge.runtime import tvm_frontend  # noqa: E402
-from bvit_edge.runtime.compile import build_relax, relax_pipeline  # noqa: E402
-from bvit_edge.runtime.schedules import family_params  # noqa: E402
-from bvit_edge.targets import load_target  # noqa: E402
+from bvit_edge.errors import ToolchainError
+from bvit_edge.runtime import tvm_frontend
+from bvit_edge.runtime.compile import build_relax, relax_pipeline
+from bvit_edge.runtime.schedules import family_params
+from bvit_edge.targets import load_target
 
 D, P, IMG = 32, 4, 16  # embed dim, patch, image size -> 16 tokens
 
@@ -31,12 +31,22 @@ def float_vit_block() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
     t = (IMG // P) ** 2
-    inits = [nh.from_array(f(D, 3, P, P), "pw"), nh.from_array(f(D), "pb"), nh.from_array(np.array([1, D, t], np.int64), "s1"),
-             nh.from_array(np.ones(D, np.float32), "g"), nh.from_array(np.zeros(D, np.float32), "be"),
-             nh.from_array(f(D, 4 * D), "w1"), nh.from_array(f(4 * D), "b1"), nh.from_array(f(4 * D, D), "w2"),
-             nh.from_array(np.float32(np.sqrt(0.5)).reshape(()), "rs2"), nh.from_array(np.float32(1).reshape(()), "one"),
-             nh.from_array(np.float32(0.5).reshape(()), "half"), nh.from_array(np.float32(-10).reshape(()), "lo"),
-             nh.from_array(np.float32(10).reshape(()), "hi"), nh.from_array(f(10, D), "hw")]
+    inits = [
+        nh.from_array(f(D, 3, P, P), "pw"),
+        nh.from_array(f(D), "pb"),
+        nh.from_array(np.array([1, D, t], np.int64), "s1"),
+        nh.from_array(np.ones(D, np.float32), "g"),
+        nh.from_array(np.zeros(D, np.float32), "be"),
+        nh.from_array(f(D, 4 * D), "w1"),
+        nh.from_array(f(4 * D), "b1"),
+        nh.from_array(f(4 * D, D), "w2"),
+        nh.from_array(np.float32(np.sqrt(0.5)).reshape(()), "rs2"),
+        nh.from_array(np.float32(1).reshape(()), "one"),
+        nh.from_array(np.float32(0.5).reshape(()), "half"),
+        nh.from_array(np.float32(-10).reshape(()), "lo"),
+        nh.from_array(np.float32(10).reshape(()), "hi"),
+        nh.from_array(f(10, D), "hw"),
+    ]
     nodes = [
         oh.make_node("Conv", ["x", "pw", "pb"], ["c"], kernel_shape=[P, P], strides=[P, P]),
         oh.make_node("Reshape", ["c", "s1"], ["r"]),
@@ -44,9 +54,12 @@ def float_vit_block() -> onnx.ModelProto:
         oh.make_node("LayerNormalization", ["tok", "g", "be"], ["ln"], axis=-1, epsilon=1e-6),
         oh.make_node("MatMul", ["ln", "w1"], ["h0"]),
         oh.make_node("Add", ["h0", "b1"], ["h1"]),
-        oh.make_node("Mul", ["h1", "rs2"], ["e0"]), oh.make_node("Erf", ["e0"], ["e1"]),
-        oh.make_node("Add", ["e1", "one"], ["e2"]), oh.make_node("Mul", ["h1", "e2"], ["e3"]),
-        oh.make_node("Mul", ["e3", "half"], ["gelu"]), oh.make_node("Clip", ["gelu", "lo", "hi"], ["gc"]),
+        oh.make_node("Mul", ["h1", "rs2"], ["e0"]),
+        oh.make_node("Erf", ["e0"], ["e1"]),
+        oh.make_node("Add", ["e1", "one"], ["e2"]),
+        oh.make_node("Mul", ["h1", "e2"], ["e3"]),
+        oh.make_node("Mul", ["e3", "half"], ["gelu"]),
+        oh.make_node("Clip", ["gelu", "lo", "hi"], ["gc"]),
         oh.make_node("MatMul", ["gc", "w2"], ["h2"]),
         oh.make_node("Add", ["h2", "tok"], ["res"]),
         oh.make_node("Softmax", ["res"], ["sm"], axis=-1),
@@ -54,8 +67,13 @@ def float_vit_block() -> onnx.ModelProto:
         oh.make_node("Gemm", ["pool", "hw"], ["logits"], transB=1),
     ]
     inits.append(nh.from_array(np.array([1], np.int64), "ax"))
-    g = oh.make_graph(nodes, "blk", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, IMG, IMG])],
-                      [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    g = oh.make_graph(
+        nodes,
+        "blk",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, IMG, IMG])],
+        [oh.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     return oh.make_model(g, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
 
 
@@ -116,12 +134,17 @@ def _conv_model(pads, stride, kernel) -> onnx.ModelProto:
     rng = np.random.default_rng(2)
     w = (rng.standard_normal((8, 3, kernel, kernel)) * 0.3).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    node = oh.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[kernel, kernel], strides=[stride, stride],
-                        pads=pads)
+    node = oh.make_node(
+        "Conv", ["x", "w", "b"], ["y"], kernel_shape=[kernel, kernel], strides=[stride, stride], pads=pads
+    )
     out = (IMG + pads[0] + pads[2] - kernel) // stride + 1
-    g = oh.make_graph([node], "conv", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, IMG, IMG])],
-                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, out, out])],
-                      [nh.from_array(w, "w"), nh.from_array(b, "b")])
+    g = oh.make_graph(
+        [node],
+        "conv",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, IMG, IMG])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, out, out])],
+        [nh.from_array(w, "w"), nh.from_array(b, "b")],
+    )
     return oh.make_model(g, opset_imports=[oh.make_opsetid("", 18)], ir_version=10)
 
 
@@ -153,7 +176,9 @@ def test_fast_math_keeps_the_float_graph_close(lowered):
 
 
 @pytest.mark.parametrize("fast_math", [False, True])
-@pytest.mark.parametrize("op,shape", [("softmax", (1, 2, 13, 198)), ("layer_norm", (1, 7, 96)), ("softmax", (1, 3, 5, 40))])
+@pytest.mark.parametrize(
+    "op,shape", [("softmax", (1, 2, 13, 198)), ("layer_norm", (1, 7, 96)), ("softmax", (1, 3, 5, 40))]
+)
 def test_row_reductions_get_the_row_rule_and_match_numpy(op, shape, fast_math):
     """LayerNorm / softmax funcs: rows in parallel, each row reduction rfactored into vector lanes, the
     elementwise part vectorized (198 = 192 + a 6-wide tail, no scalar fallback); values as numpy's."""
@@ -232,8 +257,9 @@ def test_float_matmul_with_rows_is_register_blocked_and_matches_numpy(rows, k, n
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape,perm", [((1, 3, 198, 64), (0, 1, 3, 2)), ((1, 66, 3, 2, 32), (2, 0, 3, 1, 4)),
-                                        ((2, 5, 3), (0, 2, 1))])
+@pytest.mark.parametrize(
+    "shape,perm", [((1, 3, 198, 64), (0, 1, 3, 2)), ((1, 66, 3, 2, 32), (2, 0, 3, 1, 4)), ((2, 5, 3), (0, 2, 1))]
+)
 def test_transposes_are_row_vectorized_and_exact(shape, perm):
     """Injective funcs (K^T with 198 tokens per row, the qkv split, a short inner axis): parallel and
     vectorized, the values exactly numpy's transpose."""

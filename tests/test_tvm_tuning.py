@@ -14,19 +14,22 @@ import pytest
 tvm = pytest.importorskip("tvm")
 onnx = pytest.importorskip("onnx")
 
-from bvit_edge.errors import ConfigError, UsageError  # noqa: E402
-from bvit_edge.runtime import tuning  # noqa: E402
-from bvit_edge.runtime.compile import compile_model  # noqa: E402
-from bvit_edge.runtime.artifact import read_manifest, run_artifact  # noqa: E402
-from bvit_edge.runtime.schedules import family_params  # noqa: E402
-from bvit_edge.targets import load_target  # noqa: E402
+from bvit_edge.errors import ConfigError, UsageError
+from bvit_edge.runtime import tuning
+from bvit_edge.runtime.artifact import read_manifest, run_artifact
+from bvit_edge.runtime.compile import compile_model
+from bvit_edge.runtime.schedules import family_params
+from bvit_edge.targets import load_target
+
 
 def _lowering_cases():
     """The contract references and cases of test_tvm_lowering.py (tests run with --import-mode=importlib)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("_bvit_lowering_cases", Path(__file__).with_name("test_tvm_lowering.py"))
+    spec = importlib.util.spec_from_file_location(
+        "_bvit_lowering_cases", Path(__file__).with_name("test_tvm_lowering.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

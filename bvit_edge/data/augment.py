@@ -60,14 +60,16 @@ class AugmentConfig:
     VERSION = 1
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "AugmentConfig":
+    def preset(cls, name: str, **overrides: Any) -> AugmentConfig:
         """A named preset (``deit`` | ``light`` | ``none``), with fields overridden by keyword."""
         if name not in PRESETS:
             raise ConfigError(f"Unknown augmentation preset {name!r}. Choose one of: {', '.join(PRESETS)}.")
         known = {f.name for f in fields(cls)} - {"name"}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ConfigError(f"Unknown augmentation option(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+            raise ConfigError(
+                f"Unknown augmentation option(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}."
+            )
         cfg = cls(name=name, **{**PRESETS[name], **overrides})
         cfg.validate()
         return cfg
@@ -103,7 +105,7 @@ class AugmentConfig:
         return {"type": "AugmentConfig", "version": self.VERSION, **d}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AugmentConfig":
+    def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
         d = {k: v for k, v in d.items() if k not in ("type", "version")}
         for k in ("scale", "ratio", "erase_scale", "erase_ratio"):
             if isinstance(d.get(k), list):
@@ -111,7 +113,9 @@ class AugmentConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"Unknown augmentation option(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+            raise ConfigError(
+                f"Unknown augmentation option(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}."
+            )
         cfg = cls(**d)
         cfg.validate()
         return cfg

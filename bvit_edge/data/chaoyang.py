@@ -28,11 +28,11 @@ def _read_list(root: Path, json_name: str) -> list[tuple[Path, int]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc}). Restore the file from the Chaoyang release.") from exc
     if not isinstance(entries, list):
-        raise DataError(f"{path} must hold a JSON list of {{\"name\", \"label\"}} entries, found {type(entries).__name__}.")
+        raise DataError(f'{path} must hold a JSON list of {{"name", "label"}} entries, found {type(entries).__name__}.')
     samples: list[tuple[Path, int]] = []
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or not isinstance(e.get("name"), str) or "label" not in e:
-            raise DataError(f"{path}, entry {i}: expected {{\"name\": <str>, \"label\": <int>}}, found {e!r}.")
+            raise DataError(f'{path}, entry {i}: expected {{"name": <str>, "label": <int>}}, found {e!r}.')
         label = e["label"]
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(CLASSES):
             raise DataError(

@@ -24,11 +24,17 @@ from bvit_edge.errors import DataError
 
 FILES = ("train", "test", "meta")
 _ALLOWED = {
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("copyreg", "_reconstructor"), ("builtins", "object"), ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("copyreg", "_reconstructor"),
+    ("builtins", "object"),
+    ("_codecs", "encode"),
 }
 
 
@@ -99,9 +105,7 @@ def load_cifar100(req: LoadRequest) -> DataSplits:
     meta = _unpickle(folder / "meta")
     names = meta.get(b"fine_label_names") if isinstance(meta, dict) else None
     if not isinstance(names, (list, tuple)) or not names:
-        raise DataError(
-            f"CIFAR-100 file {folder / 'meta'} has no b'fine_label_names' list. Unpack the archive again."
-        )
+        raise DataError(f"CIFAR-100 file {folder / 'meta'} has no b'fine_label_names' list. Unpack the archive again.")
     classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
     x_train, y_train = _batch(folder / "train", len(classes))
     x_val, y_val = _batch(folder / "test", len(classes))
@@ -110,13 +114,31 @@ def load_cifar100(req: LoadRequest) -> DataSplits:
         x_train, y_train = x_train[keep], y_train[keep]
     interp = req.interpolation or "bicubic"
     crop_pct = req.crop_pct or (1.0 if req.image_size <= 32 else 0.875)
-    train = TensorImageDataset(torch.from_numpy(np.ascontiguousarray(x_train)), y_train, classes,
-                               Preprocess(req.image_size, True, crop_pct, interp))
-    val = TensorImageDataset(torch.from_numpy(np.ascontiguousarray(x_val)), y_val, classes,
-                             Preprocess(req.image_size, False, crop_pct, interp))
+    train = TensorImageDataset(
+        torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train,
+        classes,
+        Preprocess(req.image_size, True, crop_pct, interp),
+    )
+    val = TensorImageDataset(
+        torch.from_numpy(np.ascontiguousarray(x_val)),
+        y_val,
+        classes,
+        Preprocess(req.image_size, False, crop_pct, interp),
+    )
     info = DatasetInfo(
-        name="cifar100", root=str(folder), classes=classes, image_size=req.image_size, mean=CIFAR100_MEAN,
-        std=CIFAR100_STD, num_train=len(train), num_val=len(val), per_class=req.per_class, default_augment="deit",
-        interpolation=interp, crop_pct=crop_pct, seed=req.seed,
+        name="cifar100",
+        root=str(folder),
+        classes=classes,
+        image_size=req.image_size,
+        mean=CIFAR100_MEAN,
+        std=CIFAR100_STD,
+        num_train=len(train),
+        num_val=len(val),
+        per_class=req.per_class,
+        default_augment="deit",
+        interpolation=interp,
+        crop_pct=crop_pct,
+        seed=req.seed,
     )
     return DataSplits(train=train, val=val, info=info)

@@ -67,8 +67,18 @@ def load_digits_splits(req: LoadRequest) -> DataSplits:
     train = TensorImageDataset(all_images[torch.from_numpy(train_idx)].clone(), labels[train_idx], CLASSES, train_tf)
     val = TensorImageDataset(all_images[torch.from_numpy(val_idx)].clone(), labels[val_idx], CLASSES, val_tf)
     info = DatasetInfo(
-        name="digits", root=None, classes=list(CLASSES), image_size=req.image_size,
-        mean=(mean, mean, mean), std=(std, std, std), num_train=len(train), num_val=len(val),
-        per_class=req.per_class, default_augment="light", interpolation=interp, crop_pct=crop_pct, seed=req.seed,
+        name="digits",
+        root=None,
+        classes=list(CLASSES),
+        image_size=req.image_size,
+        mean=(mean, mean, mean),
+        std=(std, std, std),
+        num_train=len(train),
+        num_val=len(val),
+        per_class=req.per_class,
+        default_augment="light",
+        interpolation=interp,
+        crop_pct=crop_pct,
+        seed=req.seed,
     )
     return DataSplits(train=train, val=val, info=info)

@@ -42,9 +42,20 @@ def build_file_splits(
     val = FileImageDataset(val_samples, classes, Preprocess(req.image_size, False, crop_pct, interp))
     skipped = bad_train + bad_val
     info = DatasetInfo(
-        name=req.name, root=str(root), classes=list(classes), image_size=req.image_size, mean=IMAGENET_MEAN,
-        std=IMAGENET_STD, num_train=len(train), num_val=len(val), per_class=req.per_class,
-        skipped_bad=len(skipped), skipped_files=skipped, default_augment="deit", interpolation=interp,
-        crop_pct=crop_pct, seed=req.seed,
+        name=req.name,
+        root=str(root),
+        classes=list(classes),
+        image_size=req.image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_train=len(train),
+        num_val=len(val),
+        per_class=req.per_class,
+        skipped_bad=len(skipped),
+        skipped_files=skipped,
+        default_augment="deit",
+        interpolation=interp,
+        crop_pct=crop_pct,
+        seed=req.seed,
     )
     return DataSplits(train=train, val=val, info=info)

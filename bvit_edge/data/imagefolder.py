@@ -45,7 +45,9 @@ def load_imagefolder(req: LoadRequest) -> DataSplits:
     root = require_root(req, LAYOUT)
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise DataError(f"Data root {root} has no {split}/ folder. The {req.name} layout is {LAYOUT}; see docs/data.md.")
+            raise DataError(
+                f"Data root {root} has no {split}/ folder. The {req.name} layout is {LAYOUT}; see docs/data.md."
+            )
     classes = [d.name for d in _class_dirs(root / "train")]
     if not classes:
         raise DataError(f"{root / 'train'} holds no class folders. The {req.name} layout is {LAYOUT}.")

@@ -8,9 +8,9 @@ every entropy-coded byte), which catches truncated files that ``verify`` alone l
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,9 +56,7 @@ def check_images(paths: Sequence[Path], workers: int = 4) -> list[str | None]:
         return list(pool.map(check_image, paths, chunksize=16))
 
 
-def filter_bad(
-    samples: list[tuple[Path, int]], skip_bad: bool, what: str
-) -> tuple[list[tuple[Path, int]], list[str]]:
+def filter_bad(samples: list[tuple[Path, int]], skip_bad: bool, what: str) -> tuple[list[tuple[Path, int]], list[str]]:
     """Check every sample's image. Bad ones raise a DataError, or with ``skip_bad`` are returned as skipped."""
     reasons = check_images([p for p, _ in samples])
     bad = [(p, r) for (p, _), r in zip(samples, reasons) if r is not None]
@@ -111,7 +109,9 @@ class TensorImageDataset(Dataset):
     ``images`` is ``[N, C, h, w]`` uint8 (divided by 255) or float in ``[0, 1]``; ``C = 1`` is replicated to 3.
     """
 
-    def __init__(self, images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], transform: Preprocess) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], transform: Preprocess
+    ) -> None:
         self.images = images
         self.targets = [int(y) for y in labels]
         self.classes = list(classes)

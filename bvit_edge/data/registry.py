@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from bvit_edge.data.info import DataSplits
 from bvit_edge.data.preprocess import check_crop_pct, check_interpolation
@@ -96,7 +96,9 @@ def load_dataset(
 def require_root(req: LoadRequest, layout_hint: str) -> Path:
     """The request's root folder, or a DataError saying it is missing and what it should hold."""
     if req.root is None:
-        raise DataError(f"Data set {req.name!r} needs a root folder (--data-root) holding {layout_hint}. See docs/data.md.")
+        raise DataError(
+            f"Data set {req.name!r} needs a root folder (--data-root) holding {layout_hint}. See docs/data.md."
+        )
     if not req.root.is_dir():
         raise DataError(
             f"Data root {req.root} for data set {req.name!r} does not exist or is not a folder. It should hold "

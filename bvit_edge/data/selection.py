@@ -7,7 +7,7 @@ depend on the other classes, and a class's ``per_class = n`` subset is the first
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,7 +49,9 @@ def stratified_split(labels: Sequence[int], num_val: int, seed: int) -> tuple[np
     return train_idx, val_idx
 
 
-def select_per_class(labels: Sequence[int], per_class: int, seed: int, classes: Sequence[str], where: str) -> np.ndarray:
+def select_per_class(
+    labels: Sequence[int], per_class: int, seed: int, classes: Sequence[str], where: str
+) -> np.ndarray:
     """Indices (sorted) of ``per_class`` samples of every class, drawn with ``seed``.
 
     A class with fewer than ``per_class`` samples is a :class:`DataError` naming the class and its count.

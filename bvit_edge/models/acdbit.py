@@ -32,10 +32,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from bvit_edge.models.bit import RecordingBlock, student_from_teacher  # noqa: F401
+from bvit_edge.models.bit import RecordingBlock, student_from_teacher
 from bvit_edge.models.hooks import StudentMixin
 from bvit_edge.models.registry import register_model
-from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, ViTConfig, VisionTransformer
+from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, VisionTransformer, ViTConfig
 from bvit_edge.quant.acdbit import ACDLinear, acd_codes, acd_matmul_from_codes, sample_stats
 
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
@@ -54,7 +54,9 @@ def _deploy_codes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 class ACDAttention(nn.Module):
     """Multi-head attention with ACD-BiT binarization of qkv/proj inputs, Q, K, V and the probabilities."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads

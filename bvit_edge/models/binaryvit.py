@@ -30,18 +30,19 @@ a_alpha = alpha, b_alpha = 1, shift s_v). Norms, RPReLU, shortcuts, pooling stay
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bvit_edge.models.bit import student_from_teacher  # noqa: F401  (same helper for every baseline)
+from bvit_edge.models.bit import student_from_teacher
 from bvit_edge.models.hooks import StudentMixin
 from bvit_edge.models.registry import register_model
-from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, DropPath, PatchEmbed, ViTConfig, VisionTransformer
-from bvit_edge.quant.bit import codes_matmul
+from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, DropPath, PatchEmbed, VisionTransformer, ViTConfig
 from bvit_edge.quant.binaryvit import AttnBinarizer, BinaryViTLinear, LayerScale, RPReLU, approx_sign
+from bvit_edge.quant.bit import codes_matmul
 
 POOL_KERNELS: tuple[tuple[int, int], ...] = ((1, 3), (3, 1), (1, 5), (5, 1))
 _DEMO_CFG = dict(input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear")
@@ -80,7 +81,9 @@ class UnitPost(nn.Module):
 class BinaryViTAttention(nn.Module):
     """BinaryViT attention (module docstring); qkv/proj keep the timm names, their float tails are *_post."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -106,9 +109,12 @@ class BinaryViTAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.deployed:
             one = self.d_one
-            scores = torch.ops.bvit.binary_matmul(
-                q, k.transpose(-2, -1), self.d_q_shift, one, self.d_k_shift, one, "signed", "signed"
-            ) * self.scale
+            scores = (
+                torch.ops.bvit.binary_matmul(
+                    q, k.transpose(-2, -1), self.d_q_shift, one, self.d_k_shift, one, "signed", "signed"
+                )
+                * self.scale
+            )
         else:
             one = torch.ones((), dtype=q.dtype)
             cq, ck = approx_sign(q + self.q_shift), approx_sign(k + self.k_shift)
@@ -293,8 +299,16 @@ class BinaryViTPyramid(StudentMixin, nn.Module):
         g = img_size // patch_size
         if g % (2 ** (len(dims) - 1)):
             raise ValueError(f"a {g}x{g} token grid cannot be halved {len(dims) - 1} times")
-        self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-                           dims=tuple(dims), depths=tuple(depths), heads=tuple(heads), mlp_ratio=mlp_ratio)
+        self.config = dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            dims=tuple(dims),
+            depths=tuple(depths),
+            heads=tuple(heads),
+            mlp_ratio=mlp_ratio,
+        )
         self.num_classes = num_classes
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dims[0])
         self.pos_embed = nn.Parameter(torch.zeros(1, g * g, dims[0]))
@@ -309,10 +323,16 @@ class BinaryViTPyramid(StudentMixin, nn.Module):
                 self.merges.append(PatchMerge(dims[s - 1], d, norm_eps))
                 g //= 2
             self.grids.append((g, g))
-            self.stages.append(nn.Sequential(*[
-                BinaryViTBlock(d, h, mlp_ratio, (g, g), 0, dpr[i + j], multi_pool, affine_residual, eps=norm_eps)
-                for j in range(depth)
-            ]))
+            self.stages.append(
+                nn.Sequential(
+                    *[
+                        BinaryViTBlock(
+                            d, h, mlp_ratio, (g, g), 0, dpr[i + j], multi_pool, affine_residual, eps=norm_eps
+                        )
+                        for j in range(depth)
+                    ]
+                )
+            )
             i += depth
         self.norm = nn.LayerNorm(dims[-1], eps=norm_eps)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
@@ -345,12 +365,21 @@ PYRAMID_TEST_GEOMETRY = dict(
 _FLAGS = ("global_pool", "multi_pool", "affine_residual")
 
 
-def _flat(geometry: dict[str, Any], pyramid_geometry: dict[str, Any], global_pool: bool = True, multi_pool: bool = True,
-          affine_residual: bool = True, pyramid: bool = False, **kw: Any) -> nn.Module:
+def _flat(
+    geometry: dict[str, Any],
+    pyramid_geometry: dict[str, Any],
+    global_pool: bool = True,
+    multi_pool: bool = True,
+    affine_residual: bool = True,
+    pyramid: bool = False,
+    **kw: Any,
+) -> nn.Module:
     """A flat BinaryViT with the flags, or (pyramid=True) the pyramid of the matching size (which always
     pools globally; multi_pool / affine_residual pass through)."""
     if pyramid:
-        pkw = {k: v for k, v in kw.items() if k in ("img_size", "in_chans", "num_classes", "drop_path_rate", "mlp_ratio")}
+        pkw = {
+            k: v for k, v in kw.items() if k in ("img_size", "in_chans", "num_classes", "drop_path_rate", "mlp_ratio")
+        }
         unknown = set(kw) - set(pkw)
         if unknown:
             raise TypeError(f"the pyramid variant does not take {sorted(unknown)}")

@@ -18,15 +18,16 @@ see :mod:`bvit_edge.models.hooks`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from bvit_edge.models.gsb import student_from_teacher  # noqa: F401  (shared: non-strict, name+shape match)
+from bvit_edge.models.gsb import student_from_teacher
 from bvit_edge.models.hooks import StudentMixin
 from bvit_edge.models.registry import register_model
-from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, Block, ViTConfig, VisionTransformer
+from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, Block, VisionTransformer, ViTConfig
 from bvit_edge.quant.bit import BiTLinear, ElasticBinarizer, codes_matmul
 
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
@@ -38,8 +39,15 @@ _TEST_CFG = dict(input_size=(3, 16, 16), num_classes=10, crop_pct=1.0, interpola
 class BiTAttention(nn.Module):
     """Multi-head attention with BiT's binarized qkv/proj, Q/K/V and attention probabilities."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 act_bits: int = 1) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        act_bits: int = 1,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -62,9 +70,19 @@ class BiTAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.deployed:
-            scores = torch.ops.bvit.binary_matmul(
-                q, k.transpose(-2, -1), self.d_q_shift, self.d_q_alpha, self.d_k_shift, self.d_k_alpha, "signed", "signed"
-            ) * self.scale
+            scores = (
+                torch.ops.bvit.binary_matmul(
+                    q,
+                    k.transpose(-2, -1),
+                    self.d_q_shift,
+                    self.d_q_alpha,
+                    self.d_k_shift,
+                    self.d_k_alpha,
+                    "signed",
+                    "signed",
+                )
+                * self.scale
+            )
         else:
             cq, aq = self.q_bin.codes(q)
             ck, ak = self.k_bin.codes(k)
@@ -149,7 +167,7 @@ class BiTVisionTransformer(StudentMixin, VisionTransformer):
         self.act_bits = int(act_bits)
         super().__init__(cfg)
 
-    def freeze(self) -> "BiTVisionTransformer":
+    def freeze(self) -> BiTVisionTransformer:
         """Deployment mode (StudentMixin.freeze); refused, before anything changes, for a W1A2 model."""
         if self.act_bits != 1:
             from bvit_edge.quant.bit import ElasticBinarizer

@@ -30,9 +30,10 @@ import argparse
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -74,7 +75,7 @@ def load_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Te
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as exc:
         raise CheckpointError(
             f"{p} could not be read as a PyTorch checkpoint with weights_only=True ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}). It must be a file saved by the official GSB "
@@ -122,9 +123,16 @@ def infer_geometry(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         raise CheckpointError(f"pos_embed has {tokens} tokens, not a square patch grid plus {prefix} prefix tokens.")
     patch = int(pw.shape[-1])
     return dict(
-        img_size=grid * patch, patch_size=patch, in_chans=int(pw.shape[1]), embed_dim=dim, depth=depth,
-        num_heads=heads, mlp_ratio=hidden / dim, num_classes=num_classes,
-        qkv_bias="blocks.0.attn.qkv.bias" in state, distilled=prefix == 2,
+        img_size=grid * patch,
+        patch_size=patch,
+        in_chans=int(pw.shape[1]),
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=hidden / dim,
+        num_classes=num_classes,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        distilled=prefix == 2,
     )
 
 
@@ -144,7 +152,9 @@ def rename_key(key: str, stage: int) -> str | None:
     return key
 
 
-def convert_state(state: Mapping[str, torch.Tensor], model: torch.nn.Module, stage: int) -> tuple[dict[str, torch.Tensor], ConvertReport]:
+def convert_state(
+    state: Mapping[str, torch.Tensor], model: torch.nn.Module, stage: int
+) -> tuple[dict[str, torch.Tensor], ConvertReport]:
     """Map every official key onto ``model``'s state_dict; refuse with the full list of unmatched keys."""
     own = model.state_dict()
     out: dict[str, torch.Tensor] = {}
@@ -202,7 +212,11 @@ def convert_gsb_official(source: str | os.PathLike[str] | Mapping[str, Any]) -> 
     rep.geometry = geometry
     model.eval()
     model.model_name = "gsb_deit_small_patch16_224"  # type: ignore[assignment]
-    model.model_kwargs = {"stage": stage, **{k: v for k, v in geometry.items() if k != "distilled"}, "drop_path_rate": 0.0}  # type: ignore[assignment]
+    model.model_kwargs = {
+        "stage": stage,
+        **{k: v for k, v in geometry.items() if k != "distilled"},
+        "drop_path_rate": 0.0,
+    }  # type: ignore[assignment]
     return model, rep
 
 
@@ -246,12 +260,12 @@ def convert_to_checkpoint(
 
 __all__ = [
     "ConvertReport",
-    "load_official_checkpoint",
-    "extract_state",
-    "detect_stage",
-    "infer_geometry",
-    "rename_key",
-    "convert_state",
     "convert_gsb_official",
+    "convert_state",
     "convert_to_checkpoint",
+    "detect_stage",
+    "extract_state",
+    "infer_geometry",
+    "load_official_checkpoint",
+    "rename_key",
 ]

@@ -26,8 +26,9 @@ gradient). Masks use per-sample max/min (a deliberate departure, see :mod:`bvit_
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from bvit_edge.errors import CheckpointError, ConfigError
 from bvit_edge.models.registry import register_model
-from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, DropPath, ViTConfig, VisionTransformer
+from bvit_edge.models.vit import DEMO_GEOMETRY, TEST_GEOMETRY, DropPath, VisionTransformer, ViTConfig
 from bvit_edge.quant.deploy import (
     DEFAULT_GSB_RATIOS,
     FrozenBinaryLinear,
@@ -71,7 +72,14 @@ class GSBLinear(nn.Linear):
     State: ``weight``, ``bias``, ``move.bias`` [in], ``quant.{alpha, initialized}`` (binary inputs only).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, input_mode: str | None = "signed", corrected: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        input_mode: str | None = "signed",
+        corrected: bool = True,
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         if input_mode not in ("signed", "unsigned", None):
             raise ConfigError(f"GSBLinear input_mode must be 'signed', 'unsigned' or None (got {input_mode!r}).")
@@ -117,7 +125,18 @@ class GSBLinear(nn.Linear):
 class GSBAttention(nn.Module):
     """Self-attention of a GSB block (stage 1: float with q/k/v shifts; stage 2: fully binary)."""
 
-    def __init__(self, dim: int, num_heads: int, num_tokens: int, stage: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, corrected: bool = True, ratios: Sequence[float] = DEFAULT_GSB_RATIOS) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_tokens: int,
+        stage: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        corrected: bool = True,
+        ratios: Sequence[float] = DEFAULT_GSB_RATIOS,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}.")
@@ -152,7 +171,9 @@ class GSBAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         if self.stage == 2 and n != self.num_tokens:
-            raise ConfigError(f"GSB attention was built for {self.num_tokens} tokens (its bias B is [H, N, N]); got {n}. Use the image size the model was built with.")
+            raise ConfigError(
+                f"GSB attention was built for {self.num_tokens} tokens (its bias B is [H, N, N]); got {n}. Use the image size the model was built with."
+            )
         q, k, v = self._split(x)
         if self.deployed:
             return self._forward_deployed(q, k, v, b, n, d)
@@ -164,7 +185,9 @@ class GSBAttention(nn.Module):
             v_in = v
             q, k, v = self.quant_q(q), self.quant_k(k), self.quant_v(v)
             with torch.no_grad():  # q_hat k_hat^T in the deployment op's order: (a_q a_k) * intdot
-                qk = (self.quant_q.deploy_alphas()[0] * self.quant_k.deploy_alphas()[0]) * torch.matmul(self.quant_q.codes(q), self.quant_k.codes(k).transpose(-2, -1))
+                qk = (self.quant_q.deploy_alphas()[0] * self.quant_k.deploy_alphas()[0]) * torch.matmul(
+                    self.quant_q.codes(q), self.quant_k.codes(k).transpose(-2, -1)
+                )
             attn = product_with_value(q, k.transpose(-2, -1), qk)
             attn = (attn * self.scale).softmax(dim=-1)
             attn = self.attn_drop(self.move_att(attn))
@@ -180,11 +203,33 @@ class GSBAttention(nn.Module):
         out = (attn @ v).transpose(1, 2).reshape(b, n, d)
         return self.proj_drop(self.proj(out))
 
-    def _forward_deployed(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: int, n: int, d: int) -> torch.Tensor:
+    def _forward_deployed(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: int, n: int, d: int
+    ) -> torch.Tensor:
         ops = torch.ops.bvit
-        scores = ops.binary_matmul(q, k.transpose(-2, -1), self.q_shift, self.q_alpha, self.k_shift_t, self.k_alpha, "signed", "signed", list(self.ratios))
+        scores = ops.binary_matmul(
+            q,
+            k.transpose(-2, -1),
+            self.q_shift,
+            self.q_alpha,
+            self.k_shift_t,
+            self.k_alpha,
+            "signed",
+            "signed",
+            list(self.ratios),
+        )
         attn = (scores * self.scale).softmax(dim=-1)
-        out = ops.binary_matmul(attn, v, self.att_bias, self.attn_alphas, self.v_shift, self.v_alphas, "gsb_unsigned", "gsb_signed", list(self.ratios))
+        out = ops.binary_matmul(
+            attn,
+            v,
+            self.att_bias,
+            self.attn_alphas,
+            self.v_shift,
+            self.v_alphas,
+            "gsb_unsigned",
+            "gsb_signed",
+            list(self.ratios),
+        )
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
     def freeze_(self) -> None:
@@ -193,7 +238,9 @@ class GSBAttention(nn.Module):
             return
         for qz in (self.quant_q, self.quant_k, self.quant_v, self.quant_attn):
             if not qz.is_initialized:
-                raise ConfigError("GSBAttention.freeze_(): the activation scales were never initialised; run a forward pass first.")
+                raise ConfigError(
+                    "GSBAttention.freeze_(): the activation scales were never initialised; run a forward pass first."
+                )
         with torch.no_grad():
             self.register_buffer("q_shift", self.move_q.bias.detach().clone())
             self.register_buffer("k_shift_t", self.move_k.bias.detach().transpose(-2, -1).clone())
@@ -231,10 +278,22 @@ class GSBMlp(nn.Module):
 class GSBBlock(nn.Module):
     """Pre-norm block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x))); LayerNorm eps 1e-12."""
 
-    def __init__(self, cfg: ViTConfig, drop_path_p: float, stage: int, corrected: bool, ratios: Sequence[float]) -> None:
+    def __init__(
+        self, cfg: ViTConfig, drop_path_p: float, stage: int, corrected: bool, ratios: Sequence[float]
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = GSBAttention(cfg.embed_dim, cfg.num_heads, cfg.num_tokens, stage, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate, corrected, ratios)
+        self.attn = GSBAttention(
+            cfg.embed_dim,
+            cfg.num_heads,
+            cfg.num_tokens,
+            stage,
+            cfg.qkv_bias,
+            cfg.attn_drop_rate,
+            cfg.drop_rate,
+            corrected,
+            ratios,
+        )
         self.drop_path = DropPath(drop_path_p)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.mlp = GSBMlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), stage, cfg.drop_rate, corrected)
@@ -263,7 +322,9 @@ class GSBPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ConfigError(f"Input image is {tuple(x.shape[-2:])}, the model expects {self.img_size}x{self.img_size}.")
+            raise ConfigError(
+                f"Input image is {tuple(x.shape[-2:])}, the model expects {self.img_size}x{self.img_size}."
+            )
         return self.norm(self.proj(x)).flatten(2).transpose(1, 2)
 
     def freeze_(self) -> None:
@@ -303,16 +364,16 @@ class GSBVisionTransformer(VisionTransformer):
             return nn.Linear(cfg.embed_dim, cfg.num_classes)
         return W8A8Linear(cfg.embed_dim, cfg.num_classes)
 
-    def freeze(self) -> "GSBVisionTransformer":
+    def freeze(self) -> GSBVisionTransformer:
         """Deployment mode in place (see :func:`bvit_edge.quant.freeze.freeze`)."""
         return freeze(self)  # type: ignore[return-value]
 
-    def train(self, mode: bool = True) -> "GSBVisionTransformer":
+    def train(self, mode: bool = True) -> GSBVisionTransformer:
         if mode:
             ensure_trainable(self)
         return super().train(mode)
 
-    def load_from_checkpoint_state(self, state: Mapping[str, torch.Tensor]) -> "LoadReport":
+    def load_from_checkpoint_state(self, state: Mapping[str, torch.Tensor]) -> LoadReport:
         """Non-strict initialisation from another checkpoint (a teacher, or stage 1 for stage 2)."""
         return load_matching(self, state)
 
@@ -392,8 +453,19 @@ _GSB_CFG = dict(family="gsb", precision="w1a1")
 _DEMO_CFG = dict(input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear", **_GSB_CFG)
 
 
-def _gsb(geometry: dict[str, Any], stage: int = 2, corrected_grads: bool = True, gsb_ratios: Sequence[float] = DEFAULT_GSB_RATIOS, **kw: Any) -> GSBVisionTransformer:
-    extra = {**kw.pop("extra", {}), "stage": int(stage), "corrected_grads": bool(corrected_grads), "gsb_ratios": [float(r) for r in gsb_ratios]}
+def _gsb(
+    geometry: dict[str, Any],
+    stage: int = 2,
+    corrected_grads: bool = True,
+    gsb_ratios: Sequence[float] = DEFAULT_GSB_RATIOS,
+    **kw: Any,
+) -> GSBVisionTransformer:
+    extra = {
+        **kw.pop("extra", {}),
+        "stage": int(stage),
+        "corrected_grads": bool(corrected_grads),
+        "gsb_ratios": [float(r) for r in gsb_ratios],
+    }
     base = {"distilled": True, "norm_eps": LN_EPS, **geometry}
     return GSBVisionTransformer(ViTConfig(**{**base, **kw, "extra": extra}))
 
@@ -423,14 +495,14 @@ def gsb_test_patch4_16(stage: int = 2, corrected_grads: bool = True, **kw: Any) 
 
 
 __all__ = [
-    "GSBLinear",
     "GSBAttention",
-    "GSBMlp",
     "GSBBlock",
+    "GSBLinear",
+    "GSBMlp",
     "GSBPatchEmbed",
     "GSBVisionTransformer",
     "LoadReport",
+    "load_from_stage1",
     "load_matching",
     "student_from_teacher",
-    "load_from_stage1",
 ]

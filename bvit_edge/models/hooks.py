@@ -116,7 +116,7 @@ class StudentMixin:
     def record_blocks(self) -> list[nn.Module]:
         return list(self.blocks)  # type: ignore[attr-defined]
 
-    def freeze(self) -> "StudentMixin":
+    def freeze(self) -> StudentMixin:
         """Deployment mode, in place, through :func:`bvit_edge.quant.freeze.freeze` (the protocol every
         bvit-edge student shares): each layer with ``frozen()`` is replaced by its deployment module (packed
         sign bits + scales calling the torch.ops.bvit ops), each module with ``freeze_()`` (attention:

@@ -8,7 +8,8 @@ lists names. Every model built here carries ``model.default_cfg`` (input size, m
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 
@@ -38,7 +39,9 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     return cfg
 
 
-def register_model(name: str | None = None, **cfg: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(
+    name: str | None = None, **cfg: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register a model constructor under ``name`` (default: the function's name)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -100,7 +100,9 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection (timm layout)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -310,14 +312,14 @@ def forward_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "ViTConfig",
-    "VisionTransformer",
-    "Attention",
-    "Mlp",
-    "Block",
-    "PatchEmbed",
-    "DropPath",
     "DEMO_GEOMETRY",
     "TEST_GEOMETRY",
+    "Attention",
+    "Block",
+    "DropPath",
+    "Mlp",
+    "PatchEmbed",
+    "ViTConfig",
+    "VisionTransformer",
     "forward_logits",
 ]

@@ -4,7 +4,7 @@ Importing :mod:`bvit_edge.quant.deploy` registers the ``torch.ops.bvit`` custom 
 so any frozen model can run after ``import bvit_edge.quant``.
 """
 
-from bvit_edge.quant import deploy  # noqa: F401  (registers torch.ops.bvit.*)
+from bvit_edge.quant import deploy
 from bvit_edge.quant.weights import BWNQuantizer, bwn_quantize, bwn_quantize_rows, bwn_scale
 
-__all__ = ["deploy", "BWNQuantizer", "bwn_quantize", "bwn_quantize_rows", "bwn_scale"]
+__all__ = ["BWNQuantizer", "bwn_quantize", "bwn_quantize_rows", "bwn_scale", "deploy"]

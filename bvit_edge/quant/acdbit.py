@@ -153,7 +153,9 @@ class FrozenACDLinear(nn.Module):
     """Deployed ACD-BiT linear: ``torch.ops.bvit.binary_linear`` on x - med (shift 0, alpha 1, no bias) and the
     per-sample restore terms beside it: y = op(x - med) * alpha + mu * row_sums + bias."""
 
-    def __init__(self, w_bits: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, in_features: int) -> None:
+    def __init__(
+        self, w_bits: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, in_features: int
+    ) -> None:
         super().__init__()
         from bvit_edge.quant.deploy import signed_weight_from_bits
 

@@ -160,4 +160,4 @@ class AttnBinarizer(nn.Module):
         return self.alpha.detach().clamp_min(ALPHA_MIN).float().reshape(1).clone()
 
 
-__all__ = ["ApproxSignBinarizer", "BinaryViTLinear", "AttnBinarizer", "LayerScale", "RPReLU", "approx_sign"]
+__all__ = ["ApproxSignBinarizer", "AttnBinarizer", "BinaryViTLinear", "LayerScale", "RPReLU", "approx_sign"]

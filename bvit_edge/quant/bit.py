@@ -50,7 +50,8 @@ gradient scale with Qp = 1, which BiT's LSQ-derived binarizers use and GSB keeps
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -177,8 +178,10 @@ class ElasticBinarizer(nn.Module):
         if mode not in LINEAR_MODES:
             raise ConfigError(f"Unknown binarizer mode {mode!r}; use 'signed' or 'unsigned'.")
         if bits not in (1, 2):
-            raise ConfigError(f"BiT activations are 1 or 2 bits (the W1A1 student or the W1A2 step of its "
-                              f"distillation chain), got act_bits={bits}.")
+            raise ConfigError(
+                f"BiT activations are 1 or 2 bits (the W1A1 student or the W1A2 step of its "
+                f"distillation chain), got act_bits={bits}."
+            )
         self.mode = mode
         self.bits = int(bits)
         self.alpha = nn.Parameter(torch.tensor(1.0 if init_value is None else float(init_value)))
@@ -236,8 +239,7 @@ class ElasticBinarizer(nn.Module):
         return self.alpha.detach().clamp_min(ALPHA_MIN).float().clone()
 
     def extra_repr(self) -> str:
-        return (f"mode={self.mode}, bits={self.bits}, "
-                f"beta={None if self.beta is None else tuple(self.beta.shape)}")
+        return f"mode={self.mode}, bits={self.bits}, beta={None if self.beta is None else tuple(self.beta.shape)}"
 
 
 def codes_matmul(ca: torch.Tensor, cb: torch.Tensor, alpha_a: torch.Tensor, alpha_b: torch.Tensor) -> torch.Tensor:
@@ -246,7 +248,9 @@ def codes_matmul(ca: torch.Tensor, cb: torch.Tensor, alpha_a: torch.Tensor, alph
     return (alpha_a * alpha_b) * (ca @ cb)
 
 
-def codes_linear(c: torch.Tensor, w_codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def codes_linear(
+    c: torch.Tensor, w_codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """acc * scale + bias with acc = c @ w_codes^T (exact integers in float): the order of
     ``torch.ops.bvit.binary_linear`` (scale = alpha * w_scale computed first by the caller)."""
     out = F.linear(c, w_codes) * scale
@@ -262,8 +266,9 @@ class BiTLinear(nn.Linear):
     the student's ``freeze()`` puts in its place.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "signed",
-                 act_bits: int = 1) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, mode: str = "signed", act_bits: int = 1
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         from bvit_edge.quant.weights import BWNQuantizer
 
@@ -271,7 +276,7 @@ class BiTLinear(nn.Linear):
         self.wq = BWNQuantizer(per_row=False)
 
     @classmethod
-    def from_linear(cls, lin: nn.Linear, mode: str = "signed") -> "BiTLinear":
+    def from_linear(cls, lin: nn.Linear, mode: str = "signed") -> BiTLinear:
         """A BiTLinear holding a copy of ``lin``'s weight and bias (teacher initialisation)."""
         new = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, mode=mode)
         with torch.no_grad():
@@ -320,9 +325,9 @@ __all__ = [
     "ElasticBinarizer",
     "codes_linear",
     "codes_matmul",
-    "scale_grad",
     "elastic_binarize",
     "level_code",
+    "scale_grad",
     "sign_code",
     "unsigned_code",
 ]

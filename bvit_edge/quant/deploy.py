@@ -31,7 +31,7 @@ two agree bit for bit: the threshold is ``max * r`` evaluated in float32 (r roun
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -59,13 +59,17 @@ def per_sample_min(x: torch.Tensor) -> torch.Tensor:
     return x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
-def gsb_unsigned_masks(a: torch.Tensor, ratios: Sequence[float] = DEFAULT_GSB_RATIOS) -> tuple[torch.Tensor, torch.Tensor]:
+def gsb_unsigned_masks(
+    a: torch.Tensor, ratios: Sequence[float] = DEFAULT_GSB_RATIOS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention masks M_j = [a > r_j * max a], max per sample. Boolean, shape of ``a``."""
     mx = per_sample_max(a)
     return a > mx * float(ratios[0]), a > mx * float(ratios[1])
 
 
-def gsb_signed_masks(v: torch.Tensor, ratios: Sequence[float] = DEFAULT_GSB_RATIOS) -> tuple[torch.Tensor, torch.Tensor]:
+def gsb_signed_masks(
+    v: torch.Tensor, ratios: Sequence[float] = DEFAULT_GSB_RATIOS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Value masks M_j = [v > r_j max v] or [v < r_j min v], max/min per sample. Boolean, shape of ``v``."""
     mx, mn = per_sample_max(v), per_sample_min(v)
     r1, r2 = float(ratios[0]), float(ratios[1])
@@ -123,7 +127,7 @@ def binary_linear(
     alpha: torch.Tensor,
     w_bits: torch.Tensor,
     w_scale: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     mode: str,
     in_features: int,
 ) -> torch.Tensor:
@@ -331,7 +335,9 @@ class FrozenInt8Linear(nn.Module):
         self.register_buffer("w_scale", w_scale.detach().to(torch.float32).clone())
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.register_buffer("shift", None if shift is None else shift.detach().to(torch.float32).clone())
-        self.register_buffer("a_scale", None if a_scale is None else a_scale.detach().to(torch.float32).reshape(()).clone())
+        self.register_buffer(
+            "a_scale", None if a_scale is None else a_scale.detach().to(torch.float32).reshape(()).clone()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shift is not None:
@@ -348,7 +354,14 @@ class FrozenInt8Linear(nn.Module):
 class FrozenInt8Conv2d(nn.Module):
     """Deployment conv with int8 weights (per output channel scale) and float input (the patch embedding)."""
 
-    def __init__(self, w_int8: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, stride: int | tuple[int, int], padding: int | tuple[int, int] = 0) -> None:
+    def __init__(
+        self,
+        w_int8: torch.Tensor,
+        w_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: int | tuple[int, int],
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
         self.stride = stride
         self.padding = padding
@@ -366,24 +379,24 @@ class FrozenInt8Conv2d(nn.Module):
 
 __all__ = [
     "DEFAULT_GSB_RATIOS",
-    "per_sample_max",
-    "per_sample_min",
-    "gsb_unsigned_masks",
-    "gsb_signed_masks",
-    "sign_pm1",
-    "unpack_bits_torch",
-    "signed_weight_from_bits",
-    "binary_linear_accumulator",
-    "binary_linear",
-    "binary_matmul",
+    "FrozenBinaryLinear",
+    "FrozenInt8Conv2d",
+    "FrozenInt8Linear",
     "a_planes",
     "b_planes",
-    "dequantize_int8",
-    "quantize_dequantize_int8",
-    "pack_signed_weight",
+    "binary_linear",
+    "binary_linear_accumulator",
+    "binary_matmul",
     "bwn_pack",
+    "dequantize_int8",
+    "gsb_signed_masks",
+    "gsb_unsigned_masks",
+    "pack_signed_weight",
+    "per_sample_max",
+    "per_sample_min",
+    "quantize_dequantize_int8",
     "quantize_int8",
-    "FrozenBinaryLinear",
-    "FrozenInt8Linear",
-    "FrozenInt8Conv2d",
+    "sign_pm1",
+    "signed_weight_from_bits",
+    "unpack_bits_torch",
 ]

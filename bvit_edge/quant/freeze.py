@@ -30,7 +30,11 @@ def freeze(model: nn.Module) -> nn.Module:
     """Convert ``model`` to deployment mode in place and return it (idempotent)."""
     if getattr(model, "is_frozen", False):
         return model
-    pending = [name for name, mod in model.named_modules() if isinstance(getattr(mod, "initialized", None), torch.Tensor) and not bool(mod.initialized)]
+    pending = [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(getattr(mod, "initialized", None), torch.Tensor) and not bool(mod.initialized)
+    ]
     if pending:
         raise ConfigError(
             f"Cannot freeze: {len(pending)} quantizers were never initialised ({', '.join(pending[:6])}"
@@ -55,4 +59,4 @@ def ensure_trainable(model: nn.Module) -> None:
         )
 
 
-__all__ = ["freeze", "ensure_trainable"]
+__all__ = ["ensure_trainable", "freeze"]

@@ -39,7 +39,7 @@ Two deliberate departures from the official code (docs/methods.md "GSB"):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -202,7 +202,9 @@ def product_with_value(x: torch.Tensor, y: torch.Tensor, value: torch.Tensor) ->
     return _ProductWithValueFn.apply(x, y, value)
 
 
-def plane_product(pa: Sequence[torch.Tensor], aa: torch.Tensor, pb: Sequence[torch.Tensor], ba: torch.Tensor) -> torch.Tensor:
+def plane_product(
+    pa: Sequence[torch.Tensor], aa: torch.Tensor, pb: Sequence[torch.Tensor], ba: torch.Tensor
+) -> torch.Tensor:
     """sum_i sum_j (aa_i * ba_j) * (pa_i @ pb_j), i outer, j inner, in float32: the order of
     ``torch.ops.bvit.binary_matmul``."""
     out: torch.Tensor | None = None
@@ -245,7 +247,9 @@ class _LazyAlphas(nn.Module):
     def deploy_alphas(self) -> torch.Tensor:
         """The clamped alphas the forward uses, as float32 [len(names)] (no grad)."""
         with torch.no_grad():
-            return torch.stack([torch.clamp(getattr(self, n).detach(), min=ALPHA_MIN) for n in self._alpha_names]).float()
+            return torch.stack(
+                [torch.clamp(getattr(self, n).detach(), min=ALPHA_MIN) for n in self._alpha_names]
+            ).float()
 
 
 class SignedBinarizer(_LazyAlphas):
@@ -370,18 +374,18 @@ class LearnableShift(nn.Module):
 
 __all__ = [
     "ALPHA_MIN",
-    "grad_scale",
-    "effective_alpha",
-    "ranks_mean",
-    "SignedBinarizeFn",
-    "UnsignedBinarizeFn",
-    "ValueGroupBinarizeFn",
     "AttentionGroupBinarizeFn",
-    "SignedBinarizer",
-    "UnsignedBinarizer",
-    "ValueGroupBinarizer",
     "AttentionGroupBinarizer",
     "LearnableShift",
-    "product_with_value",
+    "SignedBinarizeFn",
+    "SignedBinarizer",
+    "UnsignedBinarizeFn",
+    "UnsignedBinarizer",
+    "ValueGroupBinarizeFn",
+    "ValueGroupBinarizer",
+    "effective_alpha",
+    "grad_scale",
     "plane_product",
+    "product_with_value",
+    "ranks_mean",
 ]

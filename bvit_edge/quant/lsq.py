@@ -156,4 +156,4 @@ class W8A8Linear(nn.Linear):
         return FrozenInt8Linear(codes, s_w, self.bias, shift=self.move.bias, a_scale=self.input_quant.deploy_step())
 
 
-__all__ = ["LSQFn", "lsq_quantize", "LSQConv2d", "ElasticIntQuantizer", "W8A8Linear"]
+__all__ = ["ElasticIntQuantizer", "LSQConv2d", "LSQFn", "W8A8Linear", "lsq_quantize"]

@@ -102,11 +102,11 @@ class BWNQuantizer(nn.Module):
 
 
 __all__ = [
-    "bwn_scale",
-    "bwn_row_scale",
+    "BWNQuantizer",
     "bwn_center",
-    "bwn_row_center",
     "bwn_quantize",
     "bwn_quantize_rows",
-    "BWNQuantizer",
+    "bwn_row_center",
+    "bwn_row_scale",
+    "bwn_scale",
 ]

@@ -11,5 +11,14 @@ from bvit_edge.report.render import load_report, render_report, write_report
 from bvit_edge.report.schema import SCHEMA, SCHEMA_VERSION, validate_report
 from bvit_edge.report.size import size_entry
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "latency_entry", "load_report", "render_report", "size_entry",
-           "summarize_latency", "validate_report", "write_report"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "latency_entry",
+    "load_report",
+    "render_report",
+    "size_entry",
+    "summarize_latency",
+    "validate_report",
+    "write_report",
+]

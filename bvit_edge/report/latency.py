@@ -7,7 +7,8 @@ mean = sum t_i / n, std = sqrt(sum (t_i - mean)^2 / n) (population), min = min t
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,12 +23,36 @@ def summarize_latency(samples_ms: Sequence[float]) -> dict[str, float]:
     if t.ndim != 1 or t.size == 0 or not np.all(np.isfinite(t)) or np.any(t < 0):
         raise DataError("Latency samples must be a non-empty list of finite, non-negative milliseconds.")
     p10, med, p90 = np.percentile(t, [10, 50, 90])
-    return {"median_ms": float(med), "p10_ms": float(p10), "p90_ms": float(p90), "mean_ms": float(t.mean()),
-            "std_ms": float(t.std()), "min_ms": float(t.min())}
+    return {
+        "median_ms": float(med),
+        "p10_ms": float(p10),
+        "p90_ms": float(p90),
+        "mean_ms": float(t.mean()),
+        "std_ms": float(t.std()),
+        "min_ms": float(t.min()),
+    }
 
 
-def latency_entry(model: str, target: str, samples_ms: Sequence[float], *, threads: int, batch: int = 1,
-                  warmup_runs: int = 0, emulated: bool = False, **extra: Any) -> dict[str, Any]:
+def latency_entry(
+    model: str,
+    target: str,
+    samples_ms: Sequence[float],
+    *,
+    threads: int,
+    batch: int = 1,
+    warmup_runs: int = 0,
+    emulated: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
     """One ``latency`` record of the report from raw samples (``extra`` keys are kept, e.g. affinity)."""
-    return {"model": model, "target": target, "emulated": emulated, "threads": threads, "batch": batch,
-            "warmup_runs": warmup_runs, "runs": len(samples_ms), **summarize_latency(samples_ms), **extra}
+    return {
+        "model": model,
+        "target": target,
+        "emulated": emulated,
+        "threads": threads,
+        "batch": batch,
+        "warmup_runs": warmup_runs,
+        "runs": len(samples_ms),
+        **summarize_latency(samples_ms),
+        **extra,
+    }

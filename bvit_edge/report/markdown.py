@@ -15,7 +15,7 @@ from typing import Any
 from bvit_edge.report.plots import byte_unit
 from bvit_edge.report.schema import SIZE_BYTES
 
-__all__ = ["render_markdown", "speedups", "compressions"]
+__all__ = ["compressions", "render_markdown", "speedups"]
 
 
 def _reference(doc: dict[str, Any], role: str) -> str | None:
@@ -26,8 +26,11 @@ def speedups(doc: dict[str, Any], role: str = "teacher") -> list[float | None]:
     """For each latency record: the median of the first model of ``role`` ("teacher" or "baseline") over its
     median on the same target/threads/batch."""
     teacher = _reference(doc, role)
-    base = {(e["target"], e["threads"], e.get("batch", 1)): e["median_ms"]
-            for e in doc.get("latency", []) if e["model"] == teacher}
+    base = {
+        (e["target"], e["threads"], e.get("batch", 1)): e["median_ms"]
+        for e in doc.get("latency", [])
+        if e["model"] == teacher
+    }
     out: list[float | None] = []
     for e in doc.get("latency", []):
         t = base.get((e["target"], e["threads"], e.get("batch", 1)))
@@ -55,8 +58,12 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(r) + " |" for r in rows), ""]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+    ]
 
 
 def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
@@ -73,11 +80,21 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
     accs = [m for m in doc["models"] if m.get("accuracy")]
     if accs:
         lines += ["## Accuracy", ""]
-        lines += _table(["model", "role", "method", "split", "images", "top-1 %", "top-5 %"], [
-            [m["name"], m["role"], m.get("method", "–"), str(m["accuracy"].get("split", "–")),
-             _fmt(m["accuracy"].get("n_images"), 6), f"{m['accuracy']['top1_pct']:.2f}",
-             f"{m['accuracy']['top5_pct']:.2f}" if m["accuracy"].get("top5_pct") is not None else "–"]
-            for m in accs])
+        lines += _table(
+            ["model", "role", "method", "split", "images", "top-1 %", "top-5 %"],
+            [
+                [
+                    m["name"],
+                    m["role"],
+                    m.get("method", "–"),
+                    str(m["accuracy"].get("split", "–")),
+                    _fmt(m["accuracy"].get("n_images"), 6),
+                    f"{m['accuracy']['top1_pct']:.2f}",
+                    f"{m['accuracy']['top5_pct']:.2f}" if m["accuracy"].get("top5_pct") is not None else "–",
+                ]
+                for m in accs
+            ],
+        )
 
     has_base = _reference(doc, "baseline") is not None
     base_name = _reference(doc, "baseline")
@@ -91,17 +108,43 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
             spread = f"{_fmt(e['p10_ms'])}–{_fmt(e['p90_ms'])}"
             mean = f"{_fmt(e['mean_ms'])} ± {_fmt(e.get('std_ms'))}" if e.get("mean_ms") is not None else "–"
             runs = f"{e['runs']}" + (f" (+{e['warmup_runs']} warm-up)" if e.get("warmup_runs") else "")
-            row = [e["model"], target, str(e["threads"]), str(e.get("batch", 1)), _fmt(e["median_ms"]),
-                   spread, mean, _fmt(e.get("min_ms")), runs, f"{s:.2f}×" if s is not None else "–"]
+            row = [
+                e["model"],
+                target,
+                str(e["threads"]),
+                str(e.get("batch", 1)),
+                _fmt(e["median_ms"]),
+                spread,
+                mean,
+                _fmt(e.get("min_ms")),
+                runs,
+                f"{s:.2f}×" if s is not None else "–",
+            ]
             if has_base:
                 row.append(f"{b:.2f}×" if b is not None else "–")
             rows.append(row)
-        lines += _table(["model", "target", "threads", "batch", "median ms", "p10–p90 ms", "mean ± std ms",
-                         "min ms", "runs", "speed-up vs teacher"]
-                        + ([f"speed-up vs {base_name} (int8)"] if has_base else []), rows)
+        lines += _table(
+            [
+                "model",
+                "target",
+                "threads",
+                "batch",
+                "median ms",
+                "p10–p90 ms",
+                "mean ± std ms",
+                "min ms",
+                "runs",
+                "speed-up vs teacher",
+            ]
+            + ([f"speed-up vs {base_name} (int8)"] if has_base else []),
+            rows,
+        )
         if any(e.get("emulated") for e in lat):
-            lines += ["Emulated targets run under qemu user mode: their times show that the code runs and "
-                      "matches, not how fast a real board is.", ""]
+            lines += [
+                "Emulated targets run under qemu user mode: their times show that the code runs and "
+                "matches, not how fast a real board is.",
+                "",
+            ]
 
     sized = [m for m in doc["models"] if m.get("size")]
     if sized:
@@ -112,28 +155,50 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
         rows = []
         for m in sized:
             sz = m["size"]
-            row = [m["name"], *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES[:2]),
-                   f"{sz.get('weights_16bit_bytes', 0) / div:,.2f}", f"{sz['weights_32bit_bytes'] / div:,.2f}",
-                   f"{_weight_bytes(m) / div:,.2f}",
-                   f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
-                   f"{comp[m['name']]:.1f}×" if comp[m["name"]] is not None else "–"]
+            row = [
+                m["name"],
+                *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES[:2]),
+                f"{sz.get('weights_16bit_bytes', 0) / div:,.2f}",
+                f"{sz['weights_32bit_bytes'] / div:,.2f}",
+                f"{_weight_bytes(m) / div:,.2f}",
+                f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
+                f"{comp[m['name']]:.1f}×" if comp[m["name"]] is not None else "–",
+            ]
             if has_base:
                 row.append(f"{comp_base[m['name']]:.1f}×" if comp_base[m["name"]] is not None else "–")
             rows.append(row)
-        lines += _table(["model", f"1-bit {unit}", f"8-bit {unit}", f"16-bit {unit}", f"32-bit {unit}",
-                         f"weights {unit}",
-                         "bytes on disk", "compression vs teacher"]
-                        + ([f"vs {base_name} (int8)"] if has_base else []), rows)
+        lines += _table(
+            [
+                "model",
+                f"1-bit {unit}",
+                f"8-bit {unit}",
+                f"16-bit {unit}",
+                f"32-bit {unit}",
+                f"weights {unit}",
+                "bytes on disk",
+                "compression vs teacher",
+            ]
+            + ([f"vs {base_name} (int8)"] if has_base else []),
+            rows,
+        )
 
     fids = [m for m in doc["models"] if m.get("fidelity")]
     if fids:
         lines += ["## Fidelity", ""]
-        lines += _table(["model", "reference → compared", "max abs diff", "top-1 agreement %"], [
-            [m["name"], f"{m['fidelity'].get('reference', '?')} → {m['fidelity'].get('compared', '?')}",
-             f"{m['fidelity']['max_abs_diff']:.3g}",
-             f"{m['fidelity']['top1_agreement_pct']:.2f}"
-             if m["fidelity"].get("top1_agreement_pct") is not None else "–"]
-            for m in fids])
+        lines += _table(
+            ["model", "reference → compared", "max abs diff", "top-1 agreement %"],
+            [
+                [
+                    m["name"],
+                    f"{m['fidelity'].get('reference', '?')} → {m['fidelity'].get('compared', '?')}",
+                    f"{m['fidelity']['max_abs_diff']:.3g}",
+                    f"{m['fidelity']['top1_agreement_pct']:.2f}"
+                    if m["fidelity"].get("top1_agreement_pct") is not None
+                    else "–",
+                ]
+                for m in fids
+            ],
+        )
 
     if plots:
         lines += ["## Plots", ""]

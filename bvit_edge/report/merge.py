@@ -40,8 +40,13 @@ def merge_reports(docs: list[dict[str, Any]]) -> dict[str, Any]:
             for key, value in (doc.get("environment") or {}).items():
                 if env.get(key) != value:
                     env[f"merged_{i}_{key}"] = value
-    out: dict[str, Any] = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "environment": env,
-                           "models": list(models.values()), "latency": latency}
+    out: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "environment": env,
+        "models": list(models.values()),
+        "latency": latency,
+    }
     for key in ("title", "created_utc"):
         if key in docs[0]:
             out[key] = docs[0][key]

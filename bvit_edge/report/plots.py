@@ -18,9 +18,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display; set before pyplot is imported anywhere in this process
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 __all__ = ["accuracy_latency_figure", "byte_unit", "latency_figure", "size_figure"]
 
@@ -50,8 +50,12 @@ def latency_figure(doc: dict[str, Any]) -> Figure:
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(1, len(models)) * max(1, len(targets))))
     height = 0.8 / max(1, len(targets))
     for j, target in enumerate(targets):
-        rows = [(i, e) for i, name in enumerate(models) for e in doc["latency"]
-                if e["model"] == name and e["target"] == target]
+        rows = [
+            (i, e)
+            for i, name in enumerate(models)
+            for e in doc["latency"]
+            if e["model"] == name and e["target"] == target
+        ]
         if not rows:
             continue
         ys = [i + (j - (len(targets) - 1) / 2) * height for i, _ in rows]
@@ -59,8 +63,17 @@ def latency_figure(doc: dict[str, Any]) -> Figure:
         err = [[e["median_ms"] - e["p10_ms"] for _, e in rows], [e["p90_ms"] - e["median_ms"] for _, e in rows]]
         emulated = any(e.get("emulated") for _, e in rows)
         label = f"{target} (emulated)" if emulated else target
-        ax.barh(ys, med, height=height * 0.9, xerr=err, capsize=3, color=_COLORS[j % len(_COLORS)], label=label,
-                hatch="//" if emulated else None, error_kw={"elinewidth": 1})
+        ax.barh(
+            ys,
+            med,
+            height=height * 0.9,
+            xerr=err,
+            capsize=3,
+            color=_COLORS[j % len(_COLORS)],
+            label=label,
+            hatch="//" if emulated else None,
+            error_kw={"elinewidth": 1},
+        )
     ax.set_yticks(range(len(models)), models)
     ax.invert_yaxis()
     ax.set_xlabel("latency per batch, ms (bar: median; whisker: p10-p90)")
@@ -79,8 +92,12 @@ def size_figure(doc: dict[str, Any]) -> Figure:
     unit, div = byte_unit(top)
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * max(1, len(models))))
     left = [0.0] * len(models)
-    layers = [("weights_1bit_bytes", "1-bit"), ("weights_8bit_bytes", "8-bit"), ("weights_16bit_bytes", "16-bit"),
-              ("weights_32bit_bytes", "32-bit")]
+    layers = [
+        ("weights_1bit_bytes", "1-bit"),
+        ("weights_8bit_bytes", "8-bit"),
+        ("weights_16bit_bytes", "16-bit"),
+        ("weights_32bit_bytes", "32-bit"),
+    ]
     if not any(m["size"].get("weights_16bit_bytes") for m in models):
         layers.pop(2)
     for j, (key, label) in enumerate(layers):
@@ -108,16 +125,28 @@ def accuracy_latency_figure(doc: dict[str, Any]) -> Figure:
         color = _COLORS[targets.index(e["target"]) % len(_COLORS)]
         marker = {"teacher": "*", "baseline": "D"}.get(m["role"], "o")
         face = "none" if e.get("emulated") else color
-        ax.scatter([e["median_ms"]], [m["accuracy"]["top1_pct"]], marker=marker, s=140 if marker == "*" else 60,
-                   facecolors=face, edgecolors=color,
-                   label=f"{e['target']}{' (emulated)' if e.get('emulated') else ''}")
-        ax.annotate(e["model"], (e["median_ms"], m["accuracy"]["top1_pct"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize="small")
+        ax.scatter(
+            [e["median_ms"]],
+            [m["accuracy"]["top1_pct"]],
+            marker=marker,
+            s=140 if marker == "*" else 60,
+            facecolors=face,
+            edgecolors=color,
+            label=f"{e['target']}{' (emulated)' if e.get('emulated') else ''}",
+        )
+        ax.annotate(
+            e["model"],
+            (e["median_ms"], m["accuracy"]["top1_pct"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize="small",
+        )
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     if uniq:
-        ax.legend(uniq.values(), uniq.keys(), loc="best", fontsize="small",
-                  title="star: teacher, diamond: int8 teacher")
+        ax.legend(
+            uniq.values(), uniq.keys(), loc="best", fontsize="small", title="star: teacher, diamond: int8 teacher"
+        )
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 2, 5, 10, 40 rather than 2x10^0
     ax.xaxis.set_major_formatter(plain)

@@ -34,8 +34,9 @@ def write_report(json_path: str | os.PathLike[str], doc: dict[str, Any]) -> Path
     return write_json(json_path, doc)
 
 
-def render_report(json_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                  overwrite: bool = False, keep_json: bool = False) -> dict[str, Path]:
+def render_report(
+    json_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], overwrite: bool = False, keep_json: bool = False
+) -> dict[str, Path]:
     """Write ``out_dir/report.md`` and the plots that have data; return {"markdown"|plot name: path}.
 
     ``out_dir`` follows bvit_edge.output_folder's rule (new, empty, or a report folder written before;
@@ -74,8 +75,12 @@ def render_into(doc: dict[str, Any], folder: str | os.PathLike[str]) -> dict[str
     wanted = [
         ("latency", "Latency by model and target", latency_figure, bool(lat_models)),
         ("size", "Model size by precision", size_figure, any(m.get("size") for m in doc["models"])),
-        ("accuracy_latency", "Accuracy vs latency", accuracy_latency_figure,
-         any(m.get("accuracy") and m["name"] in lat_models for m in doc["models"])),
+        (
+            "accuracy_latency",
+            "Accuracy vs latency",
+            accuracy_latency_figure,
+            any(m.get("accuracy") and m["name"] in lat_models for m in doc["models"]),
+        ),
     ]
     written: dict[str, Path] = {}
     titles: dict[str, str] = {}
@@ -84,8 +89,9 @@ def render_into(doc: dict[str, Any], folder: str | os.PathLike[str]) -> dict[str
             continue
         fig = draw(doc)
         try:
-            written[name] = write_with(out / f"{name}.png", lambda p, f=fig: f.savefig(p, format="png", dpi=120),
-                                       suffix=".png")
+            written[name] = write_with(
+                out / f"{name}.png", lambda p, f=fig: f.savefig(p, format="png", dpi=120), suffix=".png"
+            )
         finally:
             plt.close(fig)
         titles[title] = f"{name}.png"

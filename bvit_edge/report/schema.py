@@ -58,12 +58,21 @@ class _Errors:
     def raise_if_any(self) -> None:
         if self.items:
             shown = "; ".join(self.items[:8]) + (f"; and {len(self.items) - 8} more" if len(self.items) > 8 else "")
-            raise DataError(f"The report {self.source} does not follow schema {SCHEMA} v{SCHEMA_VERSION}: {shown}. "
-                            "Fix these fields (see bvit_edge/report/schema.py for the layout).")
+            raise DataError(
+                f"The report {self.source} does not follow schema {SCHEMA} v{SCHEMA_VERSION}: {shown}. "
+                "Fix these fields (see bvit_edge/report/schema.py for the layout)."
+            )
 
 
-def _number(errs: _Errors, obj: dict, key: str, path: str, required: bool = True, minimum: float = 0.0,
-            maximum: float | None = None) -> float | None:
+def _number(
+    errs: _Errors,
+    obj: dict,
+    key: str,
+    path: str,
+    required: bool = True,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+) -> float | None:
     if key not in obj or obj[key] is None:
         if required:
             errs.add(f"{path}.{key}", "missing")
@@ -85,8 +94,10 @@ def validate_report(doc: Any, source: str = "(in memory)") -> dict[str, Any]:
         raise DataError(f"The report {source} must be a JSON object, got {type(doc).__name__}.")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise DataError(f"The report {source} has schema_version {version!r}; this bvit-edge reads version "
-                        f"{SCHEMA_VERSION}. Re-create it with this version's benchmark/report commands.")
+        raise DataError(
+            f"The report {source} has schema_version {version!r}; this bvit-edge reads version "
+            f"{SCHEMA_VERSION}. Re-create it with this version's benchmark/report commands."
+        )
     if doc.get("schema", SCHEMA) != SCHEMA:
         errs.add("schema", f"must be {SCHEMA!r}, got {doc.get('schema')!r}")
     env = doc.get("environment", {})

@@ -108,12 +108,16 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, SafetensorError, OSError) as exc:
         raise CheckpointError(f"Checkpoint config in {folder} is unreadable ({exc}); retrain or restore it.") from exc
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str):
-        raise CheckpointError(f"Checkpoint config in {folder} does not name its model (a JSON object with a "
-                              "\"model\" string is expected); retrain or restore it.")
+        raise CheckpointError(
+            f"Checkpoint config in {folder} does not name its model (a JSON object with a "
+            '"model" string is expected); retrain or restore it.'
+        )
     bad = [f"{key} ({what})" for key, (check, what) in _CONFIG_FIELDS.items() if key in cfg and not check(cfg[key])]
     if bad:
-        raise CheckpointError(f"Checkpoint config {cfg_path if cfg_path.is_file() else folder / WEIGHTS} has fields of "
-                              f"the wrong kind: {', '.join(bad)}; retrain or restore it.")
+        raise CheckpointError(
+            f"Checkpoint config {cfg_path if cfg_path.is_file() else folder / WEIGHTS} has fields of "
+            f"the wrong kind: {', '.join(bad)}; retrain or restore it."
+        )
     return cfg
 
 
@@ -203,12 +207,14 @@ def _check_fits(model: torch.nn.Module, cfg: dict[str, Any], folder: Path) -> No
     if classes is not None and "classes" in cfg and len(cfg["classes"]) != classes:
         problems.append(f"{len(cfg['classes'])} class names but the model has {classes} outputs")
     if problems:
-        raise CheckpointError(f"The config of {folder} does not fit its model {cfg['model']!r}: {'; '.join(problems)}. "
-                              f"Restore the checkpoint's own {CONFIG}.")
+        raise CheckpointError(
+            f"The config of {folder} does not fit its model {cfg['model']!r}: {'; '.join(problems)}. "
+            f"Restore the checkpoint's own {CONFIG}."
+        )
 
 
 def _saved_as(folder: Path, cfg: dict[str, Any]) -> str:
-    """", saved as model X" when the weights file's own copy of the config names another model."""
+    """ ", saved as model X" when the weights file's own copy of the config names another model."""
     try:
         saved = _metadata_config(folder).get("model")
     except Exception:  # noqa: BLE001 - no usable metadata: nothing to add

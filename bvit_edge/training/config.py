@@ -18,9 +18,10 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bvit_edge.errors import ConfigError
 
@@ -35,15 +36,34 @@ RECIPES: dict[str, dict[str, Any]] = {
     # GSB paper / official code (docs/methods.md, "GSB"): AdamW, lr = 1e-3 * batch * world / 512, wd 0.05,
     # cosine to 1e-6, no warm-up, cooldown 10, batch 64, AMP, RandAugment + colour jitter + random erase.
     "gsb": dict(
-        optimizer="adamw", lr_base=1e-3, weight_decay=0.05, min_lr=1e-6, warmup_epochs=0,
-        cooldown_epochs=10, batch_size=64, amp=True, augment="deit", epochs=300, label_smoothing=0.0,
+        optimizer="adamw",
+        lr_base=1e-3,
+        weight_decay=0.05,
+        min_lr=1e-6,
+        warmup_epochs=0,
+        cooldown_epochs=10,
+        batch_size=64,
+        amp=True,
+        augment="deit",
+        epochs=300,
+        label_smoothing=0.0,
         drop_path=0.1,
     ),
     # Calibrated on these machines for the digits default (docs/methods.md, "Training recipes"): AdamW 1e-3
     # at batch 64, cosine, small shifts; the demo geometry trains to >95% in minutes on 2 cores.
     "digits": dict(
-        optimizer="adamw", lr=1e-3, weight_decay=0.05, min_lr=1e-6, warmup_epochs=0, cooldown_epochs=0,
-        batch_size=64, amp=False, augment="light", epochs=60, label_smoothing=0.0, drop_path=0.0,
+        optimizer="adamw",
+        lr=1e-3,
+        weight_decay=0.05,
+        min_lr=1e-6,
+        warmup_epochs=0,
+        cooldown_epochs=0,
+        batch_size=64,
+        amp=False,
+        augment="light",
+        epochs=60,
+        label_smoothing=0.0,
+        drop_path=0.0,
     ),
 }
 
@@ -91,7 +111,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "the training config") -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], source: str = "the training config") -> TrainConfig:
         """A config from a dict of options; ConfigError naming ``source`` for unknown keys and wrong types."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source} must be a table of training options, not a {type(d).__name__}.")
@@ -119,6 +139,7 @@ class TrainConfig:
 # validation: types come from TrainConfig's annotations; limits, choices and method options are tables, so a
 # new option is one line (its dataclass field) plus, if it has a range, one line in LIMITS.
 # ----------------------------------------------------------------------------------------------------------
+
 
 def _positive(v: float) -> bool:
     return v > 0
@@ -268,8 +289,9 @@ def check_method_options(method: str, options: dict[str, Any], where: str) -> di
             raise ConfigError(f"{key} applies to --method {' or '.join(owners)}, not {method!r} ({where}).")
     if unknown:
         known = ", ".join(sorted(table)) or "none"
-        raise ConfigError(f"Unknown method option(s) {', '.join(unknown)} for --method {method} {where}. "
-                          f"Its options: {known}.")
+        raise ConfigError(
+            f"Unknown method option(s) {', '.join(unknown)} for --method {method} {where}. Its options: {known}."
+        )
     out = dict(options)
     for key, value in options.items():
         want, test, what = table[key]

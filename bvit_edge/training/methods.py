@@ -13,7 +13,8 @@ in eval mode. The losses follow docs/methods.md:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from bvit_edge.errors import ConfigError
 
-_METHODS: dict[str, Callable[[], "Method"]] = {}
+_METHODS: dict[str, Callable[[], Method]] = {}
 
 
 def register_method(name: str) -> Callable[[type], type]:
@@ -33,7 +34,7 @@ def register_method(name: str) -> Callable[[type], type]:
     return wrap
 
 
-def get_method(name: str) -> "Method":
+def get_method(name: str) -> Method:
     if name not in _METHODS:
         raise ConfigError(f"Unknown method {name!r}. Choose one of: {', '.join(sorted(_METHODS))}.")
     return _METHODS[name]()
@@ -83,7 +84,10 @@ class FullPrecision(Method):
         out = model(images)
         ls = float(cfg.label_smoothing)
         if isinstance(out, (tuple, list)):
-            loss = 0.5 * (F.cross_entropy(out[0], labels, label_smoothing=ls) + F.cross_entropy(out[1], labels, label_smoothing=ls))
+            loss = 0.5 * (
+                F.cross_entropy(out[0], labels, label_smoothing=ls)
+                + F.cross_entropy(out[1], labels, label_smoothing=ls)
+            )
         else:
             loss = F.cross_entropy(out, labels, label_smoothing=ls)
         return loss, mean_logits(out).detach()
@@ -188,7 +192,10 @@ class BiT(Method):
         with torch.no_grad():
             t_out, t_rec = record_intermediates(teacher, images)
         s_logits, t_logits = mean_logits(out), mean_logits(t_out).float()
-        loss = float(opts.get("w_logit", 1.0)) * torch.sum(-F.softmax(t_logits, -1) * F.log_softmax(s_logits, -1), -1).mean()
+        loss = (
+            float(opts.get("w_logit", 1.0))
+            * torch.sum(-F.softmax(t_logits, -1) * F.log_softmax(s_logits, -1), -1).mean()
+        )
         hid = att = torch.zeros((), device=images.device)
         for s_h, t_h in zip(s_rec["hidden"], t_rec["hidden"]):
             s_h = _align_tokens(s_h, t_h, (1,))

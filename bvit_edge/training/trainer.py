@@ -15,10 +15,11 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,13 +28,20 @@ from torch.utils.data import DataLoader
 
 from bvit_edge.atomic import sweep_stale
 from bvit_edge.errors import CheckpointError, ConfigError
-from bvit_edge.training.checkpoint import load_model, load_trainer_state, load_weights, read_config, resolve_checkpoint, save_checkpoint
+from bvit_edge.training.checkpoint import (
+    load_model,
+    load_trainer_state,
+    load_weights,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from bvit_edge.training.config import TrainConfig, load_toml, resolve_config
 from bvit_edge.training.distributed import World, all_reduce_mean, barrier, init_world, shard_indices, shutdown
 from bvit_edge.training.methods import get_method
 from bvit_edge.training.run_folder import prepare_run_folder
-from bvit_edge.training.trainer_state import restore_trainer_state
 from bvit_edge.training.schedule import lr_at
+from bvit_edge.training.trainer_state import restore_trainer_state
 
 
 @dataclass
@@ -127,8 +135,11 @@ def train(
     if isinstance(config, TrainConfig):
         cfg = config
     else:
-        explicit = {**(load_toml(config_file) if config_file else {}), **(config or {}),
-                    **{k: v for k, v in overrides.items() if v is not None}}
+        explicit = {
+            **(load_toml(config_file) if config_file else {}),
+            **(config or {}),
+            **{k: v for k, v in overrides.items() if v is not None},
+        }
         cfg = resolve_config({**(config or {}), **overrides}, config_file)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -138,8 +149,9 @@ def train(
     if not world.is_main:
         log = lambda msg: None  # noqa: E731
     try:
-        run_folder = prepare_run_folder(cfg.out, resume, overwrite, cfg.to_dict(), explicit,
-                                        inputs=(cfg.init, cfg.teacher, cfg.data_root))
+        run_folder = prepare_run_folder(
+            cfg.out, resume, overwrite, cfg.to_dict(), explicit, inputs=(cfg.init, cfg.teacher, cfg.data_root)
+        )
         if cfg.method == "gsb" and cfg.stage == "all":
             return _train_gsb_two_stages(cfg, device, world, resume, progress, log, run_folder.claim)
         if cfg.method == "gsb" and cfg.stage == "2" and not cfg.init and not resume:
@@ -152,8 +164,15 @@ def train(
         shutdown(world)
 
 
-def _train_gsb_two_stages(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None,
-                          log: Callable[[str], None], claim: Callable[[], None] | None = None) -> TrainResult:
+def _train_gsb_two_stages(
+    cfg: TrainConfig,
+    device: torch.device,
+    world: World,
+    resume: bool,
+    progress: bool | None,
+    log: Callable[[str], None],
+    claim: Callable[[], None] | None = None,
+) -> TrainResult:
     """GSB's recipe: stage 1 (binary MLP weights) to OUT/stage1, then stage 2 (full GSB) to OUT/stage2,
     initialised from stage 1's best checkpoint. ``method_options.stage1_epochs`` sets stage 1's length."""
     import dataclasses
@@ -175,8 +194,15 @@ def _train_gsb_two_stages(cfg: TrainConfig, device: torch.device, world: World, 
     return r2
 
 
-def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, progress: bool | None,
-           log: Callable[[str], None], claim: Callable[[], None] | None = None) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    device: torch.device,
+    world: World,
+    resume: bool,
+    progress: bool | None,
+    log: Callable[[str], None],
+    claim: Callable[[], None] | None = None,
+) -> TrainResult:
     """One training run into ``cfg.out``; ``claim`` (bvit_edge.training.run_folder) is called just before the
     first write."""
     from bvit_edge.data import AugmentConfig, Normalize, build_train_augment, load_dataset
@@ -189,7 +215,9 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
         try:
             last = resolve_checkpoint(out / "last")
         except CheckpointError as exc:
-            raise CheckpointError(f"--resume: nothing to resume in {out} (no last/ checkpoint). Start without --resume.") from exc
+            raise CheckpointError(
+                f"--resume: nothing to resume in {out} (no last/ checkpoint). Start without --resume."
+            ) from exc
         state = load_trainer_state(last)
         saved = TrainConfig.from_dict(read_config(last).get("train_config"), f"the train_config of {last}")
         # The run continues with the config it started with; only the stopping point may change.
@@ -202,7 +230,14 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
     image_size = int(cfg.image_size or mcfg["input_size"][-1])
 
     _seed_all(cfg.seed)
-    splits = load_dataset(cfg.data, root=cfg.data_root, image_size=image_size, per_class=cfg.per_class, seed=cfg.seed, skip_bad=cfg.skip_bad)
+    splits = load_dataset(
+        cfg.data,
+        root=cfg.data_root,
+        image_size=image_size,
+        per_class=cfg.per_class,
+        seed=cfg.seed,
+        skip_bad=cfg.skip_bad,
+    )
     info = splits.info
     if info.skipped_bad:
         log(f"skipped {info.skipped_bad} bad file(s) (--skip-bad)")
@@ -233,15 +268,19 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
         try:
             model.load_state_dict(load_weights(out / "last"))
         except RuntimeError as exc:  # weights of another shape than the run's own model
-            raise CheckpointError(f"{out / 'last'}: the weights do not fit the model the run was started with "
-                                  f"({str(exc).strip().splitlines()[-1].strip()[:200]}).") from None
+            raise CheckpointError(
+                f"{out / 'last'}: the weights do not fit the model the run was started with "
+                f"({str(exc).strip().splitlines()[-1].strip()[:200]})."
+            ) from None
         restore_trainer_state(state, opt, out / "last")
         step, start_epoch, skip_batches = int(state["step"]), int(state["epoch"]), int(state.get("batch_in_epoch", 0))
         best_top1, history = float(state.get("best_top1", -1.0)), list(state.get("history", []))
 
     train_model: nn.Module = model
     if world.distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     use_amp = bool(cfg.amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
@@ -262,18 +301,29 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
 
     def trainer_state(epoch: int, batch_in_epoch: int) -> dict[str, Any]:
         return {
-            "optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "best_top1": best_top1, "history": history, "rng_torch": torch.get_rng_state(),
-            "rng_numpy": np.random.get_state(), "rng_python": random.getstate(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "best_top1": best_top1,
+            "history": history,
+            "rng_torch": torch.get_rng_state(),
+            "rng_numpy": np.random.get_state(),
+            "rng_python": random.getstate(),
         }
 
     def save_last(epoch: int, batch_in_epoch: int, metrics: dict[str, Any]) -> None:
         if world.is_main:
-            save_checkpoint(out / "last", model, {**run_meta, "epoch": epoch, "step": step, "metrics": metrics}, trainer_state(epoch, batch_in_epoch))
+            save_checkpoint(
+                out / "last",
+                model,
+                {**run_meta, "epoch": epoch, "step": step, "metrics": metrics},
+                trainer_state(epoch, batch_in_epoch),
+            )
 
     stop: dict[str, Any] = {"flag": False, "signal": None}
 
-    def _on_signal(signum: int, frame: Any) -> None:  # noqa: ARG001
+    def _on_signal(signum: int, frame: Any) -> None:
         stop["flag"] = True
         stop["signal"] = signal.Signals(signum).name
 
@@ -308,8 +358,12 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
             perm = shard_indices(torch.randperm(len(splits.train), generator=g), world)
             batches = [perm[i : i + cfg.batch_size] for i in range(0, perm.numel(), cfg.batch_size)]
             loss_sum, seen, correct = 0.0, 0, 0
-            loader = DataLoader(splits.train, batch_sampler=[b.tolist() for b in batches[skip_batches:]], num_workers=cfg.workers,
-                                generator=torch.Generator().manual_seed(cfg.seed))  # private: keeps the global RNG untouched
+            loader = DataLoader(
+                splits.train,
+                batch_sampler=[b.tolist() for b in batches[skip_batches:]],
+                num_workers=cfg.workers,
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )  # private: keeps the global RNG untouched
             for bi, (images, labels) in enumerate(loader, start=skip_batches):
                 images, labels = images.to(device), torch.as_tensor(labels, device=device)
                 for group in opt.param_groups:
@@ -340,8 +394,11 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
                     raise _StopRequested
             skip_batches = 0
             record: dict[str, Any] = {
-                "epoch": epoch + 1, "step": step, "train_loss": all_reduce_mean(loss_sum / max(seen, 1), world),
-                "train_top1": all_reduce_mean(correct / max(seen, 1), world), "lr": opt.param_groups[0]["lr"],
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": all_reduce_mean(loss_sum / max(seen, 1), world),
+                "train_top1": all_reduce_mean(correct / max(seen, 1), world),
+                "lr": opt.param_groups[0]["lr"],
                 "seconds": round(time.time() - t0, 2),
             }
             is_eval_epoch = (epoch + 1) % max(cfg.eval_every, 1) == 0 or epoch + 1 == cfg.total_epochs
@@ -354,7 +411,16 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
                 metrics = {k: v for k, v in record.items() if k.startswith("val_") or k.startswith("train_")}
                 if "val_top1" in record and record["val_top1"] > best_top1:
                     best_top1 = record["val_top1"]
-                    save_checkpoint(out / "best", model, {**run_meta, "epoch": epoch + 1, "step": step, "metrics": {**metrics, "per_class": res.per_class}})
+                    save_checkpoint(
+                        out / "best",
+                        model,
+                        {
+                            **run_meta,
+                            "epoch": epoch + 1,
+                            "step": step,
+                            "metrics": {**metrics, "per_class": res.per_class},
+                        },
+                    )
                 save_last(epoch + 1, 0, metrics)
                 with (out / "log.jsonl").open("a") as fh:
                     fh.write(json.dumps(record) + "\n")
@@ -371,9 +437,18 @@ def _train(cfg: TrainConfig, device: torch.device, world: World, resume: bool, p
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
     return TrainResult(
-        out=str(out), best_top1=best_top1 if best_top1 >= 0 else None, last_top1=last_top1, epochs_done=len(history),
-        steps=step, seconds=round(time.time() - t0, 2), history=history, stopped_early=stopped, world_size=world.size,
-        base_lr=base_lr, ranks_in_sync=_ranks_in_sync(model, world), interrupted_by=stop["signal"] if stopped else None,
+        out=str(out),
+        best_top1=best_top1 if best_top1 >= 0 else None,
+        last_top1=last_top1,
+        epochs_done=len(history),
+        steps=step,
+        seconds=round(time.time() - t0, 2),
+        history=history,
+        stopped_early=stopped,
+        world_size=world.size,
+        base_lr=base_lr,
+        ranks_in_sync=_ranks_in_sync(model, world),
+        interrupted_by=stop["signal"] if stopped else None,
     )
 
 
@@ -415,7 +490,13 @@ class _Bar:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
             self._p.start()
             self._task = self._p.add_task("training", total=total, completed=done)
 

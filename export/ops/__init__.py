@@ -7,7 +7,8 @@ bvit_edge nodes, bit-packed weights) or ``ops="standard"`` (only standard ONNX o
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bvit_edge.errors import UsageError
 from bvit_edge.export.ops import binary_linear, binary_matmul, int8
@@ -34,4 +35,4 @@ def translation_table(ops: str = "packed") -> dict[Any, Callable[..., Any]]:
     }
 
 
-__all__ = ["DOMAIN", "VERSION", "OPS_CHOICES", "translation_table", "binary_linear", "binary_matmul", "int8"]
+__all__ = ["DOMAIN", "OPS_CHOICES", "VERSION", "binary_linear", "binary_matmul", "int8", "translation_table"]

@@ -7,7 +7,7 @@ inference gives its output shape.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import onnx
 from onnx import defs

@@ -24,7 +24,17 @@ from onnx import defs
 from bvit_edge import packing
 from bvit_edge.contract import BINARY_LINEAR, LINEAR_MODES, ContractError, check_mode
 from bvit_edge.export.ops import _bits
-from bvit_edge.export.ops._schema import DOMAIN, OPTIONAL, VERSION, Attr, AttrType, Param, float_output, input_dims, register_once
+from bvit_edge.export.ops._schema import (
+    DOMAIN,
+    OPTIONAL,
+    VERSION,
+    Attr,
+    AttrType,
+    Param,
+    float_output,
+    input_dims,
+    register_once,
+)
 
 OP_TYPE = BINARY_LINEAR
 MODES = LINEAR_MODES
@@ -58,8 +68,12 @@ SCHEMA = defs.OpSchema(
     ],
     outputs=[Param("Y", "tensor(float)", "output [..., N]")],
     attributes=[
-        Attr("mode", AttrType.STRING, " or ".join(f'"{m}"' for m in MODES) + " (how X + shift is binarized)",
-             required=True),
+        Attr(
+            "mode",
+            AttrType.STRING,
+            " or ".join(f'"{m}"' for m in MODES) + " (how X + shift is binarized)",
+            required=True,
+        ),
         Attr("in_features", AttrType.INT, "K, the true (unpadded) reduction length", required=True),
     ],
 )
@@ -91,7 +105,9 @@ def binary_linear_accumulators(
     k = int(in_features)
     w_bits = np.asarray(w_bits)
     if x.shape[-1] != k:
-        raise ContractError(f"BinaryLinear: X has {x.shape[-1]} features but in_features is {k}. Export and input disagree.")
+        raise ContractError(
+            f"BinaryLinear: X has {x.shape[-1]} features but in_features is {k}. Export and input disagree."
+        )
     if w_bits.dtype != np.uint8 or w_bits.ndim != 2 or w_bits.shape[1] * 8 != packing.padded_length(k):
         raise ContractError(
             f"BinaryLinear: W_bits must be uint8 [N, {packing.padded_length(k) // 8}] for in_features {k}, "
@@ -141,7 +157,9 @@ def unpack_signed_weight_standard(op: Any, w_bits: Any, in_features: int) -> Any
     expanded = op.Unsqueeze(w_bits, op.Constant(value_ints=[-1]))
     bits = op.BitwiseAnd(op.BitShift(expanded, shifts, direction="RIGHT"), one_u8)
     bits = op.Reshape(bits, op.Constant(value_ints=[0, -1]))
-    bits = op.Slice(bits, op.Constant(value_ints=[0]), op.Constant(value_ints=[int(in_features)]), op.Constant(value_ints=[1]))
+    bits = op.Slice(
+        bits, op.Constant(value_ints=[0]), op.Constant(value_ints=[int(in_features)]), op.Constant(value_ints=[1])
+    )
     bits_f = op.Cast(bits, to=onnx.TensorProto.FLOAT)
     w = op.Sub(op.Constant(value_float=1.0), op.Mul(op.Constant(value_float=2.0), bits_f))
     return op.Transpose(w, perm=[1, 0])
@@ -150,7 +168,9 @@ def unpack_signed_weight_standard(op: Any, w_bits: Any, in_features: int) -> Any
 def binarize_standard(op: Any, xs: Any, alpha: Any, mode: str) -> Any:
     """Standard ONNX: signed -> Where(x' < 0, -1, +1); unsigned -> Cast(x' > alpha/2) (float 0/1)."""
     if mode == "signed":
-        return op.Where(op.Less(xs, op.Constant(value_float=0.0)), op.Constant(value_float=-1.0), op.Constant(value_float=1.0))
+        return op.Where(
+            op.Less(xs, op.Constant(value_float=0.0)), op.Constant(value_float=-1.0), op.Constant(value_float=1.0)
+        )
     half = op.Div(alpha, op.Constant(value_float=2.0))
     return op.Cast(op.Greater(xs, half), to=onnx.TensorProto.FLOAT)
 
@@ -172,20 +192,28 @@ def binary_linear_standard(
 # --------------------------------------------------------------------------------------------------------
 
 
-def translate_packed(x: Any, shift: Any, alpha: Any, w_bits: Any, w_scale: Any, bias: Any, mode: str, in_features: int) -> Any:
+def translate_packed(
+    x: Any, shift: Any, alpha: Any, w_bits: Any, w_scale: Any, bias: Any, mode: str, in_features: int
+) -> Any:
     """torch.ops.bvit.binary_linear -> one bvit_edge::BinaryLinear node (a plain traced function; a
     decorated @onnxscript.script one fails in the exporter's inliner: docs/architecture.md, "Exporting")."""
     import onnxscript
 
     bvit = onnxscript.values.Opset(DOMAIN, VERSION)
-    return bvit.BinaryLinear(x, shift, alpha, w_bits, w_scale, bias, mode=_check_mode(mode), in_features=int(in_features))
+    return bvit.BinaryLinear(
+        x, shift, alpha, w_bits, w_scale, bias, mode=_check_mode(mode), in_features=int(in_features)
+    )
 
 
-def translate_standard(x: Any, shift: Any, alpha: Any, w_bits: Any, w_scale: Any, bias: Any, mode: str, in_features: int) -> Any:
+def translate_standard(
+    x: Any, shift: Any, alpha: Any, w_bits: Any, w_scale: Any, bias: Any, mode: str, in_features: int
+) -> Any:
     """torch.ops.bvit.binary_linear -> its standard-ONNX decomposition."""
     from onnxscript import opset18
 
-    return binary_linear_standard(opset18, x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features))
+    return binary_linear_standard(
+        opset18, x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features)
+    )
 
 
 __all__ = [

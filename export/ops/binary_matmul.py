@@ -18,7 +18,8 @@ The integer dots are popcounts on packed uint64 words (see :mod:`bvit_edge.expor
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -91,11 +92,15 @@ def _per_sample(x: np.ndarray, fn: Any) -> np.ndarray:
 def _alphas(alpha: np.ndarray, need: int, what: str) -> np.ndarray:
     a = np.asarray(alpha, np.float32).reshape(-1)
     if a.size < need:
-        raise ContractError(f"BinaryMatMul: {what} needs {need} scale(s) for its mode, got {a.size}. Re-export the model.")
+        raise ContractError(
+            f"BinaryMatMul: {what} needs {need} scale(s) for its mode, got {a.size}. Re-export the model."
+        )
     return a
 
 
-def a_plane_bits(a: np.ndarray, alpha: np.ndarray, mode: str, ratios: Sequence[float] | None = None) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+def a_plane_bits(
+    a: np.ndarray, alpha: np.ndarray, mode: str, ratios: Sequence[float] | None = None
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
     """Planes of A' (already shifted) as (sign, support) boolean arrays [..., M, K] (None = absent)."""
     mode = _mode(mode, A_MODES, "a_mode")
     al = _alphas(alpha, 3 if mode == "gsb_unsigned" else 1, "a_alpha")
@@ -109,7 +114,9 @@ def a_plane_bits(a: np.ndarray, alpha: np.ndarray, mode: str, ratios: Sequence[f
     return [(None, p1), (None, a > mx * r1), (None, a > mx * r2)]
 
 
-def b_plane_bits(b: np.ndarray, mode: str, ratios: Sequence[float] | None = None) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+def b_plane_bits(
+    b: np.ndarray, mode: str, ratios: Sequence[float] | None = None
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
     """Planes of B' (already shifted) as (sign, support) boolean arrays [..., K, N] (None = absent)."""
     mode = _mode(mode, B_MODES, "b_mode")
     sign = packing.sign_bits(b)
@@ -150,7 +157,10 @@ def binary_matmul_accumulators(
     pa = _pack_along_last(a_plane_bits(a, a_alpha, a_mode, gsb_ratios))
     pb_bits = b_plane_bits(b, b_mode, gsb_ratios)
     _alphas(b_alpha, len(pb_bits), "b_alpha")
-    swap = [(None if s is None else np.swapaxes(s, -1, -2), None if m is None else np.swapaxes(m, -1, -2)) for s, m in pb_bits]
+    swap = [
+        (None if s is None else np.swapaxes(s, -1, -2), None if m is None else np.swapaxes(m, -1, -2))
+        for s, m in pb_bits
+    ]
     pb = _pack_along_last(swap)
     return [[_bits.plane_dot(p, q, k) for q in pb] for p in pa]
 
@@ -199,18 +209,32 @@ def _standard_per_sample_compare(op: Any, x: Any, ratio: float, reduce: str, com
 
 
 def _sign_standard(op: Any, x: Any) -> Any:
-    return op.Where(op.Less(x, op.Constant(value_float=0.0)), op.Constant(value_float=-1.0), op.Constant(value_float=1.0))
+    return op.Where(
+        op.Less(x, op.Constant(value_float=0.0)), op.Constant(value_float=-1.0), op.Constant(value_float=1.0)
+    )
 
 
 def _scalar(op: Any, alpha: Any, i: int) -> Any:
     """alpha[i] as a 0-dim tensor (alpha is [1] or [3])."""
     flat = op.Reshape(alpha, op.Constant(value_ints=[-1]))
-    return op.Squeeze(op.Slice(flat, op.Constant(value_ints=[i]), op.Constant(value_ints=[i + 1])), op.Constant(value_ints=[0]))
+    return op.Squeeze(
+        op.Slice(flat, op.Constant(value_ints=[i]), op.Constant(value_ints=[i + 1])), op.Constant(value_ints=[0])
+    )
 
 
 def binary_matmul_standard(
-    op: Any, a: Any, b: Any, a_shift: Any, a_alpha: Any, b_shift: Any, b_alpha: Any, *, a_mode: str, b_mode: str,
-    gsb_ratios: Sequence[float] | None = None, rank: int = 4,
+    op: Any,
+    a: Any,
+    b: Any,
+    a_shift: Any,
+    a_alpha: Any,
+    b_shift: Any,
+    b_alpha: Any,
+    *,
+    a_mode: str,
+    b_mode: str,
+    gsb_ratios: Sequence[float] | None = None,
+    rank: int = 4,
 ) -> Any:
     """BinaryMatMul in standard ONNX ops (opset 18): planes as float tensors in {-1, 0, +1}, one MatMul per
     plane pair (exact integers in float32), scaled by alpha_i * beta_j and summed i outer, j inner.
@@ -227,7 +251,9 @@ def binary_matmul_standard(
         p1 = op.Cast(op.Greater(xa, op.Div(_scalar(op, a_alpha, 0), op.Constant(value_float=2.0))), to=f32)
         pa = [p1]
         if a_mode == "gsb_unsigned":
-            pa += [op.Cast(_standard_per_sample_compare(op, xa, r, "ReduceMax", "Greater", rank), to=f32) for r in (r1, r2)]
+            pa += [
+                op.Cast(_standard_per_sample_compare(op, xa, r, "ReduceMax", "Greater", rank), to=f32) for r in (r1, r2)
+            ]
     sb = _sign_standard(op, xb)
     pb = [sb]
     if b_mode == "gsb_signed":
@@ -253,7 +279,14 @@ def binary_matmul_standard(
 
 
 def translate_packed(
-    a: Any, b: Any, a_shift: Any, a_alpha: Any, b_shift: Any, b_alpha: Any, a_mode: str, b_mode: str,
+    a: Any,
+    b: Any,
+    a_shift: Any,
+    a_alpha: Any,
+    b_shift: Any,
+    b_alpha: Any,
+    a_mode: str,
+    b_mode: str,
     gsb_ratios: Sequence[float] = DEFAULT_GSB_RATIOS,
 ) -> Any:
     """torch.ops.bvit.binary_matmul -> one bvit_edge::BinaryMatMul node."""
@@ -261,14 +294,27 @@ def translate_packed(
 
     bvit = onnxscript.values.Opset(DOMAIN, VERSION)
     return bvit.BinaryMatMul(
-        a, b, a_shift, a_alpha, b_shift, b_alpha,
-        a_mode=_mode(a_mode, A_MODES, "a_mode"), b_mode=_mode(b_mode, B_MODES, "b_mode"),
+        a,
+        b,
+        a_shift,
+        a_alpha,
+        b_shift,
+        b_alpha,
+        a_mode=_mode(a_mode, A_MODES, "a_mode"),
+        b_mode=_mode(b_mode, B_MODES, "b_mode"),
         gsb_ratios=[float(r) for r in gsb_ratios],
     )
 
 
 def translate_standard(
-    a: Any, b: Any, a_shift: Any, a_alpha: Any, b_shift: Any, b_alpha: Any, a_mode: str, b_mode: str,
+    a: Any,
+    b: Any,
+    a_shift: Any,
+    a_alpha: Any,
+    b_shift: Any,
+    b_alpha: Any,
+    a_mode: str,
+    b_mode: str,
     gsb_ratios: Sequence[float] = DEFAULT_GSB_RATIOS,
 ) -> Any:
     """torch.ops.bvit.binary_matmul -> its standard-ONNX decomposition."""
@@ -277,7 +323,17 @@ def translate_standard(
     shape = getattr(a, "shape", None)
     rank = len(shape) if shape is not None else 4  # the torch op's contract: [B, H, M, K]
     return binary_matmul_standard(
-        opset18, a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode=a_mode, b_mode=b_mode, gsb_ratios=gsb_ratios, rank=rank
+        opset18,
+        a,
+        b,
+        a_shift,
+        a_alpha,
+        b_shift,
+        b_alpha,
+        a_mode=a_mode,
+        b_mode=b_mode,
+        gsb_ratios=gsb_ratios,
+        rank=rank,
     )
 
 

@@ -9,7 +9,8 @@ can be run in onnxruntime on its own, without torch.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -82,7 +83,11 @@ def build_model(
     result = build(op, *names)
     op.nodes.append(helper.make_node("Identity", [result], [output]))
     graph = helper.make_graph(
-        op.nodes, "decomposition", graph_inputs, [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)], inits
+        op.nodes,
+        "decomposition",
+        graph_inputs,
+        [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bvit-edge")
     model.ir_version = IR_VERSION
@@ -98,9 +103,13 @@ def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray | None], **a
     node = helper.make_node(op_type, names, ["Y"], domain=DOMAIN, **attrs)
     node_out = helper.make_node("Identity", ["Y0"], ["Y"])
     node.output[0] = "Y0"
-    graph = helper.make_graph([node, node_out], op_type, graph_inputs, [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [node, node_out], op_type, graph_inputs, [helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)]
+    )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, VERSION)], producer_name="bvit-edge"
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, VERSION)],
+        producer_name="bvit-edge",
     )
     model.ir_version = IR_VERSION
     return _with_inferred_output(model, "Y0")
@@ -111,4 +120,4 @@ def feeds(inputs: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in inputs.items() if v is not None}
 
 
-__all__ = ["OpBuilder", "build_model", "single_node_model", "feeds"]
+__all__ = ["OpBuilder", "build_model", "feeds", "single_node_model"]

@@ -21,7 +21,7 @@ def dequantize_int8_reference(w: np.ndarray, scale: np.ndarray, axis: int = 0) -
     """w * scale in float32, per channel along ``axis`` (1-D scale) or per tensor (0-dim / 1-element)."""
     w = np.asarray(w).astype(np.float32)
     scale = np.asarray(scale, np.float32)
-    if scale.ndim == 0 or scale.size == 1 and w.shape[axis % w.ndim] != 1:
+    if scale.ndim == 0 or (scale.size == 1 and w.shape[axis % w.ndim] != 1):
         return w * scale.reshape(())
     shape = [1] * w.ndim
     shape[axis % w.ndim] = scale.size

@@ -114,34 +114,43 @@ def binary_matmul_kernel(
                     ap[vp, vs, vh, vi, vw] = zero_word
                 if a_signed:
                     ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] + T.shift_left(
-                        T.Cast(wd, T.if_then_else(
-                            vw * bits + vj < kk,
-                            a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] < T.float32(0),
-                            False,
-                        )),
+                        T.Cast(
+                            wd,
+                            T.if_then_else(
+                                vw * bits + vj < kk,
+                                a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] < T.float32(0),
+                                False,
+                            ),
+                        ),
                         T.Cast(wd, vj),
                     )
                 elif a_gsb:
                     ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] + T.shift_left(
-                        T.Cast(wd, T.if_then_else(
-                            vw * bits + vj < kk,
-                            a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)]
-                            > T.Select(
-                                vp == 0,
-                                a_alpha[0] * T.float32(0.5),
-                                T.Select(vp == 1, T.float32(r1) * amax[vs], T.float32(r2) * amax[vs]),
+                        T.Cast(
+                            wd,
+                            T.if_then_else(
+                                vw * bits + vj < kk,
+                                a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)]
+                                > T.Select(
+                                    vp == 0,
+                                    a_alpha[0] * T.float32(0.5),
+                                    T.Select(vp == 1, T.float32(r1) * amax[vs], T.float32(r2) * amax[vs]),
+                                ),
+                                False,
                             ),
-                            False,
-                        )),
+                        ),
                         T.Cast(wd, vj),
                     )
                 else:
                     ap[vp, vs, vh, vi, vw] = ap[vp, vs, vh, vi, vw] + T.shift_left(
-                        T.Cast(wd, T.if_then_else(
-                            vw * bits + vj < kk,
-                            a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] > a_alpha[0] * T.float32(0.5),
-                            False,
-                        )),
+                        T.Cast(
+                            wd,
+                            T.if_then_else(
+                                vw * bits + vj < kk,
+                                a[vs, vh, vi, T.min(vw * bits + vj, kk - 1)] > a_alpha[0] * T.float32(0.5),
+                                False,
+                            ),
+                        ),
                         T.Cast(wd, vj),
                     )
         for s0, h, w, j, jn in T.grid(batch, heads, kw, bits, n):
@@ -150,9 +159,12 @@ def binary_matmul_kernel(
                 with T.init():
                     bs[vs, vh, vw, vn] = zero_word
                 bs[vs, vh, vw, vn] = bs[vs, vh, vw, vn] + T.shift_left(
-                    T.Cast(wd, T.if_then_else(
-                        vw * bits + vj < kk, b[vs, vh, T.min(vw * bits + vj, kk - 1), vn] < T.float32(0), False
-                    )),
+                    T.Cast(
+                        wd,
+                        T.if_then_else(
+                            vw * bits + vj < kk, b[vs, vh, T.min(vw * bits + vj, kk - 1), vn] < T.float32(0), False
+                        ),
+                    ),
                     T.Cast(wd, vj),
                 )
         for q, s0, h, w, j, jn in T.grid(qb, batch, heads, kw, bits, n):
@@ -162,20 +174,23 @@ def binary_matmul_kernel(
                     bm[vq, vs, vh, vw, vn] = zero_word
                 if b_gsb:
                     bm[vq, vs, vh, vw, vn] = bm[vq, vs, vh, vw, vn] + T.shift_left(
-                        T.Cast(wd, T.if_then_else(
-                            vw * bits + vj < kk,
-                            T.Select(
-                                vq == 0,
-                                True,
-                                T.Or(
-                                    b[vs, vh, T.min(vw * bits + vj, kk - 1), vn]
-                                    > T.Select(vq == 1, T.float32(r1), T.float32(r2)) * bmax[vs],
-                                    b[vs, vh, T.min(vw * bits + vj, kk - 1), vn]
-                                    < T.Select(vq == 1, T.float32(r1), T.float32(r2)) * bmin[vs],
+                        T.Cast(
+                            wd,
+                            T.if_then_else(
+                                vw * bits + vj < kk,
+                                T.Select(
+                                    vq == 0,
+                                    True,
+                                    T.Or(
+                                        b[vs, vh, T.min(vw * bits + vj, kk - 1), vn]
+                                        > T.Select(vq == 1, T.float32(r1), T.float32(r2)) * bmax[vs],
+                                        b[vs, vh, T.min(vw * bits + vj, kk - 1), vn]
+                                        < T.Select(vq == 1, T.float32(r1), T.float32(r2)) * bmin[vs],
+                                    ),
                                 ),
+                                False,
                             ),
-                            False,
-                        )),
+                        ),
                         T.Cast(wd, vj),
                     )
                 else:
@@ -199,9 +214,10 @@ def binary_matmul_kernel(
                     acc[vs, vh, vi, vp, vq, vn] = (
                         acc[vs, vh, vi, vp, vq, vn]
                         + T.Cast(acc_dt, T.popcount(bm[vq, vs, vh, vw, vn]))
-                        - 2 * T.Cast(acc_dt, T.popcount(
-                            bm[vq, vs, vh, vw, vn] & (ap[vp, vs, vh, vi, vw] ^ bs[vs, vh, vw, vn])
-                        ))
+                        - 2
+                        * T.Cast(
+                            acc_dt, T.popcount(bm[vq, vs, vh, vw, vn] & (ap[vp, vs, vh, vi, vw] ^ bs[vs, vh, vw, vn]))
+                        )
                     )
                 else:
                     acc[vs, vh, vi, vp, vq, vn] = (

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import tvm
 from tvm import s_tir
-from tvm.sym.pattern import detect_linear_equation
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule
+from tvm.sym.pattern import detect_linear_equation
 
 from bvit_edge.runtime.schedules.family import FamilyParams
 
@@ -73,7 +73,7 @@ class InjectiveRule(ScheduleRule):
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
 
-    def apply(self, func, target, _tunable):  # noqa: D102
+    def apply(self, func, target, _tunable):
         if not isinstance(func, tvm.tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)
@@ -191,7 +191,7 @@ class TiledReductionRule(ScheduleRule):
         self.vector_lanes = vector_lanes  # f32 lanes of one vector register (0: no register-file sizing)
         self.registers = registers
 
-    def apply(self, func, target, _tunable):  # noqa: D102
+    def apply(self, func, target, _tunable):
         if not isinstance(func, tvm.tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)
@@ -277,7 +277,6 @@ class TiledReductionRule(ScheduleRule):
         except Exception:  # noqa: BLE001 - an init that cannot be hoisted stays in the block
             pass
         return at
-
 
     def _register_block(self, sch: s_tir.Schedule, blk, outer_s, inner_s, red, row_tile: int, tile: int):
         """GEMM register blocking: a (rows x vectors) block of outputs is accumulated in registers
@@ -378,7 +377,7 @@ class RowReductionRule(ScheduleRule):
     def __init__(self, lanes: int) -> None:
         self.lanes = lanes
 
-    def apply(self, func, target, _tunable):  # noqa: D102
+    def apply(self, func, target, _tunable):
         if not isinstance(func, tvm.tirx.PrimFunc):
             return None
         try:
@@ -494,7 +493,7 @@ def _parallel_outer(sch: s_tir.Schedule, blk, vectorize_lanes: int = 0) -> None:
 class ParallelFallbackRule(ScheduleRule):
     """Last resort: every block's outermost loop in parallel (when it is a spatial loop)."""
 
-    def apply(self, func, target, _tunable):  # noqa: D102
+    def apply(self, func, target, _tunable):
         if not isinstance(func, tvm.tirx.PrimFunc):
             return None
         sch = s_tir.Schedule(func)

@@ -38,7 +38,7 @@ def sweep_stale(path: str | os.PathLike[str]) -> list[Path]:
     ``path`` exists, a previous version ``.NAME.old-PID``, whose PID is no longer running; the paths
     removed. A kill cannot clean up after itself; the next atomic write of the same target does."""
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     head = f".{path.name}."

@@ -26,7 +26,7 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     k = bits.shape[-1]
     kp = padded_length(k)
     if kp != k:
-        pad = np.zeros(bits.shape[:-1] + (kp - k,), dtype=bool)
+        pad = np.zeros((*bits.shape[:-1], kp - k), dtype=bool)
         bits = np.concatenate([bits, pad], axis=-1)
     return np.packbits(bits, axis=-1, bitorder="little")
 

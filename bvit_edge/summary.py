@@ -34,6 +34,7 @@ Counting rules
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -248,20 +249,12 @@ class ModelSummary:
         """The table as plain text."""
         from rich.console import Console
 
-        console = Console(width=width, record=True, file=_Null())
+        console = Console(width=width, record=True, file=io.StringIO())
         console.print(self.table(max_rows))
         storage = self.storage_table()
         if storage is not None:
             console.print(storage)
         return console.export_text()
-
-
-class _Null:
-    def write(self, _s: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 def _n(x: int) -> str:
@@ -344,7 +337,9 @@ def _add(row: LayerSummary, bits: int, shape: tuple[int, ...], numel: int) -> No
         row.packed_bytes += 4 * numel
 
 
-def _layer_macs(mod: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+def _layer_macs(mod: Any, inp: torch.Tensor, out: torch.Tensor) -> int:
+    # mod: Any, since the frozen layers are read by their attributes (w_int8, in_features), which nn.Module's
+    # __getattr__ types as Tensor | Module
     if isinstance(mod, nn.Conv2d) or type(mod).__name__ == "FrozenInt8Conv2d":
         w = mod.weight if isinstance(mod, nn.Conv2d) else mod.w_int8
         # weight [C_out, C_in / groups, kh, kw]: each output element takes C_in/groups * kh * kw MACs
@@ -364,7 +359,8 @@ def _is_compute_layer(mod: nn.Module) -> bool:
     )
 
 
-def _attention_macs(mod: nn.Module, n_tokens: int) -> dict[str, int] | None:
+def _attention_macs(mod: Any, n_tokens: int) -> dict[str, int] | None:
+    # mod: Any, read by its attributes (num_heads, head_dim, macs) as in _layer_macs
     if hasattr(mod, "macs") and callable(mod.macs):
         return dict(mod.macs(n_tokens))
     if not (hasattr(mod, "num_heads") and hasattr(mod, "head_dim")):
@@ -402,7 +398,7 @@ def summary(
                 "summary(): the model has no default_cfg['input_size']; build it with create_model() or pass "
                 "input_size=(C, H, W)."
             )
-        input_size = tuple(cfg["input_size"])  # type: ignore[assignment]
+        input_size = tuple(cfg["input_size"])
     name = str(getattr(model, "model_name", type(model).__name__))
     work = copy.deepcopy(model)
     work.eval()
@@ -411,7 +407,7 @@ def summary(
     for mname, mod in work.named_modules():
         if _is_compute_layer(mod) or hasattr(mod, "num_heads"):
 
-            def hook(m: nn.Module, args: tuple, out: Any, _n: str = mname) -> None:  # type: ignore[type-arg]
+            def hook(m: nn.Module, args: tuple, out: Any, _n: str = mname) -> None:
                 if _n not in shapes and args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor):
                     shapes[_n] = (args[0].detach(), out.detach())
 
@@ -453,7 +449,7 @@ def summary(
 
 
 def _is_att_bias(name: str) -> bool:
-    return name.endswith(".att_bias") or name == "att_bias" or name.endswith("move_att.bias")
+    return name.endswith((".att_bias", "move_att.bias")) or name == "att_bias"
 
 
 def _storage_counts(model: nn.Module, result: ModelSummary) -> tuple[int, int, int]:

@@ -50,12 +50,15 @@ class LiftedParams:
 
     def as_dict(self) -> dict[str, np.ndarray]:
         """name -> array, in parameter order."""
-        return dict(zip(self.names, self.arrays))
+        return dict(zip(self.names, self.arrays, strict=True))
 
     def save_npz(self, path: Any) -> None:
         """Write the arrays to ``path`` with ``np.savez`` (uncompressed; keys in parameter order)."""
+        # Any: numpy's stub types savez's **kwds like its allow_pickle flag; every value here is an array
+        entries: dict[str, Any] = self.as_dict()
+        extras: dict[str, Any] = self.extras
         with open(path, "wb") as f:
-            np.savez(f, **self.as_dict(), **self.extras)
+            np.savez(f, **entries, **extras)
 
     def clear(self) -> None:
         self.names.clear()

@@ -89,7 +89,10 @@ class KernelSpec:
         from bvit_edge.runtime.kernels.words import n_words, word_dtype
 
         wd = np.dtype(word_dtype(self.word_bits))
-        f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+
+        def f32(*shape: int) -> np.ndarray:
+            return rng.standard_normal(shape).astype(np.float32)
+
         if self.op == "binary_linear":
             m, k, n = self.shape
             kw = n_words(k, self.word_bits)

@@ -374,10 +374,12 @@ def _is_our_server(pid: int, root: Path) -> bool:
 
 
 def _server_record(root: Path) -> dict[str, Any] | None:
+    """server.json as written by :func:`start`; None when absent, unreadable or without an integer pid."""
     try:
-        return json.loads((root / "server.json").read_text())
+        rec = json.loads((root / "server.json").read_text())
     except (OSError, ValueError):
         return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("pid"), int) else None
 
 
 def status(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = None) -> BoardInfo:
@@ -389,14 +391,15 @@ def status(arch: str = "aarch64", cache_dir: str | os.PathLike[str] | None = Non
         with contextlib.suppress(OSError, ValueError):
             stamp = json.loads((root / "stamp.json").read_text())
     rec = _server_record(root)
-    running = bool(rec) and _pid_alive(int(rec["pid"])) and _is_our_server(int(rec["pid"]), root)
+    pid: int | None = rec["pid"] if rec else None
+    running = pid is not None and _pid_alive(pid) and _is_our_server(pid, root)
     return BoardInfo(
         arch=arch,
         root=root,
         built=built,
         running=running,
-        port=rec["port"] if running else None,
-        pid=int(rec["pid"]) if running else None,
+        port=rec["port"] if rec and running else None,
+        pid=pid if running else None,
         log=root / "server.log",
         stamp=stamp,
     )
@@ -445,8 +448,9 @@ def start(
             )
         )
     info = status(arch, cache_dir)
-    if info.running:  # started by an earlier call (maybe another process): wait until it serves
-        if _wait_ready(info.host, int(info.port), lambda: _pid_alive(int(info.pid)), timeout_s):
+    if info.running and info.pid is not None and info.port is not None:  # started earlier: wait until it serves
+        pid = info.pid
+        if _wait_ready(info.host, info.port, lambda: _pid_alive(pid), timeout_s):
             return status(arch, cache_dir)
         raise ToolchainError(
             f"The emulated board's server (PID {info.pid}) runs but did not answer on "

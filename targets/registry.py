@@ -124,7 +124,7 @@ class TargetSpec:
         tvm = _import_tvm()
         try:
             return tvm.target.Target(dict(self.tvm_target))
-        except Exception as exc:  # TVM raises ValueError / TVMError with its own message
+        except Exception as exc:  # noqa: BLE001 - TVM raises ValueError, TVMError and its own types
             raise ConfigError(
                 f"Target {self.name!r} ({self.source}): TVM rejects its [tvm_target] table "
                 f"{self.tvm_target}: {str(exc).splitlines()[0]} Fix the table (see the shipped presets "

@@ -220,7 +220,7 @@ def connect(
         raise ToolchainError(f"Cannot start the RPC relay for {host}:{port} ({exc}).") from None
     try:
         session = rpc.connect("127.0.0.1", relay.port, key=key, session_timeout=session_timeout_s)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - TVM's own error types, mapped below
         outcome = relay.outcome(wait_s=2.0)
         relay.close()
         if outcome == "stalled":
@@ -372,7 +372,7 @@ def remote_arch(session: Any) -> str | None:
     try:
         fn = session.get_function("target.llvm_get_system_triple")
         return _arch_of_triple(str(fn()))
-    except Exception:  # missing function on a runtime-only board
+    except Exception:  # noqa: BLE001 - missing function on a runtime-only board
         return None
 
 
@@ -421,7 +421,7 @@ def upload_and_load(
     try:
         session.upload(str(lib_path), target=remote_name)
         return session.load_module(remote_name)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - dlopen and TVM errors, mapped below
         text = str(exc)
         if any(
             s in text

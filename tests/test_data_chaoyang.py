@@ -70,7 +70,7 @@ def test_malformed_or_missing_json_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="entry 0"):
         load_dataset("chaoyang", root=tmp_path)
     (tmp_path / "train.json").unlink()
-    with pytest.raises(DataError, match="no train.json"):
+    with pytest.raises(DataError, match=r"no train\.json"):
         load_dataset("chaoyang", root=tmp_path)
 
 

@@ -69,14 +69,14 @@ def test_train_resize_and_eval_resize_centre_crop_match_pillow_and_numpy(tmp_pat
         short = math.floor(S / crop_pct)  # 18: "resize 256, crop 224" scaled down
         nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
         big = _pil_resize(a, (nw, nh), Image.BICUBIC)
-        top, left = int(round((nh - S) / 2)), int(round((nw - S) / 2))
+        top, left = round((nh - S) / 2), round((nw - S) / 2)
         np.testing.assert_allclose(s.val[i][0].numpy(), big[:, top : top + S, left : left + S], atol=1e-5)
     s2 = load_dataset("imagefolder", root=tmp_path, image_size=S, crop_pct=1.0, interpolation="bilinear")
     a = arrays[s2.val.samples[0][0]].astype(np.float32) / 255.0
     h, w = a.shape[:2]
     nh, nw = (S, int(S * w / h)) if h <= w else (int(S * h / w), S)
     big = _pil_resize(a, (nw, nh), Image.BILINEAR)
-    top, left = int(round((nh - S) / 2)), int(round((nw - S) / 2))
+    top, left = round((nh - S) / 2), round((nw - S) / 2)
     np.testing.assert_allclose(s2.val[0][0].numpy(), big[:, top : top + S, left : left + S], atol=1e-5)
 
 

@@ -208,7 +208,7 @@ def test_record_intermediates_on_the_teacher_matches_a_manual_forward():
             qkv = torch.nn.functional.linear(z, a.qkv.weight, a.qkv.bias).reshape(
                 2, h.shape[1], 3, a.num_heads, a.head_dim
             )
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            q, k, _ = qkv.permute(2, 0, 3, 1, 4)
             scores = (q @ k.transpose(-2, -1)) * a.head_dim**-0.5
             torch.testing.assert_close(rec["q"][i], q)
             torch.testing.assert_close(rec["k"][i], k)

@@ -80,7 +80,7 @@ def _reference_forward(
     prefix = [np.repeat(sd["cls_token"], b, 0)]
     if distilled:
         prefix.append(np.repeat(sd["dist_token"], b, 0))
-    t = np.concatenate(prefix + [t], 1) + sd["pos_embed"]
+    t = np.concatenate([*prefix, t], 1) + sd["pos_embed"]
     dim = t.shape[-1]
     dh = dim // heads
     for i in range(depth):

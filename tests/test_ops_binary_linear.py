@@ -28,7 +28,7 @@ def _pack_rows(bits: np.ndarray) -> np.ndarray:
 
 def _case(seed: int, lead: tuple[int, ...], k: int, n: int, zeros: bool):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(lead + (k,)).astype(np.float32)
+    x = rng.standard_normal((*lead, k)).astype(np.float32)
     shift = (rng.standard_normal(k) * 0.3).astype(np.float32)
     if zeros:  # exact zeros of x' = x + shift (sgn(0) = +1) and values at the unsigned threshold
         x.reshape(-1, k)[0, : k // 2] = -shift[: k // 2]

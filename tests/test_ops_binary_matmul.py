@@ -96,8 +96,8 @@ def test_plane_dots_equal_unpacked_integer_matmul(params):
     dots = bm.binary_matmul_accumulators(*args, a_mode=a_mode, b_mode=b_mode)
     want, _ = _expected(*args, a_mode, b_mode)
     assert len(dots) == len(want) and len(dots[0]) == len(want[0])
-    for got_row, want_row in zip(dots, want):
-        for got, w in zip(got_row, want_row):
+    for got_row, want_row in zip(dots, want, strict=True):
+        for got, w in zip(got_row, want_row, strict=True):
             assert got.dtype == np.int64
             np.testing.assert_array_equal(got, w)
 
@@ -179,7 +179,7 @@ def test_schema_infers_output_shape_and_default_ratios():
     onnx.checker.check_model(model, full_check=True)
     dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert dims == [2, 3, 4, 5]
-    ratios = [a for a in bm.SCHEMA.attributes["gsb_ratios"].default_value.floats]
+    ratios = list(bm.SCHEMA.attributes["gsb_ratios"].default_value.floats)
     np.testing.assert_allclose(ratios, [0.7, 0.9], rtol=1e-7)
 
 

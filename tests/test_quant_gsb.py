@@ -26,7 +26,7 @@ RATIOS = (0.7, 0.9)
 def _set_alphas(q: torch.nn.Module, *values: float) -> None:
     names = ["alpha"] if hasattr(q, "alpha") else ["alpha1", "alpha2", "alpha3"]
     with torch.no_grad():
-        for n, v in zip(names, values):
+        for n, v in zip(names, values, strict=True):
             getattr(q, n).fill_(v)
         q.initialized.fill_(True)
 
@@ -125,11 +125,11 @@ def test_value_groups_forward_and_gradients_follow_the_stated_formulas(corrected
     m1, m2 = _signed_masks_np(vn, 0.7), _signed_masks_np(vn, 0.9)
     assert m1.sum() > m2.sum() > 0
     us = (vn, vn * m1, vn * m2)
-    np.testing.assert_allclose(_np(y), sum(ak * np.sign(u) for ak, u in zip(a, us)), rtol=1e-6)
-    grad_v = sum(gn * (np.abs(u) <= ak) for ak, u in zip(a, us))
+    np.testing.assert_allclose(_np(y), sum(ak * np.sign(u) for ak, u in zip(a, us, strict=True)), rtol=1e-6)
+    grad_v = sum(gn * (np.abs(u) <= ak) for ak, u in zip(a, us, strict=True))
     np.testing.assert_allclose(_np(v.grad), grad_v, rtol=1e-6)
     scales = (1 / math.sqrt(vn.size), 1 / math.sqrt(m1.sum()), 1 / math.sqrt(m2.sum()))
-    for name, ak, u, s in zip(("alpha1", "alpha2", "alpha3"), a, us, scales):
+    for name, ak, u, s in zip(("alpha1", "alpha2", "alpha3"), a, us, scales, strict=True):
         d = np.sign(u) - (u / ak) * (np.abs(u) <= ak) if corrected else np.sign(u)
         np.testing.assert_allclose(getattr(q, name).grad.item(), (gn * d).sum() * s, rtol=1e-4, atol=1e-6)
 

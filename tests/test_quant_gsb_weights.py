@@ -70,7 +70,7 @@ def test_lsq_conv_weights_are_8bit_per_channel_with_lsq_gradients() -> None:
     d_s = (q < -128) * -128 + (q > 127) * 127 + middle * (np.round(q) - q)
     expected = (gn * d_s).sum(axis=(1, 2, 3)) / math.sqrt(wn.size * 127)
     np.testing.assert_allclose(conv.alpha.grad.numpy(), expected, rtol=1e-4, atol=1e-7)
-    codes_t, scale_t = conv.int8_codes_and_scale()
+    codes_t, _ = conv.int8_codes_and_scale()
     assert codes_t.dtype == torch.int8
     np.testing.assert_array_equal(codes_t.numpy(), codes.astype(np.int8))
 

@@ -4,6 +4,8 @@ DataError (exit code 2)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -41,11 +43,11 @@ def _linear_inputs(with_bias: bool, k: int = 100, n: int = 9):
 def test_packed_binary_linear_runs_as_python_op(tmp_path, mode, with_bias):
     inputs = _linear_inputs(with_bias)
     path = _save(single_node_model("BinaryLinear", inputs, mode=mode, in_features=100), tmp_path / "bl.onnx")
-    before = open(path, "rb").read()
+    before = Path(path).read_bytes()
     got = ort_session(path, threads=1).run(None, feeds(inputs))[0]
     want = binary_linear_reference(*inputs.values(), mode=mode, in_features=100)
     np.testing.assert_array_equal(got, want)
-    assert open(path, "rb").read() == before  # the rewrite is in memory only
+    assert Path(path).read_bytes() == before  # the rewrite is in memory only
 
 
 def test_packed_binary_matmul_keeps_exact_non_default_ratios(tmp_path):
@@ -89,7 +91,7 @@ def test_empty_file(tmp_path):
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, 0.99])
 def test_truncated_file(tmp_path, keep):
-    data = open(_good_model_path(tmp_path), "rb").read()
+    data = Path(_good_model_path(tmp_path)).read_bytes()
     bad = tmp_path / "cut.onnx"
     bad.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(DataError, match="corrupt or truncated") as info:

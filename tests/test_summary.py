@@ -72,7 +72,7 @@ def test_summary_does_not_touch_the_model():
     assert not any(bool(b) for n, b in m.named_buffers() if n.endswith("initialized"))
 
 
-@pytest.mark.parametrize("name", [n for n in list_models("*test*")])
+@pytest.mark.parametrize("name", list(list_models("*test*")))
 def test_summary_runs_on_every_test_variant(name: str):
     s = summary(create_model(name))
     d = s.to_dict()

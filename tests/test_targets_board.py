@@ -64,7 +64,7 @@ def test_stale_recipe_is_refused(tmp_path):
 def test_missing_files_are_named(tmp_path):
     _fake_image(tmp_path / "aarch64", board.RECIPES["aarch64"])
     (tmp_path / "aarch64" / "site/tvm/__init__.py").unlink()
-    with pytest.raises(ToolchainError, match="site/tvm/__init__.py"):
+    with pytest.raises(ToolchainError, match=r"site/tvm/__init__\.py"):
         board.start("aarch64", tmp_path)
 
 

@@ -78,7 +78,7 @@ def test_shipped_preset_describes_its_board(name):
         assert spec.tvm_target["mfloat-abi"] == "hard"  # armhf: else the objects do not link
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED) + ["host"])
+@pytest.mark.parametrize("name", [*sorted(EXPECTED), "host"])
 def test_tvm_and_llvm_accept_every_preset(name):
     pytest.importorskip("tvm")
     spec = load_target(name)

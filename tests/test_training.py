@@ -79,7 +79,8 @@ def test_config_resolution_recipe_then_toml_then_flags(tmp_path: Path) -> None:
 
 
 def _train_cmd(out: Path, *extra: str) -> list[str]:
-    return CLI + [
+    return [
+        *CLI,
         "train",
         "--model",
         "deit_test_patch4_16",
@@ -143,7 +144,7 @@ def test_killed_run_resumes_to_the_same_steps_and_weights(tmp_path: Path) -> Non
 
 def test_cli_unknown_method_is_a_usage_error(tmp_path: Path) -> None:
     r = subprocess.run(
-        CLI + ["train", "--method", "nope", "--out", str(tmp_path / "x")],
+        [*CLI, "train", "--method", "nope", "--out", str(tmp_path / "x")],
         env=ENV,
         capture_output=True,
         text=True,
@@ -155,7 +156,7 @@ def test_cli_unknown_method_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_cli_resume_without_checkpoint_explains(tmp_path: Path) -> None:
     r = subprocess.run(
-        CLI + ["train", "--resume", "--out", str(tmp_path / "none")],
+        [*CLI, "train", "--resume", "--out", str(tmp_path / "none")],
         env=ENV,
         capture_output=True,
         text=True,
@@ -178,7 +179,7 @@ def test_cli_eval_prints_json_metrics(tmp_path: Path) -> None:
         image_size=16,
     )
     r = subprocess.run(
-        CLI + ["eval", str(out), "--json"], env=ENV, capture_output=True, text=True, check=True, cwd=tmp_path
+        [*CLI, "eval", str(out), "--json"], env=ENV, capture_output=True, text=True, check=True, cwd=tmp_path
     )
     res = json.loads(r.stdout)
     assert res["num_images"] == 360 and 0.0 <= res["top1"] <= res["top5"] <= 1.0
@@ -186,5 +187,5 @@ def test_cli_eval_prints_json_metrics(tmp_path: Path) -> None:
 
 
 def test_cli_eval_missing_checkpoint_is_clear(tmp_path: Path) -> None:
-    r = subprocess.run(CLI + ["eval", str(tmp_path / "missing")], env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run([*CLI, "eval", str(tmp_path / "missing")], env=ENV, capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "No checkpoint" in r.stderr and "Traceback" not in r.stderr

@@ -339,7 +339,7 @@ def test_unknown_domain_and_unknown_bvit_op_are_refused(tmp_path):
     model, _ = tiny_classifier()
     model.graph.node[0].domain = "com.example"
     onnx.save(model, str(tmp_path / "a.onnx"))
-    with pytest.raises(ConfigError, match="com.example"):
+    with pytest.raises(ConfigError, match=r"com\.example"):
         compile_model(tmp_path / "a.onnx", "host", tmp_path / "out")
     model, _ = tiny_classifier()
     model.graph.node[1].op_type = "BinaryConv"

@@ -7,6 +7,8 @@ bvit_edge.packing words (np.bitwise_count) and a +-1 int64 matmul.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -26,11 +28,9 @@ def _build(func, target_name):
 
 def _asm(lib):
     out = []
-    for mod in [lib] + list(lib.imports):
-        try:
+    for mod in [lib, *list(lib.imports)]:
+        with contextlib.suppress(Exception):  # a module without LLVM assembly (e.g. the host wrapper)
             out.append(mod.inspect_source("asm"))
-        except Exception:  # noqa: BLE001 - a module without LLVM assembly (e.g. the host wrapper)
-            pass
     return "\n".join(out)
 
 

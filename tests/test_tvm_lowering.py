@@ -59,7 +59,7 @@ def planes_b(b, mode):
 def ref_binary_matmul(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode, b_mode):
     pa = planes_a(a + a_shift, a_mode, a_alpha)
     pb = planes_b(b + b_shift, b_mode)
-    out = np.zeros(a.shape[:-1] + (b.shape[-1],), np.float32)
+    out = np.zeros((*a.shape[:-1], b.shape[-1]), np.float32)
     for i, ai in enumerate(pa):
         for j, bj in enumerate(pb):
             dot = np.matmul(ai.astype(np.int64), bj.astype(np.int64))

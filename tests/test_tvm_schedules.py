@@ -211,7 +211,7 @@ def test_row_reductions_get_the_row_rule_and_match_numpy(op, shape, fast_math):
     assert "T.where" not in script.split("T.vectorized", 1)[1] or op == "layer_norm"
     # the rule itself accepts the legalized func (not some later fallback)
     legal = relax.transform.LegalizeOps()(mod)
-    prim = [f for _, f in legal.functions.items() if isinstance(f, tvm.tirx.PrimFunc)][0]
+    prim = next(f for _, f in legal.functions.items() if isinstance(f, tvm.tirx.PrimFunc))
     assert RowReductionRule(fam.float_lanes).apply(prim, spec.tvm(), False) is not None
     exe = build_relax(mod, spec, fam, fast_math)
     vm = relax.VirtualMachine(exe, tvm.cpu())

@@ -65,7 +65,7 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# The same findings counted per rule, never failing (what .ci/run prints until the tree is clean).
+# The same findings counted per rule, never failing (to see what is left while cleaning up).
 lint-report: install
 	-$(PY) -m ruff check . --statistics
 	-$(PY) -m ruff format --check . | tail -n 1

@@ -93,6 +93,17 @@ def test_stop_never_signals_a_pid_that_is_not_our_qemu(tmp_path):
         proc.wait()
 
 
+@pytest.mark.parametrize("record", ['{"port": 9090}', "[1, 2]", '{"pid": "12", "port": 9090}', "{"])
+def test_a_damaged_server_record_reads_as_no_server(tmp_path, record):
+    """server.json without an integer pid (hand-edited, cut by a full disk) is no running server, not a crash."""
+    root = tmp_path / "aarch64"
+    _fake_image(root, board.RECIPES["aarch64"])
+    (root / "server.json").write_text(record)
+    info = board.status("aarch64", tmp_path)
+    assert info.built and not info.running and info.pid is None and info.port is None
+    assert board.stop("aarch64", tmp_path) is False
+
+
 def test_default_cache_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("BVIT_EDGE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -32,7 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def installed_sizes(site: str, root: str) -> dict:
     """MiB per package of ``root``'s dependency closure in ``site`` (from each package's RECORD)."""
-    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+
+    def norm(n: str) -> str:
+        return re.sub(r"[-_.]+", "-", n).lower()
+
     dists = {norm(d.metadata["Name"]): d for d in distributions(path=[site])}
     seen, todo = set(), [root]
     while todo:

@@ -61,8 +61,9 @@ def prune_logs(folder: Path, keep: int = KEEP_LOGS) -> None:
 
 
 def _writes_to_fd2(stream: object) -> bool:
+    fileno = getattr(stream, "fileno", None)
     try:
-        return stream is not None and stream.fileno() == 2  # type: ignore[attr-defined]
+        return fileno is not None and fileno() == 2
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return False
 

@@ -399,6 +399,9 @@ def summary(
                 "input_size=(C, H, W)."
             )
         input_size = tuple(cfg["input_size"])
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3:
+        raise ConfigError(f"summary(): input_size must be (C, H, W), got {input_size}.")
     name = str(getattr(model, "model_name", type(model).__name__))
     work = copy.deepcopy(model)
     work.eval()
@@ -414,14 +417,14 @@ def summary(
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            work(torch.randn(1, *input_size))
+            work(torch.randn(1, *size))
     except Exception as exc:
-        raise ConfigError(f"summary(): a forward pass of {name} on one {input_size} image failed: {exc}") from exc
+        raise ConfigError(f"summary(): a forward pass of {name} on one {size} image failed: {exc}") from exc
     finally:
         for h in handles:
             h.remove()
 
-    result = ModelSummary(name, tuple(input_size), teacher_params=_teacher_params(model, teacher))  # type: ignore[arg-type]
+    result = ModelSummary(name, size, teacher_params=_teacher_params(model, teacher))
     claimed: list[str] = []
     for mname, mod in work.named_modules():
         if any(mname.startswith(c + ".") for c in claimed):

@@ -242,7 +242,7 @@ def test_relay_never_times_out_an_idle_session_nor_a_slow_but_moving_reply():
 def _binary_linear_model(w_dims, mode="signed", k=32, version=1):
     from onnx import TensorProto, helper, numpy_helper
 
-    import bvit_edge.export.ops  # noqa: F401
+    import bvit_edge.export.ops  # noqa: F401 - registers the schemas
 
     inits = [
         numpy_helper.from_array(np.zeros(k, np.float32), "shift"),

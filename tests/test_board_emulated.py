@@ -47,7 +47,9 @@ def _kernels():
 def _run(mod, dev, a, b, x):
     import tvm
 
-    t = lambda arr: tvm.runtime.tensor(arr, dev)  # noqa: E731
+    def t(arr: np.ndarray):
+        return tvm.runtime.tensor(arr, dev)
+
     c, y = t(np.zeros(8, np.int32)), t(np.zeros(64, np.float32))
     mod["xor_popcount"](t(a), t(b), c)
     mod["affine"](t(x), y)

@@ -82,7 +82,7 @@ def test_the_registered_onnx_schemas_are_exactly_the_contract_ops():
 def test_the_onnx_schema_attributes_name_the_contract_modes_and_default_ratios():
     from onnx import defs
 
-    import bvit_edge.export.ops  # noqa: F401
+    import bvit_edge.export.ops  # noqa: F401 - registers the schemas
 
     lin = defs.get_schema(contract.BINARY_LINEAR, contract.DOMAIN_VERSION, contract.DOMAIN)
     assert _quoted(lin.attributes["mode"].description) == list(contract.LINEAR_MODES)
@@ -113,7 +113,7 @@ def test_each_op_has_a_spec_page_for_this_domain_version(op):
 def test_the_spec_page_inputs_are_the_schema_inputs(op):
     from onnx import defs
 
-    import bvit_edge.export.ops  # noqa: F401
+    import bvit_edge.export.ops  # noqa: F401 - registers the schemas
 
     schema = defs.get_schema(op, contract.DOMAIN_VERSION, contract.DOMAIN)
     documented = [re.match(r"`(\w+)`", row[1]).group(1) for row in _table_rows(_spec_page(op), "Inputs")]

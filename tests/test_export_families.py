@@ -9,7 +9,7 @@ import torch
 
 import bvit_edge.models.acdbit
 import bvit_edge.models.binaryvit
-import bvit_edge.models.bit  # noqa: F401
+import bvit_edge.models.bit  # noqa: F401 - registers the BiT students
 from bvit_edge.export import export_onnx, validate_onnx
 from bvit_edge.models import create_model
 from bvit_edge.quant.freeze import freeze

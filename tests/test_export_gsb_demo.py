@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import bvit_edge.models.gsb  # noqa: F401
+import bvit_edge.models.gsb  # noqa: F401 - registers the GSB students
 from bvit_edge.export import export_onnx, validate_onnx
 from bvit_edge.export.storage import apply_to_model
 from bvit_edge.models import create_model

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import torch
 
-import bvit_edge.models.gsb  # noqa: F401
+import bvit_edge.models.gsb  # noqa: F401 - registers the GSB students
 from bvit_edge.errors import DataError, ValidationError
 from bvit_edge.export import (
     OutputNameMismatch,

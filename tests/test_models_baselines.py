@@ -53,11 +53,11 @@ class ZeroCounter:
         self.count = 0
         orig_sign, orig_approx = bit_quant.sign_code, binaryvit_quant.approx_sign
 
-        def sign_code(xs, alpha):  # type: ignore[no-untyped-def]
+        def sign_code(xs, alpha):
             self.count += int((xs == 0).sum())
             return orig_sign(xs, alpha)
 
-        def approx_sign(x):  # type: ignore[no-untyped-def]
+        def approx_sign(x):
             self.count += int((x == 0).sum())
             return orig_approx(x)
 

@@ -26,7 +26,10 @@ def _timm_state_dict(
     """A random state_dict with exactly timm's vision_transformer / deit key names and shapes."""
     n = (img // patch) ** 2 + (2 if distilled else 1)
     hid = int(dim * mlp_ratio)
-    r = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
+
+    def r(*s: int) -> np.ndarray:
+        return (rng.standard_normal(s) * 0.1).astype(np.float32)
+
     sd = {
         "cls_token": r(1, 1, dim),
         "pos_embed": r(1, n, dim),
@@ -88,7 +91,10 @@ def _reference_forward(
         y = ln(t, sd[p + "norm1.weight"], sd[p + "norm1.bias"])
         qkv = y @ sd[p + "attn.qkv.weight"].T + sd[p + "attn.qkv.bias"]
         q, k, v = np.split(qkv, 3, axis=-1)
-        split = lambda z: z.reshape(b, -1, heads, dh).transpose(0, 2, 1, 3)  # noqa: E731
+
+        def split(z: np.ndarray) -> np.ndarray:
+            return z.reshape(b, -1, heads, dh).transpose(0, 2, 1, 3)
+
         q, k, v = split(q), split(k), split(v)
         s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh)
         s = np.exp(s - s.max(-1, keepdims=True))

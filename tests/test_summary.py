@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from bvit_edge.errors import ConfigError
 from bvit_edge.models import create_model, list_models
 from bvit_edge.summary import summary
 
@@ -70,6 +71,13 @@ def test_summary_does_not_touch_the_model():
     m = create_model("bit_test_patch4_16")
     summary(m)
     assert not any(bool(b) for n, b in m.named_buffers() if n.endswith("initialized"))
+
+
+def test_input_size_other_than_chw_is_a_config_error():
+    m = create_model("bit_test_patch4_16")
+    with pytest.raises(ConfigError, match=r"input_size must be \(C, H, W\)"):
+        summary(m, input_size=(16, 16))  # type: ignore[arg-type]
+    assert summary(m, input_size=[3, 16, 16]).input_size == (3, 16, 16)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", list(list_models("*test*")))

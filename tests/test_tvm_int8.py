@@ -260,8 +260,13 @@ def test_each_target_gets_its_dot_instruction_in_the_assembly(preset, scheme):
 def _int8_graph_model(path, rng):
     """x[1, 3, 16, 16] -> patch conv (int8 W per channel) -> flatten -> W8A8 Gemm (transB) ->
     W8A32 MatMul (per-tensor scale) -> W8A8 Gemm (transB = 0)."""
-    i8 = lambda *s: rng.integers(-128, 128, size=s, dtype=np.int8)  # noqa: E731
-    f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+
+    def i8(*s: int) -> np.ndarray:
+        return rng.integers(-128, 128, size=s, dtype=np.int8)
+
+    def f32(*s: int) -> np.ndarray:
+        return rng.standard_normal(s).astype(np.float32)
+
     inits = [
         numpy_helper.from_array(i8(8, 3, 4, 4), "wc"),
         numpy_helper.from_array((rng.random(8) * 0.01 + 1e-3).astype(np.float32), "sc"),
@@ -431,7 +436,10 @@ def test_int8_kernels_on_the_emulated_board_equal_numpy(tmp_path, board_session,
     w[:3] = -128
     packed = pack_weights(w, sch, 2)
     corr = offset_correction(w, sch, packed.shape[0] * sch.lanes)
-    t = lambda a: tvm.runtime.tensor(a, dev)  # noqa: E731
+
+    def t(a: np.ndarray):
+        return tvm.runtime.tensor(a, dev)
+
     args = [
         t(a)
         for a in (

@@ -29,7 +29,10 @@ D, P, IMG = 32, 4, 16  # embed dim, patch, image size -> 16 tokens
 
 def float_vit_block() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
-    f = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+
+    def f(*s: int) -> np.ndarray:
+        return (rng.standard_normal(s) * 0.2).astype(np.float32)
+
     t = (IMG // P) ** 2
     inits = [
         nh.from_array(f(D, 3, P, P), "pw"),

@@ -167,24 +167,23 @@ class TrainAugment(nn.Module):
         if config.translate_px > 0:
             ops.append(K.RandomCrop((s, s), padding=int(config.translate_px), fill=0.0))
         if config.scale is not None:
-            ops.append(K.RandomResizedCrop((s, s), scale=tuple(config.scale), ratio=tuple(config.ratio)))
+            ops.append(K.RandomResizedCrop((s, s), scale=config.scale, ratio=config.ratio))
         if config.hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=config.hflip))
         if config.rand_augment_n > 0:
-            m = min(max(int(round(config.rand_augment_m * 3)), 1), 29)  # timm 0..10 -> kornia (0, 30)
+            m = min(max(round(config.rand_augment_m * 3), 1), 29)  # timm 0..10 -> kornia (0, 30)
             ops.append(PerChunk(RandAugment(n=int(config.rand_augment_n), m=m), config.rand_augment_chunk))
         if config.applies_color_jitter:
             cj = float(config.color_jitter)
             ops.append(K.ColorJitter(brightness=cj, contrast=cj, saturation=cj, hue=0.0, p=1.0))
         if config.reprob > 0:
-            ops.append(NoiseErasing(config.reprob, tuple(config.erase_scale), tuple(config.erase_ratio)))
+            ops.append(NoiseErasing(config.reprob, config.erase_scale, config.erase_ratio))
         self.ops = nn.Sequential(*ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (self.image_size, self.image_size):
-            raise ConfigError(
-                f"Train augmentation expects a batch [B, 3, {self.image_size}, {self.image_size}], got {tuple(x.shape)}."
-            )
+            s = self.image_size
+            raise ConfigError(f"Train augmentation expects a batch [B, 3, {s}, {s}], got {tuple(x.shape)}.")
         if len(self.ops) == 0:
             return x
         return self.ops(x).clamp(0.0, 1.0)

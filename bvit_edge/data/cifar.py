@@ -92,7 +92,8 @@ def _batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
         raise DataError(
-            f"CIFAR-100 file {path}: label {int(labels[bad[0]])} at entry {int(bad[0])} is outside 0..{num_classes - 1} "
+            f"CIFAR-100 file {path}: label {int(labels[bad[0]])} at entry {int(bad[0])} "
+            f"is outside 0..{num_classes - 1} "
             f"({len(bad)} such entries). The file is malformed; unpack the archive again."
         )
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)

@@ -28,7 +28,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
         raise MissingDependencyError(
-            "The digits data set comes from scikit-learn's bundled copy; install scikit-learn (pip install scikit-learn)."
+            "The digits data set comes from scikit-learn's bundled copy; "
+            "install scikit-learn (pip install scikit-learn)."
         ) from exc
     d = load_digits()
     return np.asarray(d.images, dtype=np.float32) / 16.0, np.asarray(d.target, dtype=np.int64)

@@ -43,7 +43,7 @@ def check_image(path: Path) -> str | None:
                     im.load()
     except FileNotFoundError:
         return "file not found"
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+    except Exception as exc:  # noqa: BLE001 - any Pillow failure (OSError, SyntaxError, ValueError, ...) is a reason
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -59,7 +59,7 @@ def check_images(paths: Sequence[Path], workers: int = 4) -> list[str | None]:
 def filter_bad(samples: list[tuple[Path, int]], skip_bad: bool, what: str) -> tuple[list[tuple[Path, int]], list[str]]:
     """Check every sample's image. Bad ones raise a DataError, or with ``skip_bad`` are returned as skipped."""
     reasons = check_images([p for p, _ in samples])
-    bad = [(p, r) for (p, _), r in zip(samples, reasons) if r is not None]
+    bad = [(p, r) for (p, _), r in zip(samples, reasons, strict=True) if r is not None]
     if bad and not skip_bad:
         listed = "; ".join(f"{p} ({r})" for p, r in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
@@ -67,7 +67,7 @@ def filter_bad(samples: list[tuple[Path, int]], skip_bad: bool, what: str) -> tu
             f"{len(bad)} unreadable image(s) in {what}: {listed}{more}. Replace or delete them, or pass "
             "skip_bad=True (--skip-bad) to leave them out (they are counted in the data set info)."
         )
-    good = [s for s, r in zip(samples, reasons) if r is None]
+    good = [s for s, r in zip(samples, reasons, strict=True) if r is None]
     return good, [str(p) for p, _ in bad]
 
 
@@ -110,7 +110,7 @@ class TensorImageDataset(Dataset):
     """
 
     def __init__(
-        self, images: torch.Tensor, labels: Sequence[int], classes: Sequence[str], transform: Preprocess
+        self, images: torch.Tensor, labels: Sequence[int] | np.ndarray, classes: Sequence[str], transform: Preprocess
     ) -> None:
         self.images = images
         self.targets = [int(y) for y in labels]

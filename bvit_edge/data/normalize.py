@@ -17,6 +17,9 @@ class Normalize(nn.Module):
     ``.to(device)`` but are not part of a model's ``state_dict`` (checkpoints record them as metadata).
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         mean_t = torch.as_tensor([float(v) for v in mean], dtype=torch.float32)
@@ -34,7 +37,8 @@ class Normalize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim not in (3, 4) or x.shape[-3] != self.mean.shape[0]:
             raise UsageError(
-                f"Normalize expects [C, H, W] or [B, C, H, W] with C = {self.mean.shape[0]}, got shape {tuple(x.shape)}."
+                f"Normalize expects [C, H, W] or [B, C, H, W] with C = {self.mean.shape[0]}, "
+                f"got shape {tuple(x.shape)}."
             )
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 

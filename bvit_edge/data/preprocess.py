@@ -72,13 +72,13 @@ def resize(img: torch.Tensor, size: tuple[int, int], interpolation: str) -> torc
 
 def eval_geometry(h: int, w: int, image_size: int, crop_pct: float) -> tuple[tuple[int, int], tuple[int, int]]:
     """``((rh, rw), (top, left))``: the size the eval resize produces and the centre-crop corner."""
-    scale = int(math.floor(image_size / crop_pct))
+    scale = math.floor(image_size / crop_pct)
     if h <= w:
         rh, rw = scale, int(scale * w / h)
     else:
         rh, rw = int(scale * h / w), scale
-    top = int(round((rh - image_size) / 2.0))
-    left = int(round((rw - image_size) / 2.0))
+    top = round((rh - image_size) / 2.0)
+    left = round((rw - image_size) / 2.0)
     return (rh, rw), (top, left)
 
 

@@ -25,7 +25,7 @@ def check_seed(seed: int) -> int:
     return int(seed)
 
 
-def stratified_split(labels: Sequence[int], num_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: Sequence[int] | np.ndarray, num_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (train, val) with ``num_val`` val samples, every class in proportion.
 
     Class c with n_c samples gets ``floor(num_val * n_c / N)`` val samples, and the remaining ones go to the
@@ -50,7 +50,7 @@ def stratified_split(labels: Sequence[int], num_val: int, seed: int) -> tuple[np
 
 
 def select_per_class(
-    labels: Sequence[int], per_class: int, seed: int, classes: Sequence[str], where: str
+    labels: Sequence[int] | np.ndarray, per_class: int, seed: int, classes: Sequence[str], where: str
 ) -> np.ndarray:
     """Indices (sorted) of ``per_class`` samples of every class, drawn with ``seed``.
 

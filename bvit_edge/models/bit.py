@@ -32,8 +32,8 @@ from bvit_edge.quant.bit import BiTLinear, ElasticBinarizer, codes_matmul
 
 _SMALL = dict(embed_dim=384, depth=12, num_heads=6)
 _TINY = dict(embed_dim=192, depth=12, num_heads=3)
-_DEMO_CFG = dict(input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear")
-_TEST_CFG = dict(input_size=(3, 16, 16), num_classes=10, crop_pct=1.0, interpolation="bilinear")
+_DEMO_CFG: dict[str, Any] = dict(input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear")
+_TEST_CFG: dict[str, Any] = dict(input_size=(3, 16, 16), num_classes=10, crop_pct=1.0, interpolation="bilinear")
 
 
 class BiTAttention(nn.Module):

@@ -86,7 +86,7 @@ class GSBLinear(nn.Linear):
         self.input_mode = input_mode
         self.move = LearnableShift(in_features)
         if input_mode == "signed":
-            self.quant: nn.Module | None = SignedBinarizer(corrected)
+            self.quant: SignedBinarizer | UnsignedBinarizer | None = SignedBinarizer(corrected)
         elif input_mode == "unsigned":
             self.quant = UnsignedBinarizer()
         else:
@@ -101,8 +101,8 @@ class GSBLinear(nn.Linear):
         # Value computed as the deployment op does: acc = codes(x) . sgn(W_c) exactly, then
         # acc * (alpha * m) + bias; gradients are those of x_hat @ w_hat^T + bias.
         with torch.no_grad():
-            acc = torch.matmul(self.quant.codes(x_hat), torch.sign(bwn_center(self.weight)).t())  # type: ignore[operator]
-            value = acc * (self.quant.deploy_alphas()[0] * bwn_scale(self.weight))  # type: ignore[operator]
+            acc = torch.matmul(self.quant.codes(x_hat), torch.sign(bwn_center(self.weight)).t())
+            value = acc * (self.quant.deploy_alphas()[0] * bwn_scale(self.weight))
         y = product_with_value(x_hat, w_hat.t(), value)
         return y if self.bias is None else y + self.bias
 
@@ -112,11 +112,12 @@ class GSBLinear(nn.Linear):
         if self.quant is None:
             codes = torch.where(bwn_center(self.weight) < 0, -1, 1).to(torch.int8)
             return FrozenInt8Linear(codes, bwn_scale(self.weight).float(), self.bias, shift=self.move.bias)
-        if not self.quant.is_initialized:  # type: ignore[union-attr]
+        if not self.quant.is_initialized:
             raise ConfigError("GSBLinear.frozen(): the input scale was never initialised; run a forward pass first.")
         w_bits, w_scale = bwn_pack(self.weight)
-        alpha = self.quant.deploy_alphas()[0]  # type: ignore[union-attr,operator]
-        return FrozenBinaryLinear(w_bits, w_scale, self.move.bias, alpha, self.bias, self.input_mode, self.in_features)  # type: ignore[arg-type]
+        alpha = self.quant.deploy_alphas()[0]
+        assert self.input_mode is not None  # set whenever quant is (__init__)
+        return FrozenBinaryLinear(w_bits, w_scale, self.move.bias, alpha, self.bias, self.input_mode, self.in_features)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, input={self.input_mode or 'float'}"
@@ -172,7 +173,8 @@ class GSBAttention(nn.Module):
         b, n, d = x.shape
         if self.stage == 2 and n != self.num_tokens:
             raise ConfigError(
-                f"GSB attention was built for {self.num_tokens} tokens (its bias B is [H, N, N]); got {n}. Use the image size the model was built with."
+                f"GSB attention was built for {self.num_tokens} tokens (its bias B is [H, N, N]); got {n}. "
+                "Use the image size the model was built with."
             )
         q, k, v = self._split(x)
         if self.deployed:
@@ -252,8 +254,8 @@ class GSBAttention(nn.Module):
             self.register_buffer("attn_alphas", self.quant_attn.deploy_alphas())
         for name in ("move_q", "move_k", "move_v", "move_att", "quant_q", "quant_k", "quant_v", "quant_attn"):
             delattr(self, name)
-        self.qkv = self.qkv.frozen()  # type: ignore[operator]
-        self.proj = self.proj.frozen()  # type: ignore[operator]
+        self.qkv = self.qkv.frozen()  # type: ignore[operator]  # stage 2: a GSBLinear, typed as its stage-1 nn.Module
+        self.proj = self.proj.frozen()  # type: ignore[operator]  # stage 2: a GSBLinear (as qkv)
         self.deployed = True
 
 
@@ -366,7 +368,7 @@ class GSBVisionTransformer(VisionTransformer):
 
     def freeze(self) -> GSBVisionTransformer:
         """Deployment mode in place (see :func:`bvit_edge.quant.freeze.freeze`)."""
-        return freeze(self)  # type: ignore[return-value]
+        return freeze(self)
 
     def train(self, mode: bool = True) -> GSBVisionTransformer:
         if mode:
@@ -450,7 +452,9 @@ def load_from_stage1(student2: nn.Module, stage1_state: Mapping[str, torch.Tenso
 # ---------------------------------------------------------------------------------------------------------
 
 _GSB_CFG = dict(family="gsb", precision="w1a1")
-_DEMO_CFG = dict(input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear", **_GSB_CFG)
+_DEMO_CFG: dict[str, Any] = dict(
+    input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear", **_GSB_CFG
+)
 
 
 def _gsb(

@@ -14,7 +14,7 @@ student. Recorded tensors keep their autograd graph (the losses backpropagate th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,8 @@ import torch.nn as nn
 from bvit_edge.errors import ConfigError
 
 RECORD_KEYS = ("hidden", "attn_scores", "q", "k")
+
+_Student = TypeVar("_Student", bound="StudentMixin")
 
 
 def record_intermediates(model: nn.Module, x: torch.Tensor) -> tuple[Any, dict[str, list[torch.Tensor]]]:
@@ -36,13 +38,14 @@ def record_intermediates(model: nn.Module, x: torch.Tensor) -> tuple[Any, dict[s
     scores are the float q k^T, not what that model's softmax sees: give such a model ``record()``.
     """
     if hasattr(model, "record") and hasattr(model, "recorded"):
-        prev = bool(getattr(model, "recording", False))
-        model.record(True)
+        student: Any = model  # duck-typed: any model with record() and recorded
+        prev = bool(getattr(student, "recording", False))
+        student.record(True)
         try:
-            out = model(x)
-            return out, model.recorded
+            out = student(x)
+            return out, student.recorded
         finally:
-            model.record(prev)
+            student.record(prev)
     blocks = getattr(model, "blocks", None)
     if blocks is None or not all(hasattr(getattr(b, "attn", None), "qkv") for b in blocks):
         raise ConfigError(
@@ -52,7 +55,7 @@ def record_intermediates(model: nn.Module, x: torch.Tensor) -> tuple[Any, dict[s
     rec: dict[str, list[torch.Tensor]] = {k: [] for k in RECORD_KEYS}
     handles = []
 
-    def on_qkv(attn: nn.Module):
+    def on_qkv(attn: Any):
         def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
             b, n, _ = out.shape
             qkv = out.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -83,6 +86,8 @@ class StudentMixin:
     Blocks set ``self.last`` (a dict with some of RECORD_KEYS) when their ``recording`` attribute is True.
     """
 
+    # The type: ignores below: the mixin is only ever combined with nn.Module (which has modules(), train(),
+    # and in the students a ``blocks`` attribute); mypy cannot see that from the mixin alone.
     recording: bool = False
 
     def record(self, on: bool = True) -> None:
@@ -105,7 +110,7 @@ class StudentMixin:
                     rec[k].append(last[k])
         return rec
 
-    def train(self, mode: bool = True):  # type: ignore[no-untyped-def]
+    def train(self, mode: bool = True):
         """nn.Module.train, refused with a clear error once the model is frozen for deployment."""
         if mode:
             from bvit_edge.quant.freeze import ensure_trainable
@@ -116,7 +121,7 @@ class StudentMixin:
     def record_blocks(self) -> list[nn.Module]:
         return list(self.blocks)  # type: ignore[attr-defined]
 
-    def freeze(self) -> StudentMixin:
+    def freeze(self: _Student) -> _Student:
         """Deployment mode, in place, through :func:`bvit_edge.quant.freeze.freeze` (the protocol every
         bvit-edge student shares): each layer with ``frozen()`` is replaced by its deployment module (packed
         sign bits + scales calling the torch.ops.bvit ops), each module with ``freeze_()`` (attention:
@@ -124,7 +129,7 @@ class StudentMixin:
         import bvit_edge.quant.deploy  # noqa: F401  (registers torch.ops.bvit.*)
         from bvit_edge.quant.freeze import freeze
 
-        freeze(self)  # type: ignore[arg-type]
+        freeze(self)  # type: ignore[type-var]
         return self
 
 

@@ -150,10 +150,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ViTConfig, drop_path_p: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate)
+        self.attn: nn.Module = Attention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate)
         self.drop_path = DropPath(drop_path_p)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.drop_rate)
+        self.mlp: nn.Module = Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -218,7 +218,7 @@ class VisionTransformer(nn.Module):
         prefix = [self.cls_token.expand(b, -1, -1)]
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(b, -1, -1))
-        x = torch.cat(prefix + [x], dim=1)
+        x = torch.cat([*prefix, x], dim=1)
         return self.pos_drop(x + self.pos_embed)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,7 +250,7 @@ DEMO_GEOMETRY = dict(img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads
 #: A very small geometry for unit tests (every family registers a ``*_test`` variant of it).
 TEST_GEOMETRY = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=10)
 
-_DEMO_CFG = dict(input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear")
+_DEMO_CFG: dict[str, Any] = dict(input_size=(3, 32, 32), num_classes=10, crop_pct=1.0, interpolation="bilinear")
 
 
 @register_model()

@@ -153,6 +153,9 @@ class FrozenACDLinear(nn.Module):
     """Deployed ACD-BiT linear: ``torch.ops.bvit.binary_linear`` on x - med (shift 0, alpha 1, no bias) and the
     per-sample restore terms beside it: y = op(x - med) * alpha + mu * row_sums + bias."""
 
+    row_sums: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(
         self, w_bits: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None, in_features: int
     ) -> None:

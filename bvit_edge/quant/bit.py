@@ -165,6 +165,8 @@ class ElasticBinarizer(nn.Module):
     codes first; ``forward(x)`` returns x_hat.
     """
 
+    initialized: torch.Tensor
+
     def __init__(
         self,
         mode: str = "signed",
@@ -206,7 +208,7 @@ class ElasticBinarizer(nn.Module):
         xs = self.shifted(x)
         if not bool(self.initialized):
             self._lazy_init(xs)
-        alpha = self.alpha
+        alpha: torch.Tensor = self.alpha
         if self.alpha_grad_scale and alpha.requires_grad:
             alpha = scale_grad(alpha, 1.0 / math.sqrt(xs.numel()))
         alpha = alpha.clamp_min(ALPHA_MIN)

@@ -141,7 +141,7 @@ def binary_linear(
 
 
 @binary_linear.register_fake
-def _binary_linear_fake(x, shift, alpha, w_bits, w_scale, bias, mode, in_features):  # type: ignore[no-untyped-def]
+def _binary_linear_fake(x, shift, alpha, w_bits, w_scale, bias, mode, in_features):
     return x.new_empty((*x.shape[:-1], w_bits.shape[0]))
 
 
@@ -206,7 +206,7 @@ def binary_matmul(
 
 
 @binary_matmul.register_fake
-def _binary_matmul_fake(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode, b_mode, gsb_ratios=DEFAULT_GSB_RATIOS):  # type: ignore[no-untyped-def]
+def _binary_matmul_fake(a, b, a_shift, a_alpha, b_shift, b_alpha, a_mode, b_mode, gsb_ratios=DEFAULT_GSB_RATIOS):
     return a.new_empty((*a.shape[:-1], b.shape[-1]))
 
 
@@ -231,7 +231,7 @@ def dequantize_int8(w: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Te
 
 
 @dequantize_int8.register_fake
-def _dequantize_int8_fake(w, scale, axis):  # type: ignore[no-untyped-def]
+def _dequantize_int8_fake(w, scale, axis):
     return torch.empty(w.shape, dtype=torch.float32, device=w.device)
 
 
@@ -242,7 +242,7 @@ def quantize_dequantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tens
 
 
 @quantize_dequantize_int8.register_fake
-def _qdq_fake(x, scale):  # type: ignore[no-untyped-def]
+def _qdq_fake(x, scale):
     return torch.empty_like(x)
 
 
@@ -320,6 +320,12 @@ class FrozenInt8Linear(nn.Module):
     ``a_scale`` None means float input (W8 only); ``w_scale`` per tensor (0-dim) or per output row.
     """
 
+    w_int8: torch.Tensor
+    w_scale: torch.Tensor
+    bias: torch.Tensor | None
+    shift: torch.Tensor | None
+    a_scale: torch.Tensor | None
+
     def __init__(
         self,
         w_int8: torch.Tensor,
@@ -348,19 +354,24 @@ class FrozenInt8Linear(nn.Module):
         return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, w8a{'8' if self.a_scale is not None else '32'}"
+        a_bits = "8" if self.a_scale is not None else "32"
+        return f"in_features={self.in_features}, out_features={self.out_features}, w8a{a_bits}"
 
 
 class FrozenInt8Conv2d(nn.Module):
     """Deployment conv with int8 weights (per output channel scale) and float input (the patch embedding)."""
+
+    w_int8: torch.Tensor
+    w_scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(
         self,
         w_int8: torch.Tensor,
         w_scale: torch.Tensor,
         bias: torch.Tensor | None,
-        stride: int | tuple[int, int],
-        padding: int | tuple[int, int] = 0,
+        stride: int | tuple[int, ...],
+        padding: int | tuple[int, ...] | str = 0,
     ) -> None:
         super().__init__()
         self.stride = stride
@@ -374,7 +385,8 @@ class FrozenInt8Conv2d(nn.Module):
         return F.conv2d(x, w, self.bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
-        return f"{self.w_int8.shape[1]}, {self.w_int8.shape[0]}, kernel_size={tuple(self.w_int8.shape[2:])}, stride={self.stride}, int8"
+        kernel_size = tuple(self.w_int8.shape[2:])
+        return f"{self.w_int8.shape[1]}, {self.w_int8.shape[0]}, kernel_size={kernel_size}, stride={self.stride}, int8"
 
 
 __all__ = [

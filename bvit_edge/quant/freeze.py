@@ -10,10 +10,14 @@ float rounding).
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn as nn
 
 from bvit_edge.errors import ConfigError
+
+_Model = TypeVar("_Model", bound=nn.Module)
 
 
 def _freeze_children(module: nn.Module) -> None:
@@ -26,7 +30,7 @@ def _freeze_children(module: nn.Module) -> None:
         _freeze_children(child)
 
 
-def freeze(model: nn.Module) -> nn.Module:
+def freeze(model: _Model) -> _Model:
     """Convert ``model`` to deployment mode in place and return it (idempotent)."""
     if getattr(model, "is_frozen", False):
         return model
@@ -45,7 +49,7 @@ def freeze(model: nn.Module) -> nn.Module:
     _freeze_children(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    model.is_frozen = True  # type: ignore[assignment]
+    model.is_frozen = True  # type: ignore[assignment]  # a bool flag; nn.Module types attributes as Tensor | Module
     return model
 
 

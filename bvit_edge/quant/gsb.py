@@ -51,12 +51,12 @@ ALPHA_MIN = 1e-5
 
 class _GradScaleFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return x.clone()
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         return g * ctx.scale, None
 
 
@@ -80,13 +80,13 @@ class SignedBinarizeFn(torch.autograd.Function):
     """x_hat = alpha sgn(x); see the module docstring for the gradients."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, corrected: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, corrected: bool) -> torch.Tensor:
         ctx.save_for_backward(x, alpha)
         ctx.corrected = corrected
         return alpha * torch.sign(x)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         x, alpha = ctx.saved_tensors
         inside = (x.abs() <= alpha).to(g.dtype)
         d_alpha = torch.sign(x)
@@ -99,12 +99,12 @@ class UnsignedBinarizeFn(torch.autograd.Function):
     """x_hat = alpha clip(r(x/alpha), 0, 1); see the module docstring for the gradients."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, alpha)
         return alpha * torch.clamp(torch.round(x / alpha), 0, 1)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         x, alpha = ctx.saved_tensors
         q = x / alpha
         inside = ((x >= 0) & (x <= alpha)).to(g.dtype)
@@ -116,14 +116,14 @@ class ValueGroupBinarizeFn(torch.autograd.Function):
     """v_hat = a1 sgn(v) + a2 sgn(v M1) + a3 sgn(v M2); see the module docstring for the gradients."""
 
     @staticmethod
-    def forward(ctx, v, a1, a2, a3, m1, m2, corrected: bool):  # type: ignore[override]
+    def forward(ctx, v, a1, a2, a3, m1, m2, corrected: bool):
         u2, u3 = v * m1, v * m2
         ctx.save_for_backward(v, u2, u3, a1, a2, a3)
         ctx.corrected = corrected
         return a1 * torch.sign(v) + a2 * torch.sign(u2) + a3 * torch.sign(u3)
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         v, u2, u3, a1, a2, a3 = ctx.saved_tensors
         grad_v = torch.zeros_like(g)
         grads = []
@@ -141,12 +141,12 @@ class AttentionGroupBinarizeFn(torch.autograd.Function):
     """A_hat = a1 clip(r(A/a1), 0, 1) + a2 M1 + a3 M2; see the module docstring for the gradients."""
 
     @staticmethod
-    def forward(ctx, a, a1, a2, a3, m1, m2):  # type: ignore[override]
+    def forward(ctx, a, a1, a2, a3, m1, m2):
         ctx.save_for_backward(a, a1, a2, a3, m1, m2)
         return a1 * torch.clamp(torch.round(a / a1), 0, 1) + a2 * m1 + a3 * m2
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         a, a1, a2, a3, m1, m2 = ctx.saved_tensors
         q = a / a1
         inside = ((a >= 0) & (a <= a1)).to(g.dtype)
@@ -183,12 +183,12 @@ class _ProductWithValueFn(torch.autograd.Function):
     """Forward: a precomputed ``value`` equal (as real numbers) to x @ y; backward: matmul's gradients."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, y: torch.Tensor, value: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, y)
         return value.clone()
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         x, y = ctx.saved_tensors
         gx = (g @ y.transpose(-2, -1)).sum_to_size(x.shape)
         gy = (x.transpose(-2, -1) @ g).sum_to_size(y.shape)
@@ -224,6 +224,8 @@ def _mean_or(x: torch.Tensor, mask: torch.Tensor, fallback: torch.Tensor) -> tor
 class _LazyAlphas(nn.Module):
     """Holds learnable 0-dim alphas (init 1.0) and the stored ``initialized`` flag."""
 
+    initialized: torch.Tensor
+
     def __init__(self, names: Sequence[str]) -> None:
         super().__init__()
         self._alpha_names = tuple(names)
@@ -240,7 +242,7 @@ class _LazyAlphas(nn.Module):
             stacked = torch.stack([v.detach().reshape(()).float() for v in values])
             if self.training:  # under DDP every rank trains, so every rank reaches this point
                 stacked = ranks_mean(stacked)
-            for n, v in zip(self._alpha_names, stacked):
+            for n, v in zip(self._alpha_names, stacked, strict=True):
                 getattr(self, n).copy_(torch.clamp(v, min=ALPHA_MIN))
             self.initialized.fill_(True)
 
@@ -254,6 +256,8 @@ class _LazyAlphas(nn.Module):
 
 class SignedBinarizer(_LazyAlphas):
     """alpha * sgn(x') with GSB's corrected gradients (``corrected=False``: BiT's alpha gradient sgn(x'))."""
+
+    alpha: nn.Parameter
 
     def __init__(self, corrected: bool = True) -> None:
         super().__init__(["alpha"])
@@ -276,6 +280,8 @@ class SignedBinarizer(_LazyAlphas):
 class UnsignedBinarizer(_LazyAlphas):
     """alpha * clip(r(x'/alpha), 0, 1) = alpha * [x' > alpha/2], with the unsigned gradients."""
 
+    alpha: nn.Parameter
+
     def __init__(self) -> None:
         super().__init__(["alpha"])
 
@@ -292,6 +298,10 @@ class UnsignedBinarizer(_LazyAlphas):
 
 class ValueGroupBinarizer(_LazyAlphas):
     """Group superposition of the Value: a1 sgn(v') + a2 sgn(v' M1) + a3 sgn(v' M2), masks per sample."""
+
+    alpha1: nn.Parameter
+    alpha2: nn.Parameter
+    alpha3: nn.Parameter
 
     def __init__(self, ratios: Sequence[float] = DEFAULT_GSB_RATIOS, corrected: bool = True) -> None:
         super().__init__(["alpha1", "alpha2", "alpha3"])
@@ -326,6 +336,10 @@ class ValueGroupBinarizer(_LazyAlphas):
 
 class AttentionGroupBinarizer(_LazyAlphas):
     """Group superposition of attention probabilities: a1 [A > a1/2] + a2 M1 + a3 M2, masks per sample."""
+
+    alpha1: nn.Parameter
+    alpha2: nn.Parameter
+    alpha3: nn.Parameter
 
     def __init__(self, ratios: Sequence[float] = DEFAULT_GSB_RATIOS) -> None:
         super().__init__(["alpha1", "alpha2", "alpha3"])

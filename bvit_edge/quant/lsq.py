@@ -31,13 +31,13 @@ class LSQFn(torch.autograd.Function):
     """x_hat = s clamp(r(x/s), qn, qp) with LSQ's gradients; ``s`` broadcastable to ``x``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
         ctx.save_for_backward(x, s)
         ctx.q = (qn, qp)
         return torch.clamp(torch.round(x / s), qn, qp) * s
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         x, s = ctx.saved_tensors
         qn, qp = ctx.q
         q = x / s
@@ -61,7 +61,9 @@ class LSQConv2d(nn.Conv2d):
     checkpoint's names for its patch embedding.
     """
 
-    def __init__(self, *args, bits: int = 8, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    init_state: torch.Tensor
+
+    def __init__(self, *args, bits: int = 8, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.bits = bits
         self.alpha = nn.Parameter(torch.ones(self.out_channels))
@@ -97,6 +99,8 @@ class LSQConv2d(nn.Conv2d):
 class ElasticIntQuantizer(nn.Module):
     """Per-tensor symmetric n-bit quantizer with a learnable 0-dim step ``alpha`` and a stored ``initialized``
     flag (GSB's 8-bit heads: ``weight_clip_val`` and ``input_clip_val`` of the official code)."""
+
+    initialized: torch.Tensor
 
     def __init__(self, bits: int = 8) -> None:
         super().__init__()

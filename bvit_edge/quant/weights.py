@@ -53,14 +53,14 @@ class _BWNFunction(torch.autograd.Function):
     """W_hat = m * sgn(centred W); backward identity."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, per_row: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, w: torch.Tensor, per_row: bool) -> torch.Tensor:
         if per_row:
             m = bwn_row_scale(w).reshape((-1,) + (1,) * (w.ndim - 1))
             return torch.sign(bwn_row_center(w)) * m
         return torch.sign(bwn_center(w)) * bwn_scale(w)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad_out, None
 
 

@@ -530,14 +530,14 @@ def validate_cmd(
 ) -> None:
     """Check an .onnx against its frozen torch model on the val split: names, shapes, values, top-1 (exit 3)."""
     from bvit_edge.export import validate_onnx
-    from bvit_edge.pipeline import _load_frozen, val_inputs
-    from bvit_edge.runtime.ort import load_model as load_onnx
+    from bvit_edge.export.onnxruntime_session import load_model as load_onnx
+    from bvit_edge.pipeline import load_frozen, val_inputs
 
     _positive(limit, "--limit")
-    load_onnx(onnx_path)  # a clear error for a missing, corrupt or truncated file
-    model, cfg = _load_frozen(checkpoint)
+    proto = load_onnx(onnx_path)  # a clear error for a missing, corrupt or truncated file
+    model, cfg = load_frozen(checkpoint)
     x, _ = val_inputs(cfg, limit)
-    rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers)
+    rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers, proto=proto)
     _emit(
         rep,
         as_json,

@@ -6,7 +6,6 @@ image and, on a data set, top-1 / top-5 accuracy. Images are read and preprocess
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from bvit_edge.contract import DATA_METADATA
+from bvit_edge.contract import read_data_metadata
 from bvit_edge.errors import UsageError
+from bvit_edge.metrics import accuracy
+from bvit_edge.runtime.rpc_address import parse_address  # re-exported: the CLI reads --rpc / --tracker with it
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -25,15 +26,10 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _onnx_meta(path: Path) -> dict[str, Any]:
+    """The data description an export recorded (bvit_edge.contract.read_data_metadata)."""
     from bvit_edge.runtime.ort import load_model
 
-    proto = load_model(path)
-    props = {p.key: p.value for p in proto.metadata_props}
-    meta = {}
-    for k, key in DATA_METADATA.items():
-        v = props.get(key)
-        meta[k] = json.loads(v) if v is not None else None
-    return meta
+    return read_data_metadata({p.key: p.value for p in load_model(path).metadata_props})
 
 
 def _dataset_images(
@@ -122,19 +118,7 @@ def predict(
     preds = [{"input": n, "top": [(cls[j], float(probs[i, j])) for j in order[i]]} for i, n in enumerate(names)]
     out: dict[str, Any] = {"model": str(path), "num_images": len(names), "predictions": preds}
     if labels is not None:
-        full = np.argsort(-probs, axis=1)[:, :5]
-        out["accuracy"] = {
-            "top1": float((full[:, 0] == labels).mean()),
-            "top5": float((full == labels[:, None]).any(1).mean()),
-        }
+        out["accuracy"] = accuracy(probs, labels)
     if return_logits:
         out["logits"] = np.asarray(logits)
     return out
-
-
-def parse_address(text: str, what: str) -> tuple[str, int]:
-    """ "HOST:PORT" -> (host, port), or a UsageError naming the option."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"{what} must be HOST:PORT (got {text!r}).")
-    return host, int(port)

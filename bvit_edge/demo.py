@@ -408,7 +408,7 @@ class _Demo:
         was_running = emulated.status("aarch64").running
         info = emulated.emulate("aarch64", log=_console().print)
         try:
-            session = connect(info.host, int(info.port), timeout_s=30)
+            session = connect(info.host, int(info.port or 0), timeout_s=30)
             arm_logits = run_artifact(self.art_arm, x, session=session, normalize=False)
             del session
         finally:

@@ -39,25 +39,23 @@ def val_inputs(
     cfg: dict[str, Any], limit: int | None = None, data: str | None = None, data_root: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised val images [N, 3, S, S] float32 and labels of the data set a checkpoint was trained on."""
-    import torch
-
-    from bvit_edge.data import load_dataset
+    from bvit_edge.runtime.run import val_images
 
     dcfg = cfg.get("data") or {}
     name = data or dcfg.get("name") or "digits"
     root = data_root if data_root is not None else dcfg.get("root")
-    splits = load_dataset(name, root=root, image_size=int(cfg["image_size"]))
-    n = len(splits.val) if limit is None else min(limit, len(splits.val))
-    xs = torch.stack([splits.val[i][0] for i in range(n)])
-    ys = np.array([int(splits.val[i][1]) for i in range(n)])
-    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    return ((xs - mean) / std).numpy().astype(np.float32), ys
+    xs, ys = val_images(name, root, int(cfg["image_size"]), limit)
+    mean = np.asarray(cfg["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(cfg["std"], np.float32).reshape(1, -1, 1, 1)
+    return ((xs - mean) / std).astype(np.float32), ys
 
 
 def load_frozen(checkpoint: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The model of a checkpoint in eval mode, frozen into its deployment form when it is binary, and its
+    config."""
     from bvit_edge.training.checkpoint import load_model
 
+    model: Any
     model, cfg = load_model(checkpoint)
     if hasattr(model, "freeze") and cfg.get("method", "fp") != "fp":
         model.freeze()
@@ -339,7 +337,7 @@ def bench_report(
     check_output_folder(out, "report", overwrite, option="--report")
     doc = result.to_report()
     if data:
-        kw = dict(data=data, data_root=data_root, limit=limit, top_k=1, return_logits=True)
+        kw: dict[str, Any] = dict(data=data, data_root=data_root, limit=limit, top_k=1, return_logits=True)
         student = predict(student_artifact, rpc=rpc, session=session, **kw)
         teacher = predict(teacher_onnx, **kw) if teacher_onnx else None
         reference = predict(student_onnx, **kw) if student_onnx else None

@@ -300,7 +300,7 @@ def export_onnx(
             break
         except BvitEdgeError:
             raise
-        except Exception as exc:  # the exporter raises many types; report the first line
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; report the first line
             errors.append(_describe_export_failure(exc))
             if errors[-1].startswith("it has no ONNX translation"):
                 break  # a static batch would not help
@@ -316,8 +316,8 @@ def export_onnx(
     for key, value in data_metadata(data or {}).items():
         proto.metadata_props.add(key=key, value=value)
     out_shapes = check_exported(proto)
-    data = proto.SerializeToString()
-    write_bytes(path, data)
+    serialized = proto.SerializeToString()
+    write_bytes(path, serialized)
     counts: dict[str, int] = {}
     for n in proto.graph.node:
         key = f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
@@ -333,7 +333,7 @@ def export_onnx(
         output_names=[o.name for o in proto.graph.output],
         output_shapes=out_shapes,
         dynamic_batch=dynamic_batch,
-        bytes=len(data),
+        bytes=len(serialized),
         op_counts=dict(sorted(counts.items())),
         storage=storage.to_dict(),
         encoded=encoded,

@@ -97,23 +97,23 @@ def _register_python_ops() -> None:
         f, u8, s, i64 = PyCustomOpDef.dt_float, PyCustomOpDef.dt_uint8, PyCustomOpDef.dt_string, PyCustomOpDef.dt_int64
 
         @onnx_op(op_type=BINARY_LINEAR, inputs=[f, f, f, u8, f, f], outputs=[f], attrs={"mode": s, "in_features": i64})
-        def _binary_linear(x, shift, alpha, w_bits, w_scale, bias, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
+        def _binary_linear(x, shift, alpha, w_bits, w_scale, bias, mode="signed", in_features=0):
             return _guarded(
                 BINARY_LINEAR,
                 lambda: binary_linear_reference(
                     x, shift, alpha, w_bits, w_scale, bias, mode=mode, in_features=int(in_features)
                 ),
-                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],),
+                lambda: (*np.shape(x)[:-1], np.shape(w_bits)[0]),
             )
 
         @onnx_op(op_type=_NO_BIAS, inputs=[f, f, f, u8, f], outputs=[f], attrs={"mode": s, "in_features": i64})
-        def _binary_linear_nb(x, shift, alpha, w_bits, w_scale, mode="signed", in_features=0):  # type: ignore[no-untyped-def]
+        def _binary_linear_nb(x, shift, alpha, w_bits, w_scale, mode="signed", in_features=0):
             return _guarded(
                 BINARY_LINEAR,
                 lambda: binary_linear_reference(
                     x, shift, alpha, w_bits, w_scale, None, mode=mode, in_features=int(in_features)
                 ),
-                lambda: tuple(np.shape(x)[:-1]) + (np.shape(w_bits)[0],),
+                lambda: (*np.shape(x)[:-1], np.shape(w_bits)[0]),
             )
 
         @onnx_op(op_type=BINARY_MATMUL, inputs=[f] * 6, outputs=[f], attrs={"a_mode": s, "b_mode": s, "gsb_ratios": s})
@@ -126,8 +126,8 @@ def _register_python_ops() -> None:
             b_alpha,
             a_mode="signed",
             b_mode="signed",
-            gsb_ratios=_float_list_as_string(DEFAULT_GSB_RATIOS),
-        ):  # type: ignore[no-untyped-def]
+            gsb_ratios=_DEFAULT_RATIOS_TEXT,
+        ):
             return _guarded(
                 BINARY_MATMUL,
                 lambda: binary_matmul_reference(
@@ -141,7 +141,7 @@ def _register_python_ops() -> None:
                     b_mode=b_mode,
                     gsb_ratios=[float(r) for r in str(gsb_ratios).split(",")],
                 ),
-                lambda: tuple(np.shape(a)[:-1]) + (np.shape(b)[-1],),
+                lambda: (*np.shape(a)[:-1], np.shape(b)[-1]),
             )
 
         _registered = True
@@ -178,7 +178,7 @@ class CheckedSession:
             del _op_errors[:]
         try:
             out = self._session.run(*args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; each becomes a DataError
             raise DataError(self._failure(str(exc))) from None
         with _lock:
             failed = list(_op_errors)
@@ -200,6 +200,9 @@ class CheckedSession:
 def _float_list_as_string(values: Sequence[float]) -> str:
     # repr of the float32 value as a double round-trips exactly back to the same float32.
     return ",".join(repr(float(np.float32(v))) for v in values)
+
+
+_DEFAULT_RATIOS_TEXT = _float_list_as_string(DEFAULT_GSB_RATIOS)
 
 
 def rewrite_for_extensions(proto: onnx.ModelProto) -> onnx.ModelProto:

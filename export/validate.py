@@ -103,7 +103,7 @@ def per_input_max_diff(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> 
     """max |got - ref| per input (axis 0), over every output: float64 [B]."""
     diffs = [
         np.abs(g.astype(np.float64) - r.astype(np.float64)).reshape(g.shape[0], -1).max(axis=1)
-        for g, r in zip(got, ref)
+        for g, r in zip(got, ref, strict=True)
     ]
     return np.max(np.stack(diffs), axis=0)
 
@@ -112,14 +112,14 @@ def compare_outputs(
     got: Sequence[np.ndarray], ref: Sequence[np.ndarray], names: Sequence[str], rtol: float, atol: float
 ) -> tuple[float, float, float, int]:
     """Shapes then values; returns (max_abs, max_rel, top1_agreement, top1_mismatches) or raises."""
-    for name, g, r in zip(names, got, ref):
+    for name, g, r in zip(names, got, ref, strict=True):
         if tuple(g.shape) != tuple(r.shape):
             raise ShapeMismatch(
                 f"Output {name!r} has shape {list(g.shape)} in ONNX but {list(r.shape)} in torch. The export "
                 "traced a different graph (a static batch? a different head layout?): export again."
             )
     max_abs, max_rel = 0.0, 0.0
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         diff = float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))) if g.size else 0.0
         scale = float(np.max(np.abs(r))) if r.size else 0.0
         max_abs = max(max_abs, diff)

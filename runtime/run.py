@@ -32,18 +32,18 @@ def _onnx_meta(path: Path) -> dict[str, Any]:
     return read_data_metadata({p.key: p.value for p in load_model(path).metadata_props})
 
 
-def _dataset_images(
-    name: str, root: str | None, image_size: int, limit: int | None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def val_images(name: str, root: str | None, image_size: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` (all when None) images of data set ``name``'s val split, [N, 3, S, S] float32 in
+    [0, 1] before normalisation, and their labels."""
     import torch
 
     from bvit_edge.data import load_dataset
 
-    splits = load_dataset(name, root=root, image_size=image_size)
-    n = len(splits.val) if limit is None else min(limit, len(splits.val))
-    xs = torch.stack([splits.val[i][0] for i in range(n)]).numpy()
-    ys = np.array([int(splits.val[i][1]) for i in range(n)])
-    return xs.astype(np.float32), ys, [f"{name}/val/{i}" for i in range(n)]
+    val: Any = load_dataset(name, root=root, image_size=image_size).val
+    n = len(val) if limit is None else min(limit, len(val))
+    xs = torch.stack([val[i][0] for i in range(n)]).numpy()
+    ys = np.array([int(val[i][1]) for i in range(n)])
+    return xs.astype(np.float32), ys
 
 
 def predict(
@@ -93,7 +93,8 @@ def predict(
         x = np.stack([load_image(p, int(size)) for p in files])
         names = [str(p) for p in files]
     else:
-        x, labels, names = _dataset_images(str(data), data_root, int(size), limit)
+        x, labels = val_images(str(data), data_root, int(size), limit)
+        names = [f"{data}/val/{i}" for i in range(len(labels))]
 
     if is_onnx:
         from bvit_edge.runtime.ort import ort_session, run_session

@@ -362,7 +362,7 @@ def test_a_missing_artifact_folder_is_a_usage_error(tmp_path):
 def test_a_folder_without_a_manifest_is_a_usage_error(tmp_path):
     (tmp_path / "art").mkdir()
     (tmp_path / "art" / "lib.so").write_bytes(b"x")
-    with pytest.raises(UsageError, match="manifest.json"):
+    with pytest.raises(UsageError, match=r"manifest\.json"):
         bench(tmp_path / "art")
 
 
@@ -392,7 +392,7 @@ def test_data_of_the_wrong_shape_is_a_usage_error(tmp_path):
     art = _fake_artifact(tmp_path / "art")
     with pytest.raises(UsageError, match="does not fit"):
         bench(art, data=np.zeros((2, 3, 8, 8), np.float32))
-    with pytest.raises(UsageError, match=".npy"):
+    with pytest.raises(UsageError, match=r"\.npy"):
         bench(art, data=tmp_path / "missing.npy")
 
 

@@ -25,7 +25,7 @@ def test_failed_step_is_named_finished_steps_are_kept_and_a_rerun_resumes(tmp_pa
         return {"value": 2}
 
     steps = [Step("first", "the first step", first), Step("second", "the second step", second)]
-    with pytest.raises(DemoStepFailed, match="the second step.*compiler exploded"):
+    with pytest.raises(DemoStepFailed, match=r"the second step.*compiler exploded"):
         run_steps(tmp_path, steps)
     state = json.loads((tmp_path / "steps.json").read_text())
     assert state["first"]["status"] == "done" and "second" not in state

@@ -6,6 +6,9 @@ or holds an unsupported module is refused with a clear error and no file (partia
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
 import numpy as np
 import onnx
 import pytest
@@ -85,7 +88,7 @@ def test_exports_pass_full_check_and_shape_inference(exports):
 
 def test_exports_carry_no_local_paths(exports):
     for res in exports.values():
-        assert b"stack_trace" not in open(res.path, "rb").read()
+        assert b"stack_trace" not in Path(res.path).read_bytes()
 
 
 def test_standard_export_has_only_standard_ops(exports):
@@ -120,7 +123,7 @@ def _no_files(folder):
 
 def test_unfrozen_model_is_refused_without_output(tmp_path):
     m = create_model("gsb_test_patch4_16")
-    with pytest.raises(ConfigError, match="not frozen.*freeze"):
+    with pytest.raises(ConfigError, match=r"not frozen.*freeze"):
         export_onnx(m, tmp_path / "out.onnx")
     assert _no_files(tmp_path) == []
 
@@ -136,14 +139,14 @@ def _(x):
 
 
 class _Unsupported(torch.nn.Module):
-    default_cfg = {"input_size": (3, 4, 4)}
+    default_cfg: ClassVar[dict] = {"input_size": (3, 4, 4)}
 
     def forward(self, x):
         return torch.ops.bvit_h3test.mystery(x).flatten(1)
 
 
 def test_unsupported_module_is_refused_without_output(tmp_path):
-    with pytest.raises(ConfigError, match="bvit_h3test.mystery.*unsupported module") as info:
+    with pytest.raises(ConfigError, match=r"bvit_h3test\.mystery.*unsupported module") as info:
         export_onnx(_Unsupported(), tmp_path / "out.onnx")
     assert info.value.exit_code == 2
     assert _no_files(tmp_path) == []

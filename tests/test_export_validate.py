@@ -7,6 +7,8 @@ The size report counts 1/8/32-bit weights from the initializers (checked against
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -89,7 +91,7 @@ def test_other_weights_is_value_mismatch_with_max_difference(setup):
 def test_corrupt_file_is_data_error(setup, tmp_path):
     _, model, packed, x = setup
     bad = tmp_path / "cut.onnx"
-    bad.write_bytes(open(packed.path, "rb").read()[:5000])
+    bad.write_bytes(Path(packed.path).read_bytes()[:5000])
     with pytest.raises(DataError, match="corrupt or truncated"):
         validate_onnx(model, bad, x)
 
@@ -114,7 +116,7 @@ def test_size_report_counts_weights_by_precision(setup):
         2 * bias, abs=4 * bias // 16 + 2048
     )  # 4 bytes instead of 2 a value, minus the per-row scales
     assert rep.storage_bytes["att_bias=int8,float_params=float32"] - rep.bytes_on_disk == pytest.approx(-bias, abs=2048)
-    assert rep.bytes_on_disk == len(open(packed.path, "rb").read())
+    assert rep.bytes_on_disk == len(Path(packed.path).read_bytes())
     t_floats = sum(p.numel() for p in teacher.parameters())
     # the exporter's constant folding merges a few small tensors (tokens + position embedding), so the
     # file's float count is close to, not equal to, the parameter count

@@ -103,7 +103,7 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
         lines += ["## Latency", ""]
         rows = []
         base_speed = speedups(doc, "baseline")
-        for e, s, b in zip(lat, speedups(doc), base_speed):
+        for e, s, b in zip(lat, speedups(doc), base_speed, strict=True):
             target = e["target"] + (" (emulated)" if e.get("emulated") else "")
             spread = f"{_fmt(e['p10_ms'])}–{_fmt(e['p90_ms'])}"
             mean = f"{_fmt(e['mean_ms'])} ± {_fmt(e.get('std_ms'))}" if e.get("mean_ms") is not None else "–"
@@ -160,7 +160,7 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
                 *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES[:2]),
                 f"{sz.get('weights_16bit_bytes', 0) / div:,.2f}",
                 f"{sz['weights_32bit_bytes'] / div:,.2f}",
-                f"{_weight_bytes(m) / div:,.2f}",
+                f"{(_weight_bytes(m) or 0) / div:,.2f}",
                 f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
                 f"{comp[m['name']]:.1f}×" if comp[m["name"]] is not None else "–",
             ]

@@ -50,7 +50,8 @@ __all__ = ["LATENCY_STATS", "ROLES", "SCHEMA", "SCHEMA_VERSION", "SIZE_BYTES", "
 
 class _Errors:
     def __init__(self, source: str):
-        self.source, self.items = source, []
+        self.source = source
+        self.items: list[str] = []
 
     def add(self, path: str, problem: str) -> None:
         self.items.append(f"{path}: {problem}")
@@ -165,7 +166,7 @@ def validate_report(doc: Any, source: str = "(in memory)") -> dict[str, Any]:
         for k in ("threads", "batch", "runs", "warmup_runs"):
             _number(errs, e, k, p, required=k in ("threads", "runs"))
         lo, med, hi = stats["p10_ms"], stats["median_ms"], stats["p90_ms"]
-        if None not in (lo, med, hi) and not lo <= med <= hi:
+        if lo is not None and med is not None and hi is not None and not lo <= med <= hi:
             errs.add(p, f"needs p10_ms <= median_ms <= p90_ms, got {lo} / {med} / {hi}")
     errs.raise_if_any()
     return doc

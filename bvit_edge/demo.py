@@ -589,13 +589,16 @@ def _x(a: float | None, b: float | None) -> str:
     return f"{a / b:.1f}x" if a and b else "-"
 
 
+def _pct(v: Any) -> str:
+    return f"{v * 100:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
 def _summary(state: dict[str, Any]) -> None:
     """The demo's result in one table: accuracy, size, fidelity and latency along the pipeline."""
     from rich.table import Table
 
     r = {k: v.get("result", {}) for k, v in state.items()}
-    pct = lambda v: f"{v * 100:.2f}%" if isinstance(v, (int, float)) else "-"  # noqa: E731
-    t, g, e, f, b, bo, ds = (r.get(k, {}) for k in ("teacher", "gsb", "export", "fidelity", "bench", "board", "deit_s"))
+    b = r.get("bench", {})
     threads = sorted((b.get("by_threads") or {}), key=int)
     lat_head = (
         "latency, batch 1 (" + " / ".join(f"{t_} thread{'s' if t_ != '1' else ''}" for t_ in threads) + ")"
@@ -605,89 +608,134 @@ def _summary(state: dict[str, Any]) -> None:
     table = Table(title="bvit-edge demo on digits (360 val images)")
     for col in ("stage of the pipeline", "val top-1", "size / fidelity", lat_head):
         table.add_column(col)
+    for row in (*_training_rows(r), *_deployed_rows(r), *_board_rows(r), *_deit_s_rows(r.get("deit_s", {}))):
+        table.add_row(*row)
+    con = _console()
+    con.print(table)
+    for line in _closing_lines(b, threads, r.get("export") or {}):
+        con.print(line)
+
+
+def _training_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The teacher and the two GSB stages in torch."""
+    t, g, f = r.get("teacher", {}), r.get("gsb", {}), r.get("fidelity", {})
+    rows = []
     if t:
-        table.add_row("FP teacher (torch, all 1,437 train images)", pct(t.get("val_top1")), "", "")
+        rows.append(("FP teacher (torch, all 1,437 train images)", _pct(t.get("val_top1")), "", ""))
     if g:
-        table.add_row(f"GSB stage 1 (torch, {g.get('per_class')} images/class)", pct(g.get("stage1_val_top1")), "", "")
-        table.add_row(
-            "GSB stage 2 (torch, frozen)", pct(f.get("student_torch", {}).get("top1", g.get("val_top1"))), "", ""
-        )
+        rows.append((f"GSB stage 1 (torch, {g.get('per_class')} images/class)", _pct(g.get("stage1_val_top1")), "", ""))
+        top1 = f.get("student_torch", {}).get("top1", g.get("val_top1"))
+        rows.append(("GSB stage 2 (torch, frozen)", _pct(top1), "", ""))
+    return rows
+
+
+def _deployed_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The exported and compiled student and the teachers in onnxruntime: accuracy, bytes, latency."""
+    e, f, b = r.get("export", {}), r.get("fidelity", {}), r.get("bench", {})
+    rows = []
     if e:
         st = e.get("storage") or {}
-        table.add_row(
-            f"GSB stage 2 -> ONNX, packed ops, B as {st.get('att_bias', 'float32')} (onnxruntime)",
-            pct(f.get("student_onnx", {}).get("top1")),
-            f"{e['packed_bytes']:,} B ({_x(e.get('teacher_bytes'), e['packed_bytes'])} smaller than fp32, "
-            f"{_x(e.get('teacher_int8_bytes'), e['packed_bytes'])} than int8)",
-            "",
+        rows.append(
+            (
+                f"GSB stage 2 -> ONNX, packed ops, B as {st.get('att_bias', 'float32')} (onnxruntime)",
+                _pct(f.get("student_onnx", {}).get("top1")),
+                f"{e['packed_bytes']:,} B ({_x(e.get('teacher_bytes'), e['packed_bytes'])} smaller than fp32, "
+                f"{_x(e.get('teacher_int8_bytes'), e['packed_bytes'])} than int8)",
+                "",
+            )
         )
-    if f:
-        n = f.get("n_images", 0)
-        table.add_row(
+    if not f:
+        return rows
+    n = f.get("n_images", 0)
+    rows.append(
+        (
             "GSB stage 2 -> TVM artifact on the host",
-            pct(f.get("student_tvm_host", {}).get("top1")),
+            _pct(f.get("student_tvm_host", {}).get("top1")),
             f"top-1 agrees with ONNX on {f['onnx_vs_tvm']['top1_agreement'] * n:.0f}/{n}",
             _ms(b, "student_median_ms"),
         )
-        table.add_row(
+    )
+    rows.append(
+        (
             "FP teacher -> ONNX fp32 (onnxruntime)",
-            pct(f.get("teacher_onnx", {}).get("top1")),
+            _pct(f.get("teacher_onnx", {}).get("top1")),
             f"{e.get('teacher_bytes', 0):,} B" if e else "",
             _ms(b, "teacher_median_ms"),
         )
-        table.add_row(
+    )
+    rows.append(
+        (
             "FP teacher -> int8 by onnxruntime quantize_dynamic",
-            pct(f.get("teacher_int8_onnx", {}).get("top1")),
+            _pct(f.get("teacher_int8_onnx", {}).get("top1")),
             f"{e.get('teacher_int8_bytes', 0):,} B" if e.get("teacher_int8_bytes") else "",
             _ms(b, "teacher_int8_median_ms"),
         )
-    if bo:
-        fid = bo["aarch64_vs_host"]
-        table.add_row(
+    )
+    return rows
+
+
+def _board_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    bo = r.get("board", {})
+    if not bo:
+        return []
+    fid = bo["aarch64_vs_host"]
+    return [
+        (
             "GSB stage 2 -> rpi4-aarch64 artifact on the emulated board (RPC)",
             "",
             f"max |diff| vs host {fid['max_abs_diff']:.1e} on {bo['n_images']} images, "
-            f"top-1 agreement {pct(fid['top1_agreement'])}",
+            f"top-1 agreement {_pct(fid['top1_agreement'])}",
             "emulated: not timed",
         )
-    if ds:
-        table.add_row(
+    ]
+
+
+def _deit_s_rows(ds: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The DeiT-S-geometry row (random weights: no accuracy)."""
+    if not ds:
+        return []
+    s_onnx, s_art = ds["student_onnx_bytes"], ds["student_artifact_bytes"]
+    return [
+        (
             "GSB DeiT-S geometry, random non-zero frozen weights (compile + bench + size only; TVM)",
             "-",
-            f"ONNX {ds['student_onnx_bytes'] / 1e6:.2f} MB, artifact {ds['student_artifact_bytes'] / 1e6:.2f} MB",
+            f"ONNX {s_onnx / 1e6:.2f} MB, artifact {s_art / 1e6:.2f} MB",
             f"{ds['student_median_ms']:.1f} ms (1 thread)",
-        )
-        table.add_row(
+        ),
+        (
             "DeiT-S fp32, random weights (onnxruntime)",
             "-",
-            f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB "
-            f"({_x(ds['teacher_onnx_bytes'], ds['student_onnx_bytes'])} / "
-            f"{_x(ds['teacher_onnx_bytes'], ds['student_artifact_bytes'])} the GSB ONNX / artifact)",
+            f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_onnx_bytes'], s_onnx)} / "
+            f"{_x(ds['teacher_onnx_bytes'], s_art)} the GSB ONNX / artifact)",
             f"{ds['teacher_median_ms']:.1f} ms ({ds['teacher_over_student']:.1f}x GSB)",
-        )
-        table.add_row(
+        ),
+        (
             "DeiT-S int8 by quantize_dynamic (onnxruntime)",
             "-",
-            f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB "
-            f"({_x(ds['teacher_int8_onnx_bytes'], ds['student_onnx_bytes'])} / "
-            f"{_x(ds['teacher_int8_onnx_bytes'], ds['student_artifact_bytes'])})",
+            f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_int8_onnx_bytes'], s_onnx)} / "
+            f"{_x(ds['teacher_int8_onnx_bytes'], s_art)})",
             f"{ds['teacher_int8_median_ms']:.1f} ms ({ds['teacher_int8_over_student']:.1f}x GSB)",
-        )
-    con = _console()
-    con.print(table)
+        ),
+    ]
+
+
+def _closing_lines(b: dict[str, Any], threads: list[str], e: dict[str, Any]) -> list[str]:
+    """The student/teacher ratios per thread count and the storage fidelity, under the table."""
+    lines = []
     for th in threads:
         row = b["by_threads"][th]
-        con.print(
+        lines.append(
             f"student vs teacher on this host at {th} thread{'s' if th != '1' else ''}: "
             f"{row['teacher_over_student']:.2f}x faster than fp32, "
             f"{row['teacher_int8_over_student']:.2f}x than int8 "
             "(onnxruntime; same process, alternating blocks)"
         )
-    st = (e or {}).get("storage") or {}
+    st = e.get("storage") or {}
     if st.get("fidelity"):
         parts = [
             f"{k.split(',')[0].split('=')[1]}{'+fp16' if 'float_params=float16' in k else ''}: max |d logit| "
             f"{v['max_abs_logit_diff']:.2g}, top-1 {v['top1_agreement'] * v['n_images']:.0f}/{v['n_images']}"
             for k, v in st["fidelity"].items()
         ]
-        con.print(f"storage of B (attention bias) vs float32, on the val images: {'; '.join(parts)}.")
+        lines.append(f"storage of B (attention bias) vs float32, on the val images: {'; '.join(parts)}.")
+    return lines

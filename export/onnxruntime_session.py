@@ -117,31 +117,13 @@ def _register_python_ops() -> None:
             )
 
         @onnx_op(op_type=BINARY_MATMUL, inputs=[f] * 6, outputs=[f], attrs={"a_mode": s, "b_mode": s, "gsb_ratios": s})
-        def _binary_matmul(
-            a,
-            b,
-            a_shift,
-            a_alpha,
-            b_shift,
-            b_alpha,
-            a_mode="signed",
-            b_mode="signed",
-            gsb_ratios=_DEFAULT_RATIOS_TEXT,
-        ):
+        def _binary_matmul(*operands, a_mode="signed", b_mode="signed", gsb_ratios=_DEFAULT_RATIOS_TEXT):
+            # operands: a, b, a_shift, a_alpha, b_shift, b_alpha (the op's inputs, in order)
+            ratios = [float(r) for r in str(gsb_ratios).split(",")]
             return _guarded(
                 BINARY_MATMUL,
-                lambda: binary_matmul_reference(
-                    a,
-                    b,
-                    a_shift,
-                    a_alpha,
-                    b_shift,
-                    b_alpha,
-                    a_mode=a_mode,
-                    b_mode=b_mode,
-                    gsb_ratios=[float(r) for r in str(gsb_ratios).split(",")],
-                ),
-                lambda: (*np.shape(a)[:-1], np.shape(b)[-1]),
+                lambda: binary_matmul_reference(*operands, a_mode=a_mode, b_mode=b_mode, gsb_ratios=ratios),
+                lambda: (*np.shape(operands[0])[:-1], np.shape(operands[1])[-1]),
             )
 
         _registered = True

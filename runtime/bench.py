@@ -84,13 +84,14 @@ from bvit_edge.runtime.bench_record import (
     compile_seconds,
     host_facts,
     input_image,
+    measured_sizes,
     normalized,
     now_utc,
     resolve_threads,
     restored_affinity,
 )
 from bvit_edge.runtime.bench_result import BenchResult, is_bench_file, report_of
-from bvit_edge.runtime.bench_sizes import add_int8_teacher, quantized_teacher, result_sizes
+from bvit_edge.runtime.bench_sizes import add_int8_teacher, quantized_teacher, weight_counts
 from bvit_edge.runtime.board_session import is_emulated_board, rpc_session
 from bvit_edge.runtime.tool_versions import module_versions, run_versions
 
@@ -159,7 +160,9 @@ def bench(
         sides = _time_models(loaded, plan.local, warmup, runs, rounds)
     student, teacher, teacher_i8 = sides["student"], sides.get("teacher"), sides.get("teacher_int8")
     notes += _result_notes(student, teacher, plan.s_man)
-    sizes = result_sizes(plan.s_folder, plan.s_man, plan.s_onnx, plan.t_onnx, plan.t_folder, plan.t_man, teacher)
+    sizes = measured_sizes(
+        plan.s_folder, plan.s_man, plan.s_onnx, plan.t_onnx, plan.t_folder, plan.t_man, teacher, weight_counts
+    )
     if i8_info is not None and teacher_i8 is not None:
         add_int8_teacher(sizes, i8_info, i8_path)
     return BenchResult(

@@ -24,34 +24,21 @@ __all__ = ["LoadedModel", "load_ort", "load_tvm"]
 @dataclass
 class LoadedModel:
     """A model loaded and run once, ready to be timed: ``call`` runs it on the prepared input (local), or
-    ``evaluate(warmup, runs)`` times it on the board (RPC)."""
+    ``evaluate(warmup, runs)`` times it on the board (RPC). ``facts``: the fields of its
+    :class:`~bvit_edge.runtime.bench_record.SideResult` known before the steady state (role, runtime, path,
+    shapes, compile / load / first-run times, model digest)."""
 
-    role: str
-    runtime: str
-    path: str
-    input_shape: list[int]
-    output_shape: list[int]
-    compile_s: float | None
-    load_ms: float
-    first_run_ms: float
-    model_sha256: str | None
+    facts: dict[str, Any]
     call: Callable[[], Any] | None = None
     evaluate: Callable[[int, int], Timing] | None = None
 
+    @property
+    def role(self) -> str:
+        return str(self.facts["role"])
+
     def result(self, steady: Timing, timer: str) -> SideResult:
-        return SideResult(
-            role=self.role,
-            runtime=self.runtime,
-            path=self.path,
-            input_shape=self.input_shape,
-            output_shape=self.output_shape,
-            compile_s=self.compile_s,
-            load_ms=self.load_ms,
-            first_run_ms=self.first_run_ms,
-            steady=steady,
-            timer=timer,
-            model_sha256=self.model_sha256,
-        )
+        """Its side of the result, with the steady state measured by ``timer``."""
+        return SideResult(**self.facts, steady=steady, timer=timer)
 
 
 def _last_line(exc: BaseException) -> str:
@@ -109,19 +96,20 @@ def load_tvm(
             raise failed(exc) from None
         return Timing.from_samples_ms([t * 1e3 for t in seconds[warmup:]], warmup=warmup + 1)
 
-    return LoadedModel(
-        role=role,
-        runtime="tvm",
-        path=str(folder),
-        input_shape=list(manifest["input"]["shape"]),
-        output_shape=out_shape,
-        compile_s=compile_seconds(manifest),
-        load_ms=load_ms,
-        first_run_ms=first_ms,
-        model_sha256=(manifest.get("model") or {}).get("sha256"),
-        call=call if session is None else None,
-        evaluate=evaluate if session is not None else None,
-    )
+    facts = {
+        "role": role,
+        "runtime": "tvm",
+        "path": str(folder),
+        "input_shape": list(manifest["input"]["shape"]),
+        "output_shape": out_shape,
+        "compile_s": compile_seconds(manifest),
+        "load_ms": load_ms,
+        "first_run_ms": first_ms,
+        "model_sha256": (manifest.get("model") or {}).get("sha256"),
+    }
+    if session is None:
+        return LoadedModel(facts, call=call)
+    return LoadedModel(facts, evaluate=evaluate)
 
 
 def load_ort(path: Path, role: str, x_norm: np.ndarray, threads: int | None) -> LoadedModel:
@@ -136,15 +124,15 @@ def load_ort(path: Path, role: str, x_norm: np.ndarray, threads: int | None) -> 
         return sess.run(None, feed)
 
     first_ms, y = time_once(run)
-    return LoadedModel(
-        role=role,
-        runtime="onnxruntime",
-        path=str(path),
-        input_shape=[int(d) if isinstance(d, int) else 1 for d in inp.shape],
-        output_shape=output_shape(y),
-        compile_s=None,
-        load_ms=load_ms,
-        first_run_ms=first_ms,
-        model_sha256=sha256_file(path),
-        call=run,
-    )
+    facts = {
+        "role": role,
+        "runtime": "onnxruntime",
+        "path": str(path),
+        "input_shape": [int(d) if isinstance(d, int) else 1 for d in inp.shape],
+        "output_shape": output_shape(y),
+        "compile_s": None,
+        "load_ms": load_ms,
+        "first_run_ms": first_ms,
+        "model_sha256": sha256_file(path),
+    }
+    return LoadedModel(facts, call=run)

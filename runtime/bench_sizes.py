@@ -1,5 +1,5 @@
-"""Sizes in a benchmark result: bytes on disk of what was run (bvit_edge.runtime.bench_record.measured_sizes)
-with the 1/8/16/32-bit weight counts of the .onnx files (bvit_edge.export.size), and the int8 teacher:
+"""Sizes in a benchmark result beside bytes on disk (bvit_edge.runtime.bench_record.measured_sizes): the
+1/8/16/32-bit weight counts of the .onnx files (bvit_edge.export.size), and the int8 teacher:
 quantized here by onnxruntime when it is not given (bvit_edge.export.int8_teacher), with its bytes.
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bvit_edge.runtime.bench_record import SideResult, measured_sizes
 from bvit_edge.runtime.timing import time_once
 
-__all__ = ["add_int8_teacher", "quantized_teacher", "result_sizes", "weight_counts"]
+__all__ = ["add_int8_teacher", "quantized_teacher", "weight_counts"]
 
 
 def weight_counts(path: Path) -> dict[str, int]:
@@ -38,19 +37,6 @@ def quantized_teacher(t_onnx: Path, folder: Path) -> tuple[Path, dict[str, Any]]
         }
     )
     return path, info
-
-
-def result_sizes(
-    s_folder: Path,
-    s_man: dict[str, Any],
-    s_onnx: Path | None,
-    t_onnx: Path | None,
-    t_folder: Path | None,
-    t_man: dict[str, Any] | None,
-    teacher: SideResult | None,
-) -> dict[str, Any]:
-    """:func:`bvit_edge.runtime.bench_record.measured_sizes` with the .onnx files' weight counts."""
-    return measured_sizes(s_folder, s_man, s_onnx, t_onnx, t_folder, t_man, teacher, count_weights=weight_counts)
 
 
 def add_int8_teacher(sizes: dict[str, Any], info: dict[str, Any], path: Path | None) -> None:

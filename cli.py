@@ -632,7 +632,7 @@ def compile_cmd(
             if rpc is not None:
                 if session is not None:
                     raise BvitEdgeError("Give either --rpc HOST:PORT or --tracker HOST:PORT --key KIND, not both.")
-                from bvit_edge.runtime.run import parse_address
+                from bvit_edge.runtime.rpc_address import parse_address
                 from bvit_edge.targets.rpc import connect
 
                 host, port = parse_address(rpc, "--rpc")
@@ -1040,7 +1040,7 @@ def _tracker_session(tracker: str | None, key: str | None) -> Any:
         return None
     if not key:
         raise BvitEdgeError("--tracker needs --key: the kind of board to ask the tracker for (e.g. rpi4).")
-    from bvit_edge.runtime.run import parse_address
+    from bvit_edge.runtime.rpc_address import parse_address
     from bvit_edge.targets.rpc import connect_tracker
 
     host, port = parse_address(tracker, "--tracker")

@@ -16,7 +16,7 @@ import numpy as np
 from bvit_edge.contract import read_data_metadata
 from bvit_edge.errors import UsageError
 from bvit_edge.metrics import accuracy
-from bvit_edge.runtime.rpc_address import parse_address  # re-exported: the CLI reads --rpc / --tracker with it
+from bvit_edge.runtime.rpc_address import parse_address
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

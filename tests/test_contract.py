@@ -274,3 +274,15 @@ def test_no_module_but_the_contract_spells_the_default_ratios_or_mode_tuples():
             if values == contract.DEFAULT_GSB_RATIOS or values in mode_tuples:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {values}")
     assert not offenders, offenders
+
+
+def test_the_data_description_round_trips_and_falls_back_to_the_default_cfg():
+    cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "classes": ["a", "b"], "image_size": 32, "lr": 0.1}
+    props = contract.data_metadata(cfg)
+    assert set(props) == set(contract.DATA_METADATA.values())  # only the data description, as JSON
+    assert contract.read_data_metadata(props) == {k: cfg[k] for k in contract.DATA_METADATA}
+    # an export without the checkpoint's description: the model's timm-style default_cfg supplies it
+    default_cfg = '{"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": [3, 224, 224]}'
+    meta = contract.read_data_metadata({contract.META_DEFAULT_CFG: default_cfg})
+    assert meta == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": None, "image_size": 224}
+    assert contract.read_data_metadata({}) == dict.fromkeys(contract.DATA_METADATA)

@@ -169,7 +169,10 @@ def train(
     act_bits: Annotated[
         int | None,
         typer.Option(
-            help="--method bit: activation bits, 2 for the W1A2 step of BiT's chain FP -> W1A2 -> W1A1 (then train the W1A1 student with --teacher on that run)."
+            help=(
+                "--method bit: activation bits, 2 for the W1A2 step of BiT's chain FP -> W1A2 -> W1A1 (then train the "
+                "W1A1 student with --teacher on that run)."
+            )
         ),
     ] = None,
     init: Annotated[Path | None, typer.Option(help="Initialise from this checkpoint (non-strict).")] = None,
@@ -199,7 +202,7 @@ def train(
     Ctrl-C (or SIGTERM) saves --out/last and exits with code 130; `--resume` continues from there."""
     from bvit_edge.training import train as run_train
 
-    overrides = dict(
+    overrides: dict[str, Any] = dict(
         method=method.value if method else None,
         model=model,
         data=data,
@@ -418,13 +421,19 @@ def export(
     att_bias: Annotated[
         AttBias | None,
         typer.Option(
-            help="Storage of GSB's attention bias B: float32, int16, float16, int8 or int4 (integer codes with per-row scales). Default: int16, chosen by measured fidelity."
+            help=(
+                "Storage of GSB's attention bias B: float32, int16, float16, int8 or int4 (integer codes with per-row "
+                "scales). Default: int16, chosen by measured fidelity."
+            )
         ),
     ] = None,
     float_params: Annotated[
         FloatParams | None,
         typer.Option(
-            help="Storage of the other float parameters (position embedding, LayerNorm, biases, shifts): float32 or float16."
+            help=(
+                "Storage of the other float parameters (position embedding, LayerNorm, biases, shifts): float32 or "
+                "float16."
+            )
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help=_OVERWRITE_HELP)] = False,
@@ -530,14 +539,14 @@ def validate_cmd(
 ) -> None:
     """Check an .onnx against its frozen torch model on the val split: names, shapes, values, top-1 (exit 3)."""
     from bvit_edge.export import validate_onnx
-    from bvit_edge.pipeline import _load_frozen, val_inputs
-    from bvit_edge.runtime.ort import load_model as load_onnx
+    from bvit_edge.export.onnxruntime_session import load_model as load_onnx
+    from bvit_edge.pipeline import load_frozen, val_inputs
 
     _positive(limit, "--limit")
-    load_onnx(onnx_path)  # a clear error for a missing, corrupt or truncated file
-    model, cfg = _load_frozen(checkpoint)
+    proto = load_onnx(onnx_path)  # a clear error for a missing, corrupt or truncated file
+    model, cfg = load_frozen(checkpoint)
     x, _ = val_inputs(cfg, limit)
-    rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers)
+    rep = validate_onnx(model, onnx_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers, proto=proto)
     _emit(
         rep,
         as_json,
@@ -560,7 +569,10 @@ def compile_cmd(
     tune: Annotated[
         int,
         typer.Option(
-            help="Re-tune the binary kernels: measure up to N schedule candidates each (0: apply the shipped tuning database)."
+            help=(
+                "Re-tune the binary kernels: measure up to N schedule candidates each (0: apply the shipped tuning "
+                "database)."
+            )
         ),
     ] = 0,
     tuning_db: Annotated[
@@ -579,7 +591,10 @@ def compile_cmd(
         bool,
         typer.Option(
             "--fast-math/--exact-math",
-            help="Vectorized approximations of exp/erf/softmax (TVM fast_exp, fast_erf; the default) or exact libm calls (scalar: about 2x slower end to end).",
+            help=(
+                "Vectorized approximations of exp/erf/softmax (TVM fast_exp, fast_erf; the default) or exact libm "
+                "calls (scalar: slower end to end; the README gives the figures)."
+            ),
         ),
     ] = True,
     params: Annotated[
@@ -617,7 +632,7 @@ def compile_cmd(
             if rpc is not None:
                 if session is not None:
                     raise BvitEdgeError("Give either --rpc HOST:PORT or --tracker HOST:PORT --key KIND, not both.")
-                from bvit_edge.runtime.run import parse_address
+                from bvit_edge.runtime.rpc_address import parse_address
                 from bvit_edge.targets.rpc import connect
 
                 host, port = parse_address(rpc, "--rpc")
@@ -824,7 +839,10 @@ def bench(
     teacher_int8_onnx: Annotated[
         Path | None,
         typer.Option(
-            help="The teacher quantized by onnxruntime (default: made from --teacher-onnx with quantize_dynamic for this run)."
+            help=(
+                "The teacher quantized by onnxruntime (default: made from --teacher-onnx with quantize_dynamic "
+                "for this run)."
+            )
         ),
     ] = None,
     int8_teacher: Annotated[
@@ -918,7 +936,10 @@ def bench(
     from rich.table import Table
 
     table = Table(
-        title=f"bench on {(d.get('target') or {}).get('name', '?')} ({d.get('timing_kind', '?')}, {d.get('threads')} threads)"
+        title=(
+            f"bench on {(d.get('target') or {}).get('name', '?')} ({d.get('timing_kind', '?')}, "
+            f"{d.get('threads')} threads)"
+        )
     )
     for col in ("model", "median ms", "p90 ms", "min ms", "runs"):
         table.add_column(col)
@@ -979,7 +1000,7 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bvit-edge-demo"),
-    quick: Annotated[bool, typer.Option(help="A shorter run (~3 minutes) with fewer epochs.")] = False,
+    quick: Annotated[bool, typer.Option(help="A shorter run with fewer epochs.")] = False,
     per_class: Annotated[
         int, typer.Option(help="Training images per class for the GSB student (limited samples).")
     ] = 30,
@@ -991,7 +1012,10 @@ def demo(
         bool,
         typer.Option(
             "--deit-s/--no-deit-s",
-            help="Add the DeiT-S-geometry row (random non-zero weights: compile, bench and size vs DeiT-S fp32/int8 in onnxruntime; a few minutes).",
+            help=(
+                "Add the DeiT-S-geometry row (random non-zero weights: compile, bench and size vs DeiT-S fp32/int8 in "
+                "onnxruntime; a few minutes)."
+            ),
         ),
     ] = True,
     overwrite: Annotated[
@@ -1016,7 +1040,7 @@ def _tracker_session(tracker: str | None, key: str | None) -> Any:
         return None
     if not key:
         raise BvitEdgeError("--tracker needs --key: the kind of board to ask the tracker for (e.g. rpi4).")
-    from bvit_edge.runtime.run import parse_address
+    from bvit_edge.runtime.rpc_address import parse_address
     from bvit_edge.targets.rpc import connect_tracker
 
     host, port = parse_address(tracker, "--tracker")

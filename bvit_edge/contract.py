@@ -14,7 +14,9 @@ Standard library only: the board-side runtime imports it too (no torch, no onnx,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bvit_edge.errors import ConfigError
 
@@ -153,6 +155,36 @@ def check_ratios(ratios: Sequence[float] | None) -> tuple[float, float]:
     return float(r[0]), float(r[1])
 
 
+def data_metadata(data: Mapping[str, Any]) -> dict[str, str]:
+    """The data description of ``data`` (a checkpoint config: mean, std, classes, image_size) as
+    ``metadata_props`` entries: key of :data:`DATA_METADATA` -> JSON value; fields absent or None are left out."""
+    return {key: json.dumps(data[field]) for field, key in DATA_METADATA.items() if data.get(field) is not None}
+
+
+def read_data_metadata(props: Mapping[str, str]) -> dict[str, Any]:
+    """The data description an export records (``props``: its ``metadata_props`` as key -> value): field of
+    :data:`DATA_METADATA` -> decoded value, None where absent. Where mean, std or image_size are absent, the
+    exporter's :data:`META_DEFAULT_CFG` (the model's timm-style ``default_cfg``) supplies them: its mean and std,
+    and the last axis of its ``input_size`` [C, H, W]. A value that is not JSON is returned as its text."""
+
+    def decoded(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    meta = {field: decoded(props[key]) if key in props else None for field, key in DATA_METADATA.items()}
+    cfg = decoded(props.get(META_DEFAULT_CFG, "{}"))
+    if isinstance(cfg, dict):
+        for field in ("mean", "std"):
+            if meta[field] is None:
+                meta[field] = cfg.get(field)
+        size = cfg.get("input_size")
+        if meta["image_size"] is None and isinstance(size, list) and len(size) == 3:
+            meta["image_size"] = size[-1]
+    return meta
+
+
 def check_domain_version(version: int) -> None:
     """ContractError unless ``version`` (an export's opset_import for :data:`DOMAIN`) is :data:`DOMAIN_VERSION`."""
     if int(version) != DOMAIN_VERSION:
@@ -187,6 +219,8 @@ __all__ = [
     "check_domain_version",
     "check_mode",
     "check_ratios",
+    "data_metadata",
     "n_planes",
     "op_domain_tag",
+    "read_data_metadata",
 ]

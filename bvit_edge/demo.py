@@ -6,17 +6,54 @@ skips finished steps (resume), a failed step is named with its reason and what f
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bvit_edge.atomic import write_json
-from bvit_edge.errors import BvitEdgeError
+from bvit_edge.errors import BvitEdgeError, Interrupted
 from bvit_edge.output_folder import claim_output_folder
+
+# --------------------------------------------------------------------------------------------------------
+# the recipe: every value the demo trains, exports, runs and benches with
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """What the demo does, in one place: models, data, epochs, the export tolerance, images on the board,
+    bench runs. :meth:`for_run` gives the full recipe or the ``--quick`` one."""
+
+    data: str = "digits"
+    seed: int = 0
+    teacher_model: str = "demo"
+    student_model: str = "gsb_demo_patch4_32"
+    teacher_epochs: int = 60
+    student_epochs: int = 60  # each of GSB's two stages
+    #: val images whose ONNX output may differ beyond 1e-5 from torch (binarization ties; bvit_edge.export.validate)
+    max_outliers: int = 3
+    board_images: int = 64
+    bench_warmup: int = 10
+    bench_runs: int = 100
+    bench_rounds: int = 5
+
+    @classmethod
+    def for_run(cls, quick: bool) -> DemoRecipe:
+        """The full recipe, or the quick one (far fewer epochs, images and timed runs)."""
+        if not quick:
+            return cls()
+        return cls(teacher_epochs=8, student_epochs=12, board_images=16, bench_runs=30)
+
+
+# --------------------------------------------------------------------------------------------------------
+# steps, resume and interruption
+# --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -32,6 +69,47 @@ class DemoStepFailed(BvitEdgeError):
     exit_code = 1
 
 
+class DemoInterrupted(Interrupted):
+    """SIGINT (Ctrl-C) or SIGTERM stopped the demo during a step: it stops there (exit code 128 + the signal's
+    number: 130 for SIGINT, 143 for SIGTERM), what finished is kept and a re-run resumes."""
+
+    def __init__(self, signal_name: str, step: str, out: Path) -> None:
+        super().__init__(
+            f"The demo was stopped by {signal_name} during step '{step}'; finished steps (and the training "
+            f"checkpoint, if it was training) are kept in {out}.",
+            hint=f"Re-run the same command (`bvit-edge demo --out {out}`) to resume.",
+        )
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+
+
+class _Signalled(BaseException):
+    """Raised by the demo's SIGTERM handler in whatever step runs (BaseException: no step's error handling
+    catches it)."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_step() -> Iterator[None]:
+    """While the demo runs, SIGTERM stops the current step like Ctrl-C does (the trainer installs its own
+    handler while it trains: it saves a checkpoint and returns, and the demo stops after it)."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise _Signalled("SIGTERM")
+
+    try:
+        old = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _console():
     from bvit_edge.terminal import console  # tables stay whole in a pipe or CI log
 
@@ -39,7 +117,9 @@ def _console():
 
 
 def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:
-    """Run ``steps`` in order, skipping those already recorded as finished in OUT/steps.json."""
+    """Run ``steps`` in order, skipping those already recorded as finished in OUT/steps.json. A signal
+    (Ctrl-C, SIGTERM) stops the run with :class:`DemoInterrupted`; any other failure is a
+    :class:`DemoStepFailed` naming the step. Either way the finished steps stay recorded."""
     state_path = out / "steps.json"
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
     con = _console()
@@ -50,21 +130,38 @@ def run_steps(out: Path, steps: list[Step]) -> dict[str, Any]:
             continue
         con.rule(head)
         t0 = time.time()
-        try:
-            result = step.run()
-        except BvitEdgeError as exc:
-            raise DemoStepFailed(
-                f"Demo step '{step.title}' failed: {exc} Finished steps are kept in {out}; re-run to resume."
-            ) from exc
-        except Exception as exc:
-            tb = traceback.format_exc(limit=3)
-            raise DemoStepFailed(
-                f"Demo step '{step.title}' failed: {type(exc).__name__}: {exc}. Finished steps are kept in {out}; "
-                f"re-run to resume.\n{tb}"
-            ) from exc
+        result = _run_step(step, out)
         state[step.name] = {"status": "done", "seconds": round(time.time() - t0, 1), "result": result}
         write_json(state_path, state)
     return state
+
+
+def _run_step(step: Step, out: Path) -> dict[str, Any]:
+    """``step.run()``, its failures turned into DemoStepFailed / DemoInterrupted."""
+    try:
+        with _sigterm_stops_the_step():
+            return step.run()
+    except DemoInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise DemoInterrupted("SIGINT", step.title, out) from None
+    except _Signalled as sig:
+        raise DemoInterrupted(sig.signal_name, step.title, out) from None
+    except BvitEdgeError as exc:
+        raise DemoStepFailed(
+            f"Demo step '{step.title}' failed: {exc} Finished steps are kept in {out}; re-run to resume."
+        ) from exc
+    except Exception as exc:
+        tb = traceback.format_exc(limit=3)
+        raise DemoStepFailed(
+            f"Demo step '{step.title}' failed: {type(exc).__name__}: {exc}. Finished steps are kept in {out}; "
+            f"re-run to resume.\n{tb}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------------------
+# the demo
+# --------------------------------------------------------------------------------------------------------
 
 
 def run_demo(
@@ -76,79 +173,150 @@ def run_demo(
     deit_s: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The demo pipeline on digits (see the module docstring). ``quick`` trains far fewer epochs;
-    ``board=False`` skips the emulated aarch64 board (its first build downloads a Debian root file system);
-    ``deit_s=False`` skips the DeiT-S-geometry row (random weights: compile, bench and size only).
-    ``out`` is new, empty or a demo folder (resumed); ``overwrite`` replaces any other folder
-    (bvit_edge.output_folder)."""
-    import numpy as np
+    """The demo pipeline on digits (see the module docstring). ``quick`` trains far fewer epochs
+    (:class:`DemoRecipe`); ``board=False`` skips the emulated aarch64 board (its first build downloads a
+    Debian root file system); ``deit_s=False`` skips the DeiT-S-geometry row (random weights: compile, bench
+    and size only). ``out`` is new, empty or a demo folder (resumed); ``overwrite`` replaces any other folder
+    (bvit_edge.output_folder). Ctrl-C or SIGTERM stops it (:class:`DemoInterrupted`)."""
     import torch
-
-    from bvit_edge.atomic import write_json
-    from bvit_edge.evaluation import evaluate
-    from bvit_edge.pipeline import accuracy, export_checkpoint, fidelity, val_inputs
-    from bvit_edge.training import train
-    from bvit_edge.training.checkpoint import read_config
 
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
     claim_output_folder(out, "demo", overwrite)
-    teacher_dir, gsb_dir, export_dir = out / "teacher", out / "gsb", out / "export"
-    art_host, art_arm = out / "artifacts" / "host", out / "artifacts" / "rpi4-aarch64"
-    t_epochs, s_epochs = (8, 12) if quick else (60, 60)
+    demo = _Demo(out, DemoRecipe.for_run(quick), threads, per_class, quick)
+    state = run_steps(out, demo.steps(board=board, deit_s=deit_s))
+    _summary(state)
+    return state
 
-    def teacher_step() -> dict[str, Any]:
-        res = train(
-            method="fp",
-            model="demo",
-            data="digits",
-            epochs=t_epochs,
-            out=str(teacher_dir),
-            seed=0,
-            threads=threads,
-            resume=_started(teacher_dir),
+
+class _Demo:
+    """The demo's steps (one method each) over its folder layout."""
+
+    def __init__(self, out: Path, recipe: DemoRecipe, threads: int | None, per_class: int, quick: bool) -> None:
+        self.out, self.recipe, self.threads, self.per_class, self.quick = out, recipe, threads, per_class, quick
+        self.teacher_dir, self.gsb_dir, self.export_dir = out / "teacher", out / "gsb", out / "export"
+        self.art_host, self.art_arm = out / "artifacts" / "host", out / "artifacts" / "rpi4-aarch64"
+        self.art_teacher = out / "artifacts" / "teacher-host"
+        self.student_onnx = self.export_dir / "student.packed.onnx"
+        self.teacher_onnx = self.export_dir / "teacher.onnx"
+        self.teacher_int8_onnx = self.export_dir / "teacher.int8.onnx"
+        self.host_logits = out / "artifacts" / "host_logits.npy"
+
+    def steps(self, board: bool, deit_s: bool) -> list[Step]:
+        r = self.recipe
+        steps = [
+            Step(
+                "teacher",
+                f"train the full-precision teacher on {r.data} ({r.teacher_epochs} epochs, all 1,437 images)",
+                self.train_teacher,
+            ),
+            Step(
+                "gsb",
+                f"train GSB stage 1 + 2 from the teacher on {self.per_class} images per class "
+                f"({r.student_epochs} epochs each)",
+                self.train_student,
+            ),
+            Step(
+                "export", "freeze, export to ONNX (packed + standard) and validate on the 360 val images", self.export
+            ),
+            Step(
+                "compile",
+                "compile with TVM for the host and for rpi4-aarch64 (+ the teacher for the host)",
+                self.compile,
+            ),
+            Step("fidelity", "accuracy and fidelity: torch -> ONNX reference -> compiled artifact", self.fidelity),
+        ]
+        if board:
+            steps.append(
+                Step("board", "run the aarch64 artifact on the emulated board (qemu + TVM RPC) and compare", self.board)
+            )
+        steps.append(
+            Step(
+                "bench",
+                "bench on the host, 1 thread and all cores: compiled student vs the teacher in onnxruntime, "
+                "fp32 and int8 (batch 1)",
+                self.bench,
+            )
         )
-        ev = evaluate(teacher_dir)
+        if deit_s:
+            steps.append(
+                Step(
+                    "deit_s",
+                    "DeiT-S geometry (random non-zero weights): compile, bench at 1 thread vs DeiT-S "
+                    "fp32 and int8 in onnxruntime, sizes",
+                    lambda: deit_s_row(self.out / "deit_s", quick=self.quick),
+                )
+            )
+        steps.append(Step("report", "write the report (JSON, Markdown, PNG plots)", self.report))
+        return steps
+
+    # ---------------------------------------------------------------------------------------- training
+    def train_teacher(self) -> dict[str, Any]:
+        from bvit_edge.evaluation import evaluate
+
+        r = self.recipe
+        res = self._train(
+            self.teacher_dir, method="fp", model=r.teacher_model, epochs=r.teacher_epochs, data=r.data, seed=r.seed
+        )
+        ev = evaluate(self.teacher_dir)
         return {
-            "checkpoint": str(teacher_dir / "best"),
+            "checkpoint": str(self.teacher_dir / "best"),
             "val_top1": ev.top1,
             "val_top5": ev.top5,
             "train_seconds": res.seconds,
         }
 
-    def gsb_step() -> dict[str, Any]:
-        res = train(
+    def train_student(self) -> dict[str, Any]:
+        from bvit_edge.evaluation import evaluate
+        from bvit_edge.training.checkpoint import read_config
+
+        r = self.recipe
+        res = self._train(
+            self.gsb_dir,
             method="gsb",
             stage="all",
-            model="gsb_demo_patch4_32",
-            data="digits",
-            per_class=per_class,
-            epochs=s_epochs,
-            teacher=str(teacher_dir / "best"),
-            out=str(gsb_dir),
-            seed=0,
-            threads=threads,
-            resume=_started(gsb_dir),
+            model=r.student_model,
+            data=r.data,
+            per_class=self.per_class,
+            epochs=r.student_epochs,
+            teacher=str(self.teacher_dir / "best"),
+            seed=r.seed,
         )
-        s1 = read_config(gsb_dir / "stage1" / "best")["metrics"]["val_top1"]
-        ev = evaluate(gsb_dir / "stage2")
+        s1 = read_config(self.gsb_dir / "stage1" / "best")["metrics"]["val_top1"]
+        ev = evaluate(self.gsb_dir / "stage2")
         return {
-            "checkpoint": str(gsb_dir / "stage2" / "best"),
-            "per_class": per_class,
+            "checkpoint": str(self.gsb_dir / "stage2" / "best"),
+            "per_class": self.per_class,
             "stage1_val_top1": s1,
             "val_top1": ev.top1,
             "val_top5": ev.top5,
             "train_seconds": res.seconds,
         }
 
-    def export_step() -> dict[str, Any]:
-        from bvit_edge.export.int8_teacher import quantize_teacher
+    def _train(self, run: Path, **config: Any) -> Any:
+        """bvit_edge.training.train into ``run`` (resuming what an earlier demo left there); a signal that
+        stopped the training (the trainer saved ``run``/last) stops the demo."""
+        from bvit_edge.training import train
 
-        summ = export_checkpoint(gsb_dir / "stage2", export_dir, teacher=teacher_dir / "best", max_outliers=3)
-        int8 = quantize_teacher(export_dir / "teacher.onnx", export_dir / "teacher.int8.onnx")
-        v = summ.validation
-        st = summ.storage
+        res = train(out=str(run), threads=self.threads, resume=_started(run), **config)
+        if res.interrupted_by:
+            raise _Signalled(res.interrupted_by)
+        return res
+
+    # ------------------------------------------------------------------------------ export and compile
+    def export(self) -> dict[str, Any]:
+        from bvit_edge.export.int8_teacher import quantize_teacher
+        from bvit_edge.pipeline import export_checkpoint
+
+        summ = export_checkpoint(
+            self.gsb_dir / "stage2",
+            self.export_dir,
+            teacher=self.teacher_dir / "best",
+            max_outliers=self.recipe.max_outliers,
+        )
+        int8 = quantize_teacher(self.teacher_onnx, self.teacher_int8_onnx)
+        v, st = summ.validation, summ.storage
         return {
             "packed_bytes": summ.student["packed"]["bytes"],
             "standard_bytes": summ.student["standard"]["bytes"],
@@ -174,41 +342,46 @@ def run_demo(
             },
         }
 
-    def compile_step() -> dict[str, Any]:
+    def compile(self) -> dict[str, Any]:
         from bvit_edge.runtime.compile import compile_model
 
         done = {}
-        for name, folder, src in (
-            ("student host", art_host, export_dir / "student.packed.onnx"),
-            ("student rpi4-aarch64", art_arm, export_dir / "student.packed.onnx"),
-            ("teacher host", out / "artifacts" / "teacher-host", export_dir / "teacher.onnx"),
+        for name, target, folder, src in (
+            ("student host", "host", self.art_host, self.student_onnx),
+            ("student rpi4-aarch64", "rpi4-aarch64", self.art_arm, self.student_onnx),
+            ("teacher host", "host", self.art_teacher, self.teacher_onnx),
         ):
-            target = "rpi4-aarch64" if "aarch64" in name else "host"
             t0 = time.time()
             compile_model(src, target, folder)
+            params = folder / "params.npz"
             done[name] = {
                 "folder": str(folder),
                 "seconds": round(time.time() - t0, 1),
                 "lib_bytes": (folder / "lib.so").stat().st_size,
-                "params_bytes": (folder / "params.npz").stat().st_size if (folder / "params.npz").is_file() else 0,
+                "params_bytes": params.stat().st_size if params.is_file() else 0,
             }
             _console().print(f"  {name}: {folder} ({done[name]['seconds']} s)")
         return done
 
-    def fidelity_step() -> dict[str, Any]:
-        from bvit_edge.pipeline import _load_frozen
-        from bvit_edge.runtime.artifact import run_artifact
-        from bvit_edge.runtime.ort import ort_session, run_session
+    # ---------------------------------------------------------------------------- accuracy and fidelity
+    def fidelity(self) -> dict[str, Any]:
+        import numpy as np
+        import torch
 
-        model, cfg = _load_frozen(gsb_dir / "stage2")
+        from bvit_edge.metrics import accuracy, fidelity
+        from bvit_edge.pipeline import load_frozen, val_inputs
+        from bvit_edge.runtime.artifact import run_artifact
+        from bvit_edge.runtime.ort import ort_run
+
+        model, cfg = load_frozen(self.gsb_dir / "stage2")
         x, y = val_inputs(cfg)
         with torch.no_grad():
             torch_logits = model(torch.from_numpy(x)).numpy()
-        ort_logits = run_session(ort_session(export_dir / "student.packed.onnx"), x, batch_size=64)[0]
-        tvm_logits = run_artifact(art_host, x, normalize=False)
-        teacher_logits = run_session(ort_session(export_dir / "teacher.onnx"), x, batch_size=64)[0]
-        int8_logits = run_session(ort_session(export_dir / "teacher.int8.onnx"), x, batch_size=64)[0]
-        np.save(out / "artifacts" / "host_logits.npy", tvm_logits)
+        ort_logits = ort_run(self.student_onnx, x, batch_size=64)[0]
+        tvm_logits = run_artifact(self.art_host, x, normalize=False)
+        teacher_logits = ort_run(self.teacher_onnx, x, batch_size=64)[0]
+        int8_logits = ort_run(self.teacher_int8_onnx, x, batch_size=64)[0]
+        np.save(self.host_logits, tvm_logits)
         return {
             "n_images": len(y),
             "teacher_onnx": accuracy(teacher_logits, y),
@@ -220,47 +393,41 @@ def run_demo(
             "onnx_vs_tvm": fidelity(ort_logits, tvm_logits),
         }
 
-    def board_step() -> dict[str, Any]:
+    def board(self) -> dict[str, Any]:
+        import numpy as np
+
+        from bvit_edge.metrics import fidelity
+        from bvit_edge.pipeline import val_inputs
         from bvit_edge.runtime.artifact import run_artifact
         from bvit_edge.targets import board as emulated
         from bvit_edge.targets.rpc import connect
+        from bvit_edge.training.checkpoint import read_config
 
-        _, cfg = _load_cfg(gsb_dir / "stage2")
-        n = 16 if quick else 64
-        x, _ = val_inputs(cfg, limit=n)
+        n = self.recipe.board_images
+        x, _ = val_inputs(read_config(self.gsb_dir / "stage2"), limit=n)
         was_running = emulated.status("aarch64").running
         info = emulated.emulate("aarch64", log=_console().print)
         try:
-            session = connect(info.host, int(info.port), timeout_s=30)
-            arm_logits = run_artifact(art_arm, x, session=session, normalize=False)
+            session = connect(info.host, int(info.port or 0), timeout_s=30)
+            arm_logits = run_artifact(self.art_arm, x, session=session, normalize=False)
             del session
         finally:
             if not was_running:  # the demo started the emulated board: leave no qemu process behind
                 emulated.stop("aarch64")
-        host_logits = np.load(out / "artifacts" / "host_logits.npy", allow_pickle=False)[:n]
+        host_logits = np.load(self.host_logits, allow_pickle=False)[:n]
         fid = fidelity(host_logits, arm_logits)
         if fid["top1_agreement"] < 1.0 or fid["max_rel_diff"] > 1e-5:
             raise DemoStepFailed(f"The aarch64 artifact on the emulated board disagrees with the host's: {fid}.")
         return {"rpc": f"{info.host}:{info.port}", "n_images": n, "aarch64_vs_host": fid, "emulated": True}
 
-    def bench_step() -> dict[str, Any]:
-        from bvit_edge.runtime.bench import bench
+    # -------------------------------------------------------------------------------- bench and report
+    def bench(self) -> dict[str, Any]:
         from bvit_edge.runtime.threadpool import physical_cores
 
         rows: dict[str, Any] = {}
         docs = []
-        for th in sorted({1, threads or physical_cores()}):
-            res = bench(
-                art_host,
-                teacher_onnx=export_dir / "teacher.onnx",
-                student_onnx=export_dir / "student.packed.onnx",
-                teacher_int8_onnx=export_dir / "teacher.int8.onnx",
-                threads=th,
-                warmup=10,
-                runs=30 if quick else 100,
-                rounds=5,
-            )
-            res.save(out / f"bench_{th}t.json")
+        for th in sorted({1, self.threads or physical_cores()}):
+            res = self._bench_at(th)
             docs.append(
                 res.to_report(
                     student_name="gsb-demo (compiled, TVM)",
@@ -269,78 +436,53 @@ def run_demo(
                     title="bvit-edge demo on digits",
                 )
             )
-            d = res.to_dict()
-            rows[str(th)] = {
-                "student_median_ms": d["student"]["steady"]["median_ms"],
-                "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
-                "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
-                "teacher_over_student": d["ratio_teacher_over_student_median"],
-                "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"],
-                "threads": th,
-            }
+            rows[str(th)] = {**_bench_row(res.to_dict()), "threads": th}
         doc = docs[0]
         for extra in docs[1:]:
             doc["latency"] += extra["latency"]
         doc["environment"].pop("ratio_teacher_over_student_median", None)
         doc["environment"].pop("ratio_teacher_int8_over_student_median", None)
-        write_json(out / "bench_report.json", doc)
+        write_json(self.out / "bench_report.json", doc)
         return {"by_threads": rows}
 
-    def deit_s_step() -> dict[str, Any]:
-        return deit_s_row(out / "deit_s", quick=quick)
+    def _bench_at(self, threads: int) -> Any:
+        """The bench of the host artifact against both teachers at ``threads``, saved as OUT/bench_<n>t.json."""
+        from bvit_edge.runtime.bench import bench
 
-    def report_step() -> dict[str, Any]:
+        r = self.recipe
+        res = bench(
+            self.art_host,
+            teacher_onnx=self.teacher_onnx,
+            student_onnx=self.student_onnx,
+            teacher_int8_onnx=self.teacher_int8_onnx,
+            threads=threads,
+            warmup=r.bench_warmup,
+            runs=r.bench_runs,
+            rounds=r.bench_rounds,
+        )
+        res.save(self.out / f"bench_{threads}t.json")
+        return res
+
+    def report(self) -> dict[str, Any]:
         from bvit_edge.report import render_report, write_report
 
-        state = json.loads((out / "steps.json").read_text())
-        bench_doc = json.loads((out / "bench_report.json").read_text())
-        fid = state["fidelity"]["result"]
-        doc = _report_doc(bench_doc, fid, state)
-        write_report(out / "report.json", doc)
-        written = render_report(out / "report.json", out / "report")
+        state = json.loads((self.out / "steps.json").read_text())
+        bench_doc = json.loads((self.out / "bench_report.json").read_text())
+        doc = _report_doc(bench_doc, state["fidelity"]["result"], state)
+        write_report(self.out / "report.json", doc)
+        written = render_report(self.out / "report.json", self.out / "report")
         return {k: str(v) for k, v in written.items()}
 
-    steps = [
-        Step(
-            "teacher", f"train the full-precision teacher on digits ({t_epochs} epochs, all 1,437 images)", teacher_step
-        ),
-        Step(
-            "gsb",
-            f"train GSB stage 1 + 2 from the teacher on {per_class} images per class ({s_epochs} epochs each)",
-            gsb_step,
-        ),
-        Step("export", "freeze, export to ONNX (packed + standard) and validate on the 360 val images", export_step),
-        Step(
-            "compile", "compile with TVM for the host and for rpi4-aarch64 (+ the teacher for the host)", compile_step
-        ),
-        Step("fidelity", "accuracy and fidelity: torch -> ONNX reference -> compiled artifact", fidelity_step),
-    ]
-    if board:
-        steps.append(
-            Step("board", "run the aarch64 artifact on the emulated board (qemu + TVM RPC) and compare", board_step)
-        )
-    steps += [
-        Step(
-            "bench",
-            "bench on the host, 1 thread and all cores: compiled student vs the teacher in "
-            "onnxruntime, "
-            "fp32 and int8 (batch 1)",
-            bench_step,
-        )
-    ]
-    if deit_s:
-        steps.append(
-            Step(
-                "deit_s",
-                "DeiT-S geometry (random non-zero weights): compile, bench at 1 thread vs DeiT-S "
-                "fp32 and int8 in onnxruntime, sizes",
-                deit_s_step,
-            )
-        )
-    steps.append(Step("report", "write the report (JSON, Markdown, PNG plots)", report_step))
-    state = run_steps(out, steps)
-    _summary(state)
-    return state
+
+def _bench_row(d: dict[str, Any]) -> dict[str, Any]:
+    """The medians and ratios of a bench result (``BenchResult.to_dict()``) the demo's summary shows."""
+    return {
+        "student_median_ms": d["student"]["steady"]["median_ms"],
+        "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
+        "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
+        "teacher_over_student": d["ratio_teacher_over_student_median"],
+        "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"],
+    }
 
 
 def _started(run: Path) -> bool:
@@ -348,34 +490,22 @@ def _started(run: Path) -> bool:
     return any((run / sub / "last").is_dir() for sub in (".", "stage1", "stage2"))
 
 
-def _load_cfg(path: Path) -> tuple[None, dict[str, Any]]:
-    from bvit_edge.training.checkpoint import read_config
-
-    return None, read_config(path)
-
-
 def _report_doc(bench_doc: dict[str, Any], fid: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     """The report document: bench latency + sizes, with accuracy and fidelity from the demo's steps."""
+    from bvit_edge.report.quality import accuracy_entry, fidelity_entry
+
     doc = dict(bench_doc)
-    n = fid["n_images"]
+    by_role = {
+        "student": ("gsb", fid["student_tvm_host"]),
+        "baseline": ("fp, int8 by onnxruntime quantize_dynamic", fid.get("teacher_int8_onnx")),
+        "teacher": ("fp", fid["teacher_onnx"]),
+    }
     for m in doc["models"]:
+        m["method"], acc = by_role.get(m["role"], by_role["teacher"])
         if m["role"] == "student":
-            a = fid["student_tvm_host"]
-            m["method"] = "gsb"
-            m["fidelity"] = {
-                "reference": "onnx",
-                "compared": "tvm",
-                "max_abs_diff": fid["onnx_vs_tvm"]["max_abs_diff"],
-                "top1_agreement_pct": fid["onnx_vs_tvm"]["top1_agreement"] * 100,
-            }
-        elif m["role"] == "baseline":
-            a = fid.get("teacher_int8_onnx")
-            m["method"] = "fp, int8 by onnxruntime quantize_dynamic"
-        else:
-            a = fid["teacher_onnx"]
-            m["method"] = "fp"
-        if a:
-            m["accuracy"] = {"split": "val", "n_images": n, "top1_pct": a["top1"] * 100, "top5_pct": a["top5"] * 100}
+            m["fidelity"] = fidelity_entry(fid["onnx_vs_tvm"])
+        if acc:
+            m["accuracy"] = accuracy_entry(acc, fid["n_images"])
     doc.setdefault("environment", {})["student_train_images_per_class"] = state["gsb"]["result"]["per_class"]
     return doc
 
@@ -439,11 +569,7 @@ def deit_s_row(folder: Path, quick: bool = False, threads: int = 1) -> dict[str,
         "student_params_bytes": art_bytes["params_bytes"],
         "teacher_onnx_bytes": tp.stat().st_size,
         "teacher_int8_onnx_bytes": ip.stat().st_size,
-        "student_median_ms": d["student"]["steady"]["median_ms"],
-        "teacher_median_ms": d["teacher"]["steady"]["median_ms"],
-        "teacher_int8_median_ms": d["teacher_int8"]["steady"]["median_ms"],
-        "teacher_over_student": d["ratio_teacher_over_student_median"],
-        "teacher_int8_over_student": d["ratio_teacher_int8_over_student_median"],
+        **_bench_row(d),
     }
 
 
@@ -463,13 +589,16 @@ def _x(a: float | None, b: float | None) -> str:
     return f"{a / b:.1f}x" if a and b else "-"
 
 
+def _pct(v: Any) -> str:
+    return f"{v * 100:.2f}%" if isinstance(v, (int, float)) else "-"
+
+
 def _summary(state: dict[str, Any]) -> None:
     """The demo's result in one table: accuracy, size, fidelity and latency along the pipeline."""
     from rich.table import Table
 
     r = {k: v.get("result", {}) for k, v in state.items()}
-    pct = lambda v: f"{v * 100:.2f}%" if isinstance(v, (int, float)) else "-"  # noqa: E731
-    t, g, e, f, b, bo, ds = (r.get(k, {}) for k in ("teacher", "gsb", "export", "fidelity", "bench", "board", "deit_s"))
+    b = r.get("bench", {})
     threads = sorted((b.get("by_threads") or {}), key=int)
     lat_head = (
         "latency, batch 1 (" + " / ".join(f"{t_} thread{'s' if t_ != '1' else ''}" for t_ in threads) + ")"
@@ -479,88 +608,134 @@ def _summary(state: dict[str, Any]) -> None:
     table = Table(title="bvit-edge demo on digits (360 val images)")
     for col in ("stage of the pipeline", "val top-1", "size / fidelity", lat_head):
         table.add_column(col)
+    for row in (*_training_rows(r), *_deployed_rows(r), *_board_rows(r), *_deit_s_rows(r.get("deit_s", {}))):
+        table.add_row(*row)
+    con = _console()
+    con.print(table)
+    for line in _closing_lines(b, threads, r.get("export") or {}):
+        con.print(line)
+
+
+def _training_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The teacher and the two GSB stages in torch."""
+    t, g, f = r.get("teacher", {}), r.get("gsb", {}), r.get("fidelity", {})
+    rows = []
     if t:
-        table.add_row("FP teacher (torch, all 1,437 train images)", pct(t.get("val_top1")), "", "")
+        rows.append(("FP teacher (torch, all 1,437 train images)", _pct(t.get("val_top1")), "", ""))
     if g:
-        table.add_row(f"GSB stage 1 (torch, {g.get('per_class')} images/class)", pct(g.get("stage1_val_top1")), "", "")
-        table.add_row(
-            "GSB stage 2 (torch, frozen)", pct(f.get("student_torch", {}).get("top1", g.get("val_top1"))), "", ""
-        )
+        rows.append((f"GSB stage 1 (torch, {g.get('per_class')} images/class)", _pct(g.get("stage1_val_top1")), "", ""))
+        top1 = f.get("student_torch", {}).get("top1", g.get("val_top1"))
+        rows.append(("GSB stage 2 (torch, frozen)", _pct(top1), "", ""))
+    return rows
+
+
+def _deployed_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The exported and compiled student and the teachers in onnxruntime: accuracy, bytes, latency."""
+    e, f, b = r.get("export", {}), r.get("fidelity", {}), r.get("bench", {})
+    rows = []
     if e:
         st = e.get("storage") or {}
-        table.add_row(
-            f"GSB stage 2 -> ONNX, packed ops, B as {st.get('att_bias', 'float32')} (onnxruntime)",
-            pct(f.get("student_onnx", {}).get("top1")),
-            f"{e['packed_bytes']:,} B ({_x(e.get('teacher_bytes'), e['packed_bytes'])} smaller than fp32, "
-            f"{_x(e.get('teacher_int8_bytes'), e['packed_bytes'])} than int8)",
-            "",
+        rows.append(
+            (
+                f"GSB stage 2 -> ONNX, packed ops, B as {st.get('att_bias', 'float32')} (onnxruntime)",
+                _pct(f.get("student_onnx", {}).get("top1")),
+                f"{e['packed_bytes']:,} B ({_x(e.get('teacher_bytes'), e['packed_bytes'])} smaller than fp32, "
+                f"{_x(e.get('teacher_int8_bytes'), e['packed_bytes'])} than int8)",
+                "",
+            )
         )
-    if f:
-        n = f.get("n_images", 0)
-        table.add_row(
+    if not f:
+        return rows
+    n = f.get("n_images", 0)
+    rows.append(
+        (
             "GSB stage 2 -> TVM artifact on the host",
-            pct(f.get("student_tvm_host", {}).get("top1")),
+            _pct(f.get("student_tvm_host", {}).get("top1")),
             f"top-1 agrees with ONNX on {f['onnx_vs_tvm']['top1_agreement'] * n:.0f}/{n}",
             _ms(b, "student_median_ms"),
         )
-        table.add_row(
+    )
+    rows.append(
+        (
             "FP teacher -> ONNX fp32 (onnxruntime)",
-            pct(f.get("teacher_onnx", {}).get("top1")),
+            _pct(f.get("teacher_onnx", {}).get("top1")),
             f"{e.get('teacher_bytes', 0):,} B" if e else "",
             _ms(b, "teacher_median_ms"),
         )
-        table.add_row(
+    )
+    rows.append(
+        (
             "FP teacher -> int8 by onnxruntime quantize_dynamic",
-            pct(f.get("teacher_int8_onnx", {}).get("top1")),
+            _pct(f.get("teacher_int8_onnx", {}).get("top1")),
             f"{e.get('teacher_int8_bytes', 0):,} B" if e.get("teacher_int8_bytes") else "",
             _ms(b, "teacher_int8_median_ms"),
         )
-    if bo:
-        fid = bo["aarch64_vs_host"]
-        table.add_row(
+    )
+    return rows
+
+
+def _board_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    bo = r.get("board", {})
+    if not bo:
+        return []
+    fid = bo["aarch64_vs_host"]
+    return [
+        (
             "GSB stage 2 -> rpi4-aarch64 artifact on the emulated board (RPC)",
             "",
-            f"max |diff| vs host {fid['max_abs_diff']:.1e} on {bo['n_images']} images, top-1 agreement {pct(fid['top1_agreement'])}",
+            f"max |diff| vs host {fid['max_abs_diff']:.1e} on {bo['n_images']} images, "
+            f"top-1 agreement {_pct(fid['top1_agreement'])}",
             "emulated: not timed",
         )
-    if ds:
-        table.add_row(
+    ]
+
+
+def _deit_s_rows(ds: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The DeiT-S-geometry row (random weights: no accuracy)."""
+    if not ds:
+        return []
+    s_onnx, s_art = ds["student_onnx_bytes"], ds["student_artifact_bytes"]
+    return [
+        (
             "GSB DeiT-S geometry, random non-zero frozen weights (compile + bench + size only; TVM)",
             "-",
-            f"ONNX {ds['student_onnx_bytes'] / 1e6:.2f} MB, artifact {ds['student_artifact_bytes'] / 1e6:.2f} MB",
+            f"ONNX {s_onnx / 1e6:.2f} MB, artifact {s_art / 1e6:.2f} MB",
             f"{ds['student_median_ms']:.1f} ms (1 thread)",
-        )
-        table.add_row(
+        ),
+        (
             "DeiT-S fp32, random weights (onnxruntime)",
             "-",
-            f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB "
-            f"({_x(ds['teacher_onnx_bytes'], ds['student_onnx_bytes'])} / "
-            f"{_x(ds['teacher_onnx_bytes'], ds['student_artifact_bytes'])} the GSB ONNX / artifact)",
+            f"{ds['teacher_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_onnx_bytes'], s_onnx)} / "
+            f"{_x(ds['teacher_onnx_bytes'], s_art)} the GSB ONNX / artifact)",
             f"{ds['teacher_median_ms']:.1f} ms ({ds['teacher_over_student']:.1f}x GSB)",
-        )
-        table.add_row(
+        ),
+        (
             "DeiT-S int8 by quantize_dynamic (onnxruntime)",
             "-",
-            f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB "
-            f"({_x(ds['teacher_int8_onnx_bytes'], ds['student_onnx_bytes'])} / "
-            f"{_x(ds['teacher_int8_onnx_bytes'], ds['student_artifact_bytes'])})",
+            f"{ds['teacher_int8_onnx_bytes'] / 1e6:.1f} MB ({_x(ds['teacher_int8_onnx_bytes'], s_onnx)} / "
+            f"{_x(ds['teacher_int8_onnx_bytes'], s_art)})",
             f"{ds['teacher_int8_median_ms']:.1f} ms ({ds['teacher_int8_over_student']:.1f}x GSB)",
-        )
-    con = _console()
-    con.print(table)
+        ),
+    ]
+
+
+def _closing_lines(b: dict[str, Any], threads: list[str], e: dict[str, Any]) -> list[str]:
+    """The student/teacher ratios per thread count and the storage fidelity, under the table."""
+    lines = []
     for th in threads:
         row = b["by_threads"][th]
-        con.print(
+        lines.append(
             f"student vs teacher on this host at {th} thread{'s' if th != '1' else ''}: "
             f"{row['teacher_over_student']:.2f}x faster than fp32, "
             f"{row['teacher_int8_over_student']:.2f}x than int8 "
             "(onnxruntime; same process, alternating blocks)"
         )
-    st = (e or {}).get("storage") or {}
+    st = e.get("storage") or {}
     if st.get("fidelity"):
         parts = [
             f"{k.split(',')[0].split('=')[1]}{'+fp16' if 'float_params=float16' in k else ''}: max |d logit| "
             f"{v['max_abs_logit_diff']:.2g}, top-1 {v['top1_agreement'] * v['n_images']:.0f}/{v['n_images']}"
             for k, v in st["fidelity"].items()
         ]
-        con.print(f"storage of B (attention bias) vs float32, on the val images: {'; '.join(parts)}.")
+        lines.append(f"storage of B (attention bias) vs float32, on the val images: {'; '.join(parts)}.")
+    return lines

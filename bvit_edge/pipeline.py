@@ -8,7 +8,6 @@ bvit_edge.training.checkpoint; this module only wires them to checkpoints and da
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from bvit_edge.atomic import write_bytes, write_json
-from bvit_edge.contract import DATA_METADATA as META  # ONNX metadata keys the compiler copies into the manifest
+from bvit_edge.atomic import write_json
 from bvit_edge.errors import CheckpointError, UsageError
+from bvit_edge.metrics import fidelity
 
 
 @dataclass
@@ -36,44 +35,27 @@ class ExportSummary:
         return asdict(self)
 
 
-def add_metadata(onnx_path: str | os.PathLike[str], cfg: dict[str, Any]) -> None:
-    """Record the checkpoint's normalisation, classes and input size in the ONNX file (atomically)."""
-    import onnx
-
-    proto = onnx.load(str(onnx_path))
-    values = {k: cfg.get(k) for k in META}
-    keep = [p for p in proto.metadata_props if p.key not in META.values()]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for k, v in values.items():
-        if v is not None:
-            proto.metadata_props.add(key=META[k], value=json.dumps(v))
-    write_bytes(onnx_path, proto.SerializeToString())
-
-
 def val_inputs(
     cfg: dict[str, Any], limit: int | None = None, data: str | None = None, data_root: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised val images [N, 3, S, S] float32 and labels of the data set a checkpoint was trained on."""
-    import torch
-
-    from bvit_edge.data import load_dataset
+    from bvit_edge.runtime.run import val_images
 
     dcfg = cfg.get("data") or {}
     name = data or dcfg.get("name") or "digits"
     root = data_root if data_root is not None else dcfg.get("root")
-    splits = load_dataset(name, root=root, image_size=int(cfg["image_size"]))
-    n = len(splits.val) if limit is None else min(limit, len(splits.val))
-    xs = torch.stack([splits.val[i][0] for i in range(n)])
-    ys = np.array([int(splits.val[i][1]) for i in range(n)])
-    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    return ((xs - mean) / std).numpy().astype(np.float32), ys
+    xs, ys = val_images(name, root, int(cfg["image_size"]), limit)
+    mean = np.asarray(cfg["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(cfg["std"], np.float32).reshape(1, -1, 1, 1)
+    return ((xs - mean) / std).astype(np.float32), ys
 
 
-def _load_frozen(checkpoint: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+def load_frozen(checkpoint: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The model of a checkpoint in eval mode, frozen into its deployment form when it is binary, and its
+    config."""
     from bvit_edge.training.checkpoint import load_model
 
+    model: Any
     model, cfg = load_model(checkpoint)
     if hasattr(model, "freeze") and cfg.get("method", "fp") != "fp":
         model.freeze()
@@ -107,72 +89,122 @@ def export_checkpoint(
     gives, for every storage choice, max |logit difference| and top-1 agreement against float32 storage.
     ``out_dir`` follows bvit_edge.output_folder's rule (new, empty or an export folder written before;
     ``overwrite`` replaces anything else) and is written as a whole, atomically."""
-    from bvit_edge.export import export_onnx, export_teacher_onnx, size_report, validate_onnx
-    from bvit_edge.export.storage import (
-        DEFAULT_ATT_BIAS,
-        DEFAULT_FLOAT_PARAMS,
-        apply_to_model,
-        check_choice,
-        state_names,
-    )
+    from bvit_edge.export.storage import DEFAULT_ATT_BIAS, DEFAULT_FLOAT_PARAMS, check_choice
     from bvit_edge.output_folder import check_output_folder, output_folder
 
     att_bias = att_bias or DEFAULT_ATT_BIAS
     float_params = float_params or DEFAULT_FLOAT_PARAMS
     check_choice(att_bias, float_params)
-
     out = Path(out_dir)
     inputs = (checkpoint, teacher)
     check_output_folder(out, "export", overwrite, inputs=inputs)
     for flavour in ops:
         if flavour not in ("packed", "standard"):
             raise UsageError(f"Unknown --ops {flavour!r}: use packed or standard.")
-    model, cfg = _load_frozen(checkpoint)
+    model, cfg = load_frozen(checkpoint)
     is_fp = cfg.get("method", "fp") == "fp"
-    shape = (1, 3, int(cfg["image_size"]), int(cfg["image_size"]))
+    tmodel, tcfg = (None, None) if is_fp else _recorded_teacher(teacher, cfg)
+    x = val_inputs(cfg, limit)[0] if validate else None
+    check = _Validation(x, rtol, atol, max_outliers) if x is not None else None
     summary = ExportSummary(out_dir=str(out))
-    x = y = None
-    if validate:
-        x, y = val_inputs(cfg, limit)
-
-    tsrc = teacher if teacher is not None else (cfg.get("train_config") or {}).get("teacher")
-    tmodel = tcfg = None
-    if tsrc and not is_fp:
-        try:
-            tmodel, tcfg = _load_frozen(tsrc)
-        except CheckpointError as exc:
-            raise CheckpointError(f"The teacher {tsrc} recorded for this student cannot be loaded: {exc}") from exc
     with output_folder(out, "export", overwrite, inputs=inputs) as tmp:
         teacher_path = None
         if tmodel is not None:
             teacher_path = tmp / "teacher.onnx"
-            res = export_teacher_onnx(tmodel, teacher_path, input_shape=shape)
-            add_metadata(teacher_path, tcfg)
-            summary.teacher = res.to_dict()
-            if validate:
-                summary.validation["teacher"] = validate_onnx(
-                    tmodel, teacher_path, x, rtol=rtol, atol=atol, max_outliers=max_outliers
-                ).to_dict()
-
-        flavours = ("standard",) if is_fp else ops
-        for flavour in flavours:
+            _export_teacher(tmodel, tcfg, teacher_path, summary, check)
+        protos = {}
+        for flavour in ("standard",) if is_fp else ops:
             path = tmp / ("model.onnx" if is_fp else f"student.{flavour}.onnx")
-            res = export_onnx(model, path, ops=flavour, input_shape=shape, att_bias=att_bias, float_params=float_params)
-            add_metadata(path, cfg)
-            summary.student[flavour] = res.to_dict()
-            if validate:
-                stored = apply_to_model(model, res.encoded)  # the model as the file stores it
-                summary.validation[flavour] = validate_onnx(
-                    stored, path, x, rtol=rtol, atol=atol, max_outliers=max_outliers
-                ).to_dict()
-            summary.size[flavour] = size_report(path, teacher_path, state_names(model)).to_dict()
-        summary.storage = _storage_summary(model, summary, att_bias, float_params, x if validate else None, is_fp)
-        for part in (summary.student, summary.validation, summary.size, summary.storage):
-            part.update(_rebased(part, tmp, out))
-        if summary.teacher:
-            summary.teacher = _rebased(summary.teacher, tmp, out)
+            res = _export_student(model, cfg, path, flavour, att_bias, float_params, teacher_path, summary, check)
+            protos[flavour] = res.proto
+        summary.storage = _storage_summary(model, summary, protos, att_bias, float_params, x, is_fp)
+        _rebase_summary(summary, tmp, out)
         write_json(tmp / "export.json", summary.to_dict())
     return summary
+
+
+@dataclass
+class _Validation:
+    """What validating an export compares on: the val images ``x`` and the tolerances."""
+
+    x: np.ndarray
+    rtol: float
+    atol: float
+    max_outliers: int
+
+    def run(self, model: Any, path: Path, proto: Any) -> dict[str, Any]:
+        """validate_onnx of the export at ``path`` (in memory: ``proto``) against ``model``."""
+        from bvit_edge.export import validate_onnx
+
+        report = validate_onnx(
+            model, path, self.x, rtol=self.rtol, atol=self.atol, max_outliers=self.max_outliers, proto=proto
+        )
+        return report.to_dict()
+
+
+def _image_shape(cfg: dict[str, Any]) -> tuple[int, int, int, int]:
+    return (1, 3, int(cfg["image_size"]), int(cfg["image_size"]))
+
+
+def _recorded_teacher(teacher: Any, cfg: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """The teacher to export beside a student: ``teacher``, else the one its training config records."""
+    source = teacher if teacher is not None else (cfg.get("train_config") or {}).get("teacher")
+    if not source:
+        return None, None
+    try:
+        return load_frozen(source)
+    except CheckpointError as exc:
+        raise CheckpointError(f"The teacher {source} recorded for this student cannot be loaded: {exc}") from exc
+
+
+def _export_teacher(tmodel: Any, tcfg: Any, path: Path, summary: ExportSummary, check: _Validation | None) -> None:
+    """The teacher as plain ONNX (its data description included), validated when ``check`` is given."""
+    from bvit_edge.export import export_teacher_onnx
+
+    res = export_teacher_onnx(tmodel, path, input_shape=_image_shape(tcfg), data=tcfg)
+    summary.teacher = res.to_dict()
+    if check is not None:
+        summary.validation["teacher"] = check.run(tmodel, path, res.proto)
+
+
+def _export_student(
+    model: Any,
+    cfg: dict[str, Any],
+    path: Path,
+    flavour: str,
+    att_bias: str,
+    float_params: str,
+    teacher_path: Path | None,
+    summary: ExportSummary,
+    check: _Validation | None,
+) -> Any:
+    """One flavour of the student (its data description included), validated against the model the file
+    computes (its tensors decoded from their storage) and measured (size report), from the model in memory."""
+    from bvit_edge.export import export_onnx, size_report
+    from bvit_edge.export.storage import apply_to_model, state_names
+
+    res = export_onnx(
+        model,
+        path,
+        ops=flavour,
+        input_shape=_image_shape(cfg),
+        att_bias=att_bias,
+        float_params=float_params,
+        data=cfg,
+    )
+    summary.student[flavour] = res.to_dict()
+    if check is not None:
+        summary.validation[flavour] = check.run(apply_to_model(model, res.encoded), path, res.proto)
+    summary.size[flavour] = size_report(path, teacher_path, state_names(model), proto=res.proto).to_dict()
+    return res
+
+
+def _rebase_summary(summary: ExportSummary, tmp: Path, out: Path) -> None:
+    """Every path in ``summary`` under the temporary folder ``tmp`` pointing into ``out`` instead."""
+    for part in (summary.student, summary.validation, summary.size, summary.storage):
+        part.update(_rebased(part, tmp, out))
+    if summary.teacher:
+        summary.teacher = _rebased(summary.teacher, tmp, out)
 
 
 def _rebased(obj: Any, tmp: Path, final: Path) -> Any:
@@ -201,21 +233,23 @@ def storage_fidelity(
     choices: list[tuple[str, str]] | None = None,
     threads: int | None = None,
     batch_size: int = 120,
+    proto: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """For each (att_bias, float_params) storage choice: the exported file re-encoded that way, run by
     onnxruntime on images ``x``, against the same file with every tensor in float32 (its compact tensors
     decoded and replaced by the model's own float32 values, ``tensors``: name -> array, the model's state):
     max |logit difference|, top-1 agreement, and the file's bytes. (A standard export runs in onnxruntime at
-    full speed; a packed one through the numpy reference ops.)"""
+    full speed; a packed one through the numpy reference ops.) ``proto``: the exported model already in
+    memory, used instead of reading ``onnx_path``."""
     import tempfile
 
     import onnx
 
+    from bvit_edge.export.onnxruntime_session import load_model as load_onnx
+    from bvit_edge.export.onnxruntime_session import ort_session, run_session
     from bvit_edge.export.storage import compact_proto, decompacted, restore_float32
-    from bvit_edge.runtime.ort import load_model as load_onnx
-    from bvit_edge.runtime.ort import ort_session, run_session
 
-    base = restore_float32(decompacted(load_onnx(Path(onnx_path))), tensors)
+    base = restore_float32(decompacted(proto if proto is not None else load_onnx(Path(onnx_path))), tensors)
     state_names = list(tensors)
     out: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bvit-edge-storage-") as tmp:
@@ -247,7 +281,13 @@ def storage_fidelity(
 
 
 def _storage_summary(
-    model: Any, summary: ExportSummary, att_bias: str, float_params: str, x: np.ndarray | None, is_fp: bool
+    model: Any,
+    summary: ExportSummary,
+    protos: dict[str, Any],
+    att_bias: str,
+    float_params: str,
+    x: np.ndarray | None,
+    is_fp: bool,
 ) -> dict[str, Any]:
     """The storage section of export.json: the choice, bytes of each file under every choice, fidelity."""
     doc: dict[str, Any] = {"att_bias": att_bias, "float_params": float_params, "bytes": {}}
@@ -261,26 +301,11 @@ def _storage_summary(
             for n, t in list(model.named_parameters()) + list(model.named_buffers())
             if t is not None and t.is_floating_point()
         }
-        doc["fidelity"] = storage_fidelity(summary.student[flavour]["path"], x, tensors)
+        doc["fidelity"] = storage_fidelity(summary.student[flavour]["path"], x, tensors, proto=protos.get(flavour))
         doc["fidelity_reference"] = (
             f"the {flavour} export with every tensor stored as float32, in onnxruntime, on the val images"
         )
     return doc
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    top = np.argsort(-logits, axis=1)[:, :5]
-    return {"top1": float((top[:, 0] == labels).mean()), "top5": float((top == labels[:, None]).any(1).mean())}
-
-
-def fidelity(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    diff = np.abs(reference.astype(np.float64) - other.astype(np.float64))
-    scale = np.maximum(np.abs(reference).astype(np.float64), 1e-12)
-    return {
-        "max_abs_diff": float(diff.max()),
-        "max_rel_diff": float((diff / scale).max()),
-        "top1_agreement": float((reference.argmax(1) == other.argmax(1)).mean()),
-    }
 
 
 def bench_report(
@@ -304,6 +329,7 @@ def bench_report(
     report's)."""
     from bvit_edge.output_folder import check_output_folder, output_folder
     from bvit_edge.report import load_report, write_report
+    from bvit_edge.report.quality import accuracy_entry, fidelity_entry
     from bvit_edge.report.render import render_into
     from bvit_edge.runtime.run import predict
 
@@ -311,7 +337,7 @@ def bench_report(
     check_output_folder(out, "report", overwrite, option="--report")
     doc = result.to_report()
     if data:
-        kw = dict(data=data, data_root=data_root, limit=limit, top_k=1, return_logits=True)
+        kw: dict[str, Any] = dict(data=data, data_root=data_root, limit=limit, top_k=1, return_logits=True)
         student = predict(student_artifact, rpc=rpc, session=session, **kw)
         teacher = predict(teacher_onnx, **kw) if teacher_onnx else None
         reference = predict(student_onnx, **kw) if student_onnx else None
@@ -322,20 +348,9 @@ def bench_report(
             res = {"student": student, "teacher": teacher, "baseline": baseline}[m["role"]]
             if res is None:
                 continue
-            m["accuracy"] = {
-                "split": "val",
-                "n_images": res["num_images"],
-                "top1_pct": res["accuracy"]["top1"] * 100,
-                "top5_pct": res["accuracy"]["top5"] * 100,
-            }
+            m["accuracy"] = accuracy_entry(res["accuracy"], res["num_images"])
             if m["role"] == "student" and reference is not None:
-                fid = fidelity(reference["logits"], student["logits"])
-                m["fidelity"] = {
-                    "reference": "onnx",
-                    "compared": "tvm",
-                    "max_abs_diff": fid["max_abs_diff"],
-                    "top1_agreement_pct": fid["top1_agreement"] * 100,
-                }
+                m["fidelity"] = fidelity_entry(fidelity(reference["logits"], student["logits"]))
     with output_folder(out, "report", overwrite, option="--report") as tmp:
         write_report(tmp / "report.json", doc)
         render_into(load_report(tmp / "report.json"), tmp)

@@ -8,19 +8,22 @@ int8 initializers either way. A full-precision teacher has no custom ops and exp
 
 After the export the model is set to IR version 10 (onnxruntime 1.31 refuses newer), checked with
 ``onnx.checker.check_model(full_check=True)``, and ONNX shape inference must give every graph output a
-shape on its own (the exporter's output shapes are cleared in a copy first). The file is written
-atomically: on any failure no partial file is left.
+shape on its own (the exporter's output shapes are cleared in a copy first). The file is written once,
+atomically, with all its metadata (bvit_edge.contract: ops, op domain, model name, default_cfg, storage and,
+given ``data``, the data description): on any failure no partial file is left. The result keeps the model in
+memory (``ExportResult.proto``) so that validation and the size report need not read the file again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from bvit_edge.contract import (
     META_OP_DOMAIN,
     META_OPS,
     META_STORAGE,
+    data_metadata,
     op_domain_tag,
 )
 from bvit_edge.errors import BvitEdgeError, ConfigError, UsageError, ValidationError
@@ -70,11 +74,12 @@ class ExportResult:
     storage: dict[str, Any] = field(default_factory=dict)
     #: name -> how the export stores that tensor (bvit_edge.export.storage); not part of to_dict()
     encoded: dict[str, Encoded] = field(default_factory=dict, repr=False, compare=False)
+    #: the model as written to ``path`` (metadata included); not part of to_dict()
+    proto: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("encoded", None)
-        return d
+        kept = [f.name for f in fields(self) if f.name not in ("encoded", "proto")]
+        return {name: copy.deepcopy(getattr(self, name)) for name in kept}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -262,6 +267,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     att_bias: str = DEFAULT_ATT_BIAS,
     float_params: str = DEFAULT_FLOAT_PARAMS,
+    data: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Export ``model`` (frozen binary student, or float teacher) to ``path`` and return what was written.
 
@@ -273,6 +279,8 @@ def export_onnx(
     attention bias B and the other float parameters are stored (bvit_edge.export.storage; standard
     DequantizeLinear / Cast nodes decode them). The result's ``encoded`` says which tensors were re-encoded:
     ``bvit_edge.export.storage.apply_to_model(model, result.encoded)`` is the model the file computes.
+    ``data``: the data description to record (a checkpoint config's mean, std, classes, image_size;
+    bvit_edge.contract.DATA_METADATA), which compile copies into the artifact and ``run`` uses.
     """
     if ops not in OPS_CHOICES:
         raise UsageError(f"ops must be one of {', '.join(OPS_CHOICES)}, got {ops!r}.")
@@ -292,7 +300,7 @@ def export_onnx(
             break
         except BvitEdgeError:
             raise
-        except Exception as exc:  # the exporter raises many types; report the first line
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many types; report the first line
             errors.append(_describe_export_failure(exc))
             if errors[-1].startswith("it has no ONNX translation"):
                 break  # a static batch would not help
@@ -305,9 +313,11 @@ def export_onnx(
     proto = _finalize(proto, ops, model)
     storage, encoded = compact_proto(proto, att_bias, float_params, state_names(model))
     proto.metadata_props.add(key=META_STORAGE, value=json.dumps({"att_bias": att_bias, "float_params": float_params}))
+    for key, value in data_metadata(data or {}).items():
+        proto.metadata_props.add(key=key, value=value)
     out_shapes = check_exported(proto)
-    data = proto.SerializeToString()
-    write_bytes(path, data)
+    serialized = proto.SerializeToString()
+    write_bytes(path, serialized)
     counts: dict[str, int] = {}
     for n in proto.graph.node:
         key = f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
@@ -323,10 +333,11 @@ def export_onnx(
         output_names=[o.name for o in proto.graph.output],
         output_shapes=out_shapes,
         dynamic_batch=dynamic_batch,
-        bytes=len(data),
+        bytes=len(serialized),
         op_counts=dict(sorted(counts.items())),
         storage=storage.to_dict(),
         encoded=encoded,
+        proto=proto,
     )
 
 

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from bvit_edge.runtime.ort import load_model
+from bvit_edge.errors import DataError
+from bvit_edge.export.onnxruntime_session import load_model
 
 _T = onnx.TensorProto
 
@@ -89,14 +90,19 @@ def largest_float32(proto: onnx.ModelProto, top: int = 5) -> list[tuple[str, int
 
 
 def size_report(
-    onnx_path: str | Path, teacher_path: str | Path | None = None, state_names: list[str] | None = None
+    onnx_path: str | Path,
+    teacher_path: str | Path | None = None,
+    state_names: list[str] | None = None,
+    proto: onnx.ModelProto | None = None,
 ) -> SizeReport:
     """Bytes on disk and weight counts of ``onnx_path``; compression ratio vs ``teacher_path`` if given;
     the file's bytes under every storage choice of B (and, given the model's ``state_names``, of its other
-    float parameters) in ``storage_bytes``."""
+    float parameters) in ``storage_bytes``. ``proto``: the model of ``onnx_path`` already in memory (the
+    export's ``ExportResult.proto``), counted instead of reading the file again."""
     from bvit_edge.export.storage import att_bias_names, decompacted, storage_bytes
 
-    proto = load_model(onnx_path)
+    if proto is None:
+        proto = load_model(onnx_path)
     size = Path(onnx_path).stat().st_size
     counts = weight_counts(proto)
     rep = SizeReport(
@@ -112,7 +118,8 @@ def size_report(
     if att_bias_names(decompacted(proto)) or state_names:
         rep.storage_bytes = storage_bytes(proto, state_names or [])
     if teacher_path is not None:
-        load_model(teacher_path)
+        if not Path(teacher_path).is_file():
+            raise DataError(f"The teacher ONNX model {str(teacher_path)!r} does not exist. Export it first.")
         tb = Path(teacher_path).stat().st_size
         rep.teacher_path, rep.teacher_bytes = str(teacher_path), tb
         rep.compression_ratio = tb / size if size else None

@@ -103,7 +103,7 @@ def per_input_max_diff(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> 
     """max |got - ref| per input (axis 0), over every output: float64 [B]."""
     diffs = [
         np.abs(g.astype(np.float64) - r.astype(np.float64)).reshape(g.shape[0], -1).max(axis=1)
-        for g, r in zip(got, ref)
+        for g, r in zip(got, ref, strict=True)
     ]
     return np.max(np.stack(diffs), axis=0)
 
@@ -112,14 +112,14 @@ def compare_outputs(
     got: Sequence[np.ndarray], ref: Sequence[np.ndarray], names: Sequence[str], rtol: float, atol: float
 ) -> tuple[float, float, float, int]:
     """Shapes then values; returns (max_abs, max_rel, top1_agreement, top1_mismatches) or raises."""
-    for name, g, r in zip(names, got, ref):
+    for name, g, r in zip(names, got, ref, strict=True):
         if tuple(g.shape) != tuple(r.shape):
             raise ShapeMismatch(
                 f"Output {name!r} has shape {list(g.shape)} in ONNX but {list(r.shape)} in torch. The export "
                 "traced a different graph (a static batch? a different head layout?): export again."
             )
     max_abs, max_rel = 0.0, 0.0
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         diff = float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))) if g.size else 0.0
         scale = float(np.max(np.abs(r))) if r.size else 0.0
         max_abs = max(max_abs, diff)
@@ -144,6 +144,7 @@ def validate_onnx(
     threads: int | None = None,
     batch_size: int = 64,
     max_outliers: int = 0,
+    proto: Any = None,
 ) -> ValidationReport:
     """Check the export at ``onnx_path`` against the (frozen) torch ``model`` on ``inputs`` [B, C, H, W].
 
@@ -151,14 +152,15 @@ def validate_onnx(
     output and the top-1 class (argmax of the first output) agrees on every input. ``max_outliers``
     inputs may exceed the value tolerance as long as their top-1 agrees, or, for a proven binarization tie
     (see the module docstring), even when it does not. Raises the named mismatch error otherwise; returns the
-    report when it passes.
+    report when it passes. ``proto``: the exported model already in memory (``ExportResult.proto``), run
+    instead of reading ``onnx_path`` again.
     """
-    from bvit_edge.runtime.ort import ort_session, run_session
+    from bvit_edge.export.onnxruntime_session import ort_session, run_session
 
     x = _as_numpy(inputs)
     if x.ndim != 4 or x.shape[0] == 0:
         raise UsageError(f"Validation inputs must be a non-empty batch [B, C, H, W], got shape {list(x.shape)}.")
-    session = ort_session(onnx_path, threads=threads)
+    session = ort_session(onnx_path, threads=threads, proto=proto)
     names = [o.name for o in session.get_outputs()]
     if expected_output_names is not None and list(names) != list(expected_output_names):
         raise OutputNameMismatch(

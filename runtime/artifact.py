@@ -479,9 +479,13 @@ def _load_remote(folder: Path, manifest: dict[str, Any], arrays: list[np.ndarray
             "running an artifact over RPC needs the tvm package on this host: pip install bvit-edge (the full toolkit)."
         ) from None
     lib_path = folder / manifest.get("lib", "lib.so")
+    # uploaded under a name unique to its content: the board's loader hands back the library it already
+    # loaded for a path it has seen, so two artifacts both uploaded as "lib.so" in one session would alias
+    digest = str(manifest.get("lib_sha256") or (manifest.get("model") or {}).get("sha256") or "")[:12]
+    remote_name = f"{lib_path.stem}-{digest}{lib_path.suffix}" if digest else lib_path.name
     try:
-        session.upload(str(lib_path))
-        lib = session.load_module(lib_path.name)
+        session.upload(str(lib_path), target=remote_name)
+        lib = session.load_module(remote_name)
         device = session.cpu()
     except Exception as exc:
         text = str(exc).strip()

@@ -3,7 +3,7 @@ host and ``bvit-edge-device bench`` on a board both measure and write, so their 
 
 * :class:`SideResult` / :class:`BenchRecord`: one model's times / one benchmark (``to_dict()`` is the JSON,
   ``save()`` writes it atomically, ``from_dict()`` reads it back); the host's
-  ``bvit_edge.runtime.bench.BenchResult`` adds ``to_report()`` (the bvit_edge.report document, drawn on the
+  ``bvit_edge.runtime.bench_result.BenchResult`` adds ``to_report()`` (the bvit_edge.report document, drawn on the
   host: the report package needs matplotlib);
 * the protocol's shared parts: the input image (seeded uniform noise or given data) and its normalisation, the
   thread count, facts about the run (host, CPU affinity, date), artifact sizes, compile time;

@@ -34,23 +34,25 @@ every schema 1 artifact did; those still load).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bvit_edge.atomic import write_json
-from bvit_edge.contract import DATA_METADATA, DOMAIN, DOMAIN_VERSION, META_DEFAULT_CFG
+from bvit_edge.contract import DOMAIN, DOMAIN_VERSION, read_data_metadata
 from bvit_edge.digest import sha256_file as _sha256
 from bvit_edge.errors import BvitEdgeError, ConfigError, MissingDependencyError, ToolchainError, UsageError
 from bvit_edge.output_folder import check_output_folder, output_folder
+from bvit_edge.runtime.params import LiftedParams
+from bvit_edge.runtime.tool_versions import module_versions
 
 SCHEMA_VERSION = 2
 LIB_NAME = "lib.so"
 PARAMS_NAME = "params.npz"
 MANIFEST_NAME = "manifest.json"
 PARAMS_STORAGES = ("file", "embedded")
-META_KEYS = DATA_METADATA
 
 
 def _load_onnx(path: Path) -> Any:
@@ -65,29 +67,8 @@ def _load_onnx(path: Path) -> Any:
 
 
 def _metadata(model: Any) -> dict[str, Any]:
-    props = {p.key: p.value for p in model.metadata_props}
-    meta: dict[str, Any] = {}
-    for field, key in META_KEYS.items():
-        if key in props:
-            try:
-                meta[field] = json.loads(props[key])
-            except json.JSONDecodeError:
-                meta[field] = props[key]
-    # fallback: the exporter's "bvit_edge.default_cfg" (timm-style cfg: mean, std, input_size)
-    if META_DEFAULT_CFG in props:
-        try:
-            cfg = json.loads(props[META_DEFAULT_CFG])
-        except json.JSONDecodeError:
-            cfg = {}
-        meta.setdefault("mean", cfg.get("mean"))
-        meta.setdefault("std", cfg.get("std"))
-        if "input_size" in cfg and isinstance(cfg["input_size"], list) and len(cfg["input_size"]) == 3:
-            meta.setdefault("image_size", cfg["input_size"][1:])
-        if meta.get("mean") is None:
-            meta.pop("mean")
-        if meta.get("std") is None:
-            meta.pop("std")
-    return meta
+    """The data description the export recorded (bvit_edge.contract.read_data_metadata)."""
+    return read_data_metadata({p.key: p.value for p in model.metadata_props})
 
 
 def _input_shape(model: Any) -> tuple[str, list[int]]:
@@ -113,22 +94,14 @@ def _input_shape(model: Any) -> tuple[str, list[int]]:
 
 
 def _tool_versions(compiler: str | None) -> dict[str, str]:
-    import onnx
+    """tvm, onnx, tvm_ffi (when installed), LLVM's major version and the C compiler that links lib.so."""
     import tvm
 
     from bvit_edge.targets.toolchain import compiler_version
 
-    versions = {"tvm": tvm.__version__, "onnx": onnx.__version__}
-    try:
-        import tvm_ffi
-
-        versions["tvm_ffi"] = getattr(tvm_ffi, "__version__", "unknown")
-    except ImportError:
-        pass
-    try:
+    versions = module_versions(("tvm", "onnx")) | module_versions(("tvm_ffi",), missing=None)
+    with contextlib.suppress(Exception):  # an LLVM-less TVM build has no llvm_version_major
         versions["llvm"] = str(tvm.target.codegen.llvm_version_major())
-    except Exception:  # noqa: BLE001
-        pass
     versions["cc"] = compiler_version(compiler)
     return versions
 
@@ -222,64 +195,132 @@ def compile_model(
     that file exists). ``tune`` = N > 0 re-tunes every binary kernel of this model (at most N candidates
     each) on this machine, or on the board of the RPC ``session`` for a cross target, and saves the result
     into ``tuning_db`` when given (created or updated) as well as in the artifact's ``tuning.json``.
-    ``fast_math``: see :func:`relax_pipeline` (recorded in the manifest). On by default: TVM's exact
-    erf/exp are scalar libm calls, which made GSB DeiT-S 2.1x slower end to end (47.4 vs 22.5 ms, 1 thread),
-    while the approximations (max error vs float64: erf 3.7e-7 absolute, exp 2.8e-7 relative; onnxruntime's
-    own: 5.8e-8, 7.6e-8) measured exactly as faithful to onnxruntime on the trained demo student (the same
-    359 of 360 digits val images within 1e-5, top-1 360/360): any float difference can move a value across
-    a binarization threshold (a1/2, r*max), exact libm calls included. ``params_storage``: "file" (the weights in
-    params.npz, the default) or "embedded" (inside lib.so); see the module docstring. ``out_dir`` follows
-    bvit_edge.output_folder's rule (new, empty, or an artifact compiled before; ``overwrite`` replaces
-    anything else), checked before any work.
+    ``fast_math``: see :func:`relax_pipeline` (recorded in the manifest). On by default: TVM's exact erf/exp
+    are scalar libm calls, much slower end to end, and the approximations are as faithful to onnxruntime on
+    the trained demo student (any float difference can move a value across a binarization threshold, exact
+    libm calls included); the README gives the measured errors and speed. ``params_storage``: "file" (the
+    weights in params.npz, the default) or "embedded" (inside lib.so); see the module docstring. ``out_dir``
+    follows bvit_edge.output_folder's rule (new, empty, or an artifact compiled before; ``overwrite``
+    replaces anything else), checked before any work.
     """
+    _check_options(params_storage, tune)
+    check_output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db))
+    build = _BuildTarget.resolve(target)
+    onnx_path = Path(onnx_path)
+    model = _load_onnx(onnx_path)
+    input_name, shape = _input_shape(model)
+    mod, tuned = _import_tuned(model, {input_name: shape}, build, tune, tuning_db, session, log)
+    lifted = LiftedParams() if params_storage == "file" else None
+    exe = build_relax(mod, build.spec, build.family, fast_math, lifted)
+    manifest = _manifest(onnx_path, model, input_name, shape, build, threads, fast_math, tuned, tune)
+    with output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db)) as tmp:
+        _link(exe, tmp / LIB_NAME, build, manifest)
+        if tuned.result is not None:
+            tuned.result.save(tmp / "tuning.json")
+        if lifted is not None:
+            manifest["params"] = _save_params(lifted, tmp / PARAMS_NAME)
+        write_json(tmp / MANIFEST_NAME, manifest)
+    return Path(out_dir)
+
+
+def _check_options(params_storage: str, tune: int) -> None:
+    """ConfigError for a ``params_storage`` or ``tune`` value compile does not know, before any work."""
     try:
         import tvm  # noqa: F401
     except ImportError:
         raise MissingDependencyError("compiling needs apache-tvm: pip install 'apache-tvm==0.27.*'.") from None
-    from bvit_edge.runtime.params import LiftedParams
-    from bvit_edge.runtime.schedules import family_params
-    from bvit_edge.runtime.tvm_frontend import import_onnx
-    from bvit_edge.targets import load_target
-    from bvit_edge.targets.toolchain import find_compiler
-
     if params_storage not in PARAMS_STORAGES:
         raise ConfigError(
             f"params_storage={params_storage!r} (bvit-edge compile --params): use 'file' (weights in "
             "params.npz) or 'embedded' (weights inside lib.so)."
         )
-    from bvit_edge.runtime import tuning
-
     if tune < 0:
         raise ConfigError(f"--tune {tune}: give the number of candidates per kernel (>= 1), or 0 for no tuning.")
-    check_output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db))
-    spec = load_target(target)
-    spec.check()  # an mcpu LLVM does not know would silently compile for a generic CPU
-    family = family_params(spec.family, spec.tvm())  # the int8 dot scheme from the target's CPU features
-    compiler = find_compiler(spec)  # ToolchainError naming the apt package when missing
-    onnx_path = Path(onnx_path)
-    model = _load_onnx(onnx_path)
-    input_name, shape = _input_shape(model)
+
+
+@dataclass
+class _BuildTarget:
+    """What the build is for: the target spec, its schedule family (the int8 dot scheme from its CPU
+    features) and the cross compiler that links lib.so (None: the host's)."""
+
+    spec: Any
+    family: Any
+    compiler: str | None
+
+    @classmethod
+    def resolve(cls, target: Any) -> _BuildTarget:
+        """The preset checked (an mcpu LLVM does not know would silently compile for a generic CPU) and its
+        compiler found (a ToolchainError naming the apt package when it is missing), before any work."""
+        from bvit_edge.runtime.schedules import family_params
+        from bvit_edge.targets import load_target
+        from bvit_edge.targets.toolchain import find_compiler
+
+        spec = load_target(target)
+        spec.check()
+        family = family_params(spec.family, spec.tvm())
+        return cls(spec, family, find_compiler(spec))
+
+
+@dataclass
+class _Tuned:
+    """The schedule knobs a build used: the database applied, the records it applied, the kernels seen, and
+    the records this compile measured (``--tune``; None without)."""
+
+    database: Any
+    applied: list[str]
+    kernels: int
+    result: Any = None
+
+
+def _import_tuned(
+    model: Any,
+    shapes: dict[str, list[int]],
+    build: _BuildTarget,
+    tune: int,
+    tuning_db: Any,
+    session: Any,
+    log: Any,
+) -> tuple[Any, _Tuned]:
+    """The Relax module of ``model`` with the family's tuning database applied; with ``tune`` > 0 its binary
+    kernels are tuned first (saved into ``tuning_db`` when given) and the model imported again with them."""
+    from bvit_edge.runtime import tuning
+    from bvit_edge.runtime.tvm_frontend import import_onnx
+
+    spec, family = build.spec, build.family
     db = tuning.shipped_database(spec.family)
     if tuning_db is not None:
         db = db.merged(tuning.TuningDatabase.load(tuning_db, spec.family))
     with tuning.applying(db) as state:
-        mod = import_onnx(model, {input_name: shape}, family)
+        mod = import_onnx(model, shapes, family)
     tuned = None
     if tune:
-        tuned = tuning.tune_kernels(
-            list(state.seen.values()), spec, family, tune, session=session, compiler=compiler, log=log
-        )
+        kernels = list(state.seen.values())
+        tuned = tuning.tune_kernels(kernels, spec, family, tune, session=session, compiler=build.compiler, log=log)
         if tuning_db is not None:
             user = tuning.TuningDatabase.load(tuning_db, spec.family)
             user.records.update(tuned.records)
             user.save(tuning_db)
         db = db.merged(tuned)
         with tuning.applying(db) as state:
-            mod = import_onnx(model, {input_name: shape}, family)
-    lifted = LiftedParams() if params_storage == "file" else None
-    exe = build_relax(mod, spec, family, fast_math, lifted)
+            mod = import_onnx(model, shapes, family)
+    return mod, _Tuned(db, sorted(state.applied), len(state.seen), tuned)
+
+
+def _manifest(
+    onnx_path: Path,
+    model: Any,
+    input_name: str,
+    shape: list[int],
+    build: _BuildTarget,
+    threads: int | None,
+    fast_math: bool,
+    tuned: _Tuned,
+    tune: int,
+) -> dict[str, Any]:
+    """manifest.json before linking (lib and params are filled in as they are written)."""
     meta = _metadata(model)
-    manifest = {
+    spec = build.spec
+    return {
         "schema_version": SCHEMA_VERSION,
         "target": spec.to_dict(),
         "model": {"file": onnx_path.name, "sha256": _sha256(onnx_path)},
@@ -292,48 +333,48 @@ def compile_model(
         "lib": LIB_NAME,
         "params": {"storage": "embedded"},
         "threads": int(threads if threads is not None else spec.threads),
-        "word_bits": family.word_bits,
+        "word_bits": build.family.word_bits,
         "fast_math": bool(fast_math),
         "tuning": {
-            "database": db.source,
-            "applied": sorted(state.applied),
-            "kernels": len(state.seen),
+            "database": tuned.database.source,
+            "applied": tuned.applied,
+            "kernels": tuned.kernels,
             "trials_per_kernel": int(tune),
         },
-        "tool_versions": _tool_versions(compiler),
+        "tool_versions": _tool_versions(build.compiler),
         "required_cpu_features": _required_cpu_features(spec),
     }
-    with output_folder(out_dir, "compile", overwrite, inputs=(onnx_path, tuning_db)) as tmp:
-        lib_path = tmp / LIB_NAME
-        try:
-            if compiler is None:
-                exe.export_library(str(lib_path))
-            else:
-                exe.export_library(str(lib_path), cc=compiler)
-        except Exception as exc:
-            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ToolchainError(
-                f"Linking lib.so for {spec.name!r} with {compiler or 'the host compiler'} failed: {last}"
-            ) from exc
-        manifest["lib_bytes"] = lib_path.stat().st_size
-        manifest["lib_sha256"] = _sha256(lib_path)
-        if tuned is not None:
-            tuned.save(tmp / "tuning.json")
-        if lifted is not None:
-            params_path = tmp / PARAMS_NAME
-            lifted.save_npz(params_path)
-            manifest["params"] = {
-                "storage": "file",
-                "file": PARAMS_NAME,
-                "count": len(lifted),
-                "bytes": params_path.stat().st_size,
-                "sha256": _sha256(params_path),
-                "names": list(lifted.names),
-                "arrays": [
-                    {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in lifted.as_dict().items()
-                ],
-            }
-            if lifted.decode:  # compactly stored weights, rebuilt at load (bvit_edge.runtime.compact_params)
-                manifest["params"]["decode"] = lifted.decode
-        write_json(tmp / MANIFEST_NAME, manifest)
-    return Path(out_dir)
+
+
+def _link(exe: Any, lib_path: Path, build: _BuildTarget, manifest: dict[str, Any]) -> None:
+    """Export the executable as ``lib_path`` with the target's toolchain; its bytes and sha256 go into the
+    manifest."""
+    try:
+        if build.compiler is None:
+            exe.export_library(str(lib_path))
+        else:
+            exe.export_library(str(lib_path), cc=build.compiler)
+    except Exception as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ToolchainError(
+            f"Linking lib.so for {build.spec.name!r} with {build.compiler or 'the host compiler'} failed: {last}"
+        ) from exc
+    manifest["lib_bytes"] = lib_path.stat().st_size
+    manifest["lib_sha256"] = _sha256(lib_path)
+
+
+def _save_params(lifted: Any, path: Path) -> dict[str, Any]:
+    """Write the lifted weights to ``path`` (params.npz); returns the manifest's ``params`` record."""
+    lifted.save_npz(path)
+    record: dict[str, Any] = {
+        "storage": "file",
+        "file": path.name,
+        "count": len(lifted),
+        "bytes": path.stat().st_size,
+        "sha256": _sha256(path),
+        "names": list(lifted.names),
+        "arrays": [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in lifted.as_dict().items()],
+    }
+    if lifted.decode:  # compactly stored weights, rebuilt at load (bvit_edge.runtime.compact_params)
+        record["decode"] = lifted.decode
+    return record

@@ -34,6 +34,7 @@ from bvit_edge.runtime.artifact import LoadedArtifact, load_artifact, required_f
 from bvit_edge.runtime.cpu_features import cpu_features, machine_arch
 from bvit_edge.runtime.image_input import expand_inputs, frame_to_input, load_image, read_frames
 from bvit_edge.runtime.timing import time_once, time_protocol
+from bvit_edge.runtime.tool_versions import run_versions
 
 __all__ = ["bench_on_device", "check", "classify", "classify_frames", "is_emulated", "versions"]
 
@@ -124,16 +125,6 @@ def is_emulated() -> bool:
     return any(line.split(":")[0].strip() == "flags" for line in text.splitlines()) and "vendor_id" in text
 
 
-def _own_version() -> str:
-    """This package's version from its distribution's metadata: the full toolkit's or the board runtime's."""
-    for dist in ("bvit-edge", "bvit-edge-runtime"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "unknown"
-
-
 def versions() -> dict[str, str]:
     """Versions for run records: bvit-edge, numpy, Python, tvm_ffi, the apache-tvm distribution (read from its
     metadata, never imported: "runtime-only" when it is absent) and the runtime library in use."""
@@ -145,9 +136,7 @@ def versions() -> dict[str, str]:
     except importlib.metadata.PackageNotFoundError:
         tvm_version = "runtime-only"
     return {
-        "bvit_edge": _own_version(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
+        **run_versions(),
         "tvm": tvm_version,
         **rt.versions,
         "onnxruntime": "not used",

@@ -6,7 +6,6 @@ image and, on a data set, top-1 / top-5 accuracy. Images are read and preprocess
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from bvit_edge.contract import DATA_METADATA
+from bvit_edge.contract import read_data_metadata
 from bvit_edge.errors import UsageError
+from bvit_edge.metrics import accuracy
+from bvit_edge.runtime.rpc_address import parse_address
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -25,29 +26,24 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _onnx_meta(path: Path) -> dict[str, Any]:
+    """The data description an export recorded (bvit_edge.contract.read_data_metadata)."""
     from bvit_edge.runtime.ort import load_model
 
-    proto = load_model(path)
-    props = {p.key: p.value for p in proto.metadata_props}
-    meta = {}
-    for k, key in DATA_METADATA.items():
-        v = props.get(key)
-        meta[k] = json.loads(v) if v is not None else None
-    return meta
+    return read_data_metadata({p.key: p.value for p in load_model(path).metadata_props})
 
 
-def _dataset_images(
-    name: str, root: str | None, image_size: int, limit: int | None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def val_images(name: str, root: str | None, image_size: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` (all when None) images of data set ``name``'s val split, [N, 3, S, S] float32 in
+    [0, 1] before normalisation, and their labels."""
     import torch
 
     from bvit_edge.data import load_dataset
 
-    splits = load_dataset(name, root=root, image_size=image_size)
-    n = len(splits.val) if limit is None else min(limit, len(splits.val))
-    xs = torch.stack([splits.val[i][0] for i in range(n)]).numpy()
-    ys = np.array([int(splits.val[i][1]) for i in range(n)])
-    return xs.astype(np.float32), ys, [f"{name}/val/{i}" for i in range(n)]
+    val: Any = load_dataset(name, root=root, image_size=image_size).val
+    n = len(val) if limit is None else min(limit, len(val))
+    xs = torch.stack([val[i][0] for i in range(n)]).numpy()
+    ys = np.array([int(val[i][1]) for i in range(n)])
+    return xs.astype(np.float32), ys
 
 
 def predict(
@@ -97,7 +93,8 @@ def predict(
         x = np.stack([load_image(p, int(size)) for p in files])
         names = [str(p) for p in files]
     else:
-        x, labels, names = _dataset_images(str(data), data_root, int(size), limit)
+        x, labels = val_images(str(data), data_root, int(size), limit)
+        names = [f"{data}/val/{i}" for i in range(len(labels))]
 
     if is_onnx:
         from bvit_edge.runtime.ort import ort_session, run_session
@@ -122,19 +119,7 @@ def predict(
     preds = [{"input": n, "top": [(cls[j], float(probs[i, j])) for j in order[i]]} for i, n in enumerate(names)]
     out: dict[str, Any] = {"model": str(path), "num_images": len(names), "predictions": preds}
     if labels is not None:
-        full = np.argsort(-probs, axis=1)[:, :5]
-        out["accuracy"] = {
-            "top1": float((full[:, 0] == labels).mean()),
-            "top5": float((full == labels[:, None]).any(1).mean()),
-        }
+        out["accuracy"] = accuracy(probs, labels)
     if return_logits:
         out["logits"] = np.asarray(logits)
     return out
-
-
-def parse_address(text: str, what: str) -> tuple[str, int]:
-    """ "HOST:PORT" -> (host, port), or a UsageError naming the option."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"{what} must be HOST:PORT (got {text!r}).")
-    return host, int(port)

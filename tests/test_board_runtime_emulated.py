@@ -78,7 +78,6 @@ def student(tmp_path_factory):
     from bvit_edge.data import load_dataset
     from bvit_edge.export import export_onnx
     from bvit_edge.models import create_model
-    from bvit_edge.pipeline import add_metadata
     from bvit_edge.runtime.compile import compile_model
 
     tmp = tmp_path_factory.mktemp("student")
@@ -93,10 +92,8 @@ def student(tmp_path_factory):
         model((torch.stack([splits.train[i][0] for i in range(32)]) - mean) / std)
     model.freeze()
     onnx_path = tmp / "student.packed.onnx"
-    export_onnx(model, onnx_path, ops="packed", input_shape=(1, 3, 32, 32))
-    add_metadata(
-        onnx_path, {"mean": list(info.mean), "std": list(info.std), "classes": list(info.classes), "image_size": 32}
-    )
+    data = {"mean": list(info.mean), "std": list(info.std), "classes": list(info.classes), "image_size": 32}
+    export_onnx(model, onnx_path, ops="packed", input_shape=(1, 3, 32, 32), data=data)
     pngs = tmp / "val-png"
     pngs.mkdir()
     for i in range(N_IMAGES):

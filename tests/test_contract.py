@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ def test_the_contract_module_needs_only_the_standard_library():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
-    assert imported <= {"__future__", "collections.abc", "bvit_edge.errors"}, imported
+    third_party = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names | {"__future__"}}
+    assert third_party <= {"bvit_edge.errors"}, third_party
 
 
 # ------------------------------------------------------------------------------- the ONNX schemas
@@ -142,7 +144,6 @@ def test_an_export_writes_exactly_the_contract_metadata_keys(tmp_path):
 
     from bvit_edge.export.onnx_export import export_onnx
     from bvit_edge.models.registry import create_model
-    from bvit_edge.pipeline import add_metadata
 
     torch.manual_seed(0)
     model = create_model("bit_test_patch4_16")
@@ -151,8 +152,9 @@ def test_an_export_writes_exactly_the_contract_metadata_keys(tmp_path):
         model(torch.randn(2, *model.default_cfg["input_size"]))
     model.freeze()
     path = tmp_path / "m.onnx"
-    export_onnx(model, path)
-    add_metadata(path, {"mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcdefghij"), "image_size": 16})
+    export_onnx(
+        model, path, data={"mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcdefghij"), "image_size": 16}
+    )
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert set(props) == set(contract.EXPORT_METADATA_KEYS)
     assert props[contract.META_OP_DOMAIN] == contract.op_domain_tag() and props[contract.META_OPS] == "packed"
@@ -272,3 +274,15 @@ def test_no_module_but_the_contract_spells_the_default_ratios_or_mode_tuples():
             if values == contract.DEFAULT_GSB_RATIOS or values in mode_tuples:
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {values}")
     assert not offenders, offenders
+
+
+def test_the_data_description_round_trips_and_falls_back_to_the_default_cfg():
+    cfg = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "classes": ["a", "b"], "image_size": 32, "lr": 0.1}
+    props = contract.data_metadata(cfg)
+    assert set(props) == set(contract.DATA_METADATA.values())  # only the data description, as JSON
+    assert contract.read_data_metadata(props) == {k: cfg[k] for k in contract.DATA_METADATA}
+    # an export without the checkpoint's description: the model's timm-style default_cfg supplies it
+    default_cfg = '{"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "input_size": [3, 224, 224]}'
+    meta = contract.read_data_metadata({contract.META_DEFAULT_CFG: default_cfg})
+    assert meta == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "classes": None, "image_size": 224}
+    assert contract.read_data_metadata({}) == dict.fromkeys(contract.DATA_METADATA)

@@ -68,6 +68,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     """Markdown text of the report; ``plots`` maps a plot's title to its (relative) image path."""
+    lines = _heading(doc)
+    for section in (_accuracy_section, _latency_section, _size_section, _fidelity_section):
+        lines += section(doc)
+    if plots:
+        lines += ["## Plots", ""]
+        for title, path in plots.items():
+            lines += [f"![{title}]({path})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _heading(doc: dict[str, Any]) -> list[str]:
+    """Title, schema and date, and the environment table."""
     lines = [f"# {doc.get('title', 'bvit-edge report')}", ""]
     meta = [f"schema {doc.get('schema', 'bvit-edge/report')} v{doc['schema_version']}"]
     if doc.get("created_utc"):
@@ -76,132 +88,110 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str] | None = None) ->
     env = doc.get("environment") or {}
     if env:
         lines += ["## Environment", "", *_table(["key", "value"], [[str(k), f"`{v}`"] for k, v in env.items()])]
+    return lines
 
+
+def _pct(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "–"
+
+
+def _ratio(value: float | None, digits: int = 2) -> str:
+    return f"{value:.{digits}f}×" if value is not None else "–"
+
+
+def _accuracy_section(doc: dict[str, Any]) -> list[str]:
     accs = [m for m in doc["models"] if m.get("accuracy")]
-    if accs:
-        lines += ["## Accuracy", ""]
-        lines += _table(
-            ["model", "role", "method", "split", "images", "top-1 %", "top-5 %"],
-            [
-                [
-                    m["name"],
-                    m["role"],
-                    m.get("method", "–"),
-                    str(m["accuracy"].get("split", "–")),
-                    _fmt(m["accuracy"].get("n_images"), 6),
-                    f"{m['accuracy']['top1_pct']:.2f}",
-                    f"{m['accuracy']['top5_pct']:.2f}" if m["accuracy"].get("top5_pct") is not None else "–",
-                ]
-                for m in accs
-            ],
-        )
+    if not accs:
+        return []
+    rows = [
+        [
+            m["name"],
+            m["role"],
+            m.get("method", "–"),
+            str(m["accuracy"].get("split", "–")),
+            _fmt(m["accuracy"].get("n_images"), 6),
+            f"{m['accuracy']['top1_pct']:.2f}",
+            _pct(m["accuracy"].get("top5_pct")),
+        ]
+        for m in accs
+    ]
+    header = ["model", "role", "method", "split", "images", "top-1 %", "top-5 %"]
+    return ["## Accuracy", "", *_table(header, rows)]
 
-    has_base = _reference(doc, "baseline") is not None
-    base_name = _reference(doc, "baseline")
+
+def _latency_section(doc: dict[str, Any]) -> list[str]:
     lat = doc.get("latency", [])
-    if lat:
-        lines += ["## Latency", ""]
-        rows = []
-        base_speed = speedups(doc, "baseline")
-        for e, s, b in zip(lat, speedups(doc), base_speed):
-            target = e["target"] + (" (emulated)" if e.get("emulated") else "")
-            spread = f"{_fmt(e['p10_ms'])}–{_fmt(e['p90_ms'])}"
-            mean = f"{_fmt(e['mean_ms'])} ± {_fmt(e.get('std_ms'))}" if e.get("mean_ms") is not None else "–"
-            runs = f"{e['runs']}" + (f" (+{e['warmup_runs']} warm-up)" if e.get("warmup_runs") else "")
-            row = [
-                e["model"],
-                target,
-                str(e["threads"]),
-                str(e.get("batch", 1)),
-                _fmt(e["median_ms"]),
-                spread,
-                mean,
-                _fmt(e.get("min_ms")),
-                runs,
-                f"{s:.2f}×" if s is not None else "–",
-            ]
-            if has_base:
-                row.append(f"{b:.2f}×" if b is not None else "–")
-            rows.append(row)
-        lines += _table(
-            [
-                "model",
-                "target",
-                "threads",
-                "batch",
-                "median ms",
-                "p10–p90 ms",
-                "mean ± std ms",
-                "min ms",
-                "runs",
-                "speed-up vs teacher",
-            ]
-            + ([f"speed-up vs {base_name} (int8)"] if has_base else []),
-            rows,
-        )
-        if any(e.get("emulated") for e in lat):
-            lines += [
-                "Emulated targets run under qemu user mode: their times show that the code runs and "
-                "matches, not how fast a real board is.",
-                "",
-            ]
+    if not lat:
+        return []
+    base_name = _reference(doc, "baseline")
+    rows = []
+    for e, s, b in zip(lat, speedups(doc), speedups(doc, "baseline"), strict=True):
+        mean = f"{_fmt(e['mean_ms'])} ± {_fmt(e.get('std_ms'))}" if e.get("mean_ms") is not None else "–"
+        row = [
+            e["model"],
+            e["target"] + (" (emulated)" if e.get("emulated") else ""),
+            str(e["threads"]),
+            str(e.get("batch", 1)),
+            _fmt(e["median_ms"]),
+            f"{_fmt(e['p10_ms'])}–{_fmt(e['p90_ms'])}",
+            mean,
+            _fmt(e.get("min_ms")),
+            f"{e['runs']}" + (f" (+{e['warmup_runs']} warm-up)" if e.get("warmup_runs") else ""),
+            _ratio(s),
+        ]
+        rows.append(row + ([_ratio(b)] if base_name is not None else []))
+    header = ["model", "target", "threads", "batch", "median ms", "p10–p90 ms", "mean ± std ms", "min ms", "runs"]
+    header.append("speed-up vs teacher")
+    if base_name is not None:
+        header.append(f"speed-up vs {base_name} (int8)")
+    lines = ["## Latency", "", *_table(header, rows)]
+    if any(e.get("emulated") for e in lat):
+        lines += [
+            "Emulated targets run under qemu user mode: their times show that the code runs and "
+            "matches, not how fast a real board is.",
+            "",
+        ]
+    return lines
 
+
+def _size_section(doc: dict[str, Any]) -> list[str]:
     sized = [m for m in doc["models"] if m.get("size")]
-    if sized:
-        unit, div = byte_unit(max(_weight_bytes(m) or 0 for m in sized))
-        comp = compressions(doc)
-        comp_base = compressions(doc, "baseline")
-        lines += ["## Size", ""]
-        rows = []
-        for m in sized:
-            sz = m["size"]
-            row = [
-                m["name"],
-                *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES[:2]),
-                f"{sz.get('weights_16bit_bytes', 0) / div:,.2f}",
-                f"{sz['weights_32bit_bytes'] / div:,.2f}",
-                f"{_weight_bytes(m) / div:,.2f}",
-                f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
-                f"{comp[m['name']]:.1f}×" if comp[m["name"]] is not None else "–",
-            ]
-            if has_base:
-                row.append(f"{comp_base[m['name']]:.1f}×" if comp_base[m["name"]] is not None else "–")
-            rows.append(row)
-        lines += _table(
-            [
-                "model",
-                f"1-bit {unit}",
-                f"8-bit {unit}",
-                f"16-bit {unit}",
-                f"32-bit {unit}",
-                f"weights {unit}",
-                "bytes on disk",
-                "compression vs teacher",
-            ]
-            + ([f"vs {base_name} (int8)"] if has_base else []),
-            rows,
-        )
+    if not sized:
+        return []
+    base_name = _reference(doc, "baseline")
+    unit, div = byte_unit(max(_weight_bytes(m) or 0 for m in sized))
+    comp, comp_base = compressions(doc), compressions(doc, "baseline")
+    rows = []
+    for m in sized:
+        sz = m["size"]
+        row = [
+            m["name"],
+            *(f"{sz[k] / div:,.2f}" for k in SIZE_BYTES[:2]),
+            f"{sz.get('weights_16bit_bytes', 0) / div:,.2f}",
+            f"{sz['weights_32bit_bytes'] / div:,.2f}",
+            f"{(_weight_bytes(m) or 0) / div:,.2f}",
+            f"{sz['artifact_bytes']:,}" if sz.get("artifact_bytes") is not None else "–",
+            _ratio(comp[m["name"]], 1),
+        ]
+        rows.append(row + ([_ratio(comp_base[m["name"]], 1)] if base_name is not None else []))
+    header = ["model", *(f"{b}-bit {unit}" for b in (1, 8, 16, 32)), f"weights {unit}", "bytes on disk"]
+    header.append("compression vs teacher")
+    if base_name is not None:
+        header.append(f"vs {base_name} (int8)")
+    return ["## Size", "", *_table(header, rows)]
 
+
+def _fidelity_section(doc: dict[str, Any]) -> list[str]:
     fids = [m for m in doc["models"] if m.get("fidelity")]
-    if fids:
-        lines += ["## Fidelity", ""]
-        lines += _table(
-            ["model", "reference → compared", "max abs diff", "top-1 agreement %"],
-            [
-                [
-                    m["name"],
-                    f"{m['fidelity'].get('reference', '?')} → {m['fidelity'].get('compared', '?')}",
-                    f"{m['fidelity']['max_abs_diff']:.3g}",
-                    f"{m['fidelity']['top1_agreement_pct']:.2f}"
-                    if m["fidelity"].get("top1_agreement_pct") is not None
-                    else "–",
-                ]
-                for m in fids
-            ],
-        )
-
-    if plots:
-        lines += ["## Plots", ""]
-        for title, path in plots.items():
-            lines += [f"![{title}]({path})", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    if not fids:
+        return []
+    rows = [
+        [
+            m["name"],
+            f"{m['fidelity'].get('reference', '?')} → {m['fidelity'].get('compared', '?')}",
+            f"{m['fidelity']['max_abs_diff']:.3g}",
+            _pct(m["fidelity"].get("top1_agreement_pct")),
+        ]
+        for m in fids
+    ]
+    return ["## Fidelity", "", *_table(["model", "reference → compared", "max abs diff", "top-1 agreement %"], rows)]

@@ -103,7 +103,7 @@ def size_figure(doc: dict[str, Any]) -> Figure:
     for j, (key, label) in enumerate(layers):
         widths = [m["size"].get(key, 0) / div for m in models]
         ax.barh(range(len(models)), widths, left=left, color=_COLORS[j], label=label)
-        left = [a + b for a, b in zip(left, widths)]
+        left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_yticks(range(len(models)), [m["name"] for m in models])
     ax.invert_yaxis()
     ax.set_xlabel(f"weight bytes by precision, {unit}")
@@ -142,7 +142,7 @@ def accuracy_latency_figure(doc: dict[str, Any]) -> Figure:
             fontsize="small",
         )
     handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
+    uniq = dict(zip(labels, handles, strict=True))
     if uniq:
         ax.legend(
             uniq.values(), uniq.keys(), loc="best", fontsize="small", title="star: teacher, diamond: int8 teacher"

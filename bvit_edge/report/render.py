@@ -88,10 +88,12 @@ def render_into(doc: dict[str, Any], folder: str | os.PathLike[str]) -> dict[str
         if not has_data:
             continue
         fig = draw(doc)
+
+        def save_png(path: Path, fig: Any = fig) -> None:
+            fig.savefig(path, format="png", dpi=120)
+
         try:
-            written[name] = write_with(
-                out / f"{name}.png", lambda p, f=fig: f.savefig(p, format="png", dpi=120), suffix=".png"
-            )
+            written[name] = write_with(out / f"{name}.png", save_png, suffix=".png")
         finally:
             plt.close(fig)
         titles[title] = f"{name}.png"

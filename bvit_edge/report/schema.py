@@ -35,6 +35,7 @@ Validation names the offending field (``latency[2].p90_ms``) in a :class:`~bvit_
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from bvit_edge.errors import DataError
@@ -48,9 +49,24 @@ SIZE_BYTES = ("weights_1bit_bytes", "weights_8bit_bytes", "weights_32bit_bytes")
 __all__ = ["LATENCY_STATS", "ROLES", "SCHEMA", "SCHEMA_VERSION", "SIZE_BYTES", "validate_report"]
 
 
+def _objects(errs: _Errors, doc: dict[str, Any], key: str, non_empty: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, entry) of each object in the list ``doc[key]``; an error for a missing (when ``non_empty``) or
+    non-list value and for each entry that is not an object."""
+    items = doc.get(key, None if non_empty else [])
+    if not isinstance(items, list) or (non_empty and not items):
+        errs.add(key, "must be a non-empty list" if non_empty else "must be a list")
+        items = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            errs.add(f"{key}[{i}]", "must be an object")
+            continue
+        yield f"{key}[{i}]", item
+
+
 class _Errors:
     def __init__(self, source: str):
-        self.source, self.items = source, []
+        self.source = source
+        self.items: list[str] = []
 
     def add(self, path: str, problem: str) -> None:
         self.items.append(f"{path}: {problem}")
@@ -103,16 +119,8 @@ def validate_report(doc: Any, source: str = "(in memory)") -> dict[str, Any]:
     env = doc.get("environment", {})
     if not isinstance(env, dict):
         errs.add("environment", "must be an object")
-    models = doc.get("models")
     names: set[str] = set()
-    if not isinstance(models, list) or not models:
-        errs.add("models", "must be a non-empty list")
-        models = []
-    for i, m in enumerate(models):
-        p = f"models[{i}]"
-        if not isinstance(m, dict):
-            errs.add(p, "must be an object")
-            continue
+    for p, m in _objects(errs, doc, "models", non_empty=True):
         name = m.get("name")
         if not isinstance(name, str) or not name:
             errs.add(f"{p}.name", "must be a non-empty string")
@@ -146,15 +154,7 @@ def validate_report(doc: Any, source: str = "(in memory)") -> dict[str, Any]:
             else:
                 _number(errs, fid, "max_abs_diff", f"{p}.fidelity")
                 _number(errs, fid, "top1_agreement_pct", f"{p}.fidelity", required=False, maximum=100.0)
-    lat = doc.get("latency", [])
-    if not isinstance(lat, list):
-        errs.add("latency", "must be a list")
-        lat = []
-    for i, e in enumerate(lat):
-        p = f"latency[{i}]"
-        if not isinstance(e, dict):
-            errs.add(p, "must be an object")
-            continue
+    for p, e in _objects(errs, doc, "latency", non_empty=False):
         if e.get("model") not in names:
             errs.add(f"{p}.model", f"{e.get('model')!r} is not one of the models {sorted(names)}")
         if not isinstance(e.get("target"), str) or not e.get("target"):
@@ -165,7 +165,7 @@ def validate_report(doc: Any, source: str = "(in memory)") -> dict[str, Any]:
         for k in ("threads", "batch", "runs", "warmup_runs"):
             _number(errs, e, k, p, required=k in ("threads", "runs"))
         lo, med, hi = stats["p10_ms"], stats["median_ms"], stats["p90_ms"]
-        if None not in (lo, med, hi) and not lo <= med <= hi:
+        if lo is not None and med is not None and hi is not None and not lo <= med <= hi:
             errs.add(p, f"needs p10_ms <= median_ms <= p90_ms, got {lo} / {med} / {hi}")
     errs.raise_if_any()
     return doc

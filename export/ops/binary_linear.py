@@ -50,7 +50,7 @@ def _infer(ctx: Any) -> None:
     if x is None or w is None or not x or not w:
         float_output(ctx, None)
         return
-    float_output(ctx, x[:-1] + [w[0]])
+    float_output(ctx, [*x[:-1], w[0]])
 
 
 SCHEMA = defs.OpSchema(
@@ -117,7 +117,7 @@ def binary_linear_accumulators(
     a = binarize_input(x.reshape(-1, k), shift, alpha, mode)
     w = _bits.Plane(packing.as_words(w_bits), None)
     acc = _bits.plane_dot(a, w, k)
-    return acc.reshape(lead + (w_bits.shape[0],))
+    return acc.reshape((*lead, w_bits.shape[0]))
 
 
 def binary_linear_reference(

@@ -176,7 +176,7 @@ def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         bias_v,
     ]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")))
-    return relax.op.reshape(y, tuple(xs[:-1]) + (n,))
+    return relax.op.reshape(y, (*tuple(xs[:-1]), n))
 
 
 def _to4d(shape: list[int], what: str) -> tuple[int, ...]:
@@ -200,6 +200,7 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
 
     from bvit_edge.runtime.kernels import binary_matmul_kernel
     from bvit_edge.runtime.kernels.binary_matmul import n_planes
+    from bvit_edge.runtime.kernels.binary_matmul_rows import ROW_A_MODES, binary_matmul_rows_kernel
     from bvit_edge.runtime.schedules import schedule_binary_matmul
 
     fam = _family()
@@ -217,13 +218,19 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         b = bb.normalize(relax.op.add(b, b_shift))
     batch, heads, m, k = a4
     n = b4[3]
-    from bvit_edge.runtime.tuning import KernelSpec, kernel_params
+    if a_mode in ROW_A_MODES:
+        # unsigned A (GSB's A·V): rows packed in registers, all-zero words and rows skipped; written already
+        # scheduled (no knobs, so nothing for the tuner)
+        func = binary_matmul_rows_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits, fam.float_lanes)
+    else:
+        from bvit_edge.runtime.tuning import KernelSpec, kernel_params
 
-    knobs = kernel_params(
-        fam, KernelSpec("binary_matmul", (batch, heads, m, k, n), (a_mode, b_mode), fam.word_bits, tuple(ratios))
-    )
-    func = binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits)
-    func = schedule_binary_matmul(func, knobs)
+        knobs = kernel_params(
+            fam, KernelSpec("binary_matmul", (batch, heads, m, k, n), (a_mode, b_mode), fam.word_bits, tuple(ratios))
+        )
+        func = schedule_binary_matmul(
+            binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits), knobs
+        )
     gv = _add_kernel(bb, func, f"bvit_binary_matmul_{a_mode}_{b_mode}")
     args = [
         bb.normalize(relax.op.reshape(a, a4)),
@@ -232,7 +239,7 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         _as_vector(bb, b_alpha, n_planes(b_mode), f"BinaryMatMul b_alpha ({b_mode})"),
     ]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, heads, m, n), "float32")))
-    return relax.op.reshape(y, tuple(ash[:-1]) + (n,))
+    return relax.op.reshape(y, (*tuple(ash[:-1]), n))
 
 
 def _patchify_conv(bb: Any, inputs: list, attr: dict) -> Any | None:

@@ -12,6 +12,7 @@ K odd, below, at and across word boundaries.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -33,7 +34,7 @@ A_REGIMES = ("random", "dense", "sparse", "zeros", "ones", "negative")
 V_REGIMES = ("random", "dense_masks", "zeros", "tiny")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(shape: tuple[int, ...], a_mode: str, b_mode: str, word_bits: int, lanes: int, target: str = "host"):
     func = binary_matmul_rows_kernel(*shape, a_mode, b_mode, RATIOS, word_bits, lanes)
     mod = tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")})
@@ -115,7 +116,7 @@ def _reference(a, v, pa: int, qb: int, a_mode: str, b_mode: str) -> list[list[np
 def _check(lib, a, v, a_mode: str, b_mode: str) -> None:
     pa = 3 if a_mode == "gsb_unsigned" else 1
     qb = 3 if b_mode == "gsb_signed" else 1
-    out_shape = a.shape[:-1] + (v.shape[-1],)
+    out_shape = (*a.shape[:-1], v.shape[-1])
     got = kernel_dots(lambda al, be: _run(lib, a, v, al, be, out_shape), pa, qb, out_shape)
     ref = _reference(a, v, pa, qb, a_mode, b_mode)
     for i in range(pa):
@@ -142,11 +143,19 @@ def test_rows_kernel_gsb_plane_dots_equal_numpy(config, shape, seed, a_regime, v
 
 
 @pytest.mark.parametrize(
-    "a_mode,b_mode", [("unsigned", "signed"), ("unsigned", "gsb_signed"), ("gsb_unsigned", "signed")]
+    "a_mode,b_mode",
+    [
+        ("signed", "signed"),
+        ("signed", "gsb_signed"),
+        ("unsigned", "signed"),
+        ("unsigned", "gsb_signed"),
+        ("gsb_unsigned", "signed"),
+    ],
 )
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), a_regime=st.sampled_from(A_REGIMES), v_regime=st.sampled_from(V_REGIMES))
 def test_rows_kernel_other_modes_plane_dots_equal_numpy(a_mode, b_mode, seed, a_regime, v_regime):
+    """Q·Kᵀ (signed x signed: K - 2 popcount(a XOR s), no word skipped) and the other mode pairs."""
     rng = np.random.default_rng(seed)
     shape = (2, 2, 3, 97, 24)
     b, h, m, k, n = shape
@@ -155,29 +164,28 @@ def test_rows_kernel_other_modes_plane_dots_equal_numpy(a_mode, b_mode, seed, a_
     _check(_kernel(shape, a_mode, b_mode, 64, 16), a, v, a_mode, b_mode)
 
 
-def test_rows_kernel_wide_n_in_chunks():
-    """N above one vector loop (N = 192: three chunks of 64 columns) gives the same dots."""
+@pytest.mark.parametrize("a_mode,b_mode", [("gsb_unsigned", "gsb_signed"), ("signed", "signed")])
+def test_rows_kernel_wide_n_in_chunks(a_mode, b_mode):
+    """N above one vector loop (N = 198 tokens: six chunks of 33 columns, as in Q·Kᵀ) gives the same dots."""
     rng = np.random.default_rng(5)
-    shape = (1, 1, 4, 70, 192)
-    a = _a_values("random", shape[:3] + (shape[3],), rng)
-    v = _v_values("random", (1, 1, 70, 192), rng)
-    _check(_kernel(shape, "gsb_unsigned", "gsb_signed", 64, 16), a, v, "gsb_unsigned", "gsb_signed")
+    shape = (1, 2, 4, 64, 198)
+    a = _a_values("random", shape[:4], rng) - (np.float32(1e-3) if a_mode == "signed" else np.float32(0))
+    v = _v_values("random", (1, 2, 64, 198), rng)
+    _check(_kernel(shape, a_mode, b_mode, 64, 16), a, v, a_mode, b_mode)
 
 
-def test_rows_kernel_refuses_signed_a():
+def test_rows_kernel_refuses_unknown_modes():
     from bvit_edge.contract import ContractError
 
     with pytest.raises(ContractError, match="a_mode"):
-        binary_matmul_rows_kernel(1, 1, 2, 8, 4, "signed", "signed")
+        binary_matmul_rows_kernel(1, 1, 2, 8, 4, "ternary", "signed")
 
 
 def _asm(lib) -> str:
     out = []
     for mod in [lib, *list(lib.imports)]:
-        try:
+        with contextlib.suppress(Exception):  # a module without LLVM assembly (e.g. the host wrapper)
             out.append(mod.inspect_source("asm"))
-        except Exception:  # noqa: BLE001 - a module without LLVM assembly (e.g. the host wrapper)
-            pass
     return "\n".join(out)
 
 
@@ -196,9 +204,13 @@ def test_rows_kernel_compiles_for_the_boards_with_vector_popcounts(target, needl
     from bvit_edge.runtime.schedules import family_params
 
     fam = family_params(load_target(target).family)
-    asm = _asm(_kernel((1, 6, 198, 198, 64), "gsb_unsigned", "gsb_signed", fam.word_bits, fam.float_lanes, target))
-    for needle in needles:
-        assert needle in asm, f"{needle!r} missing from the {target} assembly"
+    for shape, modes in (
+        ((1, 6, 198, 198, 64), ("gsb_unsigned", "gsb_signed")),
+        ((1, 6, 198, 64, 198), ("signed",) * 2),
+    ):
+        asm = _asm(_kernel(shape, *modes, fam.word_bits, fam.float_lanes, target))
+        for needle in needles:
+            assert needle in asm, f"{needle!r} missing from the {target} assembly of {modes}"
 
 
 @pytest.mark.slow
@@ -229,14 +241,19 @@ def test_rows_kernel_plane_dots_on_the_emulated_aarch64_board(tmp_path):
         remote = rpc.upload_and_load(sess, path)
         dev = sess.cpu()
 
-        def run(a, v, al, be):
-            args = [tvm.runtime.tensor(x, dev) for x in (a, v, al, be, np.zeros(shape[:3] + (64,), np.float32))]
+        def run(a, v, al, be, remote=remote, dev=dev):
+            args = [tvm.runtime.tensor(x, dev) for x in (a, v, al, be, np.zeros((*shape[:3], 64), np.float32))]
             remote["kernel"](*args)
             return args[-1].numpy()
 
         rng = np.random.default_rng(11)
-        for a_regime, v_regime in (("random", "random"), ("dense", "dense_masks"), ("sparse", "random"),
-                                   ("zeros", "zeros"), ("ones", "dense_masks")):
+        for a_regime, v_regime in (
+            ("random", "random"),
+            ("dense", "dense_masks"),
+            ("sparse", "random"),
+            ("zeros", "zeros"),
+            ("ones", "dense_masks"),
+        ):
             a = _a_values(a_regime, shape[:4], rng)
             v = _v_values(v_regime, (1, 2, 198, 64), rng)
             got = kernel_dots(lambda al, be, a=a, v=v: run(a, v, al, be), 3, 3, None)

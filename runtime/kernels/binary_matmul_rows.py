@@ -37,7 +37,7 @@ from bvit_edge.contract import MATMUL_B_MODES as B_MODES
 from bvit_edge.runtime.kernels.words import n_words, word_dtype
 
 #: a_modes this kernel serves (an unsigned plane's zero word adds nothing to its dots).
-ROW_A_MODES = ("unsigned", "gsb_unsigned")
+ROW_A_MODES = ("signed", "unsigned", "gsb_unsigned")
 
 #: widest N vectorized as one loop (wider: N in chunks of this many lanes).
 _MAX_VECTOR_N = 64
@@ -99,6 +99,7 @@ def binary_matmul_rows_kernel(
     jo_n = bits // lanes
     pa, qb = n_planes(a_mode), n_planes(b_mode)
     a_gsb = a_mode == "gsb_unsigned"
+    a_signed = a_mode == "signed"
     b_gsb = b_mode == "gsb_signed"
     r1, r2 = float(ratios[0]), float(ratios[1])
     f1, f2, f3, f4, f5 = _fold_steps(lanes)
@@ -128,9 +129,10 @@ def binary_matmul_rows_kernel(
         vs = T.alloc_buffer((batch, heads, kw, n), wd)
         vm = T.alloc_buffer((batch, heads, 2, kw, n), wd)
         vms = T.alloc_buffer((batch, heads, 2, kw, n), wd)
+        vnz = T.alloc_buffer((batch, heads, 2, kw), wd)
         # -- the maximum of every row of A' (rows in parallel): the per-sample max, and a row whose max is not
         # above a plane's threshold has no bit in that plane (its packing and products are skipped)
-        for r in T.parallel(rows):
+        for r in T.parallel(rows if not a_signed else 0):
             mx = T.alloc_buffer((lanes,), "float32")
             for ln in T.vectorized(lanes):
                 mx[ln] = T.min_value("float32")
@@ -173,22 +175,25 @@ def binary_matmul_rows_kernel(
                 bthr[s, 3] = T.float32(r2) * bn[0]
         # -- V' planes along K: sign words, mask words M1, M2 and (mask AND sign); (sample, head, word) parallel
         for shw in T.parallel(batch * heads * kw):
-            sw = T.alloc_buffer((n,), wd)
-            m1 = T.alloc_buffer((n,), wd)
-            m2 = T.alloc_buffer((n,), wd)
+            sw = T.alloc_buffer((nv,), wd)
+            m1 = T.alloc_buffer((nv,), wd)
+            m2 = T.alloc_buffer((nv,), wd)
+            if b_gsb:  # whether any column's mask word is non-zero: an all-zero one adds nothing to any dot
+                vnz[shw // (heads * kw), shw // kw % heads, 0, shw % kw] = zero
+                vnz[shw // (heads * kw), shw // kw % heads, 1, shw % kw] = zero
             for c in range(no):
                 for x in T.vectorized(nv):
-                    sw[c * nv + x] = zero
-                    m1[c * nv + x] = zero
-                    m2[c * nv + x] = zero
+                    sw[x] = zero
+                    m1[x] = zero
+                    m2[x] = zero
                 for j in range(T.min(bits, kk - shw % kw * bits)):
                     for x in T.vectorized(nv):
-                        sw[c * nv + x] = sw[c * nv + x] | T.shift_left(
+                        sw[x] = sw[x] | T.shift_left(
                             T.Cast(wd, b[shw // (heads * kw), shw // kw % heads, shw % kw * bits + j, c * nv + x] < 0),
                             T.Cast(wd, j),
                         )
                         if b_gsb:
-                            m1[c * nv + x] = m1[c * nv + x] | T.shift_left(
+                            m1[x] = m1[x] | T.shift_left(
                                 T.Cast(
                                     wd,
                                     T.Or(
@@ -200,7 +205,7 @@ def binary_matmul_rows_kernel(
                                 ),
                                 T.Cast(wd, j),
                             )
-                            m2[c * nv + x] = m2[c * nv + x] | T.shift_left(
+                            m2[x] = m2[x] | T.shift_left(
                                 T.Cast(
                                     wd,
                                     T.Or(
@@ -213,32 +218,42 @@ def binary_matmul_rows_kernel(
                                 T.Cast(wd, j),
                             )
                 for x in T.vectorized(nv):
-                    vs[shw // (heads * kw), shw // kw % heads, shw % kw, c * nv + x] = sw[c * nv + x]
+                    vs[shw // (heads * kw), shw // kw % heads, shw % kw, c * nv + x] = sw[x]
                     if b_gsb:
-                        vm[shw // (heads * kw), shw // kw % heads, 0, shw % kw, c * nv + x] = m1[c * nv + x]
-                        vm[shw // (heads * kw), shw // kw % heads, 1, shw % kw, c * nv + x] = m2[c * nv + x]
-                        vms[shw // (heads * kw), shw // kw % heads, 0, shw % kw, c * nv + x] = (
-                            m1[c * nv + x] & sw[c * nv + x]
+                        vm[shw // (heads * kw), shw // kw % heads, 0, shw % kw, c * nv + x] = m1[x]
+                        vm[shw // (heads * kw), shw // kw % heads, 1, shw % kw, c * nv + x] = m2[x]
+                        vms[shw // (heads * kw), shw // kw % heads, 0, shw % kw, c * nv + x] = m1[x] & sw[x]
+                        vms[shw // (heads * kw), shw // kw % heads, 1, shw % kw, c * nv + x] = m2[x] & sw[x]
+                if b_gsb:
+                    for x in range(nv):
+                        vnz[shw // (heads * kw), shw // kw % heads, 0, shw % kw] = (
+                            vnz[shw // (heads * kw), shw // kw % heads, 0, shw % kw] | m1[x]
                         )
-                        vms[shw // (heads * kw), shw // kw % heads, 1, shw % kw, c * nv + x] = (
-                            m2[c * nv + x] & sw[c * nv + x]
+                        vnz[shw // (heads * kw), shw // kw % heads, 1, shw % kw] = (
+                            vnz[shw // (heads * kw), shw // kw % heads, 1, shw % kw] | m2[x]
                         )
         # -- rows of A' in parallel: pack the row's planes, the plane products over its non-zero words, f32 out
         for r in T.parallel(rows):
             part = T.alloc_buffer((lanes,), wd)
             aw = T.alloc_buffer((pa, kw), wd)
-            acc = T.alloc_buffer((n,), "int64")
+            acc = T.alloc_buffer((nv,), "int64")
             for p in range(pa):
-                if rmax[r] > thr[r // hm, p]:
+                if T.Or(T.bool(a_signed), rmax[r] > thr[r // hm, p]):
                     for w in range(kfull):
                         for ln in T.vectorized(lanes):
                             part[ln] = zero
                         for jo in range(jo_n):
                             for ln in T.vectorized(lanes):
-                                part[ln] = part[ln] | T.shift_left(
-                                    T.Cast(wd, af[r * kk + w * bits + jo * lanes + ln] > thr[r // hm, p]),
-                                    T.Cast(wd, jo * lanes + ln),
-                                )
+                                if a_signed:
+                                    part[ln] = part[ln] | T.shift_left(
+                                        T.Cast(wd, af[r * kk + w * bits + jo * lanes + ln] < T.float32(0)),
+                                        T.Cast(wd, jo * lanes + ln),
+                                    )
+                                else:
+                                    part[ln] = part[ln] | T.shift_left(
+                                        T.Cast(wd, af[r * kk + w * bits + jo * lanes + ln] > thr[r // hm, p]),
+                                        T.Cast(wd, jo * lanes + ln),
+                                    )
                         if f1 > 0:
                             for ln in T.vectorized(f1):
                                 part[ln] = part[ln] | part[ln + f1]
@@ -258,25 +273,55 @@ def binary_matmul_rows_kernel(
                     if tail > 0:
                         aw[p, kfull] = zero
                         for j in range(tail):
-                            aw[p, kfull] = aw[p, kfull] | T.shift_left(
-                                T.Cast(wd, af[r * kk + kfull * bits + j] > thr[r // hm, p]), T.Cast(wd, j)
-                            )
+                            if a_signed:
+                                aw[p, kfull] = aw[p, kfull] | T.shift_left(
+                                    T.Cast(wd, af[r * kk + kfull * bits + j] < T.float32(0)), T.Cast(wd, j)
+                                )
+                            else:
+                                aw[p, kfull] = aw[p, kfull] | T.shift_left(
+                                    T.Cast(wd, af[r * kk + kfull * bits + j] > thr[r // hm, p]), T.Cast(wd, j)
+                                )
             for c in range(no):
                 for x in T.vectorized(nv):
                     out[r // hm, r // m % heads, r % m, c * nv + x] = T.float32(0)
             for p in range(pa):
-                if rmax[r] > thr[r // hm, p]:
+                if T.Or(T.bool(a_signed), rmax[r] > thr[r // hm, p]):
                     for q in range(qb):
                         for c in range(no):
                             for x in T.vectorized(nv):
-                                acc[c * nv + x] = T.int64(0)
-                        for w in range(kw):
-                            if aw[p, w] != zero:
-                                for c in range(no):
+                                # signed A, plain V: K - 2 popcount(a XOR s), K added up front
+                                acc[x] = T.Select(T.And(T.bool(a_signed), q == 0), T.int64(kk), T.int64(0))
+                            for w in range(kw):
+                                if a_signed:
                                     for x in T.vectorized(nv):
                                         if q == 0:
-                                            acc[c * nv + x] = (
-                                                acc[c * nv + x]
+                                            acc[x] = acc[x] - T.int64(2) * T.Cast(
+                                                "int64",
+                                                T.popcount(aw[p, w] ^ vs[r // hm, r // m % heads, w, c * nv + x]),
+                                            )
+                                        else:
+                                            acc[x] = (
+                                                acc[x]
+                                                + T.Cast(
+                                                    "int64",
+                                                    T.popcount(vm[r // hm, r // m % heads, q - 1, w, c * nv + x]),
+                                                )
+                                                - T.int64(2)
+                                                * T.Cast(
+                                                    "int64",
+                                                    T.popcount(
+                                                        vm[r // hm, r // m % heads, q - 1, w, c * nv + x]
+                                                        & (aw[p, w] ^ vs[r // hm, r // m % heads, w, c * nv + x])
+                                                    ),
+                                                )
+                                            )
+                                elif aw[p, w] != zero and (
+                                    q == 0 or vnz[r // hm, r // m % heads, T.max(q - 1, 0), w] != zero
+                                ):
+                                    for x in T.vectorized(nv):
+                                        if q == 0:
+                                            acc[x] = (
+                                                acc[x]
                                                 + T.Cast("int64", T.popcount(aw[p, w]))
                                                 - T.int64(2)
                                                 * T.Cast(
@@ -285,8 +330,8 @@ def binary_matmul_rows_kernel(
                                                 )
                                             )
                                         else:
-                                            acc[c * nv + x] = (
-                                                acc[c * nv + x]
+                                            acc[x] = (
+                                                acc[x]
                                                 + T.Cast(
                                                     "int64",
                                                     T.popcount(
@@ -301,10 +346,9 @@ def binary_matmul_rows_kernel(
                                                     ),
                                                 )
                                             )
-                        for c in range(no):
                             for x in T.vectorized(nv):
                                 out[r // hm, r // m % heads, r % m, c * nv + x] = out[
                                     r // hm, r // m % heads, r % m, c * nv + x
-                                ] + (a_alpha[p] * b_alpha[q]) * T.Cast("float32", acc[c * nv + x])
+                                ] + (a_alpha[p] * b_alpha[q]) * T.Cast("float32", acc[x])
 
     return binary_matmul_rows.with_attr("tirx.is_scheduled", True)

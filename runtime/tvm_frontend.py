@@ -364,11 +364,11 @@ def bvit_converters(family_params: Any) -> Iterator[None]:
         return table
 
     token = _FAMILY.set(family_params)
-    frontend._get_convert_map = extended
+    setattr(frontend, "_get_convert_map", extended)  # noqa: B010 - a module attribute mypy cannot see
     try:
         yield
     finally:
-        frontend._get_convert_map = original
+        setattr(frontend, "_get_convert_map", original)  # noqa: B010 - restores TVM's function
         _FAMILY.reset(token)
 
 

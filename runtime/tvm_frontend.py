@@ -165,6 +165,8 @@ def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
 
     knobs = kernel_params(fam, KernelSpec("binary_linear", (m, k, n), (mode,), fam.word_bits))
     func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, fam.word_bits), knobs)
+    # what the residual fusion (bvit_edge.runtime.graph_passes) needs to rebuild the kernel with a residual
+    func = func.with_attr(LINEAR_KERNEL_ATTR, linear_kernel_spec(m, k, n, mode, knobs))
     gv = _add_kernel(bb, func, f"bvit_binary_linear_{mode}")
     bias_v = relax.const(np.zeros(n, np.float32)) if bias is None else _as_vector(bb, bias, n, "BinaryLinear bias")
     args = [
@@ -177,6 +179,33 @@ def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
     ]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")))
     return relax.op.reshape(y, (*tuple(xs[:-1]), n))
+
+
+LINEAR_KERNEL_ATTR = "bvit_edge.binary_linear"
+"""PrimFunc attribute of a BinaryLinear kernel: its shape, mode and schedule knobs as JSON."""
+
+
+def linear_kernel_spec(m: int, k: int, n: int, mode: str, knobs: Any) -> str:
+    """The JSON of :data:`LINEAR_KERNEL_ATTR` (knobs: the FamilyParams the kernel was scheduled with)."""
+    import dataclasses
+    import json
+
+    return json.dumps({"m": m, "k": k, "n": n, "mode": mode, "knobs": dataclasses.asdict(knobs)}, sort_keys=True)
+
+
+def linear_kernel_with_residual(spec_json: str) -> Any:
+    """The scheduled BinaryLinear kernel of a :data:`LINEAR_KERNEL_ATTR` spec with a residual input (same
+    knobs): y = (scale * dot + bias) + res."""
+    import json
+
+    from bvit_edge.runtime.kernels import binary_linear_kernel
+    from bvit_edge.runtime.schedules import schedule_binary_linear
+    from bvit_edge.runtime.schedules.family import FamilyParams
+
+    spec = json.loads(spec_json)
+    knobs = FamilyParams(**spec["knobs"])
+    func = binary_linear_kernel(spec["m"], spec["k"], spec["n"], spec["mode"], knobs.word_bits, residual=True)
+    return schedule_binary_linear(func, knobs).with_attr("op_pattern", 8)
 
 
 def _to4d(shape: list[int], what: str) -> tuple[int, ...]:

@@ -125,7 +125,14 @@ def _check(lib, a, v, a_mode: str, b_mode: str) -> None:
 
 
 # K: odd, one bit, below / at / across word boundaries (32- and 64-bit words), DeiT's 198 tokens
-SHAPES = [(2, 2, 3, 1, 5), (1, 2, 4, 63, 16), (2, 1, 3, 65, 8), (1, 1, 5, 130, 64), (1, 2, 3, 198, 64)]
+SHAPES = [
+    (2, 2, 3, 1, 5),
+    (1, 1, 2, 33, 1),
+    (1, 2, 4, 63, 16),
+    (2, 1, 3, 65, 8),
+    (1, 1, 5, 130, 64),
+    (1, 2, 3, 198, 64),
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"w{c[0]}_l{c[1]}")

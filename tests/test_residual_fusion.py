@@ -88,3 +88,23 @@ def test_residual_add_is_fused_into_the_binary_linear_epilogue(tmp_path, mode, r
 def test_a_linear_output_used_elsewhere_is_not_fused():
     model, _ = _model(True, True, "signed", np.random.default_rng(8))
     assert _fused_kernels(model) == []
+
+
+@pytest.mark.parametrize(
+    "target,needle", [("rpi4-aarch64", "cnt\tv"), ("rpi3-armv7", "vcnt.8"), ("rpi5-aarch64", "cnt\tv")]
+)
+def test_the_residual_kernel_compiles_for_the_boards(target, needle):
+    """The fused kernel as the graph pass builds it for each board's family (its word size and knobs)."""
+    import contextlib
+
+    from bvit_edge.runtime.tvm_frontend import linear_kernel_spec, linear_kernel_with_residual
+
+    spec = load_target(target)
+    fam = family_params(spec.family)
+    func = linear_kernel_with_residual(linear_kernel_spec(198, 384, 384, "signed", fam))
+    lib = tvm.tirx.build(tvm.IRModule({"kernel": func.with_attr("global_symbol", "kernel")}), target=spec.tvm())
+    asm = []
+    for mod in [lib, *list(lib.imports)]:
+        with contextlib.suppress(Exception):  # a module without LLVM assembly (e.g. the host wrapper)
+            asm.append(mod.inspect_source("asm"))
+    assert needle in "\n".join(asm)

@@ -1,28 +1,35 @@
-"""BinaryMatMul with an unsigned left operand (GSB's A·V), row by row: A packed in registers, zero words skipped.
+"""BinaryMatMul row by row: each row of A packed in vector registers, its products while it is in L1,
+all-zero words and rows of an unsigned plane skipped (GSB's Q·Kᵀ and A·V).
 
 Same contract and integer results as :mod:`bvit_edge.runtime.kernels.binary_matmul` (see there for the
-planes); this kernel serves a_mode ``unsigned`` / ``gsb_unsigned`` with any b_mode. Static shapes
-A' f32[B, H, M, K], V' f32[B, H, K, N]; wb = word bits, KW = ceil(K / wb), pads are 0 in every plane.
+planes), for every a_mode and b_mode. Static shapes A' f32[B, H, M, K], V' f32[B, H, K, N]; wb = word bits,
+KW = ceil(K / wb); pads are 0 in every plane.
 
-Why a kernel of its own: an unsigned plane P_i has values 0/1, so a word of P_i that is all zero adds
-nothing to any of its dots, and thresholded attention probabilities are mostly below threshold
-(benches/results/attention_planes.json). Per row of A (rows in parallel):
+Why: an unsigned plane P_i has values 0/1, so a word of P_i that is all zero adds nothing to any of its
+dots, and GSB's thresholded attention probabilities are mostly below threshold (P2, P3 almost empty, P1
+sparse: benches/results/attention_planes.json); V's masks M1, M2 are sparse too. The kernel:
 
-1. pack the row's planes in one read of the row: for every full word, ``lanes`` floats at a time,
-   bit_p(k) = [A'[k] > t_p] with t = (a1 / 2, r1 max A', r2 max A') shifted to its place and OR-ed into
-   ``lanes`` partial words, which a log2(lanes) tree of vector ORs folds into the word; the K mod wb
-   tail bits one by one (no clamped reads, so the full words are plain vector loads);
-2. for every plane i and word w with P_i[w] != 0 (the data-dependent skip; a dense row takes every word,
-   which is the plain popcount product), with s = sign words of V', m_j = mask words, ms_j = m_j AND s:
-       dot_i0[n] += popcount(P_i[w]) - 2 popcount(P_i[w] AND s[w, n])      (Q_1 = sgn V', full support)
-       dot_ij[n] += popcount(P_i[w] AND m_j[w, n]) - 2 popcount(P_i[w] AND ms_j[w, n])     (j = 2, 3)
+0. (unsigned A) the max of every row of A' (rows in parallel); the per-sample max is the max of those, so
+   t = (a1 / 2, r1 max A', r2 max A') as the contract evaluates them, and a row whose max is not above
+   t_i has no bit in P_i: its packing and products are skipped;
+1. V's planes, packed once per call along K ((sample, head, word) in parallel, N in vector lanes): sign
+   words s, mask words m_j and m_j AND s, and per word whether any column's mask word is non-zero;
+2. per row of A (rows in parallel), per live plane: pack the row in one read, ``lanes`` floats at a time:
+   bit(k) = [A'[k] > t_i] (signed: [A'[k] < 0]) shifted to its place and OR-ed into ``lanes`` partial
+   words, folded by a log2(lanes) tree of vector ORs; the K mod wb tail bits one by one (no clamped
+   reads, so the full words are plain vector loads);
+3. the products, N in chunks of at most 64 vector lanes (the int64 accumulators stay on the stack), words
+   skipped where P_i[w] = 0 (unsigned A) or m_j[w, :] = 0 (masked V planes):
+       unsigned A: dot_i1 += popcount(P_i[w]) - 2 popcount(P_i[w] AND s[w, n])         (Q_1 = sgn V')
+                   dot_ij += popcount(P_i[w] AND m_j[w, n]) - 2 popcount(P_i[w] AND ms_j[w, n])
+       signed A:   dot_1 = K - 2 sum_w popcount(a[w] XOR s[w, n]);
+                   dot_j = sum_w popcount(m_j[w, n]) - 2 popcount(m_j[w, n] AND (a[w] XOR s[w, n]))
    exact in int64 lanes (|dot| <= K);
-3. out[n] = sum_i sum_j (a_alpha[i] * b_alpha[j]) * float(dot_ij[n]), i outer, j inner, in f32
-   (the reference's order), while the row's accumulators are in L1.
+4. out[n] = sum_i sum_j (a_alpha[i] * b_alpha[j]) * float(dot_ij[n]), i outer, j inner, in f32 (the
+   reference's order; a skipped plane's terms are (alpha * beta) * 0, which leave the sum unchanged).
 
-V's planes are packed once per call along K (sign, masks, mask AND sign), [B, H, KW, N], N vectorized.
-The per-sample max (and min of V') are vector reductions of ``lanes`` partial maxima.
-The loops are written already scheduled (parallel rows, vector lanes), for every target family.
+The loops are written already scheduled (parallel rows, explicit vector loops), for every target family:
+``lanes`` = the family's f32 lanes, words of 64 bits (32 on armv7).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from bvit_edge.contract import DEFAULT_GSB_RATIOS, ContractError, check_ratios, 
 from bvit_edge.contract import MATMUL_B_MODES as B_MODES
 from bvit_edge.runtime.kernels.words import n_words, word_dtype
 
-#: a_modes this kernel serves (an unsigned plane's zero word adds nothing to its dots).
+#: a_modes this kernel serves (all of the contract's).
 ROW_A_MODES = ("signed", "unsigned", "gsb_unsigned")
 
 #: widest N vectorized as one loop (wider: N in chunks of this many lanes).

@@ -7,7 +7,7 @@ with the contract's numpy reference (bvit_edge.export.ops.binary_matmul.a_plane_
     P1 = [A' > a1 / 2], P2 = [A' > r1 max A'], P3 = [A' > r2 max A']          (max per sample)
     M1 = [V' > r1 max V'] or [V' < r1 min V'], M2 (same with r2)
 
-Reported per block and over all blocks (bit-weighted means):
+Reported per block (over the images) and over all blocks (element- or bit-weighted means):
   * density: set bits / (M K) of each P_i, and of M1, M2 (V's masks);
   * nesting: the fraction of P2's bits inside P1, of P3's inside P2 and P1, of M2's inside M1
     (1.0 = nested on these inputs);
@@ -176,7 +176,8 @@ def measure(model: Any, x: Any, batch: int = 1) -> dict[str, Any]:
             st["block"] = j
             st["image"] = i
             blocks.append(st)
-    return {"summary": summarize(blocks), "per_block": blocks}
+    per_block = [summarize([b for b in blocks if b["block"] == j]) for j in sorted({b["block"] for b in blocks})]
+    return {"summary": summarize(blocks), "per_block": per_block}
 
 
 def _print(name: str, s: dict[str, Any]) -> None:

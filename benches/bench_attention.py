@@ -61,7 +61,7 @@ def build_kernels(shape: tuple[int, ...], a_mode: str, b_mode: str) -> tuple[dic
     }
     if a_mode in ROW_A_MODES:
         out["rows"] = _build(
-            binary_matmul_rows_kernel(*shape, a_mode, b_mode, RATIOS, fam.word_bits, fam.float_lanes), tgt
+            binary_matmul_rows_kernel(*shape, a_mode, b_mode, RATIOS, fam.row_word_bits, fam.float_lanes), tgt
         )
     return out, spec
 

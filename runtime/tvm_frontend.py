@@ -250,7 +250,9 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
     if a_mode in ROW_A_MODES:
         # both GSB products (Q·Kᵀ signed, A·V gsb_unsigned): rows packed in registers, all-zero words and rows
         # of unsigned planes skipped; written already scheduled (no knobs, so nothing for the tuner)
-        func = binary_matmul_rows_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits, fam.float_lanes)
+        func = binary_matmul_rows_kernel(
+            batch, heads, m, k, n, a_mode, b_mode, ratios, fam.row_word_bits, fam.float_lanes
+        )
     else:
         from bvit_edge.runtime.tuning import KernelSpec, kernel_params
 

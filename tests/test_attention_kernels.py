@@ -28,8 +28,9 @@ from bvit_edge.targets import load_target
 
 A1 = np.float32(2.0**-10)
 RATIOS = (0.7, 0.9)
-#: (word bits, f32 lanes) of the target families: x86-avx512, x86-avx2, aarch64-neon, armv7-neon
-CONFIGS = [(64, 16), (64, 8), (64, 4), (32, 4)]
+#: (word bits, f32 lanes): x86-avx512 and x86-avx2 (32-bit words), aarch64-neon, armv7-neon, and 64-bit
+#: words with 16 / 8 lanes
+CONFIGS = [(32, 16), (32, 8), (64, 4), (32, 4), (64, 16), (64, 8)]
 A_REGIMES = ("random", "dense", "sparse", "zeros", "ones", "negative")
 V_REGIMES = ("random", "dense_masks", "zeros", "tiny")
 
@@ -202,12 +203,12 @@ def _asm(lib) -> str:
         ("rpi4-aarch64", ("cnt\tv",)),
         ("rpi5-aarch64", ("cnt\tv",)),
         ("rpi3-armv7", ("vcnt.8",)),
-        ("x86-64-avx512", ("vpopcntq",)),
+        ("x86-64-avx512", ("vpopcntd",)),
     ],
 )
 def test_rows_kernel_compiles_for_the_boards_with_vector_popcounts(target, needles):
     """The kernel as `compile` builds it for each board (its family's word size and vector width): the
-    assembly holds the vector popcount (NEON cnt / vcnt, AVX-512 vpopcntq)."""
+    assembly holds the vector popcount (NEON cnt / vcnt, AVX-512 vpopcntd on 32-bit words)."""
     from bvit_edge.runtime.schedules import family_params
 
     fam = family_params(load_target(target).family)
@@ -215,7 +216,7 @@ def test_rows_kernel_compiles_for_the_boards_with_vector_popcounts(target, needl
         ((1, 6, 198, 198, 64), ("gsb_unsigned", "gsb_signed")),
         ((1, 6, 198, 64, 198), ("signed",) * 2),
     ):
-        asm = _asm(_kernel(shape, *modes, fam.word_bits, fam.float_lanes, target))
+        asm = _asm(_kernel(shape, *modes, fam.row_word_bits, fam.float_lanes, target))
         for needle in needles:
             assert needle in asm, f"{needle!r} missing from the {target} assembly of {modes}"
 
@@ -238,7 +239,7 @@ def test_rows_kernel_plane_dots_on_the_emulated_aarch64_board(tmp_path):
     spec = load_target("rpi4-aarch64")
     fam = family_params(spec.family)
     shape = (1, 2, 4, 198, 64)
-    lib = _kernel(shape, "gsb_unsigned", "gsb_signed", fam.word_bits, fam.float_lanes, "rpi4-aarch64")
+    lib = _kernel(shape, "gsb_unsigned", "gsb_signed", fam.row_word_bits, fam.float_lanes, "rpi4-aarch64")
     path = tmp_path / "rows-aarch64.so"
     lib.export_library(str(path), cc=find_compiler(spec))
     was_running = board.status("aarch64").running

@@ -118,6 +118,10 @@ def binary_matmul_rows_kernel(
     b_vec = b_len // red
     no, nv = _n_split(n)
     zero = tvm.tirx.IntImm(wd, 0)
+    # accumulator lanes: int32 with 32-bit words or one word per dot (as wide as the popcounts, and the f32
+    # epilogue converts 16 lanes at a time on AVX-512); int64 over several 64-bit words (the 64-bit
+    # popcounts add without narrowing)
+    acc_dt = "int32" if bits == 32 or kw == 1 else "int64"
 
     @T.prim_func(private=True)
     def binary_matmul_rows(
@@ -243,7 +247,7 @@ def binary_matmul_rows_kernel(
         for r in T.parallel(rows):
             part = T.alloc_buffer((lanes,), wd)
             aw = T.alloc_buffer((pa, kw), wd)
-            acc = T.alloc_buffer((nv,), "int64")
+            acc = T.alloc_buffer((nv,), acc_dt)
             for p in range(pa):
                 if T.Or(T.bool(a_signed), rmax[r] > thr[r // hm, p]):
                     for w in range(kfull):
@@ -297,25 +301,27 @@ def binary_matmul_rows_kernel(
                         for c in range(no):
                             for x in T.vectorized(nv):
                                 # signed A, plain V: K - 2 popcount(a XOR s), K added up front
-                                acc[x] = T.Select(T.And(T.bool(a_signed), q == 0), T.int64(kk), T.int64(0))
+                                acc[x] = T.Select(
+                                    T.And(T.bool(a_signed), q == 0), T.Cast(acc_dt, kk), T.Cast(acc_dt, 0)
+                                )
                             for w in range(kw):
                                 if a_signed:
                                     for x in T.vectorized(nv):
                                         if q == 0:
-                                            acc[x] = acc[x] - T.int64(2) * T.Cast(
-                                                "int64",
+                                            acc[x] = acc[x] - T.Cast(acc_dt, 2) * T.Cast(
+                                                acc_dt,
                                                 T.popcount(aw[p, w] ^ vs[r // hm, r // m % heads, w, c * nv + x]),
                                             )
                                         else:
                                             acc[x] = (
                                                 acc[x]
                                                 + T.Cast(
-                                                    "int64",
+                                                    acc_dt,
                                                     T.popcount(vm[r // hm, r // m % heads, q - 1, w, c * nv + x]),
                                                 )
-                                                - T.int64(2)
+                                                - T.Cast(acc_dt, 2)
                                                 * T.Cast(
-                                                    "int64",
+                                                    acc_dt,
                                                     T.popcount(
                                                         vm[r // hm, r // m % heads, q - 1, w, c * nv + x]
                                                         & (aw[p, w] ^ vs[r // hm, r // m % heads, w, c * nv + x])
@@ -329,10 +335,10 @@ def binary_matmul_rows_kernel(
                                         if q == 0:
                                             acc[x] = (
                                                 acc[x]
-                                                + T.Cast("int64", T.popcount(aw[p, w]))
-                                                - T.int64(2)
+                                                + T.Cast(acc_dt, T.popcount(aw[p, w]))
+                                                - T.Cast(acc_dt, 2)
                                                 * T.Cast(
-                                                    "int64",
+                                                    acc_dt,
                                                     T.popcount(aw[p, w] & vs[r // hm, r // m % heads, w, c * nv + x]),
                                                 )
                                             )
@@ -340,14 +346,14 @@ def binary_matmul_rows_kernel(
                                             acc[x] = (
                                                 acc[x]
                                                 + T.Cast(
-                                                    "int64",
+                                                    acc_dt,
                                                     T.popcount(
                                                         aw[p, w] & vm[r // hm, r // m % heads, q - 1, w, c * nv + x]
                                                     ),
                                                 )
-                                                - T.int64(2)
+                                                - T.Cast(acc_dt, 2)
                                                 * T.Cast(
-                                                    "int64",
+                                                    acc_dt,
                                                     T.popcount(
                                                         aw[p, w] & vms[r // hm, r // m % heads, q - 1, w, c * nv + x]
                                                     ),

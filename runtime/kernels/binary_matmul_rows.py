@@ -18,18 +18,18 @@ sparse: benches/results/attention_planes.json); V's masks M1, M2 are sparse too.
    bit(k) = [A'[k] > t_i] (signed: [A'[k] < 0]) shifted to its place and OR-ed into ``lanes`` partial
    words, folded by a log2(lanes) tree of vector ORs; the K mod wb tail bits one by one (no clamped
    reads, so the full words are plain vector loads);
-3. the products, N in chunks of at most 64 vector lanes (the int64 accumulators stay on the stack), words
+3. the products, N in chunks of at most 64 vector lanes (the accumulators stay on the stack), words
    skipped where P_i[w] = 0 (unsigned A) or m_j[w, :] = 0 (masked V planes):
        unsigned A: dot_i1 += popcount(P_i[w]) - 2 popcount(P_i[w] AND s[w, n])         (Q_1 = sgn V')
                    dot_ij += popcount(P_i[w] AND m_j[w, n]) - 2 popcount(P_i[w] AND ms_j[w, n])
        signed A:   dot_1 = K - 2 sum_w popcount(a[w] XOR s[w, n]);
                    dot_j = sum_w popcount(m_j[w, n]) - 2 popcount(m_j[w, n] AND (a[w] XOR s[w, n]))
-   exact in int64 lanes (|dot| <= K);
+   exact in int32 lanes (32-bit words, or one word per dot) or int64 lanes (|dot| <= K);
 4. out[n] = sum_i sum_j (a_alpha[i] * b_alpha[j]) * float(dot_ij[n]), i outer, j inner, in f32 (the
    reference's order; a skipped plane's terms are (alpha * beta) * 0, which leave the sum unchanged).
 
 The loops are written already scheduled (parallel rows, explicit vector loops), for every target family:
-``lanes`` = the family's f32 lanes, words of 64 bits (32 on armv7).
+``lanes`` = the family's f32 lanes, ``word_bits`` = its ``row_word_bits`` (32 on x86 and armv7, 64 on aarch64).
 """
 
 from __future__ import annotations

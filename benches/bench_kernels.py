@@ -147,13 +147,13 @@ def _kernel_args(m: int, k: int, n: int):
 def avx2_popcount_variants(m: int, k: int, n: int, runs: int) -> dict:
     """AVX2 family (x86-64-avx2 preset, run natively when the host has AVX2): vpshufb nibble-LUT vector
     popcount vs scalar popcnt, 1 thread, with the instruction each one's assembly holds."""
-    x, _, args = _kernel_args(m, k, n)
+    _, _, args = _kernel_args(m, k, n)
     out = {"m": m, "k": k, "n": n, "threads": 1}
     for name, vec in (("nibble_lut_vector", True), ("scalar_popcnt", False)):
         lib, _ = build_binary_linear(m, k, n, "x86-64-avx2", vector_popcount=vec)
         asm = lib.inspect_source("asm") if hasattr(lib, "inspect_source") else ""
         kern = lib["kernel"]
-        out[name + "_us"] = _median_s(lambda: kern(*args), runs, warmup=5)["median_us"]
+        out[name + "_us"] = _median_s(lambda kern=kern: kern(*args), runs, warmup=5)["median_us"]
         out[name + "_asm"] = {"vpshufb": asm.count("vpshufb"), "popcnt": asm.count("\tpopcnt")}
     out["lut_speedup_vs_scalar"] = out["scalar_popcnt_us"] / out["nibble_lut_vector_us"]
     return out

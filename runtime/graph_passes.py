@@ -21,6 +21,12 @@ Two more change float rounding by at most an ulp, the way onnxruntime's own fuse
   over the scores: FuseOps does not fuse a producer into softmax), and e / sum computed as e * (1 / sum)
   (one division per row, as MLAS does). The elementwise op after it (GSB's + B) still fuses into it.
 
+One fusion into the binary GEMMs: a **residual add of a BinaryLinear's output** (``x + proj(...)``,
+``x + fc2(...)``: an add of two tensors of the same shape, one of them the reshaped output of a BinaryLinear
+kernel used nowhere else) becomes that kernel with the add in its epilogue, y = (scale * dot + bias) + x
+(bvit_edge.runtime.tvm_frontend.linear_kernel_with_residual): one pass over the output instead of two, and
+the same float sum (IEEE addition commutes).
+
 And one for the float GEMMs: a **matmul whose column count is not a multiple of the vector width** (the
 float teacher's q k^T over 198 tokens) is split into a vector-aligned part and a narrow tail (two matmuls
 and a concatenation): the aligned part gets the register-blocked schedule, where an odd vector width
@@ -105,7 +111,7 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
     """A module pass (every Relax function) doing the rewrites of the module docstring."""
     import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
+    from tvm.relax.expr_functor import PyExprMutator, PyExprVisitor, mutator, visitor
 
     reshape_op = tvm.ir.Op.get("relax.reshape")
     permute_op = tvm.ir.Op.get("relax.permute_dims")
@@ -114,6 +120,18 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
     multiply_op = tvm.ir.Op.get("relax.multiply")
     softmax_op = tvm.ir.Op.get("relax.nn.softmax")
     matmul_op = tvm.ir.Op.get("relax.matmul")
+    add_op = tvm.ir.Op.get("relax.add")
+    call_tir_op = tvm.ir.Op.get("relax.call_tir")
+    # the module being rewritten and, per function, how often each variable (by name) is used
+    state: dict[str, Any] = {"mod": None, "uses": {}}
+
+    @visitor
+    class _Uses(PyExprVisitor):
+        def visit_var_(self, op: Any) -> None:
+            state["uses"][op.name] = state["uses"].get(op.name, 0) + 1
+
+        def visit_dataflow_var_(self, op: Any) -> None:
+            state["uses"][op.name] = state["uses"].get(op.name, 0) + 1
 
     @mutator
     class _Glue(PyExprMutator):
@@ -133,6 +151,40 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
                 return self._softmax(call)
             elif call.op.same_as(matmul_op):
                 return self._split_unaligned_matmul(call)
+            elif call.op.same_as(add_op):
+                return self._residual_into_linear(call)
+            return call
+
+        def _residual_into_linear(self, call: Any) -> Any:
+            from bvit_edge.runtime.tvm_frontend import LINEAR_KERNEL_ATTR, linear_kernel_with_residual
+
+            dims = _static_dims(call.ty)
+            if dims is None or str(getattr(call.ty, "dtype", "")) != "float32":
+                return call
+            uses = state["uses"]
+            for side in (0, 1):
+                y, r = call.args[side], call.args[1 - side]
+                if _static_dims(r.ty) != dims or not isinstance(y, relax.Var) or uses.get(y.name, 0) != 1:
+                    continue
+                prod = self.lookup_binding(y)
+                if isinstance(prod, relax.Call) and prod.op.same_as(reshape_op):
+                    src = prod.args[0]
+                    if not isinstance(src, relax.Var) or uses.get(src.name, 0) != 1:
+                        continue
+                    prod = self.lookup_binding(src)
+                if not (isinstance(prod, relax.Call) and prod.op.same_as(call_tir_op)):
+                    continue
+                gv = prod.args[0]
+                func = state["mod"][gv] if isinstance(gv, tvm.ir.GlobalVar) and gv in state["mod"] else None
+                spec = None if func is None or func.attrs is None else func.attrs.get(LINEAR_KERNEL_ATTR)
+                out_dims = _static_dims(prod.ty)
+                if spec is None or out_dims is None or int(np.prod(out_dims)) != int(np.prod(dims)):
+                    continue
+                fused = self.builder_.add_func(linear_kernel_with_residual(str(spec)), gv.name_hint + "_residual")
+                res = self.builder_.normalize(relax.op.reshape(r, out_dims))
+                args = [*prod.args[1].fields, res]
+                out = self.builder_.normalize(relax.call_tir(fused, args, relax.TensorType(out_dims, "float32")))
+                return relax.op.reshape(out, dims)
             return call
 
         def _split_unaligned_matmul(self, call: Any) -> Any:
@@ -211,8 +263,11 @@ def layout_glue_pass(fast_math: bool = True, vector_lanes: int = 0) -> Any:
     @tvm.transform.module_pass(opt_level=0, name="BvitEdgeLayoutGlue")
     def _pass(mod: Any, _ctx: Any) -> Any:
         glue = _Glue(mod)
+        state["mod"] = mod
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
+                state["uses"] = {}
+                _Uses().visit_expr(func)
                 glue.builder_.update_func(gv, glue.visit_expr(func))
         return glue.builder_.get()
 

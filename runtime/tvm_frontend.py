@@ -165,6 +165,8 @@ def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
 
     knobs = kernel_params(fam, KernelSpec("binary_linear", (m, k, n), (mode,), fam.word_bits))
     func = schedule_binary_linear(binary_linear_kernel(m, k, n, mode, fam.word_bits), knobs)
+    # what the residual fusion (bvit_edge.runtime.graph_passes) needs to rebuild the kernel with a residual
+    func = func.with_attr(LINEAR_KERNEL_ATTR, linear_kernel_spec(m, k, n, mode, knobs))
     gv = _add_kernel(bb, func, f"bvit_binary_linear_{mode}")
     bias_v = relax.const(np.zeros(n, np.float32)) if bias is None else _as_vector(bb, bias, n, "BinaryLinear bias")
     args = [
@@ -176,7 +178,34 @@ def _binary_linear(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         bias_v,
     ]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((m, n), "float32")))
-    return relax.op.reshape(y, tuple(xs[:-1]) + (n,))
+    return relax.op.reshape(y, (*tuple(xs[:-1]), n))
+
+
+LINEAR_KERNEL_ATTR = "bvit_edge.binary_linear"
+"""PrimFunc attribute of a BinaryLinear kernel: its shape, mode and schedule knobs as JSON."""
+
+
+def linear_kernel_spec(m: int, k: int, n: int, mode: str, knobs: Any) -> str:
+    """The JSON of :data:`LINEAR_KERNEL_ATTR` (knobs: the FamilyParams the kernel was scheduled with)."""
+    import dataclasses
+    import json
+
+    return json.dumps({"m": m, "k": k, "n": n, "mode": mode, "knobs": dataclasses.asdict(knobs)}, sort_keys=True)
+
+
+def linear_kernel_with_residual(spec_json: str) -> Any:
+    """The scheduled BinaryLinear kernel of a :data:`LINEAR_KERNEL_ATTR` spec with a residual input (same
+    knobs): y = (scale * dot + bias) + res."""
+    import json
+
+    from bvit_edge.runtime.kernels import binary_linear_kernel
+    from bvit_edge.runtime.schedules import schedule_binary_linear
+    from bvit_edge.runtime.schedules.family import FamilyParams
+
+    spec = json.loads(spec_json)
+    knobs = FamilyParams(**spec["knobs"])
+    func = binary_linear_kernel(spec["m"], spec["k"], spec["n"], spec["mode"], knobs.word_bits, residual=True)
+    return schedule_binary_linear(func, knobs).with_attr("op_pattern", 8)
 
 
 def _to4d(shape: list[int], what: str) -> tuple[int, ...]:
@@ -200,6 +229,7 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
 
     from bvit_edge.runtime.kernels import binary_matmul_kernel
     from bvit_edge.runtime.kernels.binary_matmul import n_planes
+    from bvit_edge.runtime.kernels.binary_matmul_rows import ROW_A_MODES, binary_matmul_rows_kernel
     from bvit_edge.runtime.schedules import schedule_binary_matmul
 
     fam = _family()
@@ -217,13 +247,21 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         b = bb.normalize(relax.op.add(b, b_shift))
     batch, heads, m, k = a4
     n = b4[3]
-    from bvit_edge.runtime.tuning import KernelSpec, kernel_params
+    if a_mode in ROW_A_MODES:
+        # both GSB products (Q·Kᵀ signed, A·V gsb_unsigned): rows packed in registers, all-zero words and rows
+        # of unsigned planes skipped; written already scheduled (no knobs, so nothing for the tuner)
+        func = binary_matmul_rows_kernel(
+            batch, heads, m, k, n, a_mode, b_mode, ratios, fam.row_word_bits, fam.float_lanes
+        )
+    else:
+        from bvit_edge.runtime.tuning import KernelSpec, kernel_params
 
-    knobs = kernel_params(
-        fam, KernelSpec("binary_matmul", (batch, heads, m, k, n), (a_mode, b_mode), fam.word_bits, tuple(ratios))
-    )
-    func = binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits)
-    func = schedule_binary_matmul(func, knobs)
+        knobs = kernel_params(
+            fam, KernelSpec("binary_matmul", (batch, heads, m, k, n), (a_mode, b_mode), fam.word_bits, tuple(ratios))
+        )
+        func = schedule_binary_matmul(
+            binary_matmul_kernel(batch, heads, m, k, n, a_mode, b_mode, ratios, fam.word_bits), knobs
+        )
     gv = _add_kernel(bb, func, f"bvit_binary_matmul_{a_mode}_{b_mode}")
     args = [
         bb.normalize(relax.op.reshape(a, a4)),
@@ -232,7 +270,7 @@ def _binary_matmul(bb: Any, inputs: list, attr: dict, _params: Any) -> Any:
         _as_vector(bb, b_alpha, n_planes(b_mode), f"BinaryMatMul b_alpha ({b_mode})"),
     ]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, heads, m, n), "float32")))
-    return relax.op.reshape(y, tuple(ash[:-1]) + (n,))
+    return relax.op.reshape(y, (*tuple(ash[:-1]), n))
 
 
 def _patchify_conv(bb: Any, inputs: list, attr: dict) -> Any | None:
@@ -357,11 +395,11 @@ def bvit_converters(family_params: Any) -> Iterator[None]:
         return table
 
     token = _FAMILY.set(family_params)
-    frontend._get_convert_map = extended
+    setattr(frontend, "_get_convert_map", extended)  # noqa: B010 - a module attribute mypy cannot see
     try:
         yield
     finally:
-        frontend._get_convert_map = original
+        setattr(frontend, "_get_convert_map", original)  # noqa: B010 - restores TVM's function
         _FAMILY.reset(token)
 
 

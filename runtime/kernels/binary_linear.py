@@ -9,7 +9,8 @@ One prim func, three blocks (static shapes; M rows, K true features, N outputs, 
 ``acc``   integer accumulation over the words, exact in int32:
           signed:   s[m, n] = sum_w popcount(a[m, w] XOR W[w, n]);            acc = K - 2 s
           unsigned: s[m, n] = sum_w popcount(a[m, w]) - 2 popcount(a[m, w] AND W[w, n]);  acc = s
-``out``   y[m, n] = float(acc) * (alpha * w_scale[n]) + bias[n]   (alpha * w_scale first, in f32).
+``out``   y[m, n] = float(acc) * (alpha * w_scale[n]) + bias[n]   (alpha * w_scale first, in f32);
+          with a residual (the ViT's x + proj(...), x + fc2(...)): y[m, n] = (that) + res[m, n].
 
 W is the weight repacked at compile time as [KW, N] words (bit 1 = -1), so the inner loop over n reads
 contiguous words and vectorizes into vpopcntq (AVX-512 VPOPCNTDQ) or cnt (NEON).
@@ -25,11 +26,16 @@ from bvit_edge.contract import check_mode
 from bvit_edge.runtime.kernels.words import n_words, word_dtype
 
 
-def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64) -> tvm.tirx.PrimFunc:
+def binary_linear_kernel(
+    m: int, k: int, n: int, mode: str, word_bits: int = 64, residual: bool = False
+) -> tvm.tirx.PrimFunc:
     """Build the unscheduled BinaryLinear prim func for x f32[m, k] and weights [ceil(k/word_bits), n].
 
     Arguments of the prim func, in order: x f32[m, k], shift f32[k], alpha f32[1], w word[kw, n],
-    w_scale f32[n], bias f32[n], y f32[m, n] (output).
+    w_scale f32[n], bias f32[n], [res f32[m, n] when ``residual``], y f32[m, n] (output).
+
+    ``residual``: the epilogue also adds a residual, y = (scale * dot + bias) + res, the same float sum as
+    the unfused BinaryLinear followed by an Add (a + b == b + a in IEEE arithmetic), in one pass.
     """
     check_mode(mode, MODES, "BinaryLinear mode")
     wd = word_dtype(word_bits)
@@ -40,17 +46,8 @@ def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64)
     kk = int(k)
     exact_words = kk % bits == 0
 
-    @T.prim_func(private=True, s_tir=True)
-    def binary_linear(
-        x: T.Buffer((m, k), "float32"),
-        shift: T.Buffer((k,), "float32"),
-        alpha: T.Buffer((1,), "float32"),
-        w: T.Buffer((kw, n), wd),
-        w_scale: T.Buffer((n,), "float32"),
-        bias: T.Buffer((n,), "float32"),
-        y: T.Buffer((m, n), "float32"),
-    ):
-        T.func_attr({"tir.noalias": True})
+    @T.macro
+    def body(x, shift, alpha, w, w_scale, bias, res, y):
         a = T.sblock_alloc_buffer((m, kw), wd)
         acc = T.sblock_alloc_buffer((m, n), "int32")
         for i, wi, j in T.grid(m, kw, bits):
@@ -111,9 +108,46 @@ def binary_linear_kernel(m: int, k: int, n: int, mode: str, word_bits: int = 64)
         for i, jn in T.grid(m, n):
             with T.sblock("out"):
                 vi, vn = T.axis.remap("SS", [i, jn])
-                if signed:
+                if residual and signed:
+                    y[vi, vn] = (T.Cast("float32", kk - 2 * acc[vi, vn]) * (alpha[0] * w_scale[vn]) + bias[vn]) + res[
+                        vi, vn
+                    ]
+                elif residual:
+                    y[vi, vn] = (T.Cast("float32", acc[vi, vn]) * (alpha[0] * w_scale[vn]) + bias[vn]) + res[vi, vn]
+                elif signed:
                     y[vi, vn] = T.Cast("float32", kk - 2 * acc[vi, vn]) * (alpha[0] * w_scale[vn]) + bias[vn]
                 else:
                     y[vi, vn] = T.Cast("float32", acc[vi, vn]) * (alpha[0] * w_scale[vn]) + bias[vn]
+
+    if residual:
+
+        @T.prim_func(private=True, s_tir=True)
+        def binary_linear_residual(
+            x: T.Buffer((m, k), "float32"),
+            shift: T.Buffer((k,), "float32"),
+            alpha: T.Buffer((1,), "float32"),
+            w: T.Buffer((kw, n), wd),
+            w_scale: T.Buffer((n,), "float32"),
+            bias: T.Buffer((n,), "float32"),
+            res: T.Buffer((m, n), "float32"),
+            y: T.Buffer((m, n), "float32"),
+        ):
+            T.func_attr({"tir.noalias": True})
+            body(x, shift, alpha, w, w_scale, bias, res, y)
+
+        return binary_linear_residual
+
+    @T.prim_func(private=True, s_tir=True)
+    def binary_linear(
+        x: T.Buffer((m, k), "float32"),
+        shift: T.Buffer((k,), "float32"),
+        alpha: T.Buffer((1,), "float32"),
+        w: T.Buffer((kw, n), wd),
+        w_scale: T.Buffer((n,), "float32"),
+        bias: T.Buffer((n,), "float32"),
+        y: T.Buffer((m, n), "float32"),
+    ):
+        T.func_attr({"tir.noalias": True})
+        body(x, shift, alpha, w, w_scale, bias, None, y)
 
     return binary_linear

@@ -68,7 +68,7 @@ def _schedule_pack_rows(sch: s_tir.Schedule, pack, lanes: int) -> None:
     floats at a time, then add the lanes), instead of B serial compare-shift-or steps. The bits are
     disjoint, so the sum is the OR. Serial bit loop when B is not a multiple of ``lanes``."""
     loops = sch.get_loops(pack)
-    rows, w, j = loops[:-2], loops[-2], loops[-1]
+    rows, j = loops[:-2], loops[-1]
     bits = int(sch.get(j).extent)
     sch.parallel(sch.fuse(*rows) if len(rows) > 1 else rows[0])
     if lanes < 2 or bits % lanes or bits == lanes:
@@ -101,7 +101,7 @@ def _vector_lanes_reduction(sch: s_tir.Schedule, blk, lanes: int) -> None:
     t = _tile(total, lanes)
     if t is None:
         return
-    ro, ri = sch.split(red, [None, t])
+    _, ri = sch.split(red, [None, t])
     rf = sch.rfactor(ri, 1)
     r_o, r_i = sch.get_loops(rf)[-2:]
     sch.vectorize(r_i)
@@ -155,7 +155,7 @@ def schedule_binary_matmul(func: tvm.tirx.PrimFunc, params: FamilyParams) -> tvm
     inner = sch.get_loops(out)[1:]
     ext = [int(sch.get(lp).extent) for lp in inner]
     n_loop = inner[ext.index(n_len)] if n_len in ext else None
-    red = [lp for lp, e in zip(inner, ext) if lp is not n_loop]
+    red = [lp for lp, e in zip(inner, ext, strict=True) if lp is not n_loop]
     ftile = _tile(n_len, params.float_lanes)
     if n_loop is not None:
         if red:  # the plane sums keep their order (i outer, j inner); n is vectorized inside them

@@ -10,6 +10,11 @@ with AVX2 (LLVM lowers a vector popcount to the vpshufb nibble lookup there, or 
 ``int8_dot`` names the integer dot-product scheme of the 8-bit layers (bvit_edge.runtime.kernels.int8_dot:
 vnni512, vnni256, avx2_madd, sdot, smull, vmull, generic); :func:`family_params` picks it from the CPU
 features of the target when one is given (a Cortex-A76 with dotprod gets sdot, a Cortex-A72 smull).
+``row_word_bits`` is the word size of the row-wise BinaryMatMul kernel (bvit_edge.runtime.kernels.
+binary_matmul_rows), which packs both operands itself, so its words need not be the weights' words:
+32-bit words with int32 accumulators measured faster on x86 (GSB DeiT-S's 12 A·V products 750-778 vs
+912-950 us with AVX-512, 2711 vs 3288 us with AVX2; benches/bench_attention.py); aarch64 keeps 64 (not
+measured on a board).
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ class FamilyParams:
     vector_popcount: bool = True
     float_registers: int = 16
     int8_dot: str = "generic"
+    row_word_bits: int = 64
 
 
 _FAMILIES = {
-    "x86-avx512": FamilyParams("x86-avx512", 64, 16, 16, float_registers=32, int8_dot="vnni512"),
-    "x86-avx2": FamilyParams("x86-avx2", 64, 8, 8, float_registers=16, int8_dot="avx2_madd"),
-    "aarch64-neon": FamilyParams("aarch64-neon", 64, 8, 4, float_registers=32, int8_dot="smull"),
-    "armv7-neon": FamilyParams("armv7-neon", 32, 8, 4, float_registers=16, int8_dot="vmull"),
+    "x86-avx512": FamilyParams("x86-avx512", 64, 16, 16, float_registers=32, int8_dot="vnni512", row_word_bits=32),
+    "x86-avx2": FamilyParams("x86-avx2", 64, 8, 8, float_registers=16, int8_dot="avx2_madd", row_word_bits=32),
+    "aarch64-neon": FamilyParams("aarch64-neon", 64, 8, 4, float_registers=32, int8_dot="smull", row_word_bits=64),
+    "armv7-neon": FamilyParams("armv7-neon", 32, 8, 4, float_registers=16, int8_dot="vmull", row_word_bits=32),
 }
 
 

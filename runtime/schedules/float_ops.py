@@ -32,6 +32,8 @@ binary kernels, are skipped), in this order:
 
 from __future__ import annotations
 
+import contextlib
+
 import tvm
 from tvm import s_tir
 from tvm.s_tir import dlight
@@ -82,10 +84,8 @@ class InjectiveRule(ScheduleRule):
             return None
         blocks = [bi.block_rv for bi in infos]
         for blk in blocks[:-1]:
-            try:
+            with contextlib.suppress(Exception):  # a block that cannot be inlined keeps its own loop nest
                 sch.compute_inline(blk)
-            except Exception:  # noqa: BLE001 - a block that cannot be inlined keeps its own loop nest
-                pass
         for bi in infos:
             try:
                 blk = sch.get_sblock(sch.get(bi.block_rv).name_hint)
@@ -108,7 +108,7 @@ class InjectiveRule(ScheduleRule):
             fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
             ext = _extent(sch, fused)
             tile = _divisor_tile(ext, self.lanes) if ext else None
-            if tile is not None and ext > tile:
+            if tile is not None and ext is not None and ext > tile:
                 outer, inner = sch.split(fused, [None, tile])
                 sch.parallel(outer)
                 sch.vectorize(inner)
@@ -208,10 +208,8 @@ class TiledReductionRule(ScheduleRule):
         tail = [n for n in names if n not in red_names]
         # inline the elementwise epilogue chain into its last block
         for name in tail[:-1]:
-            try:
+            with contextlib.suppress(Exception):  # not inlinable: scheduled on its own below
                 sch.compute_inline(sch.get_sblock(name))
-            except Exception:  # noqa: BLE001 - not inlinable: scheduled on its own below
-                pass
         tile_loops = {}
         for bi in reds:
             name = sch.get(bi.block_rv).name_hint
@@ -272,10 +270,8 @@ class TiledReductionRule(ScheduleRule):
             par = sch.fuse(*outer_s, inner_s) if outer_s else inner_s
             sch.parallel(par)
             at = par
-        try:
+        with contextlib.suppress(Exception):  # an init that cannot be hoisted stays in the block
             sch.decompose_reduction(blk, red[0])
-        except Exception:  # noqa: BLE001 - an init that cannot be hoisted stays in the block
-            pass
         return at
 
     def _register_block(self, sch: s_tir.Schedule, blk, outer_s, inner_s, red, row_tile: int, tile: int):
@@ -391,32 +387,31 @@ class RowReductionRule(ScheduleRule):
         if not infos or len(infos) < 2:
             return None
         names = [sch.get(bi.block_rv).name_hint for bi in infos]
-        kinds = {n: bi.dom_kind() for n, bi in zip(names, infos)}
+        kinds = {n: bi.dom_kind() for n, bi in zip(names, infos, strict=True)}
         out = names[-1]
         if "R" in kinds[out]:
             return None
         out_ext = [_extent(sch, lp) for lp in sch.get_loops(sch.get_sblock(out))]
         if len(out_ext) < 2 or any(e is None for e in out_ext):
             return None
-        rows, length = out_ext[:-1], out_ext[-1]
+        dims = [e for e in out_ext if e is not None]  # all of them (checked above)
+        rows, length = dims[:-1], dims[-1]
         if not any("R" in kinds[n] for n in names[:-1]):
             return None
         for n in names[:-1]:
             ext = [_extent(sch, lp) for lp in sch.get_loops(sch.get_sblock(n))]
             if "R" in kinds[n]:
-                if kinds[n] != "S" * len(rows) + "R" or ext != rows + [length]:
+                if kinds[n] != "S" * len(rows) + "R" or ext != [*rows, length]:
                     return None
-            elif ext not in (rows + [length], rows):
+            elif ext not in ([*rows, length], rows):
                 return None
         for n in names[:-1]:
             if "R" in kinds[n]:
                 continue
             blk = sch.get_sblock(n)
             if len(sch.get_consumers(blk)) == 1 or len(kinds[n]) < len(out_ext):
-                try:
+                with contextlib.suppress(Exception):  # kept as its own per-row block
                     sch.compute_inline(blk)
-                except Exception:  # noqa: BLE001 - kept as its own per-row block
-                    pass
         live = []
         for n in names:
             try:
@@ -470,7 +465,7 @@ def _fuse_parallel_vectorize(sch: s_tir.Schedule, blk, lanes: int) -> None:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         ext = _extent(sch, fused)
         tile = _divisor_tile(ext, lanes) if ext else None
-        if tile is not None and ext > tile:
+        if tile is not None and ext is not None and ext > tile:
             outer, inner = sch.split(fused, [None, tile])
             sch.parallel(outer)
             sch.vectorize(inner)
@@ -484,10 +479,8 @@ def _parallel_outer(sch: s_tir.Schedule, blk, vectorize_lanes: int = 0) -> None:
     loops = sch.get_loops(blk)
     if not loops:
         return
-    try:
+    with contextlib.suppress(Exception):  # the outer loop is a reduction: leave it serial
         sch.parallel(loops[0])
-    except Exception:  # noqa: BLE001 - the outer loop is a reduction: leave it serial
-        pass
 
 
 class ParallelFallbackRule(ScheduleRule):

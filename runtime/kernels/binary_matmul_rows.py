@@ -40,11 +40,12 @@ import tvm
 from tvm.script import tirx as T
 
 from bvit_edge.contract import DEFAULT_GSB_RATIOS, ContractError, check_ratios, n_planes
+from bvit_edge.contract import MATMUL_A_MODES
 from bvit_edge.contract import MATMUL_B_MODES as B_MODES
 from bvit_edge.runtime.kernels.words import n_words, word_dtype
 
 #: a_modes this kernel serves (all of the contract's).
-ROW_A_MODES = ("signed", "unsigned", "gsb_unsigned")
+ROW_A_MODES = MATMUL_A_MODES
 
 #: widest N vectorized as one loop (wider: N in chunks of this many lanes).
 _MAX_VECTOR_N = 64
